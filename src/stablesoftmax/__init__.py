@@ -1,0 +1,32 @@
+"""stablesoftmax: the softmax family, stable and accurate on any array.
+
+Library layer (this package's private modules): ``logsumexp``, ``softmax``,
+``log_softmax`` and the cross-entropy losses, their gradients, the streaming
+``LogSumExp`` and the edge-case ``CONTRACT``. ``stablesoftmax.naive`` holds
+the textbook formulas the lab breaks; ``stablesoftmax.lab`` and the
+``stablesoftmax`` command sit on top.
+"""
+
+from __future__ import annotations
+
+from . import naive
+from ._contract import CONTRACT
+from ._errors import ArgumentError, AxisError, DtypeError, ShapeError, StableSoftmaxError, TargetError
+from ._reductions import log_softmax, logsumexp, softmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "logsumexp",
+    "softmax",
+    "log_softmax",
+    "naive",
+    "CONTRACT",
+    "StableSoftmaxError",
+    "ArgumentError",
+    "AxisError",
+    "ShapeError",
+    "TargetError",
+    "DtypeError",
+]

@@ -1,0 +1,150 @@
+"""The edge-case contract, written once as data.
+
+Each :class:`Rule` says what every function of the family returns for one
+kind of special input, and carries a small example with its exact expected
+outputs. The docstrings (through :func:`documented`), the test suite
+(``tests/test_contract.py``) and the README table all read this list, so
+sibling functions cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = ["Rule", "CONTRACT", "documented", "markdown_table"]
+
+inf, nan = math.inf, math.nan
+LOG2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the contract.
+
+    ``outcome`` maps a function name to the rule in words; ``example`` holds
+    keyword arguments (``x`` first) and ``expect`` the exact result of each
+    function on that example. ``kwargs`` adds per-function extra arguments.
+    """
+
+    case: str
+    outcome: dict[str, str]
+    example: dict[str, Any]
+    expect: dict[str, Any]
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    why: str = ""
+
+
+CONTRACT: list[Rule] = [
+    Rule(
+        "empty reduction axis",
+        {"logsumexp": "`-inf` (the log of an empty sum)", "softmax": "empty", "log_softmax": "empty"},
+        {"x": []},
+        {"logsumexp": -inf, "softmax": [], "log_softmax": []},
+    ),
+    Rule(
+        "`-inf` entries",
+        {"logsumexp": "the entry adds nothing", "softmax": "probability exactly 0", "log_softmax": "`-inf`"},
+        {"x": [0.0, -inf]},
+        {"logsumexp": 0.0, "softmax": [1.0, 0.0], "log_softmax": [0.0, -inf]},
+    ),
+    Rule(
+        "slice all `-inf`",
+        {"logsumexp": "`-inf`", "softmax": "all zeros", "log_softmax": "all `-inf`"},
+        {"x": [-inf, -inf]},
+        {"logsumexp": -inf, "softmax": [0.0, 0.0], "log_softmax": [-inf, -inf]},
+        why="No entry has any mass; zeros (not NaN, not uniform) keep masked rows out of sums (pytorch#55056, jax#6811).",
+    ),
+    Rule(
+        "slice all masked by `where`",
+        {"logsumexp": "`-inf`", "softmax": "all zeros", "log_softmax": "all `-inf`"},
+        {"x": [1.0, 2.0], "where": [False, False]},
+        {"logsumexp": -inf, "softmax": [0.0, 0.0], "log_softmax": [-inf, -inf]},
+        why="A masked entry is exactly a `-inf` entry.",
+    ),
+    Rule(
+        "`where=False` entry holding NaN or a huge value",
+        {"logsumexp": "ignored", "softmax": "0 there; the rest unmoved", "log_softmax": "`-inf` there"},
+        {"x": [nan, 1e308, 0.0], "where": [False, False, True]},
+        {"logsumexp": 0.0, "softmax": [0.0, 0.0, 1.0], "log_softmax": [-inf, -inf, 0.0]},
+        why="A masked value must never move the result.",
+    ),
+    Rule(
+        "`+inf` entries",
+        {
+            "logsumexp": "`+inf`",
+            "softmax": "uniform over the `+inf` entries, 0 elsewhere (the limit)",
+            "log_softmax": "`-log(k)` at the k `+inf` entries, `-inf` elsewhere",
+        },
+        {"x": [inf, 0.0, inf]},
+        {"logsumexp": inf, "softmax": [0.5, 0.0, 0.5], "log_softmax": [-LOG2, -inf, -LOG2]},
+    ),
+    Rule(
+        "`+inf` and `-inf` together",
+        {"logsumexp": "`+inf`", "softmax": "1 at the `+inf` entry", "log_softmax": "0 there, `-inf` elsewhere"},
+        {"x": [-inf, inf]},
+        {"logsumexp": inf, "softmax": [0.0, 1.0], "log_softmax": [-inf, 0.0]},
+    ),
+    Rule(
+        "NaN anywhere in the slice (unmasked)",
+        {"logsumexp": "NaN", "softmax": "all NaN", "log_softmax": "all NaN"},
+        {"x": [0.0, nan, 1.0]},
+        {"logsumexp": nan, "softmax": [nan, nan, nan], "log_softmax": [nan, nan, nan]},
+        why="NaN in means NaN out for that slice only; other slices are untouched.",
+    ),
+    Rule(
+        "weight `b = 0`",
+        {"logsumexp": "drops its term, even at `+inf` or NaN"},
+        {"x": [inf, 0.0], "b": [0.0, 1.0]},
+        {"logsumexp": 0.0},
+        why="As SciPy: a zero weight means the term is absent.",
+    ),
+    Rule(
+        "negative weighted sum",
+        {"logsumexp": "NaN; with `return_sign=True`, `(log|sum|, -1)`"},
+        {"x": [0.0, 0.0], "b": [1.0, -2.0]},
+        {"logsumexp": nan},
+        why="As SciPy: the log of a negative number has no real value.",
+    ),
+    Rule(
+        "weighted sum exactly 0",
+        {"logsumexp": "`-inf`, sign 0"},
+        {"x": [0.0, 0.0], "b": [1.0, -1.0]},
+        {"logsumexp": -inf},
+        why="SciPy gives sign -1 for an empty axis; we give 0 for every zero sum.",
+    ),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rules_for(name: str) -> list[Rule]:
+    """The rules that say something about function ``name``."""
+    return [r for r in CONTRACT if name in r.outcome]
+
+
+def documented(name: str) -> Callable[[F], F]:
+    """Add the contract's rows for ``name`` to the Notes of its docstring."""
+
+    def deco(fn: F) -> F:
+        lines = ["    Special values (one table for the whole family, ``stablesoftmax.CONTRACT``):", ""]
+        lines += [f"    - {r.case}: {r.outcome[name]}" for r in rules_for(name)]
+        block = "\n".join(lines).replace("`", "``").replace("````", "``") + "\n\n"
+        doc = fn.__doc__ or ""
+        marker = "    References\n" if "    References\n" in doc else "    Examples\n"
+        fn.__doc__ = doc.replace(marker, block + marker, 1) if marker in doc else doc + "\n" + block
+        return fn
+
+    return deco
+
+
+def markdown_table(names: tuple[str, ...] = ("logsumexp", "softmax", "log_softmax")) -> str:
+    """The contract as a Markdown table, one column per function in ``names``."""
+    head = "| input | " + " | ".join(f"`{n}`" for n in names) + " |"
+    rows = [head, "|" + "---|" * (len(names) + 1)]
+    for r in CONTRACT:
+        if any(n in r.outcome for n in names):
+            rows.append(f"| {r.case} | " + " | ".join(r.outcome.get(n, "") for n in names) + " |")
+    return "\n".join(rows)
