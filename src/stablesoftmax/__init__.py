@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from . import naive
 from ._contract import CONTRACT
-from ._errors import ArgumentError, AxisError, DtypeError, ShapeError, StableSoftmaxError, TargetError
+from ._errors import (
+    ArgumentError,
+    AxisError,
+    DtypeError,
+    InputFileError,
+    ShapeError,
+    StableSoftmaxError,
+    TargetError,
+)
 from ._reductions import log_softmax, logsumexp, softmax
 
 __version__ = "0.1.0"
@@ -29,4 +37,5 @@ __all__ = [
     "ShapeError",
     "TargetError",
     "DtypeError",
+    "InputFileError",
 ]

@@ -14,6 +14,7 @@ __all__ = [
     "ShapeError",
     "TargetError",
     "DtypeError",
+    "InputFileError",
 ]
 
 
@@ -39,3 +40,10 @@ class TargetError(ArgumentError, IndexError):
 
 class DtypeError(StableSoftmaxError, TypeError):
     """An array has a dtype stablesoftmax does not compute in."""
+
+
+class InputFileError(StableSoftmaxError, ValueError):
+    """A file given on the command line is missing, unreadable or malformed.
+
+    The message names the file, what is wrong and what is expected.
+    """
