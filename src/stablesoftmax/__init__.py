@@ -20,7 +20,14 @@ from ._errors import (
     StableSoftmaxError,
     TargetError,
 )
-from ._reductions import log_softmax, logsumexp, softmax
+from ._losses import (
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    cross_entropy_grad,
+    cross_entropy_with_grad,
+    nll_loss,
+)
+from ._reductions import log_softmax, log_softmax_grad, logsumexp, logsumexp_grad, softmax, softmax_grad
 
 __version__ = "0.1.0"
 
@@ -29,6 +36,14 @@ __all__ = [
     "logsumexp",
     "softmax",
     "log_softmax",
+    "logsumexp_grad",
+    "softmax_grad",
+    "log_softmax_grad",
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "nll_loss",
+    "binary_cross_entropy_with_logits",
     "naive",
     "CONTRACT",
     "StableSoftmaxError",

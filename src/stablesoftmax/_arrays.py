@@ -59,6 +59,17 @@ def to_numpy(x: Any, name: str) -> tuple[np.ndarray, Source]:
     return arr, Source(dtype, lambda out: _numpy_result(out, dtype))
 
 
+def host(x: Any, name: str) -> np.ndarray:
+    """``x`` as a NumPy array on the host in its own dtype (no float promotion)."""
+    if _is_torch(x):
+        if str(x.dtype) == "torch.bfloat16":
+            return to_numpy(x, name)[0]
+        return x.detach().to("cpu").numpy()
+    if not isinstance(x, np.ndarray) and hasattr(x, "__array_namespace__"):
+        return _array_api_to_numpy(x, name)[0]
+    return _asarray(x, name)
+
+
 def result_dtype(dtype: np.dtype, name: str) -> np.dtype:
     """The float dtype a result has for input of ``dtype``, or a DtypeError."""
     if dtype in FLOAT_DTYPES:

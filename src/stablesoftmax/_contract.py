@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
+
 __all__ = ["Rule", "CONTRACT", "documented", "markdown_table"]
 
 inf, nan = math.inf, math.nan
@@ -24,9 +26,10 @@ LOG2 = math.log(2.0)
 class Rule:
     """One row of the contract.
 
-    ``outcome`` maps a function name to the rule in words; ``example`` holds
-    keyword arguments (``x`` first) and ``expect`` the exact result of each
-    function on that example. ``kwargs`` adds per-function extra arguments.
+    ``outcome`` maps a function name (or ``"gradients"``) to the rule in
+    words; ``example`` holds the arguments: ``x``, then ``target`` and ``g``
+    where the function takes them, then keyword options; ``expect`` is the
+    exact result of each function on it. ``kwargs`` overrides per function.
     """
 
     case: str
@@ -35,6 +38,28 @@ class Rule:
     expect: dict[str, Any]
     kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     why: str = ""
+
+    def arguments(self, name: str) -> tuple[list[Any], dict[str, Any]]:
+        """Positional and keyword arguments that call function ``name`` on the example.
+
+        Lists become float64 arrays (``target`` keeps integers as int64;
+        ``target_dtype`` forces a dtype, for an empty target). Options a
+        function does not take (``b`` outside logsumexp) are dropped.
+        """
+        opts = {**self.example, **self.kwargs.get(name, {})}
+        tdtype = opts.pop("target_dtype", None)
+        args = [np.asarray(opts.pop("x"), dtype=np.float64)]
+        if "target" in opts:
+            args.append(np.asarray(opts.pop("target"), dtype=tdtype))
+        g = opts.pop("g", None)
+        if name in ("logsumexp_grad", "softmax_grad", "log_softmax_grad"):
+            args.append(np.asarray(g, dtype=np.float64))
+        if name != "logsumexp":
+            opts.pop("b", None)
+        if not name.startswith("cross_entropy"):
+            opts.pop("reduction", None)
+        kw = {k: np.asarray(v) if isinstance(v, list) else v for k, v in opts.items()}
+        return args, kw
 
 
 CONTRACT: list[Rule] = [
@@ -114,6 +139,68 @@ CONTRACT: list[Rule] = [
         {"x": [0.0, 0.0], "b": [1.0, -1.0]},
         {"logsumexp": -inf},
         why="SciPy gives sign -1 for an empty axis; we give 0 for every zero sum.",
+    ),
+    # ---- cross-entropy -------------------------------------------------
+    Rule(
+        "target's logit is `-inf`",
+        {"cross_entropy": "`+inf` for that element; the others stay finite"},
+        {"x": [[0.0, -inf], [0.0, 0.0]], "target": [1, 0], "reduction": "none"},
+        {"cross_entropy": [inf, LOG2]},
+        why="Probability 0 of the truth is an infinite loss: a poison pill, so never mask the true label.",
+    ),
+    Rule(
+        "probability target 0 on a `-inf` logit",
+        {"cross_entropy": "contributes 0 (`0 log 0 = 0`), not NaN"},
+        {"x": [[0.0, -inf]], "target": [[1.0, 0.0]], "reduction": "none"},
+        {"cross_entropy": [0.0]},
+    ),
+    Rule(
+        "every element ignored, `reduction=\"mean\"`",
+        {"cross_entropy": "0.0 with zero gradient, not NaN (pytorch#70348)"},
+        {"x": [[1.0, 2.0], [3.0, 4.0]], "target": [-100, -100]},
+        {"cross_entropy": 0.0, "cross_entropy_grad": [[0.0, 0.0], [0.0, 0.0]]},
+    ),
+    Rule(
+        "a slice all masked (or all `-inf`) under cross-entropy",
+        {"cross_entropy": "left out like an ignored element; a mean of nothing is 0.0"},
+        {"x": [[1.0, 2.0]], "target": [0], "where": [[False, False]]},
+        {"cross_entropy": 0.0, "cross_entropy_grad": [[0.0, 0.0]]},
+        why="A slice with no distribution has no loss; counting it would turn the mean into NaN.",
+    ),
+    Rule(
+        "empty batch",
+        {"cross_entropy": "`\"mean\"` and `\"sum\"` give 0.0"},
+        {"x": np.zeros((0, 3)), "target": [], "target_dtype": "int64"},
+        {"cross_entropy": 0.0},
+    ),
+    # ---- gradients -----------------------------------------------------
+    Rule(
+        "gradient at `-inf` and masked entries (even holding NaN)",
+        {"gradients": "exactly 0; their cotangents reach nothing"},
+        {"x": [0.0, 0.0, -inf, nan], "where": [True, True, True, False], "g": [1.0, 3.0, 5.0, 7.0]},
+        {"softmax_grad": [-0.5, 0.5, 0.0, 0.0], "log_softmax_grad": [-1.0, 1.0, 0.0, 0.0], "logsumexp_grad": [1.0, 1.0, 0.0, 0.0]},
+        kwargs={"logsumexp_grad": {"g": 2.0}},
+        why="A finite change leaves `-inf` at `-inf`, so the output cannot move (jax#19490 needed a double where).",
+    ),
+    Rule(
+        "gradient on an all-masked slice",
+        {"gradients": "all 0 (PyTorch gives NaN, pytorch#41508)"},
+        {"x": [1.0, 2.0], "where": [False, False], "g": [1.0, 1.0]},
+        {"softmax_grad": [0.0, 0.0], "log_softmax_grad": [0.0, 0.0], "logsumexp_grad": [0.0, 0.0]},
+        kwargs={"logsumexp_grad": {"g": 1.0}},
+    ),
+    Rule(
+        "gradient on a slice holding `+inf`",
+        {"gradients": "all 0: the outputs are the limit and stay there under any finite change"},
+        {"x": [inf, 0.0, inf], "g": [1.0, 2.0, 3.0]},
+        {"softmax_grad": [0.0, 0.0, 0.0], "log_softmax_grad": [0.0, 0.0, 0.0], "logsumexp_grad": [0.0, 0.0, 0.0]},
+        kwargs={"logsumexp_grad": {"g": 1.0}},
+    ),
+    Rule(
+        "gradient of ignored targets",
+        {"gradients": "0 on the ignored element's logits; the mean counts the rest"},
+        {"x": [[0.0, 0.0], [0.0, 0.0]], "target": [0, -100]},
+        {"cross_entropy_grad": [[-0.5, 0.5], [0.0, 0.0]]},
     ),
 ]
 

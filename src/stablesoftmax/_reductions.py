@@ -30,7 +30,7 @@ from . import _arrays
 from ._arrays import AxisLike, Rows, Source
 from ._contract import documented
 
-__all__ = ["logsumexp", "softmax", "log_softmax"]
+__all__ = ["logsumexp", "softmax", "log_softmax", "logsumexp_grad", "softmax_grad", "log_softmax_grad"]
 
 
 @documented("logsumexp")
@@ -113,6 +113,42 @@ def logsumexp(
     return src.restore(lse)
 
 
+def logsumexp_grad(
+    x: Any, g: Any, /, *, axis: AxisLike = -1, keepdims: bool = False, where: Any = None, b: Any = None
+) -> Any:
+    r"""Vector-Jacobian product of :func:`logsumexp` with respect to ``x``.
+
+    .. math:: \frac{\partial}{\partial x_i} \log\Big|\sum_j b_j e^{x_j}\Big| \cdot g
+              = g \, \frac{b_i e^{x_i - m}}{\sum_j b_j e^{x_j - m}}
+              \quad (= g\,\operatorname{softmax}(x)_i \text{ without } b)
+
+    ``g`` is the cotangent, shaped like :func:`logsumexp`'s result (with the
+    same ``keepdims``). The max shift carries no gradient. Entries that are
+    masked, ``-inf`` or have ``b = 0`` get exactly 0, and so does every entry
+    of a slice whose max is ``+inf`` (the result stays ``+inf`` under any
+    finite change) or ``-inf``. A NaN slice gives NaN.
+    """
+    xw, mask, rows, src, exact = _prepare(x, axis, where)
+    gb = _cotangent(g, rows, keepdims)
+    if rows.k == 0:
+        return src.restore(np.zeros(rows.shape))
+    if b is not None:
+        weights = _arrays.wide(rows.split(_arrays.broadcast_like(b, rows.shape, "b", "x's")))
+        keep = weights != 0
+        mask = keep if mask is None else mask & keep
+    sh = _shift(xw, mask, exact)
+    t, s = _terms(sh, reuse=True)
+    if b is None:
+        p = _probs(sh, t, s)
+    else:
+        np.put_along_axis(t, sh.k, 1.0, axis=-1)
+        t *= weights
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero weighted sum has an infinite derivative
+            p = t / t.sum(axis=-1, keepdims=True)
+    p *= gb[..., None]
+    return src.restore(rows.join(_zero_dead(p, sh)))
+
+
 @documented("softmax")
 def softmax(x: Any, /, *, axis: AxisLike = -1, where: Any = None, temperature: float = 1.0) -> Any:
     r"""Softmax along ``axis``: ``exp(x / T) / sum(exp(x / T))``, computed stably.
@@ -159,11 +195,24 @@ def softmax(x: Any, /, *, axis: AxisLike = -1, where: Any = None, temperature: f
     if rows.k == 0:
         return src.restore(rows.join(np.empty(xw.shape)))
     sh = _shift(xw, mask, exact)
-    t, s = _terms(sh, reuse=True)
-    np.put_along_axis(t, sh.k, 1.0, axis=-1)
-    t /= 1.0 + s
-    _fix_rows(t, sh, "softmax")
-    return src.restore(rows.join(t))
+    return src.restore(rows.join(_probs(sh, *_terms(sh, reuse=True))))
+
+
+def softmax_grad(x: Any, g: Any, /, *, axis: AxisLike = -1, where: Any = None, temperature: float = 1.0) -> Any:
+    r"""Vector-Jacobian product of :func:`softmax` with respect to ``x``.
+
+    .. math:: \bar x = \frac{1}{T}\, p \odot \big(g - \langle g, p \rangle\big),
+              \quad p = \operatorname{softmax}(x / T)
+
+    ``g`` has ``x``'s shape. The result sums to 0 along ``axis``. Masked and
+    ``+-inf`` entries, and slices whose max is not finite, get exactly 0;
+    NaN slices give NaN.
+    """
+    p, sh, rows, src, t = _probs_for_grad(x, axis, where, temperature)
+    gb = _cotangent_like(g, rows, sh)
+    p *= gb - np.sum(gb * p, axis=-1, keepdims=True)
+    p /= t
+    return src.restore(rows.join(_zero_dead(p, sh)))
 
 
 @documented("log_softmax")
@@ -211,11 +260,74 @@ def log_softmax(x: Any, /, *, axis: AxisLike = -1, where: Any = None, temperatur
         return src.restore(rows.join(np.empty(xw.shape)))
     sh = _shift(xw, mask, exact)
     _, s = _terms(sh, reuse=False)
-    out = sh.d - np.log1p(s)
-    if sh.err is not None:
-        out += sh.err
-    _fix_rows(out, sh, "log_softmax")
-    return src.restore(rows.join(out))
+    return src.restore(rows.join(_log_probs(sh, np.log1p(s))))
+
+
+def log_softmax_grad(x: Any, g: Any, /, *, axis: AxisLike = -1, where: Any = None, temperature: float = 1.0) -> Any:
+    r"""Vector-Jacobian product of :func:`log_softmax` with respect to ``x``.
+
+    .. math:: \bar x = \frac{1}{T}\big(g - p \textstyle\sum_j g_j\big),
+              \quad p = \operatorname{softmax}(x / T)
+
+    ``g`` has ``x``'s shape. A ``-inf`` or masked entry gets exactly 0: any
+    finite change leaves it ``-inf``, so it moves nothing. Slices whose max
+    is not finite get 0; NaN slices give NaN.
+    """
+    p, sh, rows, src, t = _probs_for_grad(x, axis, where, temperature)
+    gb = _cotangent_like(g, rows, sh)
+    p *= -np.sum(gb, axis=-1, keepdims=True)
+    p += gb
+    p /= t
+    return src.restore(rows.join(_zero_dead(p, sh)))
+
+
+# --------------------------------------------------------------------------
+# Gradient plumbing
+# --------------------------------------------------------------------------
+
+
+def _probs_for_grad(x: Any, axis: AxisLike, where: Any, temperature: float):
+    """Softmax rows for a VJP: ``(p, shifted, rows, src, T)``."""
+    xw, mask, rows, src, exact = _prepare(x, axis, where, temperature)
+    if rows.k == 0:
+        empty = np.empty(xw.shape)
+        return empty, Shifted(empty, empty, None, empty[..., :0], empty[..., :0], np.ones(xw.shape[:-1] + (0,), bool)), rows, src, 1.0
+    sh = _shift(xw, mask, exact)
+    return _probs(sh, *_terms(sh, reuse=False)), sh, rows, src, _arrays.check_temperature(temperature)
+
+
+def _cotangent(g: Any, rows: Rows, keepdims: bool) -> np.ndarray:
+    """A reduction's cotangent as a ``batch``-shaped float64 array."""
+    arr = _arrays.wide(_arrays.to_numpy(g, "g")[0])
+    if keepdims:
+        shape = tuple(1 if d in rows.axes else n for d, n in enumerate(rows.shape))
+        return np.squeeze(_arrays.broadcast_like(arr, shape, "g", "the keepdims result's"), axis=rows.axes)
+    return _arrays.broadcast_like(arr, rows.batch, "g", "the result's")
+
+
+def _cotangent_like(g: Any, rows: Rows, sh: Shifted) -> np.ndarray:
+    """An elementwise function's cotangent in rows like ``x``, zero at dead outputs.
+
+    A dead output (masked, ``+-inf`` input, or a row whose max is not finite)
+    is constant, so its cotangent must not reach any input.
+    """
+    arr = _arrays.wide(_arrays.to_numpy(g, "g")[0])
+    gb = rows.split(_arrays.broadcast_like(arr, rows.shape, "g", "x's"))
+    return np.where(_live(sh), gb, 0.0)
+
+
+def _live(sh: Shifted) -> np.ndarray:
+    """Entries a finite change of the input can move: finite, unmasked, in a finite-max row."""
+    return sh.finite & np.isfinite(sh.xm)
+
+
+def _zero_dead(grad: np.ndarray, sh: Shifted) -> np.ndarray:
+    """Zero the gradient where the input cannot move the output; NaN rows stay NaN."""
+    if grad.size == 0:
+        return grad
+    np.copyto(grad, 0.0, where=~_live(sh))
+    grad[np.isnan(sh.m[..., 0])] = np.nan
+    return grad
 
 
 # --------------------------------------------------------------------------
@@ -345,21 +457,41 @@ def _fix_weighted_rows(lse: np.ndarray, sign: np.ndarray, sh: Shifted, b: np.nda
     sign[bad & np.isnan(lse[..., 0]), 0] = np.nan
 
 
+def _probs(sh: Shifted, t: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Softmax from the terms: ``t`` (max term zeroed) becomes ``t / (1 + s)`` in place."""
+    np.put_along_axis(t, sh.k, 1.0, axis=-1)
+    t /= 1.0 + s
+    _fix_rows(t, sh, "softmax")
+    return t
+
+
+def _log_probs(sh: Shifted, log_rest: np.ndarray) -> np.ndarray:
+    """Log-softmax ``(x - m) - log1p(s)`` as a new array; ``log_rest`` is ``log1p(s)``."""
+    out = sh.d - log_rest
+    if sh.err is not None:
+        out += sh.err
+    _fix_rows(out, sh, "log_softmax")
+    return out
+
+
 def _fix_rows(out: np.ndarray, sh: Shifted, kind: str) -> None:
-    """Write the contract's values into rows whose max is not finite.
+    """Write the contract's values into rows whose max is not finite."""
+    bad = ~sh.finite[..., 0]
+    if bad.any():
+        out[bad] = contract_rows(sh.xm[bad], sh.m[bad], kind)
+
+
+def contract_rows(xb: np.ndarray, m: np.ndarray, kind: str) -> np.ndarray:
+    """Softmax or log_softmax of rows ``xb`` whose max ``m`` is not finite.
 
     ``-inf`` max (all ``-inf`` or all masked): softmax 0, log_softmax ``-inf``.
     ``+inf`` max: the limit, uniform over the ``+inf`` entries. NaN: NaN.
     """
-    bad = ~sh.finite[..., 0]
-    if not bad.any():
-        return
-    xb, m = sh.xm[bad], sh.m[bad]
     at_inf = xb == np.inf
     count = np.maximum(at_inf.sum(axis=-1, keepdims=True), 1)
     if kind == "softmax":
         vals = np.where(m == np.inf, at_inf / count, 0.0)
     else:
         vals = np.where(m == np.inf, np.where(at_inf, -np.log(count), -np.inf), -np.inf)
-    vals[np.isnan(m[:, 0])] = np.nan
-    out[bad] = vals
+    vals[np.isnan(m[..., 0])] = np.nan
+    return vals
