@@ -159,11 +159,11 @@ def _torch_to_numpy(x: Any, name: str) -> tuple[np.ndarray, Source]:
     device, torch_dtype = x.device, x.dtype if x.dtype.is_floating_point else torch.float64
 
     def restore(out: np.ndarray) -> Any:
-        out = round_to(np.asarray(out, dtype=np.float64), logical)
+        out = np.array(round_to(np.asarray(out, dtype=np.float64), logical), order="C")  # keeps 0-d, unlike ascontiguousarray
         if logical == BFLOAT16:
-            t = torch.from_numpy(np.ascontiguousarray(out).view(np.int16)).view(torch.bfloat16)
+            t = torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
         else:
-            t = torch.from_numpy(np.ascontiguousarray(out))
+            t = torch.from_numpy(out)
         return t.to(device=device, dtype=torch_dtype)
 
     return arr, Source(logical, restore)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _arrays
+from . import _arrays, _torch_autograd
 from ._arrays import Rows, Source
 from ._contract import documented
 from ._errors import ArgumentError, DtypeError, ShapeError, TargetError
@@ -118,6 +118,10 @@ def cross_entropy(
     ...     float(naive.cross_entropy(x, 3))
     inf
     """
+    if _torch_autograd.wants_grad(logits):
+        return _torch_autograd.apply("cross_entropy", logits, target, axis=axis, weight=weight, ignore_index=ignore_index,
+                                     reduction=reduction, label_smoothing=label_smoothing, where=where, z_loss=z_loss,
+                                     softcap=softcap)
     problem = _problem(logits, target, axis, weight, ignore_index, reduction, label_smoothing, where, z_loss, softcap)
     return problem.src.restore(_forward(problem).loss)
 

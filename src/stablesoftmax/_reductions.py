@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _arrays
+from . import _arrays, _torch_autograd
 from ._arrays import AxisLike, Rows, Source
 from ._contract import documented
 
@@ -97,6 +97,11 @@ def logsumexp(
     ...     float(naive.logsumexp(x))
     inf
     """
+    if _torch_autograd.wants_grad(x):
+        out = _torch_autograd.apply("logsumexp", x, axis=axis, keepdims=keepdims, where=where, b=b)
+        if return_sign:
+            return out, logsumexp(x.detach(), axis=axis, keepdims=keepdims, where=where, b=b, return_sign=True)[1]
+        return out
     xw, mask, rows, src, exact = _prepare(x, axis, where)
     if b is not None:
         weights = _arrays.wide(rows.split(_arrays.broadcast_like(b, rows.shape, "b", "x's")))
@@ -191,6 +196,8 @@ def softmax(x: Any, /, *, axis: AxisLike = -1, where: Any = None, temperature: f
     ...     bool(np.isnan(naive.softmax(x)).any())
     True
     """
+    if _torch_autograd.wants_grad(x):
+        return _torch_autograd.apply("softmax", x, axis=axis, where=where, temperature=temperature)
     xw, mask, rows, src, exact = _prepare(x, axis, where, temperature)
     if rows.k == 0:
         return src.restore(rows.join(np.empty(xw.shape)))
@@ -255,6 +262,8 @@ def log_softmax(x: Any, /, *, axis: AxisLike = -1, where: Any = None, temperatur
     >>> float(log_softmax(x)[1])       # SciPy and PyTorch give 0.0
     -2.6103975761543725e-23
     """
+    if _torch_autograd.wants_grad(x):
+        return _torch_autograd.apply("log_softmax", x, axis=axis, where=where, temperature=temperature)
     xw, mask, rows, src, exact = _prepare(x, axis, where, temperature)
     if rows.k == 0:
         return src.restore(rows.join(np.empty(xw.shape)))
