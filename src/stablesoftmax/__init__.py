@@ -27,6 +27,7 @@ from ._losses import (
     cross_entropy_with_grad,
     nll_loss,
 )
+from ._sampling import sample
 from ._reductions import log_softmax, log_softmax_grad, logsumexp, logsumexp_grad, softmax, softmax_grad
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ __all__ = [
     "cross_entropy_with_grad",
     "nll_loss",
     "binary_cross_entropy_with_logits",
+    "sample",
     "naive",
     "CONTRACT",
     "StableSoftmaxError",

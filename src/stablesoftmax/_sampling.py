@@ -1,0 +1,111 @@
+"""Temperature sampling from logits, as the course page's inference step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _arrays
+from ._errors import ArgumentError
+from ._reductions import softmax
+
+__all__ = ["sample"]
+
+
+def sample(
+    logits: Any,
+    /,
+    *,
+    temperature: float = 1.0,
+    axis: int = -1,
+    rng: np.random.Generator | int | None = None,
+) -> Any:
+    r"""Draw one class index per slice from ``softmax(logits / temperature)``.
+
+    .. math:: P(i) = \frac{e^{(x_i - m)/T}}{\sum_j e^{(x_j - m)/T}}, \qquad T = 0:\ i = \arg\max_j x_j
+
+    Parameters
+    ----------
+    logits : array_like
+        Scores; ``axis`` is the class axis. ``-inf`` entries are never drawn.
+    temperature : float, default 1.0
+        ``T >= 0``. ``T = 0`` means argmax exactly (the first of tied
+        maxima); as ``T -> 0`` the draw tends to it, without overflow, since
+        the max is subtracted before dividing by ``T``.
+    axis : int, default -1
+        The class axis.
+    rng : numpy.random.Generator, int or None
+        The generator, or a seed for ``np.random.default_rng``.
+
+    Returns
+    -------
+    array of int64
+        Indices shaped like ``logits`` without ``axis`` (a torch tensor for
+        tensor input).
+
+    Raises
+    ------
+    ArgumentError
+        For a negative or NaN temperature, or a slice with no probability
+        mass to draw from (all ``-inf``) or holding NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stablesoftmax import sample
+    >>> int(sample(np.array([1.0, 92.0, 3.0]), temperature=0))
+    1
+    """
+    t = _check_sampling_temperature(temperature)
+    arr, _ = _arrays.to_numpy(logits, "logits")
+    if not _arrays._is_int(axis):
+        raise ArgumentError(f"axis={axis!r} must be a single int: the class axis.")
+    (ax,) = _arrays.normalize_axes(axis, max(arr.ndim, 1)) if arr.ndim else (0,)
+    x = np.moveaxis(_arrays.wide(np.atleast_1d(arr)), ax, -1)
+    _check_rows(x)
+    if t == 0.0:
+        out = np.argmax(x, axis=-1)
+    else:
+        out = _inverse_cdf(x, t, np.random.default_rng(rng))
+    return _like(out.astype(np.int64), logits)
+
+
+def _check_sampling_temperature(temperature: Any) -> float:
+    try:
+        t = float(temperature)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"temperature={temperature!r} is not a real number; it must be >= 0.") from None
+    if not t >= 0 or np.isinf(t):
+        raise ArgumentError(f"temperature={temperature!r} is not allowed; it must be finite and >= 0 (0 means argmax).")
+    return t
+
+
+def _check_rows(x: np.ndarray) -> None:
+    flat = x.reshape(-1, x.shape[-1])
+    nan_rows = np.isnan(flat).any(axis=-1)
+    dead_rows = (flat == -np.inf).all(axis=-1)
+    bad = nan_rows | dead_rows
+    if bad.any():
+        i = int(np.argmax(bad))
+        why = "holds NaN" if nan_rows[i] else "has no probability mass (all -inf or empty)"
+        raise ArgumentError(f"logits slice {i} {why}; sampling needs at least one finite or +inf logit and no NaN.")
+
+
+def _inverse_cdf(x: np.ndarray, t: float, rng: np.random.Generator) -> np.ndarray:
+    """One draw per row by inverting the cumulative sum of the probabilities."""
+    m = x.max(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # inf - inf on +inf entries: those rows are uniform over them
+        shifted = np.where(m == np.inf, np.where(x == np.inf, 0.0, -np.inf), (x - m) / t)
+    cdf = np.cumsum(softmax(shifted), axis=-1)
+    u = rng.random(x.shape[:-1] + (1,)) * cdf[..., -1:]
+    idx = (cdf <= u).sum(axis=-1)  # first index whose cumulative mass exceeds u
+    return np.minimum(idx, x.shape[-1] - 1)
+
+
+def _like(out: np.ndarray, logits: Any) -> Any:
+    if _arrays._is_torch(logits):
+        import torch
+
+        return torch.from_numpy(out).to(logits.device)
+    return out[()] if out.ndim == 0 else out
