@@ -1,0 +1,198 @@
+"""The two figures: softmax_break.png (the battery) and timings.png (the bench).
+
+Both are drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canvas
+(no pyplot, no global state), under matplotlib's default style so a user's
+matplotlibrc cannot change the picture, and saved without the "Software"
+metadata so two runs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+from ._cases import DTYPES, SOFTMAX_CASES
+from ._results import softmax_pair
+
+__all__ = ["softmax_break", "timings_chart", "NAN_COLOR", "INF_COLOR"]
+
+NAN_COLOR = "#d62728"  # red: NaN
+INF_COLOR = "#7f0000"  # dark red: +-inf
+VALID_COLOR = "#1a7f37"  # green: a stable row where the naive one broke
+WRONG_COLOR = "#ff7f0e"  # orange: no NaN, yet the row does not sum to 1
+WRONG_SUM = 0.01  # "visibly wrong": off by more than 1 %, far beyond any rounding
+PNG_METADATA = {"Software": None}  # no matplotlib version in the file: byte-identical runs
+
+
+def softmax_break(results: dict[str, Any]) -> bytes:
+    """Each case a row, naive on the left and stable on the right; NaN and inf cells red."""
+    import matplotlib.style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dtype = results["dtype"]
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=(15, 8.2), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, 2, sharey=True)
+        rows = _rows(dtype)
+        for ax, kind in zip(axes, ("naive", "stable")):
+            mesh = _draw_side(ax, rows, kind, results)
+        axes[0].set_yticks(np.arange(len(rows)) + 0.5, [f"{c.name}\n{c.label}" for c in SOFTMAX_CASES], fontsize=10)
+        cbar = fig.colorbar(mesh, ax=list(axes), shrink=0.8, pad=0.01)
+        cbar.set_label("softmax probability")
+        _legend(fig)
+        fig.suptitle(_headline(results), fontsize=14, fontweight="bold")
+        return _png(fig)
+
+
+def _rows(dtype_name: str) -> list[dict[str, np.ndarray]]:
+    """Naive and stable outputs of every case, from the same cast inputs as the battery."""
+    dtype = DTYPES[dtype_name]
+    rows = []
+    for case in SOFTMAX_CASES:
+        run = softmax_pair(case, dtype)
+        rows.append({"naive": np.asarray(run.naive, np.float64), "stable": np.asarray(run.stable, np.float64)})
+    return rows
+
+
+def _draw_side(ax: Any, rows: list[dict[str, np.ndarray]], kind: str, results: dict[str, Any]) -> Any:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    mesh = None
+    for i, row in enumerate(rows):
+        p = row[kind]
+        edges = np.linspace(0.0, 1.0, p.size + 1)
+        finite = np.where(np.isfinite(p), p, np.nan)
+        mesh = ax.pcolormesh(edges, [i, i + 1], finite[None, :], cmap=cmap, vmin=0.0, vmax=1.0,
+                             edgecolors="white" if p.size <= 16 else "face", linewidth=1.5 if p.size <= 16 else 0)
+        _bad_cells(ax, p, edges, i)
+        _labels(ax, p, edges, i)
+    broken = [i for i, c in enumerate(results["softmax"]) if c[kind]["has_nan"]]
+    for i in broken:
+        ax.add_patch(_frame(i, NAN_COLOR))
+    for i in _silently_wrong(results, kind):
+        ax.add_patch(_frame(i, WRONG_COLOR))
+    if kind == "stable":  # the headline: where naive broke, the stable row is valid
+        for i, c in enumerate(results["softmax"]):
+            if c["naive"]["has_nan"] and not c["stable"]["has_nan"]:
+                ax.add_patch(_frame(i, VALID_COLOR))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(len(rows), 0)
+    ax.set_xticks([])
+    title = "naive: exp(x) / sum(exp(x))" if kind == "naive" else "stable: stablesoftmax.softmax (-max shift)"
+    verdict = f"NaN on {len(broken)} of {len(rows)} cases" if broken else "no NaN on any case"
+    ax.set_title(f"{title}\n{verdict}", fontsize=12, color=NAN_COLOR if broken else VALID_COLOR)
+    ax.set_xlabel("elements of the row, left to right (each row is split into n equal cells)")
+    return mesh
+
+
+def _bad_cells(ax: Any, p: np.ndarray, edges: np.ndarray, i: int) -> None:
+    from matplotlib.patches import Rectangle
+
+    for j in np.flatnonzero(~np.isfinite(p)):
+        color = NAN_COLOR if math.isnan(p[j]) else INF_COLOR
+        ax.add_patch(Rectangle((edges[j], i), edges[j + 1] - edges[j], 1, facecolor=color, edgecolor="white",
+                               linewidth=1.5, hatch="//"))
+
+
+def _silently_wrong(results: dict[str, Any], kind: str) -> list[int]:
+    """Rows without NaN that visibly fail to sum to 1, like bfloat16's stalled naive sum (600/256)."""
+    return [
+        i for i, c in enumerate(results["softmax"])
+        if not c[kind]["has_nan"] and abs(float(c[kind]["sum"]) - 1.0) > WRONG_SUM
+    ]
+
+
+def _frame(i: int, color: str) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((0.002, i + 0.04), 0.996, 0.92, fill=False, edgecolor=color, linewidth=3.5, zorder=5)
+
+
+def _labels(ax: Any, p: np.ndarray, edges: np.ndarray, i: int) -> None:
+    if p.size > 16:
+        vals = np.unique(p[np.isfinite(p)])
+        text = f"{p.size} cells, all {_short(vals[0])}" if vals.size == 1 else f"{p.size} cells"
+        text += f" (sum {_short(float(np.sum(p)))})"
+        ax.text(0.5, i + 0.5, text, ha="center", va="center", fontsize=10, color="white",
+                bbox={"facecolor": "black", "alpha": 0.55, "edgecolor": "none", "pad": 2})
+        return
+    for j, v in enumerate(p):
+        bad = not math.isfinite(v)
+        ax.text((edges[j] + edges[j + 1]) / 2, i + 0.5, _short(v), ha="center", va="center",
+                fontsize=11 if bad else 9.5, fontweight="bold" if bad else "normal",
+                color="white" if bad or v < 0.6 else "black")
+
+
+def _short(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v == 0:
+        return "0"
+    return f"{v:.3g}" if v >= 1e-3 else f"{v:.1e}"
+
+
+def _legend(fig: Any) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor=NAN_COLOR, hatch="//", edgecolor="white", label="NaN"),
+        Patch(facecolor=INF_COLOR, hatch="//", edgecolor="white", label="inf"),
+        Patch(facecolor="none", edgecolor=NAN_COLOR, linewidth=3, label="row holds a NaN"),
+        Patch(facecolor="none", edgecolor=VALID_COLOR, linewidth=3, label="naive broke, stable valid"),
+        Patch(facecolor="none", edgecolor=WRONG_COLOR, linewidth=3, label="no NaN, but the sum is off by > 1%"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize=10.5, frameon=False)
+
+
+def _headline(results: dict[str, Any]) -> str:
+    naive_nan = results["stop_conditions"]["naive_nan"]["softmax_cases"]
+    stable_nan = [c for c in results["stop_conditions"]["stable_nan"]["cases"] if not c.startswith("lab 02")]
+    broke = ", ".join(naive_nan) if naive_nan else "no case"
+    held = "never returns NaN" if not stable_nan else "returns NaN on " + ", ".join(stable_nan)
+    return f"Softmax at {results['dtype']}: naive breaks on {broke}; stable {held}"
+
+
+def timings_chart(rows: list[dict[str, Any]], title: str) -> bytes:
+    """Median time per call of each implementation, min to max as whiskers, ratio to naive beside it.
+
+    Log scale: on a shared machine the max is often ten times the median, and
+    on a linear axis that outlier would flatten every bar.
+    """
+    import matplotlib.style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=(8, 4.8), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        one_case = len({(r["function"], r["shape"], r["dtype"]) for r in rows}) == 1
+        labels = [r["implementation"] if one_case else f"{r['implementation']}\n{r['function']} {r['shape']} {r['dtype']}"
+                  for r in rows]
+        med = np.array([r["median_s"] for r in rows]) * 1e6
+        lo = med - np.array([r["min_s"] for r in rows]) * 1e6
+        hi = np.array([r["max_s"] for r in rows]) * 1e6 - med
+        colors = ["#8c8c8c" if r["implementation"] == "naive" else "#4c72b0" for r in rows]
+        ax.bar(range(len(rows)), med, yerr=[lo, hi], capsize=6, color=colors, width=0.6)
+        for i, (m, r) in enumerate(zip(med, rows)):
+            ax.annotate(f"{m:.0f} us\n{r['ratio_to_naive']:.2f}x naive", (i + 0.06, m), ha="left", va="center",
+                        fontsize=9.5, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5})
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(rows)), labels, fontsize=10)
+        ax.set_ylabel("time per call, microseconds (log)\nbar: median; whiskers: min to max")
+        ax.set_title(title, fontsize=11)
+        return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata=PNG_METADATA)
+    return buf.getvalue()
