@@ -233,5 +233,32 @@ def markdown_table(names: tuple[str, ...] = ("logsumexp", "softmax", "log_softma
     rows = [head, "|" + "---|" * (len(names) + 1)]
     for r in CONTRACT:
         if any(n in r.outcome for n in names):
-            rows.append(f"| {r.case} | " + " | ".join(r.outcome.get(n, "") for n in names) + " |")
+            cells = [r.case] + [r.outcome.get(n, "") for n in names]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
+
+
+SECTIONS = {
+    "family": ("logsumexp", "softmax", "log_softmax"),
+    "cross_entropy": ("cross_entropy",),
+    "gradients": ("gradients",),
+}
+
+
+def render_sections(text: str) -> str:
+    """``text`` with each ``<!-- contract:NAME -->`` block replaced by the current table."""
+    for name, cols in SECTIONS.items():
+        start, end = f"<!-- contract:{name} -->", f"<!-- /contract:{name} -->"
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        if rest:
+            text = f"{head}{start}\n{markdown_table(cols)}\n{end}{tail}"
+    return text
+
+
+def refresh(path: str = "README.md") -> None:
+    """Rewrite the contract tables of the Markdown file at ``path`` in place."""
+    from pathlib import Path
+
+    p = Path(path)
+    p.write_text(render_sections(p.read_text()))
