@@ -222,6 +222,25 @@ class TestTorchTensors:
         assert out.dtype == self.torch.float64
 
 
+class TestArrayApiStrict:
+    """The generic array-API path, on the standard's reference implementation."""
+
+    xp = pytest.importorskip("array_api_strict")
+
+    @pytest.mark.parametrize("fn", FAMILY)
+    def test_array_type_dtype_and_device_come_back(self, fn, rng):
+        x = rng.normal(size=(3, 4)).astype(np.float32)
+        a = self.xp.asarray(x)
+        out = getattr(ss, fn)(a, axis=0)
+        assert type(out) is type(a) and out.dtype == self.xp.float32 and out.device == a.device
+        np.testing.assert_array_equal(np.asarray(out), getattr(ss, fn)(x, axis=0))
+
+    def test_integer_targets_stay_integers(self, rng):
+        x = rng.normal(size=(2, 3))
+        got = ss.cross_entropy(self.xp.asarray(x), self.xp.asarray([0, 2]), reduction="none")
+        np.testing.assert_array_equal(np.asarray(got), ss.cross_entropy(x, np.array([0, 2]), reduction="none"))
+
+
 # ---------------------------------------------------------------------------
 # Properties (Hypothesis, deterministic profile in conftest.py)
 # ---------------------------------------------------------------------------

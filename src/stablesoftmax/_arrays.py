@@ -66,7 +66,7 @@ def host(x: Any, name: str) -> np.ndarray:
             return to_numpy(x, name)[0]
         return x.detach().to("cpu").numpy()
     if not isinstance(x, np.ndarray) and hasattr(x, "__array_namespace__"):
-        return _array_api_to_numpy(x, name)[0]
+        return _asarray(_host_copy(x), name)
     return _asarray(x, name)
 
 
@@ -174,7 +174,7 @@ def _array_api_to_numpy(x: Any, name: str) -> tuple[np.ndarray, Source]:
 
     xp = aac.array_namespace(x)
     device = aac.device(x)
-    arr = _asarray(np.from_dlpack(aac.to_device(x, "cpu")) if hasattr(x, "__dlpack__") else x, name)
+    arr = _asarray(_host_copy(x), name)
     logical = result_dtype(arr.dtype, name)
     arr = arr if arr.dtype == logical else arr.astype(logical)
 
@@ -183,6 +183,16 @@ def _array_api_to_numpy(x: Any, name: str) -> tuple[np.ndarray, Source]:
         return xp.asarray(host, device=device)
 
     return arr, Source(logical, restore)
+
+
+def _host_copy(x: Any) -> Any:
+    """A NumPy view or copy of an array-API array, through DLPack where it can."""
+    for attempt in (lambda: np.from_dlpack(x), lambda: np.from_dlpack(x, device="cpu", copy=True)):
+        try:
+            return attempt()
+        except (AttributeError, BufferError, RuntimeError, TypeError, ValueError):
+            continue  # not on the host, or no DLPack: try the next way
+    return x
 
 
 def restore_pair(src: Source, a: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
