@@ -296,12 +296,17 @@ def as_mask(where: Any, shape: tuple[int, ...]) -> np.ndarray | None:
     return mask
 
 
+def real_option(value: Any, name: str, ok: Callable[[float], bool], allowed: str) -> float:
+    """``value`` as a float for which ``ok`` holds, or an ArgumentError saying ``allowed``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{name}={value!r} is not a real number; it must be {allowed}.") from None
+    if np.isnan(v) or not ok(v):
+        raise ArgumentError(f"{name}={value!r} is not allowed; it must be {allowed}.")
+    return v
+
+
 def check_temperature(temperature: Any) -> float:
     """``temperature`` as a float; it must be finite and positive."""
-    try:
-        t = float(temperature)
-    except (TypeError, ValueError):
-        raise ArgumentError(f"temperature={temperature!r} is not a real number; it must be finite and > 0.") from None
-    if not (np.isfinite(t) and t > 0):
-        raise ArgumentError(f"temperature={temperature!r} is not allowed; it must be finite and > 0.")
-    return t
+    return real_option(temperature, "temperature", lambda t: np.isfinite(t) and t > 0, "finite and > 0")

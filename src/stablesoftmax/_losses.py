@@ -299,9 +299,9 @@ def _problem(logits, target, axis, weight, ignore_index, reduction, label_smooth
     arr, src = _arrays.to_numpy(logits, "logits")
     rows, x = _class_rows(arr, axis, "logits")
     red = _check_reduction(reduction)
-    smoothing = _check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
-    z = _check_real(z_loss, "z_loss", 0.0, np.inf)
-    cap = None if softcap is None else _check_softcap(softcap)
+    smoothing = _arrays.real_option(label_smoothing, "label_smoothing", lambda v: 0 <= v <= 1, "in [0, 1]")
+    z = _arrays.real_option(z_loss, "z_loss", lambda v: 0 <= v < np.inf, "finite and >= 0")
+    cap = None if softcap is None else _arrays.real_option(softcap, "softcap", lambda v: 0 < v < np.inf, "finite and > 0, or None")
     mask = _arrays.as_mask(where, arr.shape)
     mask = None if mask is None else rows.split(mask).reshape(x.shape)
     tgt = _arrays.host(target, "target")
@@ -369,26 +369,6 @@ def _check_reduction(reduction: Any) -> str:
     if reduction not in REDUCTIONS:
         raise ArgumentError(f"reduction={reduction!r} is not one of {REDUCTIONS}.")
     return reduction
-
-
-def _check_real(value: Any, name: str, lo: float, hi: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ArgumentError(f"{name}={value!r} is not a real number; allowed: [{lo}, {hi}].") from None
-    if not lo <= v <= hi or np.isnan(v) or (hi == np.inf and v == np.inf):
-        raise ArgumentError(f"{name}={value!r} is outside the allowed range [{lo}, {hi}]" + (" (finite)." if hi == np.inf else "."))
-    return v
-
-
-def _check_softcap(softcap: Any) -> float:
-    try:
-        v = float(softcap)
-    except (TypeError, ValueError):
-        raise ArgumentError(f"softcap={softcap!r} is not a real number; it must be finite and > 0, or None.") from None
-    if not (np.isfinite(v) and v > 0):
-        raise ArgumentError(f"softcap={softcap!r} is not allowed; it must be finite and > 0, or None.")
-    return v
 
 
 def _check_weight(weight: Any, c: int) -> np.ndarray | None:

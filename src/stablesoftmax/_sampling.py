@@ -57,7 +57,7 @@ def sample(
     >>> int(sample(np.array([1.0, 92.0, 3.0]), temperature=0))
     1
     """
-    t = _check_sampling_temperature(temperature)
+    t = _arrays.real_option(temperature, "temperature", lambda v: 0 <= v < np.inf, "finite and >= 0 (0 means argmax)")
     arr, _ = _arrays.to_numpy(logits, "logits")
     if not _arrays._is_int(axis):
         raise ArgumentError(f"axis={axis!r} must be a single int: the class axis.")
@@ -69,16 +69,6 @@ def sample(
     else:
         out = _inverse_cdf(x, t, np.random.default_rng(rng))
     return _like(out.astype(np.int64), logits)
-
-
-def _check_sampling_temperature(temperature: Any) -> float:
-    try:
-        t = float(temperature)
-    except (TypeError, ValueError):
-        raise ArgumentError(f"temperature={temperature!r} is not a real number; it must be >= 0.") from None
-    if not t >= 0 or np.isinf(t):
-        raise ArgumentError(f"temperature={temperature!r} is not allowed; it must be finite and >= 0 (0 means argmax).")
-    return t
 
 
 def _check_rows(x: np.ndarray) -> None:
