@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import ml_dtypes
-import mpmath
 import numpy as np
+
+# ulp measurement lives with the accuracy battery; re-exported here for the tests.
+from stablesoftmax.lab.accuracy import ulp, ulp_error  # noqa: F401
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 FLOAT_DTYPES = [np.dtype(np.float16), BFLOAT16, np.dtype(np.float32), np.dtype(np.float64)]
@@ -29,27 +29,6 @@ ULP_GOALS = {
 
 def ulp_goal(fn: str, dtype: np.dtype) -> float:
     return ULP_GOALS["float64" if np.dtype(dtype) == np.float64 else "narrow"][fn]
-
-
-def ulp(value, dtype) -> mpmath.mpf:
-    """One unit in the last place of ``dtype`` at ``|value|`` (subnormal spacing below the normals)."""
-    prec, emin = _FORMAT[np.dtype(dtype)]
-    v = abs(mpmath.mpf(value))
-    e = emin if v == 0 else max(int(mpmath.floor(mpmath.log(v, 2))), emin)
-    return mpmath.mpf(2) ** (e - prec + 1)
-
-
-def ulp_error(got, ref, dtype, scale=None) -> float:
-    """``|got - ref|`` in ulps of ``dtype`` at ``scale`` (default ``|ref|``).
-
-    Special values must match exactly: 0 when they do, inf when they do not.
-    """
-    got = float(got)
-    if not math.isfinite(got) or not mpmath.isfinite(ref):
-        same = (math.isnan(got) and mpmath.isnan(ref)) or got == ref
-        return 0.0 if same else math.inf
-    scale = abs(ref) if scale is None else scale
-    return float(abs(mpmath.mpf(got) - ref) / ulp(scale, dtype))
 
 
 def eps(dtype) -> float:

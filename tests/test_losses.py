@@ -145,6 +145,13 @@ class TestCrossEntropy:
         got = ss.cross_entropy(x, y, z_loss=1e-2, reduction="none")
         np.testing.assert_allclose(got, ss.cross_entropy(x, y, reduction="none") + 1e-2 * lse**2, rtol=1e-14)
 
+    def test_overflow_to_inf_is_quiet_where_inf_is_the_answer(self):
+        # lse ~ 1e300, so z * lse**2 is +inf: the right answer, and no RuntimeWarning on the way.
+        with np.errstate(all="raise"):
+            assert ss.cross_entropy(np.array([[1e300, 0.0]]), np.array([0]), z_loss=1.0) == np.inf
+            capped = ss.cross_entropy(np.array([[1e308, 0.0]]), np.array([1]), softcap=0.5, reduction="none")
+        assert capped[0] == pytest.approx(0.5 + np.log1p(np.exp(-0.5)), rel=4 * eps(np.float64))  # logits [0.5, 0]
+
     def test_softcap_is_applied_first(self, rng):
         x, y = rng.normal(0, 50, (6, 4)), rng.integers(0, 4, 6)
         capped = 30.0 * np.tanh(x / 30.0)

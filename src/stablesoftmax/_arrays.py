@@ -100,9 +100,10 @@ def round_to(out: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """
     if dtype == np.float64:
         return out
-    if dtype != BFLOAT16:
-        return out.astype(dtype)
-    return _float32_round_to_odd(out).astype(BFLOAT16)
+    with np.errstate(over="ignore"):  # past the dtype's range, +-inf is the correctly rounded result
+        if dtype != BFLOAT16:
+            return out.astype(dtype)
+        return _float32_round_to_odd(out).astype(BFLOAT16)
 
 
 def _float32_round_to_odd(x: np.ndarray) -> np.ndarray:

@@ -316,7 +316,8 @@ def _problem(logits, target, axis, weight, ignore_index, reduction, label_smooth
         counted = tgt != ignore_index
         probs = False
     if cap is not None:
-        x = cap * np.tanh(x / cap)
+        with np.errstate(over="ignore"):  # x / cap past float64's range is +-inf, and tanh(+-inf) = +-1
+            x = cap * np.tanh(x / cap)
     return _Problem(x, mask, tgt, probs, counted, _check_weight(weight, rows.k), rows, src,
                     arr.dtype == np.float64 and cap is None, red, smoothing, z, cap)
 
@@ -397,7 +398,7 @@ def _forward(pb: _Problem) -> _Forward:
         ce, wy = _ce_gathered(pb, sh, log_rest, live)
     zt = None
     if pb.z_loss:
-        with np.errstate(invalid="ignore"):  # inf lse on +inf slices: the loss is inf there anyway
+        with np.errstate(invalid="ignore", over="ignore"):  # lse**2 past float64's range is inf, as is the loss
             zt = np.where(live, pb.z_loss * lse * lse, 0.0)
     return _Forward(sh, t, s, lse, live, wy, _reduce(ce, zt, wy, live, pb.reduction, pb.rows.batch))
 

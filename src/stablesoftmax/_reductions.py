@@ -386,11 +386,12 @@ def _shift(xw: np.ndarray, mask: np.ndarray | None, exact: bool) -> Shifted:
     k = np.argmax(xm, axis=-1, keepdims=True)  # the first NaN wins, so NaN rows are found too
     m = np.take_along_axis(xm, k, axis=-1)
     finite = np.isfinite(m)
-    if finite.all():
-        d = xm - m
-    else:
-        d = np.full(xm.shape, -np.inf)
-        np.subtract(xm, m, out=d, where=finite)
+    with np.errstate(over="ignore"):  # -max - max is -inf: a term of weight 0, which is exact
+        if finite.all():
+            d = xm - m
+        else:
+            d = np.full(xm.shape, -np.inf)
+            np.subtract(xm, m, out=d, where=finite)
     err = _twosum_error(xm, m, d) if exact else None
     return Shifted(xm, d, err, k, m, finite)
 
