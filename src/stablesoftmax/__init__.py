@@ -20,6 +20,7 @@ from ._errors import (
     StableSoftmaxError,
     TargetError,
 )
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from ._losses import (
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -46,6 +47,8 @@ __all__ = [
     "nll_loss",
     "binary_cross_entropy_with_logits",
     "sample",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "naive",
     "CONTRACT",
     "StableSoftmaxError",

@@ -194,15 +194,15 @@ def nll_loss(
     """
     arr, src = _arrays.to_numpy(log_probs, "log_probs")
     rows, lp = _class_rows(arr, axis, "log_probs")
-    tgt = _class_target(_arrays.host(target, "target"), rows, arr.shape, ignore_index, "log_probs")
-    red = _check_reduction(reduction)
-    w = _check_weight(weight, rows.k)
+    tgt = class_target(_arrays.host(target, "target"), rows, arr.shape, ignore_index, "log_probs")
+    red = check_reduction(reduction)
+    w = check_class_weight(weight, rows.k)
     live = tgt != ignore_index
     y = np.where(live, tgt, 0)[:, None]
     wy = np.where(live, 1.0 if w is None else w[y[:, 0]], 0.0)
     with np.errstate(invalid="ignore"):  # 0 * inf on ignored elements; they are zeroed next
         elem = np.where(live, -wy * np.take_along_axis(lp, y, axis=-1)[:, 0], 0.0)
-    return src.restore(_reduce(elem, None, wy, live, red, rows.batch))
+    return src.restore(reduce_losses(elem, None, wy, live, red, rows.batch))
 
 
 def binary_cross_entropy_with_logits(
@@ -231,7 +231,7 @@ def binary_cross_entropy_with_logits(
     t = _arrays.wide(_arrays.to_numpy(target, "target")[0])
     if t.shape != x.shape:
         raise ShapeError(f"target of shape {t.shape} must have the logits' shape {x.shape}.")
-    red = _check_reduction(reduction)
+    red = check_reduction(reduction)
     pw = 1.0 if pos_weight is None else _arrays.wide(_arrays.to_numpy(pos_weight, "pos_weight")[0])
     pos = pw * t
     elem = _times_softplus(pos, -x) + _times_softplus(1.0 - t, x)
@@ -298,10 +298,8 @@ def _with_defaults(options: dict[str, Any]) -> dict[str, Any]:
 def _problem(logits, target, axis, weight, ignore_index, reduction, label_smoothing, where, z_loss, softcap) -> _Problem:
     arr, src = _arrays.to_numpy(logits, "logits")
     rows, x = _class_rows(arr, axis, "logits")
-    red = _check_reduction(reduction)
-    smoothing = _arrays.real_option(label_smoothing, "label_smoothing", lambda v: 0 <= v <= 1, "in [0, 1]")
-    z = _arrays.real_option(z_loss, "z_loss", lambda v: 0 <= v < np.inf, "finite and >= 0")
-    cap = None if softcap is None else _arrays.real_option(softcap, "softcap", lambda v: 0 < v < np.inf, "finite and > 0, or None")
+    red = check_reduction(reduction)
+    smoothing, z, cap = check_options(label_smoothing, z_loss, softcap)
     mask = _arrays.as_mask(where, arr.shape)
     mask = None if mask is None else rows.split(mask).reshape(x.shape)
     tgt = _arrays.host(target, "target")
@@ -312,13 +310,12 @@ def _problem(logits, target, axis, weight, ignore_index, reduction, label_smooth
         tgt = _prob_target(tgt, rows, x.shape)
         counted = np.ones(x.shape[0], bool)
     else:
-        tgt = _class_target(tgt, rows, arr.shape, ignore_index, "logits")
+        tgt = class_target(tgt, rows, arr.shape, ignore_index, "logits")
         counted = tgt != ignore_index
         probs = False
     if cap is not None:
-        with np.errstate(over="ignore"):  # x / cap past float64's range is +-inf, and tanh(+-inf) = +-1
-            x = cap * np.tanh(x / cap)
-    return _Problem(x, mask, tgt, probs, counted, _check_weight(weight, rows.k), rows, src,
+        x = apply_softcap(x.copy(), cap)
+    return _Problem(x, mask, tgt, probs, counted, check_class_weight(weight, rows.k), rows, src,
                     arr.dtype == np.float64 and cap is None, red, smoothing, z, cap)
 
 
@@ -335,7 +332,25 @@ def _class_rows(arr: np.ndarray, axis: Any, name: str) -> tuple[Rows, np.ndarray
     return rows, _arrays.wide(rows.split(arr)).reshape(n, rows.k)
 
 
-def _class_target(tgt: np.ndarray, rows: Rows, shape: tuple, ignore_index: int, name: str) -> np.ndarray:
+def check_options(label_smoothing: Any, z_loss: Any, softcap: Any) -> tuple[float, float, float | None]:
+    """``(label_smoothing, z_loss, softcap)`` checked: in [0, 1], finite >= 0, finite > 0 or None."""
+    smoothing = _arrays.real_option(label_smoothing, "label_smoothing", lambda v: 0 <= v <= 1, "in [0, 1]")
+    z = _arrays.real_option(z_loss, "z_loss", lambda v: 0 <= v < np.inf, "finite and >= 0")
+    if softcap is None:
+        return smoothing, z, None
+    return smoothing, z, _arrays.real_option(softcap, "softcap", lambda v: 0 < v < np.inf, "finite and > 0, or None")
+
+
+def apply_softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """Gemma 2's ``cap * tanh(x / cap)``, in place on ``x`` (which it returns)."""
+    with np.errstate(over="ignore"):  # x / cap past the float range is +-inf, and tanh(+-inf) = +-1
+        np.divide(x, cap, out=x)
+    np.tanh(x, out=x)
+    x *= cap
+    return x
+
+
+def class_target(tgt: np.ndarray, rows: Rows, shape: tuple, ignore_index: int, name: str) -> np.ndarray:
     if tgt.dtype.kind == "f" or tgt.dtype == _arrays.BFLOAT16:
         if tgt.shape == rows.batch:
             raise TargetError(f"target holds float class indices (dtype {tgt.dtype}); class indices must be integers, "
@@ -366,13 +381,13 @@ def _prob_target(tgt: np.ndarray, rows: Rows, shape: tuple) -> np.ndarray:
     return q
 
 
-def _check_reduction(reduction: Any) -> str:
+def check_reduction(reduction: Any) -> str:
     if reduction not in REDUCTIONS:
         raise ArgumentError(f"reduction={reduction!r} is not one of {REDUCTIONS}.")
     return reduction
 
 
-def _check_weight(weight: Any, c: int) -> np.ndarray | None:
+def check_class_weight(weight: Any, c: int) -> np.ndarray | None:
     if weight is None:
         return None
     w = _arrays.wide(_arrays.to_numpy(weight, "weight")[0])
@@ -400,7 +415,7 @@ def _forward(pb: _Problem) -> _Forward:
     if pb.z_loss:
         with np.errstate(invalid="ignore", over="ignore"):  # lse**2 past float64's range is inf, as is the loss
             zt = np.where(live, pb.z_loss * lse * lse, 0.0)
-    return _Forward(sh, t, s, lse, live, wy, _reduce(ce, zt, wy, live, pb.reduction, pb.rows.batch))
+    return _Forward(sh, t, s, lse, live, wy, reduce_losses(ce, zt, wy, live, pb.reduction, pb.rows.batch))
 
 
 def _ce_gathered(pb: _Problem, sh: Shifted, log_rest: np.ndarray, live: np.ndarray):
@@ -444,7 +459,7 @@ def _target_mass(pb: _Problem, live: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return a, np.where(live, w[y], 0.0)
 
 
-def _reduce(ce: np.ndarray, zt: np.ndarray | None, wy: np.ndarray, live: np.ndarray, reduction: str, batch: tuple) -> np.ndarray:
+def reduce_losses(ce: np.ndarray, zt: np.ndarray | None, wy: np.ndarray, live: np.ndarray, reduction: str, batch: tuple) -> np.ndarray:
     """Apply the reduction; the mean of nothing is 0.0 (pytorch#70348)."""
     if reduction == "none":
         return (ce if zt is None else ce + zt).reshape(batch)
@@ -458,24 +473,24 @@ def _reduce(ce: np.ndarray, zt: np.ndarray | None, wy: np.ndarray, live: np.ndar
     return np.asarray(mean_ce + mean_z)
 
 
-def _row_scales(pb: _Problem, fwd: _Forward, g: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per-element factors for the CE part and the z part of the gradient."""
+def row_scales(reduction: str, batch: tuple, live: np.ndarray, wy: np.ndarray, g: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-element factors of the cotangent ``g`` for the CE part and the z part of a gradient."""
     garr = _arrays.wide(_arrays.to_numpy(g, "g")[0])
-    if pb.reduction == "none":
-        gb = _arrays.broadcast_like(garr, pb.rows.batch, "g", "the loss's").reshape(-1)
+    if reduction == "none":
+        gb = _arrays.broadcast_like(garr, batch, "g", "the loss's").reshape(-1)
         return gb, gb
     if garr.size != 1:
-        raise ShapeError(f"g of shape {garr.shape} must be a scalar for reduction={pb.reduction!r}.")
+        raise ShapeError(f"g of shape {garr.shape} must be a scalar for reduction={reduction!r}.")
     gs = float(garr.reshape(()))
-    if pb.reduction == "sum":
-        return np.full(len(fwd.live), gs), np.full(len(fwd.live), gs)
-    denom, count = fwd.wy.sum(), np.count_nonzero(fwd.live)
-    return np.full(len(fwd.live), gs / denom if denom else 0.0), np.full(len(fwd.live), gs / count if count else 0.0)
+    if reduction == "sum":
+        return np.full(len(live), gs), np.full(len(live), gs)
+    denom, count = wy.sum(), np.count_nonzero(live)
+    return np.full(len(live), gs / denom if denom else 0.0), np.full(len(live), gs / count if count else 0.0)
 
 
 def _backward(pb: _Problem, fwd: _Forward, g: Any) -> np.ndarray:
     """d loss / d logits, in the caller's layout."""
-    ce_scale, z_scale = _row_scales(pb, fwd, g)
+    ce_scale, z_scale = row_scales(pb.reduction, pb.rows.batch, fwd.live, fwd.wy, g)
     p = _probs(fwd.sh, fwd.t, fwd.s)
     if pb.probs or pb.smoothing:
         a, _ = _target_mass(pb, fwd.live)
