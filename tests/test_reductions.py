@@ -249,10 +249,15 @@ finite = st.floats(-50, 50, allow_nan=False, width=16)
 
 
 def arrays(dtype, min_side=0):
-    return hnp.arrays(dtype, hnp.array_shapes(min_dims=1, max_dims=3, min_side=min_side, max_side=6), elements=finite)
+    """Arrays of ``dtype``; bfloat16 ones are drawn as float16 values (exact in bfloat16's range) and cast."""
+    shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=min_side, max_side=6)
+    if np.dtype(dtype) == BFLOAT16:
+        return hnp.arrays(np.float32, shapes, elements=st.floats(-50, 50, width=16).map(lambda v: float(np.float32(v)))).map(
+            lambda a: a.astype(BFLOAT16))
+    return hnp.arrays(dtype, shapes, elements=finite)
 
 
-dtypes = st.sampled_from([np.float16, np.float32, np.float64])
+dtypes = st.sampled_from([np.dtype(np.float16), BFLOAT16, np.dtype(np.float32), np.dtype(np.float64)])
 
 
 @given(data=st.data(), dtype=dtypes)
