@@ -403,14 +403,19 @@ def check_class_weight(weight: Any, c: int) -> np.ndarray | None:
 
 def _forward(pb: _Problem) -> _Forward:
     sh = _shift(pb.x, pb.mask, pb.exact)
-    t, s = _terms(sh, reuse=False)
+    live = pb.counted & (sh.m[:, 0] != -np.inf)
+    dense = pb.probs or bool(pb.smoothing)
+    if not dense:  # only x[y] - m is needed: take it now, then exp may overwrite the shift in place
+        y = np.where(live, pb.target, 0)[:, None]
+        d_y = np.take_along_axis(sh.d, y, axis=-1)
+        err_y = None if sh.err is None else np.take_along_axis(sh.err, y, axis=-1)
+    t, s = _terms(sh, reuse=not dense)
     log_rest = np.log1p(s)
     lse = (sh.m + log_rest)[:, 0]
-    live = pb.counted & (sh.m[:, 0] != -np.inf)
-    if pb.probs or pb.smoothing:
+    if dense:
         ce, wy = _ce_dense(pb, _log_probs(sh, log_rest), live)
     else:
-        ce, wy = _ce_gathered(pb, sh, log_rest, live)
+        ce, wy = _ce_gathered(pb, sh, log_rest, live, y, d_y, err_y)
     zt = None
     if pb.z_loss:
         with np.errstate(invalid="ignore", over="ignore"):  # lse**2 past float64's range is inf, as is the loss
@@ -418,12 +423,12 @@ def _forward(pb: _Problem) -> _Forward:
     return _Forward(sh, t, s, lse, live, wy, reduce_losses(ce, zt, wy, live, pb.reduction, pb.rows.batch))
 
 
-def _ce_gathered(pb: _Problem, sh: Shifted, log_rest: np.ndarray, live: np.ndarray):
-    """Class targets without smoothing: only the target's log-probability is formed."""
-    y = np.where(live, pb.target, 0)[:, None]
-    lp = np.take_along_axis(sh.d, y, axis=-1) - log_rest
-    if sh.err is not None:
-        lp += np.take_along_axis(sh.err, y, axis=-1)
+def _ce_gathered(pb: _Problem, sh: Shifted, log_rest: np.ndarray, live: np.ndarray, y: np.ndarray,
+                 d_y: np.ndarray, err_y: np.ndarray | None):
+    """Class targets without smoothing: only the target's log-probability ``(d_y - log1p(s)) + err_y``."""
+    lp = d_y - log_rest
+    if err_y is not None:
+        lp += err_y
     bad = ~sh.finite[:, 0]
     if bad.any():
         lp[bad] = np.take_along_axis(contract_rows(sh.xm[bad], sh.m[bad], "log_softmax"), y[bad], axis=-1)
