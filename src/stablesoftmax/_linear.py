@@ -85,7 +85,9 @@ def linear_cross_entropy(
     return prob.src.restore(_loss(prob, _forward(prob)))
 
 
-def linear_cross_entropy_with_grad(hidden: Any, weight: Any, target: Any, /, *, g: Any = 1.0, **options: Any):
+def linear_cross_entropy_with_grad(
+    hidden: Any, weight: Any, target: Any, /, *, g: Any = 1.0, **options: Any
+) -> tuple[Any, tuple[Any, Any, Any]]:
     r"""The loss of :func:`linear_cross_entropy` and its gradients, in two passes over the vocabulary.
 
     Returns ``(loss, (d_hidden, d_weight, d_bias))`` (``d_bias`` is None
