@@ -29,7 +29,7 @@ class TestTimingsCsv:
         out, rows = one_run
         assert tuple(rows[0]) == bench.COLUMNS
         impls = [r["implementation"] for r in rows]
-        expect = ["stable", "naive"] + [m for m in ("scipy", "torch") if importlib.util.find_spec(m)]
+        expect = ["stable", "naive", "textbook"] + [m for m in ("scipy", "torch") if importlib.util.find_spec(m)]
         assert sorted(impls) == sorted(expect)
         assert all(r["function"] == "logsumexp" and r["shape"] == "64x600" for r in rows)
 
@@ -66,10 +66,47 @@ class TestMeasure:
 class TestExtending:
     def test_each_case_has_its_own_naive_ratio(self, monkeypatch, tmp_path):
         cases = (bench.BenchCase("logsumexp", (4, 8)), bench.BenchCase("softmax", (2, 16), "float32"))
-        monkeypatch.setattr(bench, "CASES", cases)
+        monkeypatch.setitem(bench.SUITES, "lab", cases)
         monkeypatch.setattr(bench, "BINDERS", {k: bench.BINDERS[k] for k in ("stable", "naive")})
         assert cli.main(["bench", "--out", str(tmp_path), "--repeats", "3", "-q"]) == 0
         rows = read_csv(tmp_path / "timings.csv")
         assert [(r["function"], r["implementation"]) for r in rows] == [
             ("logsumexp", "stable"), ("logsumexp", "naive"), ("softmax", "stable"), ("softmax", "naive")]
         assert [r["ratio_to_naive"] for r in rows if r["implementation"] == "naive"] == ["1.0000", "1.0000"]
+
+
+class TestPerfSuite:
+    def test_scaling_chart_and_read_ratio(self, monkeypatch, tmp_path):
+        sweep = tuple(bench.BenchCase("logsumexp", (8, k), "float32") for k in (16, 64, 256))
+        monkeypatch.setattr(bench, "SCALING", sweep)
+        monkeypatch.setitem(bench.SUITES, "perf", (bench.BenchCase("cross_entropy", (8, 32), "float32"),) + sweep)
+        monkeypatch.setattr(bench, "BINDERS", {k: bench.BINDERS[k] for k in ("stable", "naive", "textbook")})
+        assert cli.main(["bench", "--out", str(tmp_path), "--suite", "perf", "--repeats", "3", "-q"]) == 0
+        assert (tmp_path / "scaling.png").read_bytes().startswith(b"\x89PNG")
+        rows = read_csv(tmp_path / "timings.csv")
+        assert {r["function"] for r in rows} == {"cross_entropy", "logsumexp"}
+        assert all(float(r["ratio_to_one_read"]) > 0 for r in rows)
+        assert "textbook" not in {r["implementation"] for r in rows if r["function"] == "cross_entropy"}
+
+    def test_only_that_matches_nothing(self, tmp_path, capsys):
+        assert cli.main(["bench", "--out", str(tmp_path), "--only", "nothing-like-this", "-q"]) == 2
+        assert "--only 'nothing-like-this' matches no case of suite 'lab'" in capsys.readouterr().err
+
+
+class TestBinders:
+    @pytest.mark.parametrize("function", ["cross_entropy", "cross_entropy_with_grad"])
+    def test_every_implementation_computes_the_same_loss(self, function, rng):
+        import numpy as np
+
+        x, y = rng.normal(size=(6, 5)), rng.integers(0, 5, 6)
+        results = {k: b(function, x, y) for k, b in bench.BINDERS.items()}
+        ref = results.pop("stable")()
+        for name, thunk in results.items():
+            if thunk is None:
+                continue
+            got = thunk()
+            if function == "cross_entropy":
+                assert float(got) == pytest.approx(float(ref), rel=1e-12), name
+            else:
+                assert float(got[0]) == pytest.approx(float(ref[0]), rel=1e-12), name
+                np.testing.assert_allclose(np.asarray(got[1]), ref[1], rtol=1e-10, err_msg=name)

@@ -192,6 +192,37 @@ def timings_chart(rows: list[dict[str, Any]], title: str) -> bytes:
         return _png(fig)
 
 
+def scaling_chart(rows: list[dict[str, Any]], bandwidth: float) -> bytes:
+    """Median time against input size on log-log axes, one line per implementation.
+
+    The dashed line is one read of the input at the measured single-thread
+    read bandwidth: no single pass can beat it, so the gap to it is what an
+    implementation leaves on the table.
+    """
+    import matplotlib.style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=(8, 5), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        for impl in dict.fromkeys(r["implementation"] for r in rows):
+            mine = sorted((r for r in rows if r["implementation"] == impl), key=lambda r: r["nbytes"])
+            ax.plot([r["nbytes"] for r in mine], [r["median_s"] for r in mine], marker="o", label=impl,
+                    linewidth=2.5 if impl == "stable" else 1.5)
+        sizes = np.array(sorted({r["nbytes"] for r in rows}), dtype=float)
+        ax.plot(sizes, sizes / bandwidth, "k--", label=f"one read at {bandwidth / 1e9:.1f} GB/s")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("input size, bytes (float32, 1024 rows, width 250 to 64000)")
+        ax.set_ylabel("median time per call, seconds")
+        ax.set_title(f"{rows[0]['function']} along the last axis: time against size, lower is better", fontsize=11)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        return _png(fig)
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, metadata=PNG_METADATA)

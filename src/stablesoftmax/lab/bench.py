@@ -1,6 +1,11 @@
 """``stablesoftmax bench``: time the library against naive NumPy, SciPy and PyTorch.
 
-Lab 02 task 6: ``logsumexp`` on a (64, 600) batch. Each (case, implementation)
+Two suites. ``lab`` (the default) is lab 02 task 6: ``logsumexp`` on a
+(64, 600) batch. ``perf`` is the performance issue's table: ``logsumexp``,
+``softmax``, ``cross_entropy`` and ``cross_entropy_with_grad`` on (4096, 32000)
+float32, every dtype, the small (64, 600) and (600,) float64 shapes, and a
+sweep of widths for ``scaling.png``, time against bytes on log-log axes with
+the machine's single-thread read bandwidth drawn as a line. Each (case, implementation)
 pair is timed ``--repeats`` times; one repeat runs the call enough times to
 last at least a millisecond and records the time per call. ``timings.csv``
 gives the median, min and max of those repeats and the ratio of the median to
@@ -35,7 +40,7 @@ __all__ = ["add_parser", "run", "BenchCase", "CASES", "BINDERS", "COLUMNS", "mea
 
 FILES = ("timings.csv", "timings.png", "manifest.json")
 COLUMNS = ("function", "shape", "dtype", "implementation", "version", "repeats", "calls_per_repeat",
-           "median_s", "min_s", "max_s", "ratio_to_naive")
+           "median_s", "min_s", "max_s", "ratio_to_naive", "ratio_to_one_read")
 MIN_REPEAT_S = 1e-3  # one repeat lasts at least this long, so the timer's resolution does not matter
 
 
@@ -48,35 +53,91 @@ class BenchCase:
     dtype: str = "float64"
 
 
-CASES: tuple[BenchCase, ...] = (BenchCase("logsumexp", (64, 600)),)  # lab 02 task 6
+    @property
+    def nbytes(self) -> int:
+        from ._cases import parse_dtype
+
+        return int(np.prod(self.shape)) * parse_dtype(self.dtype).itemsize
+
+
+BIG = (4096, 32000)
+SCALING = tuple(BenchCase("logsumexp", (1024, k), "float32") for k in (250, 1000, 4000, 16000, 64000))
+SUITES: dict[str, tuple[BenchCase, ...]] = {
+    "lab": (BenchCase("logsumexp", (64, 600)),),  # lab 02 task 6
+    "perf": (
+        BenchCase("logsumexp", BIG, "float32"),
+        BenchCase("softmax", BIG, "float32"),
+        BenchCase("cross_entropy", BIG, "float32"),
+        BenchCase("cross_entropy_with_grad", BIG, "float32"),
+        BenchCase("logsumexp", BIG, "float16"),
+        BenchCase("logsumexp", BIG, "bfloat16"),
+        BenchCase("logsumexp", BIG, "float64"),
+        BenchCase("logsumexp", (64, 600), "float64"),
+        BenchCase("logsumexp", (600,), "float64"),
+    ) + SCALING,
+}
+CASES = SUITES["lab"]
 
 Thunk = Callable[[], Any]
 
 
-def _bind_stable(function: str, x: np.ndarray) -> Thunk:
+def _bind_stable(function: str, x: np.ndarray, y: np.ndarray) -> Thunk:
     import stablesoftmax
 
     f = getattr(stablesoftmax, function)
+    if function.startswith("cross_entropy"):
+        return lambda: f(x, y)
     return lambda: f(x, axis=-1)
 
 
-def _bind_naive(function: str, x: np.ndarray) -> Thunk:
+def _bind_naive(function: str, x: np.ndarray, y: np.ndarray) -> Thunk:
     from .. import naive
 
+    if function == "cross_entropy":
+        return lambda: naive.cross_entropy(x, y).mean()
+    if function == "cross_entropy_with_grad":
+        return lambda: _naive_ce_with_grad(x, y)
     f = getattr(naive, function)
     return lambda: f(x, axis=-1)
 
 
-def _bind_scipy(function: str, x: np.ndarray) -> Thunk | None:
+def _naive_ce_with_grad(x: np.ndarray, y: np.ndarray) -> tuple[Any, np.ndarray]:
+    """The textbook training step: softmax, -log p[y], and (p - onehot) / N."""
+    from .. import naive
+
+    p = naive.softmax(x)
+    rows = np.arange(len(y))
+    loss = -np.log(p[rows, y]).mean()
+    p[rows, y] -= 1
+    p /= len(y)
+    return loss, p
+
+
+def _bind_textbook(function: str, x: np.ndarray, y: np.ndarray) -> Thunk | None:
+    """The max-shifted NumPy formula every tutorial writes."""
+    if function == "logsumexp":
+        def lse():
+            m = x.max(axis=-1, keepdims=True)
+            return np.log(np.exp(x - m).sum(axis=-1)) + m[..., 0]
+        return lse
+    if function == "softmax":
+        def sm():
+            e = np.exp(x - x.max(axis=-1, keepdims=True))
+            return e / e.sum(axis=-1, keepdims=True)
+        return sm
+    return None
+
+
+def _bind_scipy(function: str, x: np.ndarray, y: np.ndarray) -> Thunk | None:
     try:
         from scipy import special
     except ImportError:
         return None
-    f = getattr(special, function)
-    return lambda: f(x, axis=-1)
+    f = getattr(special, function, None)
+    return None if f is None else (lambda: f(x, axis=-1))
 
 
-def _bind_torch(function: str, x: np.ndarray) -> Thunk | None:
+def _bind_torch(function: str, x: np.ndarray, y: np.ndarray) -> Thunk | None:
     try:
         import torch
     except ImportError:
@@ -84,18 +145,32 @@ def _bind_torch(function: str, x: np.ndarray) -> Thunk | None:
     # One thread, like NumPy and SciPy: on a shared machine torch's thread
     # pool contends with everything else and its median becomes noise.
     torch.set_num_threads(1)
-    t, f = torch.from_numpy(x), getattr(torch, function)
+    from .._arrays import BFLOAT16
+
+    t = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) if x.dtype == BFLOAT16 else torch.from_numpy(x)
+    ty = torch.from_numpy(y)
+    if function == "cross_entropy":
+        return lambda: torch.nn.functional.cross_entropy(t, ty)
+    if function == "cross_entropy_with_grad":
+        def step():
+            leaf = t.detach().requires_grad_()
+            loss = torch.nn.functional.cross_entropy(leaf, ty)
+            loss.backward()
+            return loss.detach(), leaf.grad
+        return step
+    f = getattr(torch, function)
     return lambda: f(t, dim=-1)
 
 
 # Order matters only for the table; "naive" must be present: every ratio is to it.
-BINDERS: dict[str, Callable[[str, np.ndarray], Thunk | None]] = {
+BINDERS: dict[str, Callable[[str, np.ndarray, np.ndarray], Thunk | None]] = {
     "stable": _bind_stable,
     "naive": _bind_naive,
+    "textbook": _bind_textbook,
     "scipy": _bind_scipy,
     "torch": _bind_torch,
 }
-VERSION_OF = {"stable": "stablesoftmax", "naive": "numpy", "scipy": "scipy", "torch": "torch"}
+VERSION_OF = {"stable": "stablesoftmax", "naive": "numpy", "textbook": "numpy", "scipy": "scipy", "torch": "torch"}
 
 EXAMPLES = """\
 examples:
@@ -103,6 +178,9 @@ examples:
       logsumexp on (64, 600): stable, naive, SciPy and PyTorch (when installed)
   stablesoftmax bench --out /tmp/bench --repeats 1000 --force
       more repeats for steadier medians; overwrite an earlier run
+  stablesoftmax bench --out /tmp/perf --suite perf --repeats 31
+      the performance table: (4096, 32000) in every dtype, cross-entropy and its
+      gradient, and scaling.png (takes several minutes: SciPy alone is ~9 s a call)
 """
 
 
@@ -118,6 +196,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write")
     p.add_argument("--repeats", default="200", metavar="N", help="timed repeats per implementation (default: 200)")
     p.add_argument("--seed", default="42", metavar="N", help="seed of the random logits (default: 42)")
+    p.add_argument("--suite", choices=sorted(SUITES), default="lab",
+                   help="lab: logsumexp on (64, 600) (default); perf: the performance table and scaling.png")
+    p.add_argument("--only", default="", metavar="TEXT", help="time only the cases whose description contains TEXT")
     p.add_argument("--force", action="store_true", help="overwrite files an earlier run left in --out")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=run)
@@ -129,15 +210,42 @@ def run(args: argparse.Namespace) -> int:
 
     repeats = _positive_int("--repeats", args.repeats, minimum=3)
     seed = _positive_int("--seed", args.seed, minimum=0)
-    _outdir.prepare(args.out, list(FILES), force=args.force)
+    cases = [c for c in SUITES[args.suite] if args.only in describe(c)]
+    if not cases:
+        raise ArgumentError(f"--only {args.only!r} matches no case of suite {args.suite!r}; cases: "
+                            + "; ".join(describe(c) for c in SUITES[args.suite]))
+    files = _files(cases)
+    _outdir.prepare(args.out, files, force=args.force)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say("measuring single-thread read bandwidth ...")
+    bandwidth = read_bandwidth()
     rows = []
-    for case in CASES:
-        rows += time_case(case, repeats=repeats, seed=seed, say=say)
-    files = _write(args.out, rows)
-    _write_manifest(args, repeats, seed, files)
-    print(summary(rows, args.out))
+    for case in cases:
+        rows += time_case(case, repeats=repeats, seed=seed, say=say, bandwidth=bandwidth)
+    written = _write(args.out, rows, cases, bandwidth)
+    _write_manifest(args, repeats, seed, cases, bandwidth, written)
+    print(summary(rows, args.out, bandwidth, files))
     return 0
+
+
+def describe(case: BenchCase) -> str:
+    return f"{case.function} {case.shape} {case.dtype}"
+
+
+def _files(cases: list[BenchCase]) -> list[str]:
+    extra = ["scaling.png"] if _scaling_rows_possible(cases) else []
+    return ["timings.csv", "timings.png", *extra, "manifest.json"]
+
+
+def _scaling_rows_possible(cases: list[BenchCase]) -> bool:
+    return sum(c in SCALING for c in cases) >= 2
+
+
+def read_bandwidth(megabytes: int = 256, tries: int = 5) -> float:
+    """Bytes per second one thread reads: the best of a few sums of a large float32 array."""
+    x = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
+    best = min(_timed(x.sum, 1) for _ in range(tries))
+    return x.nbytes / best
 
 
 def _positive_int(option: str, text: str, *, minimum: int) -> int:
@@ -171,24 +279,37 @@ def _timed(thunk: Thunk, number: int) -> float:
     return time.perf_counter() - start
 
 
-def time_case(case: BenchCase, *, repeats: int, seed: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
-    """One row per installed implementation, each with its ratio to naive."""
+def time_case(case: BenchCase, *, repeats: int, seed: int, say: Callable[[str], None],
+              bandwidth: float | None = None) -> list[dict[str, Any]]:
+    """One row per installed implementation, each with its ratio to naive (and to one read of the input)."""
     from ._cases import parse_dtype
 
-    x = np.random.default_rng(seed).normal(0.0, 3.0, size=case.shape).astype(parse_dtype(case.dtype))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 3.0, size=case.shape).astype(parse_dtype(case.dtype))
+    y = rng.integers(0, case.shape[-1], size=case.shape[:-1])
     rows = []
     for impl, bind in BINDERS.items():
-        thunk = bind(case.function, x)
+        thunk = bind(case.function, x, y)
         if thunk is None:
-            say(f"  {impl}: not installed, skipped")
+            say(f"  {impl}: not installed or no such function, skipped")
             continue
-        say(f"timing {impl} {case.function} {case.shape} {case.dtype} ({repeats} repeats) ...")
-        number, samples = measure(thunk, repeats)
+        say(f"timing {impl} {describe(case)} ({repeats} repeats) ...")
+        number, samples = _quiet(measure, thunk, repeats)
         rows.append(_row(case, impl, repeats, number, samples))
     naive_median = next(r["median_s"] for r in rows if r["implementation"] == "naive")
     for r in rows:
         r["ratio_to_naive"] = r["median_s"] / naive_median
+        r["ratio_to_one_read"] = r["median_s"] / (case.nbytes / bandwidth) if bandwidth else float("nan")
     return rows
+
+
+def _quiet(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a timing with NumPy's floating-point warnings off: naive formulas overflow on purpose."""
+    import warnings
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(*args)
 
 
 def _row(case: BenchCase, impl: str, repeats: int, number: int, samples: list[float]) -> dict[str, Any]:
@@ -197,6 +318,7 @@ def _row(case: BenchCase, impl: str, repeats: int, number: int, samples: list[fl
     return {
         "function": case.function,
         "shape": "x".join(map(str, case.shape)),
+        "nbytes": case.nbytes,
         "dtype": case.dtype,
         "implementation": impl,
         "version": dist_version(VERSION_OF[impl]) or "",
@@ -215,41 +337,59 @@ def _row(case: BenchCase, impl: str, repeats: int, number: int, samples: list[fl
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in rows:
         w.writerow({**r, **{k: f"{r[k]:.6e}" for k in ("median_s", "min_s", "max_s")},
-                    "ratio_to_naive": f"{r['ratio_to_naive']:.4f}"})
+                    "ratio_to_naive": f"{r['ratio_to_naive']:.4f}", "ratio_to_one_read": f"{r['ratio_to_one_read']:.3f}"})
     return buf.getvalue()
 
 
-def _write(out: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
+def _write(out: Path, rows: list[dict[str, Any]], cases: list[BenchCase], bandwidth: float) -> dict[str, str]:
     from . import _outdir, _plot
 
-    title = "Time per call, lower is better (" + ", ".join(f"{c.function} {c.shape} {c.dtype}" for c in CASES) + ")"
-    return {
+    table = [r for r in rows if not _is_sweep(r, cases)] or rows
+    title = "Time per call, lower is better (" + ", ".join(sorted({describe(c) for c in cases if c not in SCALING}) or
+                                                         [describe(cases[0])]) + ")"
+    written = {
         "timings.csv": _outdir.write(out / "timings.csv", to_csv(rows).encode()),
-        "timings.png": _outdir.write(out / "timings.png", _plot.timings_chart(rows, title)),
+        "timings.png": _outdir.write(out / "timings.png", _plot.timings_chart(table, title)),
     }
+    if _scaling_rows_possible(cases):
+        sweep = [r for r in rows if _is_sweep(r, cases)]
+        written["scaling.png"] = _outdir.write(out / "scaling.png", _plot.scaling_chart(sweep, bandwidth))
+    return written
 
 
-def _write_manifest(args: argparse.Namespace, repeats: int, seed: int, files: dict[str, str]) -> None:
+def _is_sweep(row: dict[str, Any], cases: list[BenchCase]) -> bool:
+    return any(c in SCALING and describe(c) == f"{row['function']} {tuple(int(v) for v in row['shape'].split('x'))} "
+               f"{row['dtype']}" for c in cases)
+
+
+def _write_manifest(args: argparse.Namespace, repeats: int, seed: int, cases: list[BenchCase], bandwidth: float,
+                    files: dict[str, str]) -> None:
     from . import _manifest, _outdir
 
-    parts = ["stablesoftmax", "bench", "--out", str(args.out), "--repeats", str(repeats), "--seed", str(seed)]
+    parts = ["stablesoftmax", "bench", "--out", str(args.out), "--repeats", str(repeats), "--seed", str(seed),
+             "--suite", args.suite] + (["--only", args.only] if args.only else [])
     if args.force:
         parts.append("--force")
-    settings = {"seed": seed, "repeats": repeats, "min_repeat_s": MIN_REPEAT_S,
-                "cases": [{"function": c.function, "shape": list(c.shape), "dtype": c.dtype} for c in CASES]}
+    settings = {"seed": seed, "repeats": repeats, "min_repeat_s": MIN_REPEAT_S, "suite": args.suite,
+                "read_bandwidth_bytes_per_s": bandwidth,
+                "cases": [{"function": c.function, "shape": list(c.shape), "dtype": c.dtype} for c in cases]}
     manifest = _manifest.build(command=shlex.join(parts), settings=settings, files=files, inputs={})
     _outdir.write(args.out / "manifest.json", _manifest.dumps(manifest))
 
 
-def summary(rows: list[dict[str, Any]], out: Path) -> str:
-    head = f"{'function':<11}{'shape':<9}{'dtype':<9}{'impl':<8}{'median us':>11}{'min us':>10}{'max us':>10}{'vs naive':>10}"
+def summary(rows: list[dict[str, Any]], out: Path, bandwidth: float | None = None,
+            files: list[str] | None = None) -> str:
+    head = (f"{'function':<24}{'shape':<11}{'dtype':<9}{'impl':<9}{'median us':>12}{'min us':>11}{'max us':>11}"
+            f"{'vs naive':>10}{'vs 1 read':>11}")
     lines = [head] + [
-        f"{r['function']:<11}{r['shape']:<9}{r['dtype']:<9}{r['implementation']:<8}{r['median_s'] * 1e6:>11.1f}"
-        f"{r['min_s'] * 1e6:>10.1f}{r['max_s'] * 1e6:>10.1f}{r['ratio_to_naive']:>9.2f}x"
+        f"{r['function']:<24}{r['shape']:<11}{r['dtype']:<9}{r['implementation']:<9}{r['median_s'] * 1e6:>12.1f}"
+        f"{r['min_s'] * 1e6:>11.1f}{r['max_s'] * 1e6:>11.1f}{r['ratio_to_naive']:>9.2f}x{r.get('ratio_to_one_read', float('nan')):>10.2f}x"
         for r in rows
     ]
-    return "\n".join(lines + [f"wrote {out}/: {' '.join(FILES)}"])
+    if bandwidth:
+        lines.append(f"single-thread read bandwidth: {bandwidth / 1e9:.1f} GB/s ('vs 1 read' divides by one read of the input)")
+    return "\n".join(lines + [f"wrote {out}/: {' '.join(files or FILES)}"])
