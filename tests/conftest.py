@@ -17,3 +17,15 @@ settings.load_profile("ci")
 @pytest.fixture
 def rng():
     return np.random.default_rng(42)
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def each_path(request, monkeypatch):
+    """Run a test on the compiled (numba) path and on the pure-NumPy fallback."""
+    from stablesoftmax import _reductions
+
+    if request.param == "numpy":
+        monkeypatch.setenv("STABLESOFTMAX_DISABLE_KERNELS", "1")
+    elif _reductions.kernels() is None:
+        pytest.skip("the compiled path is unavailable (numba missing)")
+    return request.param

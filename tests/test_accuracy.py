@@ -21,6 +21,8 @@ from stablesoftmax.lab import accuracy
 from stablesoftmax.lab.accuracy import AccuracyRow, Case, Implementation
 from tests.helpers import DTYPE_IDS, FLOAT_DTYPES, ulp, ulp_error, ulp_goal
 
+pytestmark = pytest.mark.usefixtures("each_path")  # every test on the compiled and the NumPy path
+
 OURS = accuracy.implementation("stablesoftmax")
 
 

@@ -11,6 +11,8 @@ import stablesoftmax as ss
 from stablesoftmax._contract import CONTRACT, markdown_table, rules_for
 from tests.helpers import FLOAT_DTYPES, DTYPE_IDS
 
+pytestmark = pytest.mark.usefixtures("each_path")  # every test on the compiled and the NumPy path
+
 CASES = [(rule, fn) for rule in CONTRACT for fn in rule.expect]
 
 

@@ -11,6 +11,8 @@ import stablesoftmax as ss
 from stablesoftmax import ArgumentError, AxisError, DtypeError, ShapeError
 from tests.helpers import BFLOAT16, DTYPE_IDS, FLOAT_DTYPES, eps, rtol
 
+pytestmark = pytest.mark.usefixtures("each_path")  # every test on the compiled and the NumPy path
+
 FAMILY = ["logsumexp", "softmax", "log_softmax"]
 SCIPY = {"logsumexp": sc.logsumexp, "softmax": sc.softmax, "log_softmax": sc.log_softmax}
 
@@ -220,6 +222,30 @@ class TestTorchTensors:
     def test_integer_tensor_promotes(self):
         out = ss.softmax(self.torch.tensor([1, 2, 3]))
         assert out.dtype == self.torch.float64
+
+
+class TestDispatch:
+    def test_numpy_input_reaches_the_kernels(self, each_path, monkeypatch):
+        from stablesoftmax import _reductions
+
+        module = _reductions.kernels()
+        if module is None:
+            assert each_path == "numpy"
+            return
+        calls = []
+        monkeypatch.setattr(module, "lse_rows", lambda x2: calls.append(x2.shape) or np.zeros(x2.shape[0]))
+        ss.logsumexp(np.ones((3, 4)), axis=0)
+        assert calls == [(4, 3)]
+
+    def test_where_and_temperature_take_the_numpy_path(self, monkeypatch):
+        from stablesoftmax import _reductions
+
+        module = _reductions.kernels()
+        if module is None:
+            pytest.skip("no compiled path here")
+        monkeypatch.setattr(module, "softmax_rows", lambda *a: pytest.fail("kernel used"))
+        ss.softmax(np.ones(3), where=np.array([True, False, True]))
+        ss.softmax(np.ones(3), temperature=2.0)
 
 
 class TestArrayApiStrict:

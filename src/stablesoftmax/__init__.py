@@ -29,6 +29,7 @@ from ._losses import (
     nll_loss,
 )
 from ._sampling import sample
+from ._streaming import LogSumExp, logsumexp_chunks
 from ._reductions import log_softmax, log_softmax_grad, logsumexp, logsumexp_grad, softmax, softmax_grad
 
 __version__ = "0.1.0"
@@ -49,6 +50,8 @@ __all__ = [
     "sample",
     "linear_cross_entropy",
     "linear_cross_entropy_with_grad",
+    "LogSumExp",
+    "logsumexp_chunks",
     "naive",
     "CONTRACT",
     "StableSoftmaxError",

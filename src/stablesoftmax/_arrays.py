@@ -59,6 +59,13 @@ def to_numpy(x: Any, name: str) -> tuple[np.ndarray, Source]:
     return arr, Source(dtype, lambda out: _numpy_result(out, dtype))
 
 
+def is_numpy_like(x: Any) -> bool:
+    """True for NumPy arrays, NumPy scalars and Python sequences: what the compiled path takes."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return True
+    return not _is_torch(x) and not hasattr(x, "__array_namespace__") and not hasattr(x, "__dlpack__")
+
+
 def host(x: Any, name: str) -> np.ndarray:
     """``x`` as a NumPy array on the host in its own dtype (no float promotion)."""
     if _is_torch(x):
@@ -98,7 +105,7 @@ def round_to(out: np.ndarray, dtype: np.dtype) -> np.ndarray:
     (Boldo & Melquiond, "Emulation of FMA and correctly rounded sums: proved
     algorithms using rounding to odd", IEEE TC 2008).
     """
-    if dtype == np.float64:
+    if out.dtype == dtype:
         return out
     with np.errstate(over="ignore"):  # past the dtype's range, +-inf is the correctly rounded result
         if dtype != BFLOAT16:

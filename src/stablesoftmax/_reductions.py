@@ -102,6 +102,14 @@ def logsumexp(
         if return_sign:
             return out, logsumexp(x.detach(), axis=axis, keepdims=keepdims, where=where, b=b, return_sign=True)[1]
         return out
+    fast = _compiled(x, axis, where, 1.0) if b is None else None
+    if fast is not None:
+        kernels, x2, rows, src = fast
+        lse = kernels.lse_rows(x2).reshape(rows.batch)
+        sign = _sign_of(lse)
+        if keepdims:
+            lse, sign = rows.keepdims(lse), rows.keepdims(sign)
+        return _arrays.restore_pair(src, lse, sign) if return_sign else src.restore(lse)
     xw, mask, rows, src, exact = _prepare(x, axis, where)
     if b is not None:
         weights = _arrays.wide(rows.split(_arrays.broadcast_like(b, rows.shape, "b", "x's")))
@@ -198,6 +206,9 @@ def softmax(x: Any, /, *, axis: AxisLike = -1, where: Any = None, temperature: f
     """
     if _torch_autograd.wants_grad(x):
         return _torch_autograd.apply("softmax", x, axis=axis, where=where, temperature=temperature)
+    fast = _compiled(x, axis, where, temperature)
+    if fast is not None:
+        return _compiled_rows(*fast, "softmax_rows")
     xw, mask, rows, src, exact = _prepare(x, axis, where, temperature)
     if rows.k == 0:
         return src.restore(rows.join(np.empty(xw.shape)))
@@ -264,6 +275,9 @@ def log_softmax(x: Any, /, *, axis: AxisLike = -1, where: Any = None, temperatur
     """
     if _torch_autograd.wants_grad(x):
         return _torch_autograd.apply("log_softmax", x, axis=axis, where=where, temperature=temperature)
+    fast = _compiled(x, axis, where, temperature)
+    if fast is not None:
+        return _compiled_rows(*fast, "log_softmax_rows")
     xw, mask, rows, src, exact = _prepare(x, axis, where, temperature)
     if rows.k == 0:
         return src.restore(rows.join(np.empty(xw.shape)))
@@ -288,6 +302,58 @@ def log_softmax_grad(x: Any, g: Any, /, *, axis: AxisLike = -1, where: Any = Non
     p += gb
     p /= t
     return src.restore(rows.join(_zero_dead(p, sh)))
+
+
+# --------------------------------------------------------------------------
+# The compiled path (numba), for NumPy input
+# --------------------------------------------------------------------------
+
+_KERNELS: Any = False  # the _kernels module once looked up; None when it cannot load
+
+
+def kernels() -> Any:
+    """The compiled kernels module when it can run here, else None.
+
+    Imported on first use, so ``import stablesoftmax`` does not import numba.
+    ``STABLESOFTMAX_DISABLE_KERNELS=1`` turns the compiled path off.
+    """
+    global _KERNELS
+    if _KERNELS is False:
+        try:
+            from . import _kernels as module
+        except ImportError:  # numba present but broken: the NumPy path serves
+            module = None
+        _KERNELS = module
+    return _KERNELS if _KERNELS is not None and _KERNELS.available() else None
+
+
+def _compiled(x: Any, axis: AxisLike, where: Any, temperature: Any):
+    """``(kernels, rows2d, rows, src)`` when the compiled path applies, else None.
+
+    It applies to NumPy arrays and sequences with no ``where`` and temperature
+    1; its results are those of the NumPy path to within the same ulp goals
+    (``tests/test_kernels.py``), special values included.
+    """
+    if where is not None or _arrays.check_temperature(temperature) != 1.0 or not _arrays.is_numpy_like(x):
+        return None
+    module = kernels()
+    if module is None:
+        return None
+    arr, src = _arrays.to_numpy(x, "x")
+    rows = Rows.of(arr.shape, _arrays.normalize_axes(axis, arr.ndim))
+    if rows.k == 0:
+        return None
+    x2 = np.ascontiguousarray(rows.split(arr).reshape(-1, rows.k))  # a copy only when the axes are not last
+    if x2.dtype.itemsize == 2:
+        x2 = x2.astype(np.float32)  # exact: every float16 and bfloat16 value is a float32
+    return module, x2, rows, src
+
+
+def _compiled_rows(module: Any, x2: np.ndarray, rows: Rows, src: Source, name: str) -> Any:
+    """softmax or log_softmax rows by the kernel, rounded once to the input's dtype."""
+    out = np.empty(x2.shape, x2.dtype if x2.dtype == src.dtype else np.float64)
+    getattr(module, name)(x2, out)
+    return src.restore(rows.join(out.reshape(rows.batch + (rows.k,))))
 
 
 # --------------------------------------------------------------------------

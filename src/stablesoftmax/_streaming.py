@@ -1,0 +1,263 @@
+"""Streaming logsumexp: a mergeable running state, for data seen in chunks.
+
+The state of every output entry is the online-softmax pair of Milakov &
+Gimelshein ("Online normalizer calculation for softmax", 2018): the running
+max ``m`` and the sum ``s`` of ``exp(x_i - m)`` over every term seen but the
+max term itself, so that ``logsumexp = m + log1p(s)`` exactly as in the
+one-shot :func:`stablesoftmax.logsumexp` (Blanchard, Higham & Higham 2021).
+
+When a chunk brings a larger max ``m'``, the old mass is rescaled,
+``s' = s_new + (1 + s) exp(m - m')``. Each rescaling multiplies the old mass
+by a rounded ``exp``; in float64 that is up to 1 ulp per change of max, and a
+stream whose max keeps rising (sorted data, a drift) piles these up. So ``s``
+is kept in ``np.longdouble`` and the factor computed there (x86-64: 64-bit
+significand, 2**11 times finer than float64): a thousand rescalings cost less
+than one float64 rounding. Where ``longdouble`` is float64 (MSVC, Apple
+arm64) the state still works, with that 1 ulp per rise of the max.
+
+Chunks are reduced with the compiled kernels when they are available
+(:mod:`stablesoftmax._kernels`), else with the NumPy path's shift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from . import _arrays
+from ._arrays import BFLOAT16, AxisLike, Rows
+from ._errors import ShapeError
+
+__all__ = ["LogSumExp", "logsumexp_chunks"]
+
+
+class LogSumExp:
+    r"""A running, mergeable logsumexp over chunks of a reduction axis.
+
+    .. math:: \operatorname{lse} = m + \operatorname{log1p}(s), \quad
+              m = \max_i x_i, \quad s = \sum_{i \ne k} e^{x_i - m}
+
+    Feed chunks with :meth:`update` (each chunk holds more terms of the same
+    slices: equal shapes once the reduced axes are taken out), combine states
+    built apart (other processes, other files) with :meth:`merge`, and read
+    the value with :meth:`result`. The order of chunks and merges changes the
+    result by rounding only.
+
+    An ``np.memmap`` (or any ndarray) larger than ``block_bytes`` is read
+    block by block along its leading axes, so arrays larger than memory
+    work: only one block is in memory at a time.
+
+    Special values follow the family's contract: no terms (or only
+    ``-inf``) give ``-inf``, a ``+inf`` term gives ``+inf``, a NaN term
+    gives NaN, each output entry on its own.
+
+    See Also
+    --------
+    logsumexp_chunks, stablesoftmax.logsumexp
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stablesoftmax import LogSumExp, logsumexp
+    >>> x = np.array([1000.0, 1001.0, 1002.0, -np.inf])
+    >>> state = LogSumExp().update(x[:2])
+    >>> other = LogSumExp().update(x[2:])
+    >>> float(state.merge(other).result()) == float(logsumexp(x))
+    True
+    """
+
+    block_bytes: int = 64 << 20  # largest block of an ndarray chunk reduced at once
+
+    def __init__(self) -> None:
+        self._m: np.ndarray | None = None  # float64, shape = the result's shape
+        self._s: np.ndarray | None = None  # np.longdouble, same shape
+        self._dtype: np.dtype | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """Shape of :meth:`result`; None before the first chunk."""
+        return None if self._m is None else self._m.shape
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """Dtype of :meth:`result`: the chunks' float dtype (promoted if they differ)."""
+        return self._dtype
+
+    def update(self, chunk: Any, /, *, axis: AxisLike = -1) -> LogSumExp:
+        """Add the terms of ``chunk`` along ``axis``; returns ``self``.
+
+        Parameters
+        ----------
+        chunk : array_like
+            More terms. NumPy arrays (``np.memmap`` included) are read block
+            by block; other arrays (PyTorch and array-API ones too) are
+            converted whole.
+        axis : int, tuple of ints or None, default -1
+            The reduced axes of this chunk. The other axes must have the shape
+            of the state (set by the first chunk).
+        """
+        arr = chunk if isinstance(chunk, np.ndarray) else _arrays.to_numpy(chunk, "chunk")[0]
+        dtype = _arrays.result_dtype(arr.dtype, "chunk")
+        axes = _arrays.normalize_axes(axis, arr.ndim)
+        batch = Rows.of(arr.shape, axes).batch
+        self._ensure(batch, dtype)
+        self._feed(arr, axes, 0, [slice(None)] * len(batch))
+        return self
+
+    def merge(self, other: LogSumExp, /) -> LogSumExp:
+        """Fold the state ``other`` (of the same shape) into this one; returns ``self``."""
+        if not isinstance(other, LogSumExp):
+            raise TypeError(f"merge takes a LogSumExp, got {type(other).__name__}.")
+        if other._m is None:
+            return self
+        self._ensure(other._m.shape, other._dtype)
+        self._m, self._s = _combine(self._m, self._s, other._m, other._s)
+        return self
+
+    def result(self) -> Any:
+        """The logsumexp so far, rounded once to the chunks' dtype (``-inf`` before any chunk)."""
+        if self._m is None:
+            return np.float64(-np.inf)
+        with np.errstate(invalid="ignore"):  # NaN state stays NaN
+            lse = self._m + np.log1p(self._s.astype(np.float64))
+        out = _arrays.round_to(lse, self._dtype)
+        return out[()] if out.ndim == 0 else out
+
+    def __repr__(self) -> str:
+        return f"LogSumExp(shape={self.shape}, dtype={self._dtype})"
+
+    # ----------------------------------------------------------------------
+
+    def _ensure(self, batch: tuple[int, ...], dtype: np.dtype) -> None:
+        if self._m is None:
+            self._m = np.full(batch, -np.inf)
+            self._s = np.zeros(batch, dtype=np.longdouble)
+            self._dtype = dtype
+            return
+        if tuple(batch) != self._m.shape:
+            raise ShapeError(
+                f"chunk reduces to shape {tuple(batch)}, but this LogSumExp holds shape {self._m.shape}; "
+                "every chunk must have the same shape once the reduced axes are taken out."
+            )
+        self._dtype = _promote(self._dtype, dtype)
+
+    def _feed(self, a: np.ndarray, axes: tuple[int, ...], dim: int, index: list) -> None:
+        """Reduce ``a`` block by block along axes ``dim, dim+1, ...``; merge into ``state[index]``."""
+        if a.nbytes <= self.block_bytes or dim == a.ndim:
+            m, s = _parts(a, axes)
+            at = tuple(index)
+            self._m[at], self._s[at] = _combine(self._m[at], self._s[at], m, s)
+            return
+        step = max(1, self.block_bytes // (a.nbytes // a.shape[dim]))
+        batch_pos = sum(1 for d in range(dim) if d not in axes)
+        for i in range(0, a.shape[dim], step):
+            cut = [slice(None)] * a.ndim
+            cut[dim] = slice(i, i + step)
+            sub_index = list(index)
+            if dim not in axes:  # a block of output entries; a reduced axis splits terms instead
+                sub_index[batch_pos] = slice(i, i + step)
+            self._feed(a[tuple(cut)], axes, dim + 1, sub_index)
+
+
+def logsumexp_chunks(chunks: Iterable[Any] | np.ndarray, /, *, axis: AxisLike = -1) -> Any:
+    """logsumexp over an iterable of chunks, each reduced along ``axis``.
+
+    An ndarray (an ``np.memmap`` too) counts as one chunk, read block by
+    block: ``logsumexp_chunks(np.load(path, mmap_mode="r"), axis=-1)``
+    handles arrays larger than memory.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stablesoftmax import logsumexp_chunks
+    >>> float(logsumexp_chunks([np.array([0.0, 1.0]), np.array([]), np.array([2.0])]))
+    2.40760596444438
+    """
+    state = LogSumExp()
+    if isinstance(chunks, np.ndarray):
+        return state.update(chunks, axis=axis).result()
+    for chunk in chunks:
+        state.update(chunk, axis=axis)
+    return state.result()
+
+
+# --------------------------------------------------------------------------
+# One chunk, and two states
+# --------------------------------------------------------------------------
+
+
+def _parts(a: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(m, s)`` of one in-memory block, result-shaped, float64.
+
+    Rows whose max is not finite come back as ``(-inf, 0)``, ``(+inf, 0)``
+    or ``(NaN, NaN)``.
+    """
+    rows = Rows.of(a.shape, axes)
+    arr = np.asarray(a)
+    if arr.dtype != _arrays.result_dtype(arr.dtype, "chunk"):
+        arr = arr.astype(np.float64)  # integers and bools, as in logsumexp
+    if rows.k == 0:  # no terms: the empty sum
+        return np.full(rows.batch, -np.inf), np.zeros(rows.batch)
+    x = rows.split(arr).reshape(-1, rows.k)
+    m, s = _parts_kernel(x) if _use_kernels(x) else _parts_numpy(x)
+    return m.reshape(rows.batch), s.reshape(rows.batch)
+
+
+def _use_kernels(x: np.ndarray) -> bool:
+    if x.dtype not in (np.float16, BFLOAT16, np.float32, np.float64):
+        return False
+    from . import _kernels  # numba loads only when a chunk arrives
+
+    return _kernels.available()
+
+
+def _parts_kernel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from . import _kernels
+
+    if x.dtype.itemsize == 2:  # float16 and bfloat16 widen to float32 exactly
+        x = x.astype(np.float32)
+    return _kernels.lse_parts_rows(np.ascontiguousarray(x))
+
+
+def _parts_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from ._reductions import _shift, _terms  # the NumPy path's shift: TwoSum for float64
+
+    sh = _shift(_arrays.wide(x), None, x.dtype == np.float64)
+    _, s = _terms(sh, reuse=True)
+    m, s = sh.m[:, 0], s[:, 0]
+    s[np.isnan(m)] = np.nan
+    return m, s
+
+
+def _combine(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two ``(m, s)`` states elementwise; ``s`` in ``np.longdouble``.
+
+    The state with the larger max keeps its max term (the first one on a tie);
+    the other's whole mass ``1 + s`` is scaled by ``exp(m_other - m)``.
+    """
+    m1, m2 = np.asarray(m1, dtype=np.float64), np.asarray(m2, dtype=np.float64)
+    s1, s2 = np.asarray(s1, dtype=np.longdouble), np.asarray(s2, dtype=np.longdouble)
+    first = m1 >= m2
+    m = np.where(first, m1, m2)
+    keep, other = np.where(first, s1, s2), np.where(first, s2, s1)
+    m_other = np.where(first, m2, m1)
+    finite = np.isfinite(m)
+    with np.errstate(invalid="ignore", under="ignore"):  # -inf - -inf on empty rows; replaced below
+        delta = m_other.astype(np.longdouble) - m.astype(np.longdouble)
+        s = keep + (1 + other) * np.exp(np.where(finite, delta, -np.inf))
+    s = np.where(finite, s, 0.0).astype(np.longdouble)  # a +-inf max needs no sum
+    bad = np.isnan(m1) | np.isnan(m2) | np.isnan(s1) | np.isnan(s2)
+    m = np.where(bad, np.nan, m)
+    s[bad] = np.nan
+    return m, s
+
+
+def _promote(a: np.dtype, b: np.dtype) -> np.dtype:
+    """Result dtype for chunks of dtypes ``a`` and ``b``."""
+    if a == b:
+        return a
+    if a.itemsize == b.itemsize == 2:  # float16 with bfloat16: neither holds the other
+        return np.dtype(np.float32)
+    return a if a.itemsize > b.itemsize else b
