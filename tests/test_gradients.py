@@ -8,6 +8,8 @@ import pytest
 import stablesoftmax as ss
 from tests.helpers import eps
 
+pytestmark = pytest.mark.usefixtures("each_path")  # every test on the compiled and the NumPy path
+
 H = 1e-6
 FD_RTOL = 1e-6
 

@@ -8,6 +8,8 @@ import pytest
 import stablesoftmax as ss
 from stablesoftmax import ArgumentError, ShapeError, TargetError
 
+pytestmark = pytest.mark.usefixtures("each_path")  # every test on the compiled and the NumPy path
+
 OPTIONS = [
     {},
     {"reduction": "sum"},

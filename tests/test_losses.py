@@ -12,6 +12,8 @@ from stablesoftmax import ArgumentError, DtypeError, ShapeError, TargetError
 from tests.helpers import eps, ulp_error
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("each_path")  # every test on the compiled and the NumPy path
+
 F = torch.nn.functional
 
 # (logits shape, class axis): PyTorch's (N, C), (N, C, d1, d2) and (C,)
@@ -178,6 +180,26 @@ class TestCrossEntropy:
         ss.cross_entropy_with_grad(x, y, label_smoothing=0.1, softcap=5.0)
         np.testing.assert_array_equal(x, xb)
         np.testing.assert_array_equal(y, yb)
+
+
+class TestCompiledDispatch:
+    def test_class_targets_reach_the_kernels_and_options_that_need_more_do_not(self, each_path, monkeypatch):
+        from stablesoftmax import _reductions
+
+        module = _reductions.kernels()
+        if module is None:
+            assert each_path == "numpy"
+            return
+        calls = []
+        real = module.lse_parts_rows
+        monkeypatch.setattr(module, "lse_parts_rows", lambda x2: calls.append(x2.shape) or real(x2))
+        x, y = np.zeros((3, 4)), np.array([0, 1, 2])
+        ss.cross_entropy(x, y, weight=np.ones(4), z_loss=0.1)
+        assert calls == [(3, 4)]
+        for opts in ({"label_smoothing": 0.1}, {"softcap": 2.0}, {"where": np.ones((3, 4), bool)}):
+            ss.cross_entropy(x, y, **opts)
+        ss.cross_entropy(x, np.full((3, 4), 0.25))
+        assert calls == [(3, 4)]
 
 
 class TestCrossEntropyErrors:

@@ -6,6 +6,8 @@ import pytest
 import stablesoftmax as ss
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("each_path")  # every test on the compiled and the NumPy path
+
 F = torch.nn.functional
 
 

@@ -54,7 +54,7 @@ try:
 except ImportError:  # numba is an optional dependency (extra "fast")
     numba = None
 
-__all__ = ["available", "lse_rows", "lse_parts_rows", "softmax_rows", "log_softmax_rows"]
+__all__ = ["available", "lse_rows", "lse_parts_rows", "softmax_rows", "softmax_parts_rows", "log_softmax_rows"]
 
 _DISABLE_ENV = "STABLESOFTMAX_DISABLE_KERNELS"
 # Terms per vectorised partial sum; block sums are added with compensation.
@@ -92,6 +92,11 @@ def lse_rows(x: np.ndarray, *, threads: int = 1) -> np.ndarray:
 def softmax_rows(x: np.ndarray, out: np.ndarray, *, threads: int = 1) -> None:
     """Write the softmax of each row of ``x`` into ``out`` (float64, or ``x``'s dtype)."""
     _run(_check_rows(x), _check_out(x, out), _SOFTMAX, threads)
+
+
+def softmax_parts_rows(x: np.ndarray, out: np.ndarray, *, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`softmax_rows`, also returning the ``(m, s)`` of :func:`lse_parts_rows` from the same pass."""
+    return _run(_check_rows(x), _check_out(x, out), _SOFTMAX, threads)
 
 
 def log_softmax_rows(x: np.ndarray, out: np.ndarray, *, threads: int = 1) -> None:

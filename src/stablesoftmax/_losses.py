@@ -36,7 +36,7 @@ from . import _arrays, _torch_autograd
 from ._arrays import Rows, Source
 from ._contract import documented
 from ._errors import ArgumentError, DtypeError, ShapeError, TargetError
-from ._reductions import Shifted, _log_probs, _probs, _shift, _terms, contract_rows
+from ._reductions import Shifted, _log_probs, _probs, _shift, _terms, _twosum_error, contract_rows, kernels
 
 __all__ = [
     "cross_entropy",
@@ -123,7 +123,7 @@ def cross_entropy(
                                      reduction=reduction, label_smoothing=label_smoothing, where=where, z_loss=z_loss,
                                      softcap=softcap)
     problem = _problem(logits, target, axis, weight, ignore_index, reduction, label_smoothing, where, z_loss, softcap)
-    return problem.src.restore(_forward(problem).loss)
+    return problem.src.restore(_forward(problem, need_probs=False).loss)
 
 
 def cross_entropy_grad(
@@ -272,17 +272,21 @@ class _Problem:
     smoothing: float
     z_loss: float
     softcap: float | None
+    numpy_like: bool
 
 
 @dataclass
 class _Forward:
-    sh: Shifted
-    t: np.ndarray
+    sh: Shifted | None  # the NumPy path's shift; None on the compiled path
+    t: np.ndarray | None
     s: np.ndarray
     lse: np.ndarray  # (B,)
     live: np.ndarray  # (B,) counted and not a dropped (all -inf / masked) slice
     wy: np.ndarray  # (B,) weight of each element in the mean's denominator
     loss: np.ndarray
+    p: np.ndarray | None = None  # softmax rows, from the compiled path when a gradient follows
+    x_y: np.ndarray | None = None  # (B,) the target logits, on the compiled path
+    m: np.ndarray | None = None  # (B,) the row max, on the compiled path
 
 
 def _with_defaults(options: dict[str, Any]) -> dict[str, Any]:
@@ -297,7 +301,7 @@ def _with_defaults(options: dict[str, Any]) -> dict[str, Any]:
 
 def _problem(logits, target, axis, weight, ignore_index, reduction, label_smoothing, where, z_loss, softcap) -> _Problem:
     arr, src = _arrays.to_numpy(logits, "logits")
-    rows, x = _class_rows(arr, axis, "logits")
+    rows, x = _class_rows(arr, axis, "logits", widen=False)
     red = check_reduction(reduction)
     smoothing, z, cap = check_options(label_smoothing, z_loss, softcap)
     mask = _arrays.as_mask(where, arr.shape)
@@ -314,13 +318,13 @@ def _problem(logits, target, axis, weight, ignore_index, reduction, label_smooth
         counted = tgt != ignore_index
         probs = False
     if cap is not None:
-        x = apply_softcap(x.copy(), cap)
+        x = apply_softcap(np.array(x, dtype=np.float64), cap)
     return _Problem(x, mask, tgt, probs, counted, check_class_weight(weight, rows.k), rows, src,
-                    arr.dtype == np.float64 and cap is None, red, smoothing, z, cap)
+                    arr.dtype == np.float64 and cap is None, red, smoothing, z, cap, _arrays.is_numpy_like(logits))
 
 
-def _class_rows(arr: np.ndarray, axis: Any, name: str) -> tuple[Rows, np.ndarray]:
-    """``arr`` as ``(B, C)`` float64 with the class axis last."""
+def _class_rows(arr: np.ndarray, axis: Any, name: str, *, widen: bool = True) -> tuple[Rows, np.ndarray]:
+    """``arr`` as ``(B, C)`` with the class axis last: float64, or its own dtype without ``widen``."""
     if arr.ndim == 0:
         raise ShapeError(f"{name} is 0-d; it needs a class axis (shape [C], [N, C] or [N, C, d1, ...]).")
     if not _arrays._is_int(axis):
@@ -329,7 +333,8 @@ def _class_rows(arr: np.ndarray, axis: Any, name: str) -> tuple[Rows, np.ndarray
     n = int(np.prod(rows.batch, dtype=np.int64))
     if rows.k == 0 and n:
         raise ShapeError(f"{name} of shape {arr.shape} has no classes along axis {axis}; it needs at least one.")
-    return rows, _arrays.wide(rows.split(arr)).reshape(n, rows.k)
+    x = rows.split(arr).reshape(n, rows.k)
+    return rows, _arrays.wide(x) if widen else x
 
 
 def check_options(label_smoothing: Any, z_loss: Any, softcap: Any) -> tuple[float, float, float | None]:
@@ -401,8 +406,11 @@ def check_class_weight(weight: Any, c: int) -> np.ndarray | None:
 # --------------------------------------------------------------------------
 
 
-def _forward(pb: _Problem) -> _Forward:
-    sh = _shift(pb.x, pb.mask, pb.exact)
+def _forward(pb: _Problem, *, need_probs: bool = True) -> _Forward:
+    module = _compiled_module(pb)
+    if module is not None:
+        return _compiled_forward(pb, module, need_probs)
+    sh = _shift(_arrays.wide(pb.x), pb.mask, pb.exact)
     live = pb.counted & (sh.m[:, 0] != -np.inf)
     dense = pb.probs or bool(pb.smoothing)
     if not dense:  # only x[y] - m is needed: take it now, then exp may overwrite the shift in place
@@ -496,6 +504,8 @@ def row_scales(reduction: str, batch: tuple, live: np.ndarray, wy: np.ndarray, g
 def _backward(pb: _Problem, fwd: _Forward, g: Any) -> np.ndarray:
     """d loss / d logits, in the caller's layout."""
     ce_scale, z_scale = row_scales(pb.reduction, pb.rows.batch, fwd.live, fwd.wy, g)
+    if fwd.p is not None:
+        return _compiled_backward(pb, fwd, ce_scale, z_scale)
     p = _probs(fwd.sh, fwd.t, fwd.s)
     if pb.probs or pb.smoothing:
         a, _ = _target_mass(pb, fwd.live)
@@ -522,3 +532,76 @@ def _zero_dead_ce(grad: np.ndarray, pb: _Problem, fwd: _Forward) -> None:
     np.copyto(grad, 0.0, where=~live)
     grad[np.isnan(sh.m[:, 0]) & fwd.live] = np.nan
 
+
+
+# --------------------------------------------------------------------------
+# The compiled path: class targets without smoothing, where or softcap
+# --------------------------------------------------------------------------
+
+
+def _compiled_module(pb: _Problem) -> Any:
+    """The kernels when this problem can use them: the common training case on NumPy logits."""
+    if pb.probs or pb.smoothing or pb.mask is not None or pb.softcap is not None or not pb.numpy_like:
+        return None
+    if pb.x.shape[1] == 0:
+        return None
+    return kernels()
+
+
+def _compiled_forward(pb: _Problem, module: Any, need_probs: bool) -> _Forward:
+    """One kernel pass gives each row's ``(m, s)`` (and the softmax, for a gradient).
+
+    The loss is ``log1p(s) - (x[y] - m)`` as on the NumPy path; ``x[y] - m``
+    is exact for narrow logits (taken in float64) and carries its TwoSum
+    error for float64 ones.
+    """
+    x2 = np.ascontiguousarray(pb.x)
+    if x2.dtype.itemsize == 2:
+        x2 = x2.astype(np.float32)  # exact
+    if need_probs:
+        p = np.empty(x2.shape, x2.dtype)
+        m, s = module.softmax_parts_rows(x2, p)
+    else:
+        p, (m, s) = None, module.lse_parts_rows(x2)
+    live = pb.counted & (m != -np.inf)
+    y = np.where(live, pb.target, 0)
+    x_y = x2[np.arange(len(y)), y].astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf on rows set below; -max - max is an exact -inf
+        d_y = x_y - m
+    log_rest = np.log1p(s)
+    lp = d_y - log_rest
+    if x2.dtype == np.float64:
+        lp += _twosum_error(x_y, m, d_y)
+    bad = ~np.isfinite(m)
+    if bad.any():
+        rows_ = contract_rows(x2[bad].astype(np.float64), m[bad, None], "log_softmax")
+        lp[bad] = np.take_along_axis(rows_, y[bad, None], axis=-1)[:, 0]
+    wy = np.where(live, 1.0 if pb.weight is None else pb.weight[y], 0.0)
+    with np.errstate(invalid="ignore"):  # 0 * inf on dropped elements; zeroed here
+        ce = np.where(live, -wy * lp, 0.0)
+    lse = m + log_rest
+    zt = None
+    if pb.z_loss:
+        with np.errstate(invalid="ignore", over="ignore"):  # lse**2 past float64's range is inf, as is the loss
+            zt = np.where(live, pb.z_loss * lse * lse, 0.0)
+    loss = reduce_losses(ce, zt, wy, live, pb.reduction, pb.rows.batch)
+    return _Forward(None, None, s, lse, live, wy, loss, p=p, x_y=x_y, m=m)
+
+
+def _compiled_backward(pb: _Problem, fwd: _Forward, ce_scale: np.ndarray, z_scale: np.ndarray) -> np.ndarray:
+    """``p * (w_y c + 2 z lse c_z) - w_y c onehot``, written over the kernel's softmax rows."""
+    grad = fwd.p
+    coef = fwd.wy * ce_scale
+    if pb.z_loss:
+        with np.errstate(invalid="ignore"):  # inf lse only on +inf rows, zeroed below
+            coef = coef + 2 * pb.z_loss * np.where(fwd.live, fwd.lse, 0.0) * z_scale
+    grad *= coef.astype(grad.dtype)[:, None]
+    rows = np.arange(len(coef))
+    y = np.where(fwd.live, pb.target, 0)
+    grad[rows, y] -= (fwd.wy * ce_scale).astype(grad.dtype)
+    finite_row = np.isfinite(fwd.m)
+    grad[~(fwd.live & finite_row)] = 0.0  # ignored, dropped and +inf rows move nothing
+    grad[fwd.live & np.isnan(fwd.m)] = np.nan
+    at_minus_inf = fwd.live & finite_row & (fwd.x_y == -np.inf)
+    grad[rows[at_minus_inf], y[at_minus_inf]] = 0.0  # a -inf logit stays -inf under any finite change
+    return pb.rows.join(grad.reshape(pb.rows.batch + (pb.rows.k,)))
