@@ -271,7 +271,7 @@ def log_softmax(x: Any, /, *, axis: AxisLike = -1, where: Any = None, temperatur
     >>> from stablesoftmax import log_softmax
     >>> x = np.array([10.0, 92.0, 30.0, -50.0, 40.0])
     >>> float(log_softmax(x)[1])       # SciPy and PyTorch give 0.0
-    -2.6103975761543725e-23
+    -2.6103975761543722e-23
     """
     if _torch_autograd.wants_grad(x):
         return _torch_autograd.apply("log_softmax", x, axis=axis, where=where, temperature=temperature)
