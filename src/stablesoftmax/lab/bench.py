@@ -3,7 +3,8 @@
 Two suites. ``lab`` (the default) is lab 02 task 6: ``logsumexp`` on a
 (64, 600) batch. ``perf`` is the performance issue's table: ``logsumexp``,
 ``softmax``, ``cross_entropy`` and ``cross_entropy_with_grad`` on (4096, 32000)
-float32, every dtype, the small (64, 600) and (600,) float64 shapes, and a
+float32, the other dtypes on (1024, 32000), the small (64, 600) and (600,)
+float64 shapes, and a
 sweep of widths for ``scaling.png``, time against bytes on log-log axes with
 the machine's single-thread read bandwidth drawn as a line. Each (case, implementation)
 pair is timed ``--repeats`` times; one repeat runs the call enough times to
@@ -61,6 +62,7 @@ class BenchCase:
 
 
 BIG = (4096, 32000)
+MID = (1024, 32000)
 SCALING = tuple(BenchCase("logsumexp", (1024, k), "float32") for k in (250, 1000, 4000, 16000, 64000))
 SUITES: dict[str, tuple[BenchCase, ...]] = {
     "lab": (BenchCase("logsumexp", (64, 600)),),  # lab 02 task 6
@@ -69,9 +71,11 @@ SUITES: dict[str, tuple[BenchCase, ...]] = {
         BenchCase("softmax", BIG, "float32"),
         BenchCase("cross_entropy", BIG, "float32"),
         BenchCase("cross_entropy_with_grad", BIG, "float32"),
-        BenchCase("logsumexp", BIG, "float16"),
-        BenchCase("logsumexp", BIG, "bfloat16"),
-        BenchCase("logsumexp", BIG, "float64"),
+        # Other dtypes on a quarter of the rows: NumPy has no SIMD exp for 16 bits, and the
+        # naive and SciPy baselines would take minutes per case at the full size.
+        BenchCase("logsumexp", MID, "float16"),
+        BenchCase("logsumexp", MID, "bfloat16"),
+        BenchCase("logsumexp", MID, "float64"),
         BenchCase("logsumexp", (64, 600), "float64"),
         BenchCase("logsumexp", (600,), "float64"),
     ) + SCALING,
