@@ -310,3 +310,10 @@ class TestWorkedExample:
         battery(out, "--dtype", m["dtype"], "--seed", str(m["seed"]), "--predictions", str(tmp_path / "predictions.toml"))
         assert (out / "results.json").read_bytes() == (EXAMPLE / "results.json").read_bytes()
         assert (out / "README.md").read_bytes() == (EXAMPLE / "README.md").read_bytes()
+
+
+def test_results_do_not_depend_on_the_compiled_extra(monkeypatch):
+    # The README's first command installs no numba; CI does. Both must write the same results.json.
+    with_kernels = json.dumps(run_battery(DTYPES["float32"], 42), sort_keys=True)
+    monkeypatch.setenv("STABLESOFTMAX_DISABLE_KERNELS", "1")
+    assert json.dumps(run_battery(DTYPES["float32"], 42), sort_keys=True) == with_kernels

@@ -9,6 +9,7 @@ also lives here so that every function reads ``axis`` the same way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -220,6 +221,8 @@ def normalize_axes(axis: AxisLike, ndim: int, name: str = "axis") -> tuple[int, 
     """
     if axis is None:
         return tuple(range(ndim))
+    if axis == -1 and ndim and type(axis) is int:  # the default, answered without the general checks
+        return (ndim - 1,)
     items = (axis,) if _is_int(axis) else axis
     if not isinstance(items, (tuple, list)) or not all(_is_int(a) for a in items):
         raise AxisError(f"{name}={axis!r} is not an int or a tuple of ints; give e.g. axis=-1 or axis=(0, 1).")
@@ -254,31 +257,33 @@ class Rows:
     axes: tuple[int, ...]
     batch: tuple[int, ...]
     moved: tuple[int, ...]
+    k: int
+    trailing: bool  # the reduced axes are already the last ones: no axis moves
 
     @classmethod
     def of(cls, shape: tuple[int, ...], axes: tuple[int, ...]) -> Rows:
         keep = [d for d in range(len(shape)) if d not in axes]
         batch = tuple(shape[d] for d in keep)
-        moved = batch + tuple(shape[d] for d in axes)
-        return cls(tuple(shape), axes, batch, moved)
+        reduced = tuple(shape[d] for d in axes)
+        trailing = axes == tuple(range(len(shape) - len(axes), len(shape)))
+        return cls(tuple(shape), axes, batch, batch + reduced, math.prod(reduced), trailing)
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
-    @property
-    def k(self) -> int:
-        return int(np.prod(self.moved[len(self.batch):], dtype=np.int64))
-
     def split(self, a: np.ndarray) -> np.ndarray:
         """``a`` (of the full shape) as ``(*batch, K)``."""
-        dest = tuple(range(self.ndim - len(self.axes), self.ndim))
-        return np.moveaxis(a, self.axes, dest).reshape(self.batch + (self.k,))
+        if not self.trailing:
+            a = np.moveaxis(a, self.axes, tuple(range(self.ndim - len(self.axes), self.ndim)))
+        return a.reshape(self.batch + (self.k,))
 
     def join(self, a: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`split` for an array of ``(*batch, K)``."""
-        dest = tuple(range(self.ndim - len(self.axes), self.ndim))
-        return np.moveaxis(a.reshape(self.moved), dest, self.axes)
+        a = a.reshape(self.moved)
+        if self.trailing:
+            return a
+        return np.moveaxis(a, tuple(range(self.ndim - len(self.axes), self.ndim)), self.axes)
 
     def keepdims(self, reduced: np.ndarray) -> np.ndarray:
         """A reduction's ``batch``-shaped result with the reduced axes kept as 1."""

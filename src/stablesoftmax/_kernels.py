@@ -54,7 +54,7 @@ try:
 except ImportError:  # numba is an optional dependency (extra "fast")
     numba = None
 
-__all__ = ["available", "lse_rows", "lse_parts_rows", "softmax_rows", "softmax_parts_rows", "log_softmax_rows"]
+__all__ = ["available", "lse_rows", "lse_parts_rows", "softmax_rows", "softmax_parts_rows", "log_softmax_rows", "lse_vector"]
 
 _DISABLE_ENV = "STABLESOFTMAX_DISABLE_KERNELS"
 # Terms per vectorised partial sum; block sums are added with compensation.
@@ -435,3 +435,26 @@ if numba is not None:
                 m_i = np.nan
             m_out[i], s_out[i] = m_i, s_i
             m = m_next
+
+    @numba.njit(cache=True, nogil=True)
+    def _vector_parts(x, wide):
+        """``(m, s)`` of one contiguous vector: a single dispatch for the short-input path."""
+        m_out, s_out = np.empty(1), np.empty(1)
+        _rows_kernel(x.reshape((1, x.size)), m_out, s_out, np.empty((1, 0)), 0, wide)
+        return m_out[0], s_out[0]
+
+
+def lse_vector(x: np.ndarray) -> float:
+    """logsumexp of a C-contiguous 1-D float32/float64 array, as a Python float.
+
+    The same computation as :func:`lse_rows`, for short vectors where the call
+    overhead of the general path would dominate.
+    """
+    m, s = _vector_parts(_check_vector(x), x.dtype.char == "d")
+    return m + math.log1p(s) if math.isfinite(m) else m
+
+
+def _check_vector(x: np.ndarray) -> np.ndarray:
+    if x.dtype.char not in "fd" or x.ndim != 1 or not x.flags.c_contiguous or x.size == 0:
+        raise ShapeError(f"x of shape {x.shape} and dtype {x.dtype}: lse_vector takes a non-empty contiguous 1-D float32/float64 array.")
+    return x

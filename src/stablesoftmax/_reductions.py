@@ -21,6 +21,9 @@ single table in :mod:`stablesoftmax._contract`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +100,10 @@ def logsumexp(
     ...     float(naive.logsumexp(x))
     inf
     """
+    if type(x) is np.ndarray and x.ndim == 1 and where is None and b is None and not keepdims and not return_sign:
+        short = _short_vector_lse(x, axis)  # the common 1-D call, with the least overhead
+        if short is not None:
+            return short
     if _torch_autograd.wants_grad(x):
         out = _torch_autograd.apply("logsumexp", x, axis=axis, keepdims=keepdims, where=where, b=b)
         if return_sign:
@@ -106,10 +113,8 @@ def logsumexp(
     if fast is not None:
         kernels, x2, rows, src = fast
         lse = kernels.lse_rows(x2).reshape(rows.batch)
-        sign = _sign_of(lse)
-        if keepdims:
-            lse, sign = rows.keepdims(lse), rows.keepdims(sign)
-        return _arrays.restore_pair(src, lse, sign) if return_sign else src.restore(lse)
+        lse = rows.keepdims(lse) if keepdims else lse
+        return _arrays.restore_pair(src, lse, _sign_of(lse)) if return_sign else src.restore(lse)
     xw, mask, rows, src, exact = _prepare(x, axis, where)
     if b is not None:
         weights = _arrays.wide(rows.split(_arrays.broadcast_like(b, rows.shape, "b", "x's")))
@@ -309,6 +314,22 @@ def log_softmax_grad(x: Any, g: Any, /, *, axis: AxisLike = -1, where: Any = Non
 # --------------------------------------------------------------------------
 
 _KERNELS: Any = False  # the _kernels module once looked up; None when it cannot load
+_REFERENCE = contextvars.ContextVar("stablesoftmax_reference_path", default=False)
+
+
+@contextlib.contextmanager
+def reference_path() -> Iterator[None]:
+    """Within this block every function takes the pure-NumPy path.
+
+    The lab uses it so that its results are the same bytes with or without
+    the compiled extra (the two paths agree within the ulp goals, not bit
+    for bit).
+    """
+    token = _REFERENCE.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE.reset(token)
 
 
 def kernels() -> Any:
@@ -324,7 +345,9 @@ def kernels() -> Any:
         except ImportError:  # numba present but broken: the NumPy path serves
             module = None
         _KERNELS = module
-    return _KERNELS if _KERNELS is not None and _KERNELS.available() else None
+    if _KERNELS is None or _REFERENCE.get() or not _KERNELS.available():
+        return None
+    return _KERNELS
 
 
 def _compiled(x: Any, axis: AxisLike, where: Any, temperature: Any):
@@ -334,8 +357,8 @@ def _compiled(x: Any, axis: AxisLike, where: Any, temperature: Any):
     1; its results are those of the NumPy path to within the same ulp goals
     (``tests/test_kernels.py``), special values included.
     """
-    if where is not None or _arrays.check_temperature(temperature) != 1.0 or not _arrays.is_numpy_like(x):
-        return None
+    if where is not None or temperature != 1.0 or not _arrays.is_numpy_like(x):
+        return None  # (any other temperature, valid or not, is checked on the NumPy path)
     module = kernels()
     if module is None:
         return None
@@ -347,6 +370,16 @@ def _compiled(x: Any, axis: AxisLike, where: Any, temperature: Any):
     if x2.dtype.itemsize == 2:
         x2 = x2.astype(np.float32)  # exact: every float16 and bfloat16 value is a float32
     return module, x2, rows, src
+
+
+def _short_vector_lse(x: np.ndarray, axis: AxisLike) -> Any:
+    """logsumexp of a 1-D float32/float64 array by one kernel call, or None to take the general path."""
+    if axis not in (-1, 0) or type(axis) is not int or x.dtype.char not in "fd" or not x.size or not x.flags.c_contiguous:
+        return None
+    module = kernels()
+    if module is None:
+        return None
+    return x.dtype.type(module.lse_vector(x))  # float64 -> float32 rounds once, as astype does
 
 
 def _compiled_rows(module: Any, x2: np.ndarray, rows: Rows, src: Source, name: str) -> Any:

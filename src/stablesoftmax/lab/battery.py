@@ -75,11 +75,13 @@ def run(args: argparse.Namespace) -> int:
     _outdir.prepare(args.out, names, force=args.force)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"[1/3] running the battery at {dtype.name} ...")
+    from .._reductions import reference_path
     from ._results import run_battery
 
     results = run_battery(dtype, seed)
     say("[2/3] writing results.json, README.md and drawing softmax_break.png ...")
-    files = _write_outputs(args.out, results, preds)
+    with reference_path():  # the picture recomputes the rows: same path as results.json
+        files = _write_outputs(args.out, results, preds)
     say("[3/3] writing manifest.json ...")
     _write_manifest(args, dtype.name, seed, files)
     print(summary(results, preds, args.out, sorted(files) + ["manifest.json"]))
