@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _arrays, _losses
 from ._arrays import Rows, Source
-from ._errors import ArgumentError, ShapeError
+from ._errors import ShapeError
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
 
@@ -98,7 +98,7 @@ def linear_cross_entropy_with_grad(
 
     ``g`` is the cotangent of the loss. Options as :func:`linear_cross_entropy`.
     """
-    prob = _problem(hidden, weight, target, options.pop("bias", None), options.pop("chunk_size", None), **_options(options))
+    prob = _problem(hidden, weight, target, **_losses.options_of(linear_cross_entropy, options))
     fwd = _forward(prob)
     loss = _loss(prob, fwd)
     d_h, d_w, d_b = _backward(prob, fwd, g)
@@ -132,16 +132,6 @@ class _Sums:
     wx: np.ndarray | None  # (N,) sum_c w_c x_c, for label smoothing
     wy: np.ndarray
     live: np.ndarray
-
-
-def _options(options: dict[str, Any]) -> dict[str, Any]:
-    names = ("class_weight", "ignore_index", "reduction", "label_smoothing", "z_loss", "softcap")
-    unknown = sorted(set(options) - set(names))
-    if unknown:
-        raise ArgumentError(f"unknown option(s) {unknown}; linear_cross_entropy takes bias, chunk_size and {list(names)}.")
-    defaults = {"class_weight": None, "ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0,
-                "z_loss": 0.0, "softcap": None}
-    return {**defaults, **options}
 
 
 def _problem(hidden, weight, target, bias, chunk_size, class_weight, ignore_index, reduction, label_smoothing,

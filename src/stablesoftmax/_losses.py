@@ -27,6 +27,7 @@ Conventions, chosen to match ``torch.nn.functional`` where it has them:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,7 +169,7 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, g: Any = 1.0, **opti
     and for ``p`` in the gradient (Liger-Kernel computes both in one kernel
     for the same reason).
     """
-    problem = _problem(logits, target, **_with_defaults(options))
+    problem = _problem(logits, target, **options_of(cross_entropy, options))
     fwd = _forward(problem)
     loss = problem.src.restore(fwd.loss)
     return loss, problem.src.restore(_backward(problem, fwd, g))
@@ -289,13 +290,16 @@ class _Forward:
     m: np.ndarray | None = None  # (B,) the row max, on the compiled path
 
 
-def _with_defaults(options: dict[str, Any]) -> dict[str, Any]:
-    names = ("axis", "weight", "ignore_index", "reduction", "label_smoothing", "where", "z_loss", "softcap")
-    unknown = sorted(set(options) - set(names))
+def options_of(fn: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` completed with ``fn``'s keyword-only defaults; an unknown name is an ArgumentError.
+
+    The defaults come from ``fn``'s signature, so a fused variant taking
+    ``**options`` cannot drift from the public function it mirrors.
+    """
+    defaults = {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise ArgumentError(f"unknown option(s) {unknown}; cross_entropy takes {list(names)}.")
-    defaults = {"axis": -1, "weight": None, "ignore_index": -100, "reduction": "mean",
-                "label_smoothing": 0.0, "where": None, "z_loss": 0.0, "softcap": None}
+        raise ArgumentError(f"unknown option(s) {unknown}; {fn.__name__} takes {list(defaults)}.")
     return {**defaults, **options}
 
 

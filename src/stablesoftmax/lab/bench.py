@@ -304,6 +304,7 @@ def time_case(case: BenchCase, *, repeats: int, seed: int, say: Callable[[str], 
     for r in rows:
         r["ratio_to_naive"] = r["median_s"] / naive_median
         r["ratio_to_one_read"] = r["median_s"] / (case.nbytes / bandwidth) if bandwidth else float("nan")
+        r["sweep"] = case in SCALING  # drawn in scaling.png rather than the bar chart
     return rows
 
 
@@ -352,7 +353,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def _write(out: Path, rows: list[dict[str, Any]], cases: list[BenchCase], bandwidth: float) -> dict[str, str]:
     from . import _outdir, _plot
 
-    table = [r for r in rows if not _is_sweep(r, cases)] or rows
+    table = [r for r in rows if not r["sweep"]] or rows
     title = "Time per call, lower is better (" + ", ".join(sorted({describe(c) for c in cases if c not in SCALING}) or
                                                          [describe(cases[0])]) + ")"
     written = {
@@ -360,14 +361,9 @@ def _write(out: Path, rows: list[dict[str, Any]], cases: list[BenchCase], bandwi
         "timings.png": _outdir.write(out / "timings.png", _plot.timings_chart(table, title)),
     }
     if _scaling_rows_possible(cases):
-        sweep = [r for r in rows if _is_sweep(r, cases)]
+        sweep = [r for r in rows if r["sweep"]]
         written["scaling.png"] = _outdir.write(out / "scaling.png", _plot.scaling_chart(sweep, bandwidth))
     return written
-
-
-def _is_sweep(row: dict[str, Any], cases: list[BenchCase]) -> bool:
-    return any(c in SCALING and describe(c) == f"{row['function']} {tuple(int(v) for v in row['shape'].split('x'))} "
-               f"{row['dtype']}" for c in cases)
 
 
 def _write_manifest(args: argparse.Namespace, repeats: int, seed: int, cases: list[BenchCase], bandwidth: float,
