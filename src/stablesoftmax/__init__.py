@@ -30,7 +30,15 @@ from ._losses import (
 )
 from ._sampling import sample
 from ._streaming import LogSumExp, logsumexp_chunks
-from ._reductions import log_softmax, log_softmax_grad, logsumexp, logsumexp_grad, softmax, softmax_grad
+from ._reductions import (
+    log_softmax,
+    log_softmax_grad,
+    logsumexp,
+    logsumexp_grad,
+    reference_path,
+    softmax,
+    softmax_grad,
+)
 
 __version__ = "0.1.0"
 
@@ -54,6 +62,7 @@ __all__ = [
     "logsumexp_chunks",
     "naive",
     "CONTRACT",
+    "reference_path",
     "StableSoftmaxError",
     "ArgumentError",
     "AxisError",
