@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -30,7 +31,7 @@ import numpy as np
 
 from .._errors import InputFileError
 
-__all__ = ["Array", "EXTENSIONS", "open_array", "from_memory"]
+__all__ = ["EXTENSIONS", "Array", "from_memory", "open_array", "open_regular_file", "read_regular_file"]
 
 EXTENSIONS = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".csv", ".tsv", ".json")
 EXPECTED_DTYPES = "float16, bfloat16, float32, float64, integers or bools"
@@ -83,6 +84,103 @@ def open_array(path: str, key: str | None = None, *, role: str = "logits") -> Ar
     _check_dtype(arr.dtype, path)
     _check_shape(arr.shape, path)
     return arr
+
+
+# --------------------------------------------------------------------------
+# Opening a file the user named: regular files only, within a byte budget
+# --------------------------------------------------------------------------
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_regular_file(path: str | os.PathLike[str], *, what: str, max_bytes: int, raise_with: str = "") -> bytes:
+    """The bytes of ``path``, a regular file of at most ``max_bytes`` bytes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file the user named; symlinks are followed.
+    what : str
+        The argument it came from, e.g. ``"--predictions"``: every message starts with it.
+    max_bytes : int
+        The most bytes read. A larger file is refused without reading it whole.
+    raise_with : str, optional
+        The option that raises the limit, e.g. ``"--max-file-bytes"``, named in the message.
+
+    Raises
+    ------
+    InputFileError
+        Missing, unreadable, not a regular file (FIFO, device, directory, socket)
+        or larger than ``max_bytes``; the message names ``what``, the file and the limit.
+    """
+    with open_regular_file(path, what=what, max_bytes=max_bytes, raise_with=raise_with) as fp:
+        try:
+            data = fp.read(max_bytes + 1)  # one byte more than allowed tells a file that grew
+        except OSError as exc:
+            raise InputFileError(f"{what} {path}: could not be read ({exc.strerror or exc}); "
+                                 "expected a readable regular file.") from None
+    if len(data) > max_bytes:
+        raise _too_large(path, what, max_bytes, raise_with, f"more than {max_bytes} bytes")
+    return data
+
+
+def open_regular_file(path: str | os.PathLike[str], *, what: str, max_bytes: int, raise_with: str = ""):
+    """``path`` opened for binary reading, once it is known to be a regular file of at most ``max_bytes``.
+
+    The same checks and messages as :func:`read_regular_file`, for readers that
+    seek (zip archives, ``torch.load``). Opening uses ``O_NONBLOCK`` so that a
+    FIFO swapped in after the check cannot block, and the type is checked
+    again on the open descriptor.
+    """
+    _check_kind(_stat(path, what, os.stat), path, what)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _os_error(path, what, exc) from None
+    try:
+        info = _stat(fd, what, os.fstat, shown=path)
+        _check_kind(info, path, what)
+        if info.st_size > max_bytes:
+            raise _too_large(path, what, max_bytes, raise_with, f"{info.st_size} bytes")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # a regular file: blocking reads are the ordinary ones
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _stat(target: Any, what: str, stat_fn: Callable[[Any], os.stat_result], shown: Any = None) -> os.stat_result:
+    try:
+        return stat_fn(target)
+    except OSError as exc:
+        raise _os_error(shown if shown is not None else target, what, exc) from None
+    except ValueError as exc:  # an embedded NUL byte in the name
+        raise InputFileError(f"{what} {target!r}: is not a valid file name ({exc}); expected a path.") from None
+
+
+def _check_kind(info: os.stat_result, path: Any, what: str) -> None:
+    if stat.S_ISREG(info.st_mode):
+        return
+    kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+    raise InputFileError(f"{what} {path}: is {kind}, refused; expected a regular file.")
+
+
+def _os_error(path: Any, what: str, exc: OSError) -> InputFileError:
+    import errno
+
+    reason = {errno.ENOENT: "no such file", errno.EACCES: "permission denied",
+              errno.ENOTDIR: "a part of the path is not a directory",
+              errno.ELOOP: "too many levels of symbolic links"}.get(exc.errno, exc.strerror or str(exc))
+    return InputFileError(f"{what} {path}: {reason}; expected a readable regular file.")
+
+
+def _too_large(path: Any, what: str, max_bytes: int, raise_with: str, size: str) -> InputFileError:
+    hint = f" (raise the limit with {raise_with})" if raise_with else ""
+    return InputFileError(f"{what} {path}: is {size}, over the limit of {max_bytes} bytes; "
+                          f"expected a regular file of at most {max_bytes} bytes{hint}.")
 
 
 # --------------------------------------------------------------------------
