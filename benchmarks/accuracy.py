@@ -5,7 +5,8 @@ Run from the repository root::
     python benchmarks/accuracy.py            # the full battery (the one tests/test_accuracy.py uses)
     python benchmarks/accuracy.py --quick    # no rows of 10 000 or 100 000 entries
 
-Every library gets the same battery (``stablesoftmax.lab.accuracy.battery``),
+Every library gets the same battery (``tests/accuracy_harness.py``, the
+harness ``tests/test_accuracy.py`` holds to the goals; it is not shipped),
 each row cast to the dtype first, and is measured against mpmath at 50
 digits from the cast values. A cell is ``max / median`` in ulps of the dtype
 over the elements whose exact value is finite and nonzero: ``logsumexp`` in
@@ -16,7 +17,8 @@ past the dtype's range) must match exactly; the cell counts those a library
 gets wrong (a NaN for an all-masked row, say) and names the first such
 case. Libraries without ``where=`` get masked entries as ``-inf``. A pair the library cannot compute in the input's
 dtype is marked and explained under the table; so is a pair whose library
-raised a warning on some case.
+raised a warning on some case. stablesoftmax is measured twice: on NumPy
+arrays, and on CPU torch tensors of the same dtypes where torch is installed.
 """
 
 from __future__ import annotations
@@ -28,10 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
-from stablesoftmax.lab import accuracy
-from stablesoftmax.lab.accuracy import AccuracyRow
+# The harness is a test module, not part of the package: import it from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests import accuracy_harness as accuracy  # noqa: E402
+from tests.accuracy_harness import AccuracyRow  # noqa: E402
+from tests.helpers import ulp_goal  # noqa: E402
 
-LIBRARIES = {"stablesoftmax": "stablesoftmax", "scipy": "SciPy", "torch": "PyTorch"}
+LIBRARIES = {
+    "stablesoftmax": "stablesoftmax",
+    "stablesoftmax-torch": "stablesoftmax on torch tensors",
+    "scipy": "SciPy",
+    "torch": "PyTorch",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +69,7 @@ def markdown(rows: dict[str, list[AccuracyRow]], goals: dict[tuple[str, str], fl
     Parameters
     ----------
     rows : dict of str to list of AccuracyRow
-        Per library, from :func:`stablesoftmax.lab.accuracy.accuracy_rows`
+        Per library, from :func:`tests.accuracy_harness.accuracy_rows`
         (all lists in the same function and dtype order).
     goals : dict, optional
         ``(function, dtype name) -> goal in ulps``; adds a goal column.
@@ -115,14 +125,8 @@ def _implementations() -> tuple[dict[str, accuracy.Implementation], list[str]]:
     return impls, absent
 
 
-def _goals() -> dict[tuple[str, str], float] | None:
-    """The goals from ``tests/helpers.py`` (their one home), when the tests are there."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "tests" / "helpers.py").is_file():
-        return None
-    sys.path.insert(0, str(root))
-    from tests.helpers import ulp_goal
-
+def _goals() -> dict[tuple[str, str], float]:
+    """The goals from ``tests/helpers.py``, their one home."""
     return {(f, d.name): ulp_goal(f, d) for f in accuracy.FUNCTIONS for d in accuracy.DTYPES}
 
 

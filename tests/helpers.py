@@ -5,8 +5,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-# ulp measurement lives with the accuracy battery; re-exported here for the tests.
-from stablesoftmax.lab.accuracy import ulp, ulp_error  # noqa: F401
+# ulp measurement lives with the accuracy harness; re-exported here for the tests.
+from tests.accuracy_harness import ulp, ulp_error  # noqa: F401
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 FLOAT_DTYPES = [np.dtype(np.float16), BFLOAT16, np.dtype(np.float32), np.dtype(np.float64)]

@@ -1,14 +1,18 @@
 """The accuracy goals, held over the mpmath battery (issue 2, item 5).
 
 Every function in every dtype is measured against mpmath at 50 digits over
-:func:`stablesoftmax.lab.accuracy.battery`, each row cast to the dtype first.
-The goals live in ``tests/helpers.py`` (``ULP_GOALS``). The second half
-checks the measure itself: that it sees a wrong answer when there is one.
+:func:`tests.accuracy_harness.battery`, each row cast to the dtype first, on
+NumPy arrays and on CPU torch tensors (where torch is installed), each on
+the compiled and on the pure-NumPy path. The goals live in
+``tests/helpers.py`` (``ULP_GOALS``). The second half checks the measure
+itself: that it sees a wrong answer when there is one.
 """
 
 from __future__ import annotations
 
+import doctest
 import functools
+import importlib.util
 import math
 
 import mpmath
@@ -17,23 +21,36 @@ import pytest
 
 import stablesoftmax
 from stablesoftmax import naive
-from stablesoftmax.lab import accuracy
-from stablesoftmax.lab.accuracy import AccuracyRow, Case, Implementation
+from tests import accuracy_harness as accuracy
+from tests.accuracy_harness import AccuracyRow, Case, Implementation
 from tests.helpers import DTYPE_IDS, FLOAT_DTYPES, ulp, ulp_error, ulp_goal
 
 pytestmark = pytest.mark.usefixtures("each_path")  # every test on the compiled and the NumPy path
 
 OURS = accuracy.implementation("stablesoftmax")
 
+# The array types stablesoftmax is measured on: NumPy arrays, and CPU torch tensors of the same dtypes.
+BACKENDS = [
+    "stablesoftmax",
+    pytest.param(
+        "stablesoftmax-torch",
+        marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed"),
+    ),
+]
+
 
 @functools.cache
-def _row(function: str, dtype_name: str) -> AccuracyRow:
-    """One measurement per pair, shared by the goal and the warning tests."""
-    return accuracy.measure(OURS, function, dtype_name)
+def _row(backend: str, function: str, dtype_name: str, path: str) -> AccuracyRow:
+    """One measurement per backend, pair and path, shared by the goal and the warning tests.
+
+    ``path`` is part of the key: the kernels and the NumPy fallback are two
+    measurements, never one reused for the other.
+    """
+    return accuracy.measure(accuracy.implementation(backend), function, dtype_name)
 
 
-def _measured(function: str, dtype: np.dtype) -> AccuracyRow:
-    row = _row(function, dtype.name)
+def _measured(backend: str, function: str, dtype: np.dtype, path: str) -> AccuracyRow:
+    row = _row(backend, function, dtype.name, path)
     if row.note:
         pytest.skip(row.note)
     return row
@@ -41,16 +58,19 @@ def _measured(function: str, dtype: np.dtype) -> AccuracyRow:
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("function", accuracy.FUNCTIONS)
+@pytest.mark.parametrize("backend", BACKENDS)
 class TestGoals:
-    def test_within_goal(self, function, dtype):
-        row = _measured(function, dtype)
+    def test_within_goal(self, backend, function, dtype, each_path):
+        row = _measured(backend, function, dtype, each_path)
         goal = ulp_goal(function, dtype)
-        assert row.max_ulp <= goal, f"{function} {dtype}: {row.max_ulp:.3g} ulp > goal {goal}; worst: {row.detail}"
+        assert row.max_ulp <= goal, (
+            f"{backend} {function} {dtype}: {row.max_ulp:.3g} ulp > goal {goal}; worst: {row.detail}"
+        )
 
-    def test_no_warnings(self, function, dtype):
+    def test_no_warnings(self, backend, function, dtype, each_path):
         # Correctly rounded results (an overflow to -inf included) come without a RuntimeWarning.
-        row = _measured(function, dtype)
-        assert row.warned == "", f"{function} {dtype} warned on case {row.warned}"
+        row = _measured(backend, function, dtype, each_path)
+        assert row.warned == "", f"{backend} {function} {dtype} warned on case {row.warned}"
 
 
 def _ours_nudged(steps: int) -> Implementation:
@@ -110,6 +130,25 @@ class TestMeasure:
     def test_unknown_function(self):
         with pytest.raises(ValueError, match="function='softplus' is unknown"):
             accuracy.measure(OURS, "softplus", np.float64, quick=True)
+
+    def test_unknown_implementation(self):
+        with pytest.raises(ValueError, match="implementation name='numpy' is unknown; allowed: 'stablesoftmax'"):
+            accuracy.implementation("numpy")
+
+    def test_torch_backend_must_answer_in_tensors(self, monkeypatch):
+        # A backend that hands a CPU tensor back as a NumPy array is caught, not measured.
+        pytest.importorskip("torch")
+        impl = accuracy.implementation("stablesoftmax-torch")
+        case = accuracy.battery(np.float32, quick=True)[0]
+        assert impl.call("softmax", case).dtype == np.float32
+        real = stablesoftmax.softmax
+        monkeypatch.setattr(stablesoftmax, "softmax", lambda x, **kw: real(x.numpy(), **kw))
+        with pytest.raises(TypeError, match="returned ndarray for a CPU torch tensor"):
+            impl.call("softmax", case)
+
+    def test_harness_examples(self):
+        result = doctest.testmod(accuracy, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted > 0 and result.failed == 0
 
 
 class TestUlp:

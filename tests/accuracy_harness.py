@@ -20,9 +20,14 @@ with the subnormal spacing below the normals:
 
 The same code measures any :class:`Implementation`, so
 ``benchmarks/accuracy.py`` sets SciPy and PyTorch beside stablesoftmax, and
-``tests/test_accuracy.py`` holds stablesoftmax to the goals. mpmath is a
-test and lab dependency, not a runtime one: it is imported only when a
-reference is computed.
+``tests/test_accuracy.py`` holds stablesoftmax to the goals, on NumPy arrays
+and on torch CPU tensors (``"stablesoftmax-torch"``) alike.
+
+This is a test harness, not part of the shipped package: it lives in
+``tests/`` and is imported as ``tests.accuracy_harness`` from the repository
+root (``python -m pytest`` puts the root on ``sys.path``;
+``benchmarks/accuracy.py`` does so itself). mpmath is a test dependency; it
+is imported only when a reference is computed.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ __all__ = [
     "ulp",
     "ulp_error",
     "ulp_errors",
+    "IMPLEMENTATIONS",
     "implementation",
     "measure",
     "accuracy_rows",
@@ -598,16 +604,23 @@ def _unit_exponent(v: Any, fmt: _Format) -> int:
 
 
 def implementation(name: str) -> Implementation:
-    """The adapter for one library: ``"stablesoftmax"``, ``"scipy"`` or ``"torch"``.
+    """The adapter for one library: one of :data:`IMPLEMENTATIONS`.
+
+    ``"stablesoftmax"`` is the library on NumPy arrays;
+    ``"stablesoftmax-torch"`` is the same functions called on CPU torch
+    tensors (the input copied into a tensor, the result read back from the
+    tensor the library returns), so the torch backend is held to the same
+    goals. ``"scipy"`` and ``"torch"`` are those libraries' own functions.
 
     SciPy and PyTorch have no ``where=``; they get masked entries as
     ``-inf``, which is what ``where=False`` means. Their pairs that raise,
     or answer in another dtype than the input's, are reported as missing.
+    stablesoftmax's pairs are never probed: an error there is an error.
 
     Parameters
     ----------
     name : str
-        The library.
+        The implementation.
 
     Returns
     -------
@@ -616,39 +629,65 @@ def implementation(name: str) -> Implementation:
     Raises
     ------
     ImportError
-        If the library is not installed.
+        If the library it needs (SciPy, torch) is not installed.
     ValueError
         For an unknown name.
     """
+    if name not in IMPLEMENTATIONS:
+        allowed = ", ".join(repr(n) for n in IMPLEMENTATIONS)
+        raise ValueError(f"implementation name={name!r} is unknown; allowed: {allowed}.")
+    needs = "torch" if name == "stablesoftmax-torch" else name
+    if needs != "stablesoftmax" and importlib.util.find_spec(needs) is None:
+        raise ImportError(f"{needs} is not installed")
     if name == "stablesoftmax":
         return Implementation(name, _call_ours, _missing_ours)
-    calls = {"scipy": _call_scipy, "torch": _call_torch}
-    if name not in calls:
-        raise ValueError(f"implementation name={name!r} is unknown; allowed: 'stablesoftmax', 'scipy', 'torch'.")
-    if importlib.util.find_spec(name) is None:
-        raise ImportError(f"{name} is not installed")
-    call = calls[name]
+    if name == "stablesoftmax-torch":
+        return Implementation(name, _call_ours_torch, _missing_ours)
+    call = {"scipy": _call_scipy, "torch": _call_torch}[name]
     return Implementation(name, call, functools.cache(functools.partial(_probe, call, name)))
 
 
+IMPLEMENTATIONS = ("stablesoftmax", "stablesoftmax-torch", "scipy", "torch")
+"""The names :func:`implementation` knows."""
+
+
 def _call_ours(function: str, case: Case) -> np.ndarray:
+    return _ours(function, case, lambda a: a, np.asarray)
+
+
+def _call_ours_torch(function: str, case: Case) -> np.ndarray:
+    import torch
+
+    def to(a: np.ndarray) -> Any:
+        return _to_torch(torch, a).clone()  # a copy: the cached case must not share memory with the call
+
+    def back(out: Any) -> np.ndarray:
+        if not isinstance(out, torch.Tensor) or out.device.type != "cpu":
+            raise TypeError(f"stablesoftmax.{function} returned {type(out).__name__} for a CPU torch tensor.")
+        return _from_torch(torch, out)
+
+    return _ours(function, case, to, back)
+
+
+def _ours(function: str, case: Case, to: Callable[[np.ndarray], Any], back: Callable[[Any], np.ndarray]) -> np.ndarray:
+    """stablesoftmax's ``function`` on ``case``, its arrays passed through ``to`` and the result through ``back``.
+
+    ``cross_entropy`` gets every target of the case at once: the row
+    repeated, ``reduction="none"``.
+    """
     import stablesoftmax
 
-    if function == "cross_entropy":
-        return _ours_cross_entropy(stablesoftmax.cross_entropy, case)
-    return np.asarray(getattr(stablesoftmax, function)(case.x, where=case.where))
-
-
-def _ours_cross_entropy(fn: Callable[..., Any], case: Case) -> np.ndarray:
-    """Every target of the case at once: the row repeated, ``reduction="none"``."""
+    fn = getattr(stablesoftmax, function)
+    if function != "cross_entropy":
+        return back(fn(to(case.x), where=None if case.where is None else to(case.where)))
     reps = len(case.targets)
     kwargs: dict[str, Any] = {"axis": -1, "reduction": "none"}
     x = case.x
     if case.where is not None and "where" in inspect.signature(fn).parameters:
-        kwargs["where"] = np.repeat(case.where[None], reps, axis=0)
+        kwargs["where"] = to(np.repeat(case.where[None], reps, axis=0))
     else:
         x = case.masked()
-    return np.asarray(fn(np.repeat(x[None], reps, axis=0), np.array(case.targets), **kwargs))
+    return back(fn(to(np.repeat(x[None], reps, axis=0)), to(np.array(case.targets)), **kwargs))
 
 
 def _missing_ours(function: str, dtype: np.dtype) -> str | None:
@@ -743,7 +782,7 @@ def measure(
 
     Examples
     --------
-    >>> from stablesoftmax.lab import accuracy
+    >>> from tests import accuracy_harness as accuracy
     >>> ours = accuracy.implementation("stablesoftmax")
     >>> row = accuracy.measure(ours, "log_softmax", "float32", quick=True)
     >>> row.max_ulp <= 0.5 + 1e-9    # computed wide, rounded once
