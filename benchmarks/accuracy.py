@@ -4,6 +4,8 @@ Run from the repository root::
 
     python benchmarks/accuracy.py            # the full battery (the one tests/test_accuracy.py uses)
     python benchmarks/accuracy.py --quick    # no rows of 10 000 or 100 000 entries
+    python benchmarks/accuracy.py --csv benchmarks/results/accuracy.csv > benchmarks/results/accuracy.md
+                                             # the committed table the documentation shows
 
 Every library gets the same battery (``tests/accuracy_harness.py``, the
 harness ``tests/test_accuracy.py`` holds to the goals; it is not shipped),
@@ -24,6 +26,8 @@ arrays, and on CPU torch tensors of the same dtypes where torch is installed.
 from __future__ import annotations
 
 import argparse
+import csv
+import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller battery: no rows of 10 000 or 100 000 entries")
     p.add_argument("--seed", type=int, default=0, help="seed of the battery's random rows (default 0)")
+    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV (the documentation's accuracy page reads it)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     impls, absent = _implementations()
@@ -55,16 +60,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {' '.join(['python'] + sys.argv)}")
     sizes = ", ".join(f"{d.name} {len(accuracy.battery(d, seed=args.seed, quick=args.quick))}" for d in accuracy.DTYPES)
     print(f"battery: seed {args.seed}{', quick' if args.quick else ''}; cases per dtype: {sizes}")
+    print(f"versions: {_versions()}")
     if absent:
         print(f"not installed: {', '.join(absent)}")
     print()
     print("\n".join(markdown(rows, _goals())))
+    if args.csv:
+        head, body, _ = table(rows, _goals())
+        with open(args.csv, "w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows([head, *body])
     print(f"\n{time.perf_counter() - start:.0f} s")
     return 0
 
 
-def markdown(rows: dict[str, list[AccuracyRow]], goals: dict[tuple[str, str], float] | None = None) -> list[str]:
-    """The table's lines: one per function and dtype, a ``max / median`` column per library.
+def table(
+    rows: dict[str, list[AccuracyRow]], goals: dict[tuple[str, str], float] | None = None
+) -> tuple[list[str], list[list[str]], dict[str, int]]:
+    """The table's header, its cells (one row per function and dtype, a column per library) and its notes.
 
     Parameters
     ----------
@@ -76,21 +88,42 @@ def markdown(rows: dict[str, list[AccuracyRow]], goals: dict[tuple[str, str], fl
 
     Returns
     -------
-    list of str
-        The Markdown table, then its notes.
+    head : list of str
+    body : list of list of str
+    notes : dict of str to int
+        Each note's text and the number its cells carry as ``[n]``.
     """
     names = list(rows)
     notes: dict[str, int] = {}
     head = ["function", "dtype"] + (["goal"] if goals else []) + [f"{LIBRARIES.get(n, n)}: max / median ulp" for n in names]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for i, first in enumerate(rows[names[0]]):
         cells = [first.function, first.dtype] + ([f"{goals[first.function, first.dtype]:g}"] if goals else [])
         goal = goals[first.function, first.dtype] if goals else -1.0
-        cells += [_cell(rows[n][i], goal, notes) for n in names]
-        lines.append("| " + " | ".join(cells) + " |")
-    worst = [f"- {r.function} {r.dtype}: {r.detail}" for r in rows[names[0]] if r.detail]
+        body.append(cells + [_cell(rows[n][i], goal, notes) for n in names])
+    return head, body, notes
+
+
+def markdown(rows: dict[str, list[AccuracyRow]], goals: dict[tuple[str, str], float] | None = None) -> list[str]:
+    """The table in Markdown, then its notes and the worst element of the first library per row.
+
+    Parameters
+    ----------
+    rows, goals
+        As for :func:`table`.
+
+    Returns
+    -------
+    list of str
+        The lines.
+    """
+    head, body, notes = table(rows, goals)
+    first = list(rows)[0]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    worst = [f"- {r.function} {r.dtype}: {r.detail}" for r in rows[first] if r.detail]
     lines += [""] + [f"[{k}] {text}" for text, k in notes.items()]
-    lines += ["", f"Worst {LIBRARIES.get(names[0], names[0])} element per function and dtype:"] + worst
+    lines += ["", f"Worst {LIBRARIES.get(first, first)} element per function and dtype:"] + worst
     return lines
 
 
@@ -123,6 +156,19 @@ def _implementations() -> tuple[dict[str, accuracy.Implementation], list[str]]:
         except ImportError:
             absent.append(LIBRARIES[name])
     return impls, absent
+
+
+def _versions() -> str:
+    """The libraries measured, with their versions, as they were imported for this run."""
+    import importlib.metadata
+
+    out = [f"python {platform.python_version()}"]
+    for dist in ("stablesoftmax", "numpy", "ml_dtypes", "numba", "scipy", "torch", "mpmath"):
+        try:
+            out.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return ", ".join(out)
 
 
 def _goals() -> dict[tuple[str, str], float]:
