@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller battery: no rows of 10 000 or 100 000 entries")
     p.add_argument("--seed", type=int, default=0, help="seed of the battery's random rows (default 0)")
-    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV (the documentation's accuracy page reads it)")
+    p.add_argument(
+        "--csv", metavar="FILE", help="also write the table as CSV (the documentation's accuracy page reads it)"
+    )
     args = p.parse_args(argv)
     start = time.perf_counter()
     impls, absent = _implementations()
@@ -95,7 +97,11 @@ def table(
     """
     names = list(rows)
     notes: dict[str, int] = {}
-    head = ["function", "dtype"] + (["goal"] if goals else []) + [f"{LIBRARIES.get(n, n)}: max / median ulp" for n in names]
+    head = (
+        ["function", "dtype"]
+        + (["goal"] if goals else [])
+        + [f"{LIBRARIES.get(n, n)}: max / median ulp" for n in names]
+    )
     body = []
     for i, first in enumerate(rows[names[0]]):
         cells = [first.function, first.dtype] + ([f"{goals[first.function, first.dtype]:g}"] if goals else [])
@@ -138,7 +144,8 @@ def _cell(row: AccuracyRow, goal: float, notes: dict[str, int]) -> str:
         text += f"; **{row.special_wrong} special wrong** ({row.worst_case})"
     if row.warned:
         case, _, warning = row.warned.partition(": ")
-        text += f" [{notes.setdefault(f'{LIBRARIES.get(row.library, row.library)} warns: {warning} (e.g. on {case!r})', len(notes) + 1)}]"
+        note = f"{LIBRARIES.get(row.library, row.library)} warns: {warning} (e.g. on {case!r})"
+        text += f" [{notes.setdefault(note, len(notes) + 1)}]"
     return text
 
 

@@ -422,7 +422,9 @@ def reference(case: Case, /, *, dps: int = 50) -> dict[str, Exact]:
     x = case.x.astype(np.float64)
     used = (x != -np.inf) if case.where is None else case.where & (x != -np.inf)
     if np.isnan(x[used]).any() or (x[used] == np.inf).any():
-        raise ValueError(f"case {case.name!r} has NaN or +inf among its unmasked entries; the battery holds finite rows.")
+        raise ValueError(
+            f"case {case.name!r} has NaN or +inf among its unmasked entries; the battery holds finite rows."
+        )
     if not used.any():  # every entry masked or -inf: the contract's -inf, zeros and -inf, exactly
         lse, sm, ls = [-math.inf], [0.0] * x.size, [-math.inf] * x.size
         return {"logsumexp": _exact(lse, fmt), "softmax": _exact(sm, fmt), "log_softmax": _exact(ls, fmt)}
@@ -443,7 +445,7 @@ def _exact_rows(mp: Any, values: np.ndarray, counts: np.ndarray) -> tuple[Any, l
     d = [mp.fsub(mp.mpf(float(v)), m, exact=True) for v in values]  # exact: no rounding before exp
     t = [mp.exp(di) for di in d]
     # s leaves out one copy of the max term (exactly 1) rather than subtracting 1, which cancels when s is tiny.
-    s = mp.fsum([ti * int(c) for ti, c in zip(t[:-1], counts[:-1])] + [int(counts[-1]) - 1])
+    s = mp.fsum([ti * int(c) for ti, c in zip(t[:-1], counts[:-1], strict=True)] + [int(counts[-1]) - 1])
     log1p_s, one_plus_s = mp.log1p(s), 1 + s
     return m + log1p_s, [ti / one_plus_s for ti in t], [di - log1p_s for di in d]
 
@@ -806,8 +808,17 @@ def measure(
     body = np.concatenate(ordinary)
     median = float(np.median(body)) if body.size else 0.0
     return AccuracyRow(
-        impl.name, function, dt.name, worst[0], median, worst[1], worst[2],
-        warned=warned, special_wrong=wrong, finite_max_ulp=finite_worst[0], finite_worst_case=finite_worst[1],
+        impl.name,
+        function,
+        dt.name,
+        worst[0],
+        median,
+        worst[1],
+        worst[2],
+        warned=warned,
+        special_wrong=wrong,
+        finite_max_ulp=finite_worst[0],
+        finite_worst_case=finite_worst[1],
     )
 
 
@@ -872,7 +883,7 @@ def accuracy_rows(
     return [measure(impl, f, d, seed=seed, quick=quick) for f in functions for d in dtypes]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _references(dtype_name: str, seed: int, quick: bool) -> tuple[tuple[Case, dict[str, Exact]], ...]:
     return tuple((case, reference(case)) for case in battery(dtype_name, seed=seed, quick=quick))
 

@@ -89,7 +89,9 @@ def _naive() -> Implementation:
     def call(function: str, case: Case) -> np.ndarray:
         return np.asarray(getattr(naive, function)(case.masked()))
 
-    return Implementation("naive", call, lambda function, dtype: "not measured" if function == "cross_entropy" else None)
+    return Implementation(
+        "naive", call, lambda function, dtype: "not measured" if function == "cross_entropy" else None
+    )
 
 
 class TestMeasure:
@@ -178,7 +180,7 @@ class TestUlp:
         with mpmath.workdps(50):
             exact = [mpmath.exp(mpmath.mpf(v)) for v in case.x]
             total = mpmath.fsum(exact)
-            scalar = [ulp_error(g, e / total, np.float64) for g, e in zip(got, exact)]
+            scalar = [ulp_error(g, e / total, np.float64) for g, e in zip(got, exact, strict=True)]
         np.testing.assert_allclose(accuracy.ulp_errors(got, ref), scalar, rtol=1e-9, atol=1e-12)
 
     def test_exact_zero_must_match(self):
@@ -199,7 +201,11 @@ class TestReference:
         with mpmath.workdps(80):
             e = [mpmath.exp(mpmath.mpf(v)) for v in row]
             lse = mpmath.log(mpmath.fsum(e))
-            expected = {"logsumexp": [lse], "softmax": [t / mpmath.fsum(e) for t in e], "log_softmax": [v - lse for v in row]}
+            expected = {
+                "logsumexp": [lse],
+                "softmax": [t / mpmath.fsum(e) for t in e],
+                "log_softmax": [v - lse for v in row],
+            }
             for function, values in expected.items():
                 r = ref[function]
                 for i, v in enumerate(values):
@@ -238,17 +244,28 @@ class TestBattery:
         a, b = accuracy.battery(dtype, quick=True), accuracy.battery(dtype, quick=True)
         assert all(c.x.dtype == dtype for c in a)
         assert [c.name for c in a] == [c.name for c in b]
-        assert all(np.array_equal(c.x, d.x, equal_nan=True) and c.targets == d.targets for c, d in zip(a, b))
+        assert all(
+            np.array_equal(c.x, d.x, equal_nan=True) and c.targets == d.targets for c, d in zip(a, b, strict=True)
+        )
         assert len({c.name for c in a}) == len(a), "case names must be unique"
 
     def test_seed_matters(self):
         a, b = accuracy.battery(np.float64, seed=0, quick=True), accuracy.battery(np.float64, seed=1, quick=True)
-        assert not all(np.array_equal(c.x, d.x, equal_nan=True) for c, d in zip(a, b))
+        assert not all(np.array_equal(c.x, d.x, equal_nan=True) for c, d in zip(a, b, strict=True))
 
     def test_families_and_widths(self):
         cases = accuracy.battery(np.float64)
         names = " ".join(c.name for c in cases)
-        for family in ("lab ", "gauss s=10000", "dominant", "others sum to 1-", "others sum to 1+", "near-tie", "masked all", "limit"):
+        for family in (
+            "lab ",
+            "gauss s=10000",
+            "dominant",
+            "others sum to 1-",
+            "others sum to 1+",
+            "near-tie",
+            "masked all",
+            "limit",
+        ):
             assert family in names
         widths = {c.x.size for c in cases if c.name.startswith("gauss")}
         assert {1, 2, 5, 600, 10_000, 100_000} <= widths

@@ -141,8 +141,10 @@ class AccuracyGoals(SphinxDirective):
         finally:
             sys.path.remove(str(REPO))
         functions = list(ULP_GOALS["float64"])
-        rows = [[_inline(f"`{f}`"), _inline(f"{ULP_GOALS['narrow'][f]:g} ulp"), _inline(f"{ULP_GOALS['float64'][f]:g} ulp")]
-                for f in functions]
+        rows = [
+            [_inline(f"`{f}`"), _inline(f"{ULP_GOALS['narrow'][f]:g} ulp"), _inline(f"{ULP_GOALS['float64'][f]:g} ulp")]
+            for f in functions
+        ]
         return [_table(["function", "float16, bfloat16, float32", "float64"], rows, [3, 3, 2])]
 
 
@@ -183,7 +185,12 @@ class CommandOutput(SphinxDirective):
         env = {**os.environ, "COLUMNS": "100"}
         return subprocess.run(
             [sys.executable, "-m", "stablesoftmax", *shlex.split(self.arguments[0])],
-            cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
 
 
