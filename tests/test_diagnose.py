@@ -320,8 +320,8 @@ class TestReportSchema:
         d = self.report().to_dict()
         assert set(d) == {"schema", "source", "data", "dtypes", "verdict"}
         assert d["schema"] == "stablesoftmax.diagnose/1"
-        assert set(d["source"]) == {"name", "shape", "dtype", "axis", "slices", "classes", "target"}
-        assert set(d["data"]) == {"nan", "posinf", "masked", "target_masked", "max_logit", "min_logit",
+        assert set(d["source"]) == {"name", "shape", "dtype", "axis", "slices", "classes", "target", "ignore_index"}
+        assert set(d["data"]) == {"nan", "posinf", "masked", "target_masked", "ignored", "max_logit", "min_logit",
                                   "max_spread", "worst"}
         assert list(d["dtypes"]) == list(DTYPES)
         for rep in d["dtypes"].values():
@@ -507,10 +507,11 @@ class TestExitCodes:
         assert run_cli(capsys, tmp_path / "x.npy", "--fail-on", "any")[0] == 1
         assert run_cli(capsys, tmp_path / "x.npy", "--fail-on", "overflow")[0] == 0
 
-    def test_several_dtype_options(self, tmp_path, capsys, seed_arrays):
+    def test_repeated_dtype_option_last_wins(self, tmp_path, capsys, seed_arrays):
+        # issue 13 item 6: repeated flags follow argparse's usual last-wins, as --axis and --top do
         np.save(tmp_path / "x.npy", seed_arrays[0])
         code, out, _ = run_cli(capsys, tmp_path / "x.npy", "--dtype", "float16", "--dtype", "float32,float64", "--json")
-        assert list(json.loads(out)["dtypes"]) == ["float16", "float32", "float64"]
+        assert code == 0 and list(json.loads(out)["dtypes"]) == ["float32", "float64"]
 
 
 def _bad_files(tmp: Path) -> dict[str, tuple[list[str], str]]:

@@ -65,10 +65,11 @@ and ``"nan"``, so the output is strict JSON. ``null`` means "not defined"
     {
       "schema": str,
       "source": {"name": str, "shape": [int], "dtype": str, "axis": int,
-                 "slices": int, "classes": int, "target": bool},
+                 "slices": int, "classes": int, "target": bool,
+                 "ignore_index": int | null},
       "data": {"nan": int, "posinf": int, "masked": int, "target_masked": int,
-               "max_logit": float, "min_logit": float, "max_spread": float,
-               "worst": [slice]},
+               "ignored": int, "max_logit": float, "min_logit": float,
+               "max_spread": float, "worst": [slice]},
       "dtypes": {D: {"overflow_above": float, "underflow_below": float,
                      "overflow": int, "underflow": int, "failing": int,
                      "worst": [slice]}},
@@ -80,6 +81,9 @@ and ``"nan"``, so the output is strict JSON. ``null`` means "not defined"
              "stable_loss": float, "naive_loss": float,
              "naive_unshifted_loss": float, "naive_prob": float}
 
+``ignored`` counts the slices whose target equals ``ignore_index`` (null
+without a target): the loss leaves them out, so their target is neither
+range-checked nor looked at, while their logits are checked like any other.
 ``problems`` holds names from ``nan``, ``posinf``, ``masked``,
 ``target_masked``, ``overflow`` and ``underflow``. ``naive_loss`` is the
 second program's ``-log(softmax(x)[target])`` in D, ``naive_unshifted_loss``
@@ -107,6 +111,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -115,10 +120,16 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from .._arrays import BFLOAT16, Rows, normalize_axes, to_numpy
-from .._errors import ArgumentError, AxisError, ShapeError, TargetError
-from .._losses import cross_entropy
-from .._reductions import log_softmax
+from .. import (
+    ArgumentError,
+    AxisError,
+    DtypeError,
+    InputFileError,
+    ShapeError,
+    TargetError,
+    cross_entropy,
+    log_softmax,
+)
 from . import _readers
 
 __all__ = ["diagnose", "Report", "DataReport", "DtypeReport", "SliceReport", "Verdict", "SCHEMA", "DTYPES",
@@ -130,6 +141,8 @@ PROBLEMS = ("nan", "posinf", "masked", "target_masked", "overflow", "underflow")
 CHUNK_BYTES = 8 * 2**20  # logits read per window: small enough for a 256 MB budget with work copies
 LARGE_INPUT = 64 * 2**20  # inputs at least this big show progress
 _PRECISION = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}  # significand bits
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+IGNORE_INDEX = -100  # as cross_entropy's default: the padding label of most language-model batches
 _NUMPY_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": BFLOAT16,
                  "float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -180,6 +193,7 @@ class DataReport:
     posinf: int = 0
     masked: int = 0
     target_masked: int = 0
+    ignored: int = 0  # slices whose target is the ignore index: counted, not a problem
     max_logit: float = -math.inf
     min_logit: float = math.inf
     max_spread: float = 0.0
@@ -250,6 +264,7 @@ def diagnose(
     axis: int = -1,
     dtypes: Sequence[str] = DTYPES,
     top: int = 10,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Report:
     """Find the slices where naive softmax or cross-entropy gives ``inf`` or NaN.
 
@@ -267,6 +282,12 @@ def diagnose(
         Dtypes the naive programs are simulated in, from ``DTYPES``.
     top : int, default 10
         How many of the worst slices each part of the report lists.
+    ignore_index : int, default -100
+        A target equal to this marks a slice the loss leaves out, as in
+        ``cross_entropy``: it is not range-checked, its target is not looked
+        at (no underflow, no "target on -inf"), and it is counted in
+        ``data.ignored``. Its logits are still checked for NaN, ``+inf``,
+        full masking and overflow, which the naive code meets before any mask.
 
     Returns
     -------
@@ -280,27 +301,68 @@ def diagnose(
     thresholds. For files use the ``stablesoftmax diagnose`` command, which
     reads ``.npy`` files in windows with bounded memory.
     """
-    arr, _ = to_numpy(logits, "logits")
+    arr = _as_numpy(logits, "logits")
+    if arr.dtype.kind in "iub":  # as the library computes on them: float64
+        arr = arr.astype(np.float64)
     if arr.ndim == 0 or arr.size == 0:
         raise ShapeError(f"logits has shape {arr.shape}; expected at least one slice of at least one class.")
-    return _scan(_readers.from_memory(arr, "logits"), target, axis, dtypes, top, "target")
+    return _scan(_readers.from_memory(arr, "logits"), target, axis, dtypes, top, "target", ignore_index)
+
+
+def _as_numpy(x: Any, name: str) -> np.ndarray:
+    """``x`` as a NumPy array in its own dtype (torch bfloat16 through ml_dtypes); no copy when it is one."""
+    if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
+        t = x.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            import torch
+
+            return t.contiguous().view(torch.int16).numpy().view(BFLOAT16)
+        if t.is_complex() or (t.dtype.is_floating_point and t.element_size() == 1):
+            raise DtypeError(f"{name} has dtype {t.dtype}; allowed: {_readers.EXPECTED_DTYPES}.")
+        return t.numpy()
+    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+        try:
+            x = np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            pass  # not on the host, or not DLPack-able: np.asarray below says what it can
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(f"{name} could not be read as an array ({exc}); give a rectangular numeric array.") from None
+    ok = arr.dtype == BFLOAT16 or arr.dtype.kind in "iub" or (arr.dtype.kind == "f" and arr.dtype.itemsize in (2, 4, 8))
+    if not ok:
+        raise DtypeError(f"{name} has dtype {arr.dtype}; allowed: {_readers.EXPECTED_DTYPES}.")
+    return arr
+
+
+def _axis(axis: Any, ndim: int) -> int:
+    """``axis`` as a non-negative int below ``ndim``."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise AxisError(f"axis={axis!r} is not an int; diagnose takes one classes axis, e.g. axis=-1.")
+    if not -ndim <= axis < ndim:
+        raise AxisError(f"axis={axis!r} is out of range for an array of {ndim} dimensions; "
+                        f"allowed: [{-ndim}, {ndim}).")
+    return int(axis) % ndim
 
 
 def _scan(src: _readers.Array, target: Any, axis: int, dtypes: Sequence[str], top: int, target_name: str,
-          progress: _Progress | None = None) -> Report:
+          ignore_index: int = IGNORE_INDEX, progress: _Progress | None = None,
+          max_bytes: int | None = None) -> Report:
     names = _check_dtypes(dtypes)
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
         raise ArgumentError(f"top={top!r} is not allowed; it must be an integer >= 0.")
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
-        raise AxisError(f"axis={axis!r} is not an int; diagnose takes one classes axis, e.g. axis=-1.")
-    (ax,) = normalize_axes(int(axis), len(src.shape))
-    rows = Rows.of(src.shape, (ax,))
-    tgt = None if target is None else _check_target(target, rows.batch, src.shape[ax], ax, target_name)
-    scan = _Scanner(names, rows.k, top)
-    for start, stop, block in _blocks(src, ax, progress):
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)) or not (
+            -2**63 <= ignore_index < 2**63):
+        raise ArgumentError(f"ignore_index={ignore_index!r} is not allowed; it must be an integer (int64), e.g. -100.")
+    ax = _axis(axis, len(src.shape))
+    batch, k = src.shape[:ax] + src.shape[ax + 1:], src.shape[ax]
+    tgt = None if target is None else _check_target(target, batch, k, ax, target_name, int(ignore_index))
+    scan = _Scanner(names, k, top, int(ignore_index))
+    for start, block in _blocks(src, ax, progress, max_bytes):
         _feed(scan, block, ax, src.stream_axis, start, tgt)
     source = {"name": src.name, "shape": list(src.shape), "dtype": _dtype_name(src.dtype), "axis": ax,
-              "slices": math.prod(rows.batch), "classes": rows.k, "target": tgt is not None}
+              "slices": math.prod(batch), "classes": k, "target": tgt is not None,
+              "ignore_index": int(ignore_index) if tgt is not None else None}
     return scan.report(source)
 
 
@@ -312,18 +374,20 @@ def _check_dtypes(dtypes: Sequence[str]) -> list[str]:
     return names
 
 
-def _check_target(target: Any, batch: tuple[int, ...], k: int, axis: int, name: str) -> np.ndarray:
-    """``target`` as an int64 array of shape ``batch`` with entries in ``[0, k)``."""
+def _check_target(target: Any, batch: tuple[int, ...], k: int, axis: int, name: str, ignore: int) -> np.ndarray:
+    """``target`` as an int64 array of shape ``batch`` with entries in ``[0, k)`` or equal to ``ignore``."""
     t = np.asarray(target.detach().cpu().numpy() if hasattr(target, "detach") else target)
     if t.dtype.kind not in "iu":
         raise TargetError(f"{name} has dtype {t.dtype}; class indices must be integers.")
     if t.shape != batch:
         raise ShapeError(f"{name} has shape {t.shape}; expected {batch}, the logits' shape without axis {axis}.")
-    bad = np.flatnonzero((t < 0) | (t >= k))
+    # NumPy compares a uint64 with a negative ignore index exactly: 2**64 - 100 is out of range, not -100
+    bad = np.flatnonzero(((t < 0) | (t >= k)) & (t != ignore))
     if bad.size:
         where = np.unravel_index(int(bad[0]), batch) if batch else ()
         raise TargetError(f"{name} holds {int(t.flat[bad[0]])} at slice {tuple(int(i) for i in where)} "
-                          f"({bad.size} out of range); class indices must lie in [0, {k}).")
+                          f"({bad.size} out of range); class indices must lie in [0, {k}) "
+                          f"or equal the ignore index {ignore}.")
     return t.astype(np.int64, copy=False)
 
 
@@ -331,24 +395,31 @@ def _dtype_name(dtype: np.dtype) -> str:
     return "bfloat16" if dtype == BFLOAT16 else str(dtype)
 
 
-def _blocks(src: _readers.Array, axis: int, progress: _Progress | None):
+def _blocks(src: _readers.Array, axis: int, progress: _Progress | None, max_bytes: int | None = None):
     """Windows of the array along its stream axis; the whole array when that axis holds the classes."""
     n = src.shape[src.stream_axis]
     if len(src.shape) < 2 or src.stream_axis == axis:
-        yield 0, n, src.whole()
+        if src.streamed and max_bytes is not None and src.nbytes > max_bytes:
+            order = "Fortran" if src.stream_axis else "C"
+            raise InputFileError(
+                f"LOGITS {src.name}: is a {order}-order file with the classes on axis {axis}, which is read "
+                f"whole: {src.nbytes} bytes, over the limit of {max_bytes} bytes held in memory; expected at most "
+                f"{max_bytes} bytes (raise it with --max-bytes {src.nbytes}, or save the array with the classes "
+                "on the last axis, C order, to be read in windows).")
+        yield 0, src.whole()
         return
     step = max(1, CHUNK_BYTES // max(1, src.nbytes // n))
     for start in range(0, n, step):
         stop = min(n, start + step)
-        yield start, stop, src.read(start, stop)
+        yield start, src.read(start, stop)
         if progress is not None:
             progress.update(stop / n)
 
 
 def _feed(scan: _Scanner, block: np.ndarray, axis: int, stream_axis: int, start: int, tgt: np.ndarray | None) -> None:
     """Split a window into ``(n, K)`` slices and hand them to the scanner with their global indices."""
-    rows = Rows.of(block.shape, (axis,))
-    x = np.asarray(rows.split(block)).reshape(-1, rows.k)
+    batch, k = block.shape[:axis] + block.shape[axis + 1:], block.shape[axis]
+    x = np.moveaxis(np.asarray(block), axis, -1).reshape(-1, k)
     sb = stream_axis - (stream_axis > axis)  # the stream axis among the batch axes
     t = None
     if tgt is not None:
@@ -356,7 +427,7 @@ def _feed(scan: _Scanner, block: np.ndarray, axis: int, stream_axis: int, start:
         t = t.reshape(-1)
 
     def locate(i: int) -> tuple[int, ...]:
-        coords = [int(c) for c in np.unravel_index(i, rows.batch)] if rows.batch else []
+        coords = [int(c) for c in np.unravel_index(i, batch)] if batch else []
         if coords and stream_axis != axis:  # otherwise the window is the whole array
             coords[sb] += start
         return tuple(coords)
@@ -414,8 +485,8 @@ def _limits(name: str) -> tuple[float, float]:
 
 
 class _Scanner:
-    def __init__(self, dtypes: list[str], k: int, top: int) -> None:
-        self.k, self.top = k, top
+    def __init__(self, dtypes: list[str], k: int, top: int, ignore: int = IGNORE_INDEX) -> None:
+        self.k, self.top, self.ignore = k, top, ignore
         self.dtypes = {n: DtypeReport(n, *_limits(n)) for n in dtypes}
         self.data = DataReport()
         self.best: dict[str, list[tuple[float, tuple[int, ...], SliceReport]]] = {n: [] for n in dtypes}
@@ -425,7 +496,10 @@ class _Scanner:
             x = x.astype(np.float32)  # exact; NumPy reductions on bfloat16 are slow and warn on NaN
         elif x.dtype.kind in "iub":
             x = x.astype(np.float64)
-        st = _row_stats(x, t)
+        ignored = None if t is None else t == self.ignore
+        if ignored is not None:
+            self.data.ignored += int(ignored.sum())
+        st = _row_stats(x, t, ignored)
         self._data(x, t, st, locate)
         for name, f in _window_flags(x, t, st, list(self.dtypes), self.k).items():
             rep = self.dtypes[name]
@@ -448,7 +522,8 @@ class _Scanner:
         bad = st.nan | st.posinf | st.masked | st.tmask
         for i in np.flatnonzero(bad)[: self.top - len(d.worst)]:
             problems = [k for k, f in flags.items() if f[i]]
-            d.worst.append(_details(x[i], None if t is None else int(t[i]), None, locate(int(i)), problems))
+            d.worst.append(_details(x[i], None if t is None else int(t[i]), None, locate(int(i)), problems,
+                                    self.ignore))
 
     def _keep(self, name, x, t, idx, margin, over, under, locate) -> None:
         """Details of the chunk's failing slices that enter the ``top`` worst, furthest past the cliff first."""
@@ -461,7 +536,8 @@ class _Scanner:
             if len(best) == self.top and key <= best[-1][0]:
                 break  # sorted: nothing later in this chunk gets in
             problems = [p for p, f in (("overflow", over), ("underflow", under)) if f[i]]
-            s = _details(x[i], None if t is None else int(t[i]), _NUMPY_DTYPES[name], locate(int(i)), problems)
+            s = _details(x[i], None if t is None else int(t[i]), _NUMPY_DTYPES[name], locate(int(i)), problems,
+                         self.ignore)
             best.append((key, s.index, s))
             best.sort(key=lambda b: (-b[0], b[1]))
             del best[self.top:]
@@ -490,7 +566,8 @@ class _Stats:
     check: np.ndarray  # slices where underflow is defined
 
 
-def _row_stats(x: np.ndarray, t: np.ndarray | None) -> _Stats:
+def _row_stats(x: np.ndarray, t: np.ndarray | None, ignored: np.ndarray | None = None) -> _Stats:
+    """The reductions of every slice; slices whose target is ``ignored`` have no target to check."""
     mx, mn = x.max(axis=1), x.min(axis=1)  # NaN propagates through both: a NaN max marks a NaN slice
     nan = np.isnan(mx)
     finite = np.isfinite(mx)
@@ -503,9 +580,10 @@ def _row_stats(x: np.ndarray, t: np.ndarray | None) -> _Stats:
     if t is None:
         tmask, v, check = np.zeros_like(finite), fmin, finite
     else:
-        v = x[np.arange(x.shape[0]), t]
-        tmask = finite & (v == -np.inf)
-        check = finite & ~tmask
+        skip = np.zeros_like(finite) if ignored is None else ignored
+        v = x[np.arange(x.shape[0]), np.where(skip, 0, t)]  # any index for an ignored slice: never checked
+        tmask = finite & (v == -np.inf) & ~skip
+        check = finite & ~tmask & ~skip
     return _Stats(mx, fmin, spread, nan, mx == np.inf, mx == -np.inf, finite, tmask, v, check)
 
 
@@ -635,8 +713,11 @@ def _underflows(x: np.ndarray, t: np.ndarray | None, d: np.dtype) -> np.ndarray:
 
 
 def _details(row: np.ndarray, t: int | None, d: np.dtype | None, index: tuple[int, ...],
-             problems: list[str]) -> SliceReport:
-    """The per-slice numbers: stable (float64, the library) and, for a dtype, naive."""
+             problems: list[str], ignore: int = IGNORE_INDEX) -> SliceReport:
+    """The per-slice numbers: stable (float64, the library) and, for a dtype, naive.
+
+    An ignored slice (``t == ignore``) shows its target and no loss: the loss leaves it out.
+    """
     x = row.astype(np.float64)
     keep = np.flatnonzero(x != -np.inf)
     s = SliceReport(index, problems, float(x.max()), None, None, None, None, None)
@@ -646,6 +727,9 @@ def _details(row: np.ndarray, t: int | None, d: np.dtype | None, index: tuple[in
         s.spread = s.max - s.min
         s.min_log_prob = float(log_softmax(x)[keep].min())
         s.min_prob = math.exp(s.min_log_prob) if not math.isnan(s.min_log_prob) else math.nan
+    if t is not None and t == ignore:
+        s.target = t
+        return s
     if t is not None:
         s.target, s.target_logit = t, float(x[t])
         s.stable_loss = _stable_loss(x, t)
@@ -722,8 +806,8 @@ def format_report(r: Report) -> str:
     shape = "(" + ", ".join(map(str, src["shape"])) + ("," if len(src["shape"]) == 1 else "") + ")"
     lines = [
         f"logits   {src['name']}: {src['dtype']}, shape {shape}, classes on axis {src['axis']}",
-        f"         {src['slices']} slice(s) of {src['classes']} class(es); "
-        f"target: {'yes' if src['target'] else 'none'}",
+        f"         {src['slices']} slice(s) of {src['classes']} class(es); target: "
+        + (f"yes, {d.ignored} slice(s) ignored (target {src['ignore_index']})" if src["target"] else "none"),
         f"range    max logit {_num(d.max_logit)}, min {_num(d.min_logit)}, "
         f"largest spread (max - min) {_num(d.max_spread)}",
         f"data     NaN: {d.nan}, +inf: {d.posinf}, fully masked: {d.masked}, target on -inf: {d.target_masked}",
@@ -794,10 +878,18 @@ examples:
   stablesoftmax diagnose logits.npy --target labels.npy
   stablesoftmax diagnose batch.npz --key logits --target-key labels --dtype float16,float32
   stablesoftmax diagnose logits.safetensors --json --fail-on underflow
+  stablesoftmax diagnose batch.pt --max-bytes 2G     # a .pt larger than the default limit
 
 reads .npy (streamed in windows, any size), .npz, .safetensors, .pt/.pth (torch),
-.csv/.tsv and .json. exit codes: 0 clean (or no --fail-on), 1 --fail-on found
-something, 2 bad input.
+.csv/.tsv and .json. Only regular files are read (no FIFO, device or directory).
+limits: data read whole (.npz member, .pt, .npy with the classes on its outer
+axis) at most --max-bytes (default 128M); .csv/.tsv/.json and the .safetensors
+header at most --max-text-bytes (default 8M).
+
+exit codes: 0 the report was written, whatever its verdict (diagnose reports,
+it does not gate: a FAIL in float16 is news, not an error, for a float32 run);
+1 --fail-on found what it names (the CI gate); 2 bad input or a refused file.
+With --json, errors are one JSON object on one line of stderr.
 """
 
 
@@ -813,40 +905,83 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                  "array, or the one named 'logits')")
     p.add_argument("--target", metavar="FILE", help="file of integer class indices, shape = logits without --axis")
     p.add_argument("--target-key", metavar="NAME", help="class indices stored in LOGITS (or in --target) under NAME")
+    p.add_argument("--ignore-index", type=int, default=IGNORE_INDEX, metavar="N",
+                   help=f"a target equal to N is padding: left out of the target checks and counted "
+                        f"(default {IGNORE_INDEX}, as cross_entropy)")
     p.add_argument("--axis", type=int, default=-1, help="the classes axis (default -1)")
-    p.add_argument("--dtype", action="append", metavar="D[,D...]",
-                   help=f"dtypes to simulate the naive code in (default: {','.join(DTYPES)})")
+    p.add_argument("--dtype", metavar="D[,D...]",
+                   help=f"dtypes to simulate the naive code in (default: {','.join(DTYPES)}); "
+                        "given twice, the last wins")
     p.add_argument("--json", action="store_true", help="print the report as JSON (schema stablesoftmax.diagnose/1)")
     p.add_argument("--top", type=int, default=5, metavar="N", help="list the N worst slices per dtype (default 5)")
     p.add_argument("--fail-on", choices=("overflow", "underflow", "any"),
-                   help="exit 1 when this is found (default: always exit 0 on readable input)")
+                   help="exit 1 when this is found (default: exit 0 whenever the report is written)")
+    p.add_argument("--max-bytes", default=None, metavar="SIZE",
+                   help=f"most bytes of data read whole into memory (default {_size_text(_readers.MAX_BYTES)}); "
+                        "a number of bytes, or with K, M, G")
+    p.add_argument("--max-text-bytes", default=None, metavar="SIZE",
+                   help=f"largest .csv/.tsv/.json file, and .safetensors header (default "
+                        f"{_size_text(_readers.MAX_TEXT_BYTES)})")
     p.set_defaults(run=run)
     return p
 
 
+
 def run(args: argparse.Namespace) -> int:
     """Run ``stablesoftmax diagnose``; returns the exit code."""
-    dtypes = [d.strip() for item in (args.dtype or [",".join(DTYPES)]) for d in item.split(",") if d.strip()]
-    src = _readers.open_array(args.logits, args.key, role="logits")
-    target, tname = _read_target(args, src)
+    dtypes = [d.strip() for d in (args.dtype or ",".join(DTYPES)).split(",") if d.strip()]
+    limits = _readers.Limits(max_bytes=_size(args.max_bytes, "--max-bytes", _readers.MAX_BYTES),
+                             max_text_bytes=_size(args.max_text_bytes, "--max-text-bytes", _readers.MAX_TEXT_BYTES))
+    src = _readers.open_array(args.logits, args.key, role="logits", what="LOGITS", limits=limits)
+    target, tname = _read_target(args, src, limits)
     progress = _Progress(os.path.basename(args.logits)) if src.nbytes >= LARGE_INPUT else None
-    report = _scan(src, target, args.axis, dtypes, args.top, tname, progress)
-    print(report.to_json(indent=2) if args.json else report, end="\n" if args.json else "")
+    report = _scan(src, target, args.axis, dtypes, args.top, tname, args.ignore_index, progress, limits.max_bytes)
+    if args.json:
+        sys.stdout.write(report.to_json(indent=2) + "\n")
+    else:
+        sys.stdout.write(str(report))
+        if report.verdict.status == "fail" and not args.fail_on:
+            sys.stdout.write("exit     0: diagnose reports, it does not gate; "
+                             "--fail-on overflow|underflow|any exits 1 on what it names\n")
     return 1 if args.fail_on and report.failed(args.fail_on) else 0
 
 
-def _read_target(args: argparse.Namespace, src: _readers.Array) -> tuple[np.ndarray | None, str]:
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _size(text: str | None, flag: str, default: int) -> int:
+    """A byte count from the command line: digits, optionally followed by K, M, G or T (powers of 1024)."""
+    if text is None:
+        return default
+    found = re.fullmatch(r"\s*(\d{1,19})\s*([KMGT]?)(?:i?B)?\s*", text, re.I)
+    value = int(found.group(1)) * _UNITS[found.group(2).upper()] if found else 0
+    if value < 1:
+        raise ArgumentError(f"{flag} {text!r} is not allowed; give a positive number of bytes, e.g. 500M or 2G.")
+    return value
+
+
+def _size_text(n: int) -> str:
+    unit = next(u for u in ("T", "G", "M", "K", "") if n % _UNITS[u] == 0)
+    return f"{n // _UNITS[unit]}{unit}"
+
+
+def _read_target(args: argparse.Namespace, src: _readers.Array,
+                 limits: _readers.Limits) -> tuple[np.ndarray | None, str]:
     if args.target is None and args.target_key is None:
         return None, "target"
-    path = args.target or args.logits
-    arr = _readers.open_array(path, args.target_key, role="target")
-    name = f"target {path}" + (f"[{args.target_key!r}]" if args.target_key else "")
+    path, what = (args.target, "--target") if args.target else (args.logits, "LOGITS")
+    arr = _readers.open_array(path, args.target_key, role="target", what=what, limits=limits)
+    name = f"{what} {path}" + (f"[{args.target_key!r}]" if args.target_key else "")
     ndim = len(src.shape)
-    (axis,) = normalize_axes(args.axis, ndim)
+    axis = _axis(args.axis, ndim)
     slices = math.prod(src.shape) // src.shape[axis]
     if math.prod(arr.shape) != slices:  # checked before reading, so a wrong file is never read whole
         raise ShapeError(f"{name} has shape {arr.shape} ({math.prod(arr.shape)} entries); expected one class index "
                          f"per slice of the logits of shape {src.shape} along axis {args.axis}.")
+    if arr.streamed and arr.nbytes > limits.max_bytes:  # class indices are read whole
+        raise InputFileError(f"{name}: holds {arr.nbytes} bytes of class indices, read whole, over the limit of "
+                             f"{limits.max_bytes} bytes; expected at most that "
+                             f"(raise it with --max-bytes {arr.nbytes}).")
     t = np.asarray(arr.whole())
     if t.ndim == 2 and 1 in t.shape and ndim == 2:
         t = t.reshape(-1)  # a column or a row of a text table
