@@ -18,6 +18,9 @@ def test_array_first_and_options_keyword_only():
         if not inspect.isfunction(fn):
             continue
         params = list(inspect.signature(fn).parameters.values())
+        if name == "reference_path":  # a context manager: no array to take
+            assert not params
+            continue
         assert params[0].kind is inspect.Parameter.POSITIONAL_ONLY, name
         assert all(p.kind in (p.POSITIONAL_ONLY, p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params), name
         assert fn.__doc__, name

@@ -176,7 +176,7 @@ def test_bad_temperature(fn, t):
 
 
 def test_b_that_does_not_broadcast():
-    with pytest.raises(ShapeError, match=r"b of shape \(4,\) does not broadcast to x's shape \(2, 3\)"):
+    with pytest.raises(ShapeError, match=r"b of shape \(4,\) does not broadcast with x of shape \(2, 3\)"):
         ss.logsumexp(np.zeros((2, 3)), b=np.ones(4))
 
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _arrays, _losses
-from ._arrays import Rows, Source
+from . import _compute, _losses, _reference, _state
+from . import _dispatch as D
 from ._errors import ShapeError
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
@@ -82,7 +82,7 @@ def linear_cross_entropy(
     """
     prob = _problem(hidden, weight, target, bias, chunk_size, class_weight, ignore_index, reduction,
                     label_smoothing, z_loss, softcap)
-    return prob.src.restore(_loss(prob, _forward(prob)))
+    return _restore(prob, _loss(prob, _forward(prob)))
 
 
 def linear_cross_entropy_with_grad(
@@ -102,8 +102,8 @@ def linear_cross_entropy_with_grad(
     fwd = _forward(prob)
     loss = _loss(prob, fwd)
     d_h, d_w, d_b = _backward(prob, fwd, g)
-    grads = (prob.src.restore(d_h), prob.src.restore(d_w), None if d_b is None else prob.src.restore(d_b))
-    return prob.src.restore(loss), grads
+    grads = (_restore(prob, d_h), _restore(prob, d_w), None if d_b is None else _restore(prob, d_b))
+    return _restore(prob, loss), grads
 
 
 # --------------------------------------------------------------------------
@@ -118,7 +118,8 @@ class _Linear:
     counted: np.ndarray
     cw: np.ndarray | None  # (V,) class weights
     chunk: int
-    src: Source
+    like: Any  # an array of hidden's library and dtype, for the results
+    xp: Any
     reduction: str
     smoothing: float
     z_loss: float
@@ -136,22 +137,54 @@ class _Sums:
 
 def _problem(hidden, weight, target, bias, chunk_size, class_weight, ignore_index, reduction, label_smoothing,
              z_loss, softcap) -> _Linear:
-    h, src = _arrays.to_numpy(hidden, "hidden")
-    w = _arrays.to_numpy(weight, "weight")[0]
+    h0, xp = D.array_in(hidden, "hidden")
+    h = _host(h0, "hidden")
+    w = _host(D.array_in(weight, "weight")[0], "weight")
     if h.ndim != 2 or w.ndim != 2 or h.shape[1] != w.shape[1]:
-        raise ShapeError(f"hidden of shape {h.shape} and weight of shape {w.shape} must be [N, H] and [V, H] with the same H.")
+        raise ShapeError(f"hidden of shape {h.shape} and weight of shape {w.shape} must be [N, H] and [V, H] "
+                         f"with the same H.")
     compute = np.float64 if h.dtype == np.float64 else np.float32
     n, v = h.shape[0], w.shape[0]
-    rows = Rows.of((n, v), (1,))
-    y = _losses.class_target(_arrays.host(target, "target"), rows, (n, v), ignore_index, "logits")
-    b = None if bias is None else _arrays.to_numpy(bias, "bias")[0].astype(compute)
+    rows = D.Rows.of((n, v), (1,))
+    ignore = D.int_option(ignore_index, "ignore_index", "an int (the class index to ignore, -100 by default)")
+    y = _losses.class_target(D.numpy_in(_host_any(target), "target"), rows, (n, v), np, "logits", ignore)
+    b = None if bias is None else _host(D.array_in(bias, "bias")[0], "bias").astype(compute)
     if b is not None and b.shape != (v,):
         raise ShapeError(f"bias of shape {b.shape} must have one entry per class: shape ({v},).")
-    chunk = max(1, -(-v // 32)) if chunk_size is None else int(_arrays.real_option(
-        chunk_size, "chunk_size", lambda c: c >= 1 and c == int(c), "a whole number >= 1"))
+    chunk = max(1, -(-v // 32)) if chunk_size is None else _chunk_size(chunk_size)
     opts = _losses.check_options(label_smoothing, z_loss, softcap)
-    return _Linear(h.astype(compute, copy=False), w.astype(compute, copy=False), b, y, y != ignore_index,
-                   _losses.check_class_weight(class_weight, v), chunk, src, _losses.check_reduction(reduction), *opts)
+    cw = _losses.check_class_weight(class_weight, v, np.zeros(1), D.namespace(np.zeros(1)))
+    red = D.choice(reduction, "reduction", _losses.REDUCTIONS)
+    return _Linear(h.astype(compute, copy=False), w.astype(compute, copy=False), b, y, y != ignore,
+                   None if cw is None else np.asarray(cw, np.float64), chunk, h0, xp, red, *opts)
+
+
+def _chunk_size(value: Any) -> int:
+    return D.int_option(value, "chunk_size", "a whole number >= 1") if D.is_int(value) and value >= 1 else int(
+        D.real_option(value if not isinstance(value, bool) else "bool", "chunk_size", lambda c: c >= 1 and c == int(c),
+                      "a whole number >= 1"))
+
+
+def _host(a: Any, name: str) -> np.ndarray:
+    """This function computes on the host: a view of a CPU tensor, a copy of anything else."""
+    return D.numpy_in(_host_any(a), name)
+
+
+def _host_any(a: Any) -> Any:
+    if D.library(a) == "torch":
+        return a.detach().cpu().numpy() if str(a.dtype) != "torch.bfloat16" else a.detach().float().cpu().numpy()
+    if D.library(a) != "numpy":
+        return np.asarray(a)
+    return a
+
+
+def _restore(p: _Linear, a: np.ndarray) -> Any:
+    """A float64/float32 host result as hidden's library and dtype, rounded once."""
+    if D.library(p.like) == "numpy":
+        return D.out(_compute.round_to(np.asarray(a, np.float64), p.like, D.namespace(p.like)), p.xp)
+    import torch
+
+    return torch.as_tensor(np.asarray(a, np.float64)).to(dtype=p.like.dtype, device=p.like.device)
 
 
 def _starts(p: _Linear) -> range:
@@ -164,13 +197,16 @@ def _chunk_logits(p: _Linear, i: int) -> np.ndarray:
     if p.b is not None:
         logits += p.b[i:i + p.chunk]
     if p.softcap is not None:
-        _losses.apply_softcap(logits, p.softcap)
+        np.divide(logits, p.softcap, out=logits)
+        np.tanh(logits, out=logits)
+        logits *= p.softcap
     return logits
 
 
 def _forward(p: _Linear) -> _Sums:
     n = p.h.shape[0]
-    lse, xy = np.full(n, -np.inf), np.zeros(n)
+    st = _state.State(np.full(n, -np.inf), np.zeros(n, np.int64), np.zeros(n))
+    xy = np.zeros(n)
     wx = np.zeros(n) if p.smoothing else None
     for i in _starts(p):
         logits = _chunk_logits(p, i)
@@ -179,46 +215,47 @@ def _forward(p: _Linear) -> _Sums:
         if wx is not None:
             cw = np.ones(logits.shape[1]) if p.cw is None else p.cw[i:i + logits.shape[1]]
             wx += logits @ cw.astype(logits.dtype)
-        lse = np.logaddexp(lse, _chunk_lse(logits))
+        with np.errstate(all="ignore"):  # see _backends.plain
+            st = _state.merge(st, _chunk_state(logits, i), np)
         del logits  # before the next chunk's matmul, so two chunks never coexist
+    with np.errstate(all="ignore"):  # see _backends.plain
+        lse = _state.lse(st, np)
     live = p.counted & (lse != -np.inf)
     wy = np.where(live, 1.0 if p.cw is None else p.cw[np.where(live, p.y, 0)], 0.0)
     return _Sums(lse, xy, wx, wy, live)
 
 
-def _chunk_lse(logits: np.ndarray) -> np.ndarray:
-    """Row-wise logsumexp of a chunk, in float64, overwriting the chunk.
-
-    The chunk is ours and used up, so the shift and exp run in place, in its
-    own dtype, and only the row sums are float64: no temporary of the chunk's
-    size. For float32 logits from a float32 matmul, float32 exp adds an error
-    no larger than the one the logits already carry (the loss is within 1e-6
-    relative of the float64 reference, see tests/test_linear.py).
-    """
-    m = logits.max(axis=1, keepdims=True)
-    finite = np.isfinite(m)
-    m = np.where(finite, m, 0.0).astype(logits.dtype)  # an all -inf row stays -inf below, +inf rows +inf
-    logits -= m
-    with np.errstate(under="ignore"):  # terms below the subnormals are negligible next to the max term, 1
-        np.exp(logits, out=logits)
-    with np.errstate(divide="ignore"):  # log(0) = -inf for a row with no mass
-        return m[:, 0].astype(np.float64) + np.log(logits.sum(axis=1, dtype=np.float64))
+def _chunk_state(logits: np.ndarray, start: int) -> _state.State:
+    """The state of one chunk, with global positions: the kernels' pass, or the reference's."""
+    module = _compute.kernels()
+    if module is not None:
+        m, s = _compute.kernel_parts(module, np.ascontiguousarray(logits))
+        return _state.State(m, np.zeros(len(m), np.int64) + start, s)
+    n = logits.shape[0]
+    m, k, s = np.empty(n), np.empty(n, np.int64), np.empty(n)
+    step = max(1, n // 32)  # the reference's temporaries are several chunks' worth: bound them by row blocks
+    for r in range(0, n, step):
+        x = logits[r:r + step].astype(np.float64)
+        with np.errstate(all="ignore"):  # see _backends.plain
+            st = _state.state(x, D.namespace(x), exact=logits.dtype == np.float64)[0]
+        m[r:r + step], k[r:r + step], s[r:r + step] = st.m, st.k, st.s
+    return _state.State(m, k + start, s)
 
 
 def _loss(p: _Linear, s: _Sums) -> np.ndarray:
     """The reduced loss, by the rules of :func:`cross_entropy`."""
-    with np.errstate(invalid="ignore"):  # lse - xy on dropped rows; zeroed below
+    with np.errstate(invalid="ignore", over="ignore"):  # lse - xy on dropped rows; zeroed below
         ce = (1 - p.smoothing) * s.wy * (s.lse - s.xy)
         if s.wx is not None:
             wsum = p.w.shape[0] if p.cw is None else p.cw.sum()
             ce += p.smoothing / p.w.shape[0] * (s.lse * wsum - s.wx)
     ce = np.where(s.live, ce, 0.0)
     zt = np.where(s.live, p.z_loss * s.lse**2, 0.0) if p.z_loss else None
-    return _losses.reduce_losses(ce, zt, s.wy, s.live, p.reduction, (p.h.shape[0],))
+    return _reference.reduce_losses(ce, zt, s.wy, s.live, p.reduction, np)
 
 
 def _backward(p: _Linear, s: _Sums, g: Any):
-    ce_scale, z_scale = (np.where(s.live, f, 0.0) for f in _losses.row_scales(p.reduction, (p.h.shape[0],), s.live, s.wy, g))
+    ce_scale, z_scale = (np.where(s.live, f, 0.0) for f in _scales(p, s, g))
     k = p.w.shape[0]
     total = (1 - p.smoothing) * s.wy + (p.smoothing / k * (k if p.cw is None else p.cw.sum()) if p.smoothing else 0.0)
     coef = ce_scale * total + (2 * p.z_loss * np.where(s.live, s.lse, 0.0) * z_scale if p.z_loss else 0.0)
@@ -237,6 +274,20 @@ def _backward(p: _Linear, s: _Sums, g: Any):
     return d_h, d_w, d_b
 
 
+def _scales(p: _Linear, s: _Sums, g: Any) -> tuple[np.ndarray, np.ndarray]:
+    garr = np.asarray(_host_any(g), dtype=np.float64)
+    if p.reduction == "none":
+        garr = np.broadcast_to(garr, s.live.shape)
+    elif garr.size != 1:
+        raise ShapeError(f"g of shape {garr.shape} must be a scalar for reduction={p.reduction!r}.")
+    else:
+        garr = garr.reshape(())
+    fwd = _reference.Forward(None, None, None, s.live, s.wy, None)
+    pb = _reference.Problem(np.zeros((len(s.live), 1)), None, False, None, None, None, False, p.reduction, 0.0,
+                            0.0, None)
+    return _reference.row_scales(pb, fwd, garr, np)
+
+
 def _chunk_grad(p: _Linear, logits: np.ndarray, lse: np.ndarray, coef, ce_scale, onehot, i: int) -> np.ndarray:
     """``d loss / d logits`` for one chunk, through the softcap."""
     width = logits.shape[1]
@@ -250,4 +301,5 @@ def _chunk_grad(p: _Linear, logits: np.ndarray, lse: np.ndarray, coef, ce_scale,
     grad[inside, p.y[inside] - i] -= onehot[inside].astype(grad.dtype)
     if p.softcap is not None:
         grad *= 1 - (logits / p.softcap) ** 2
+    grad[~np.isfinite(logits)] = 0.0  # a -inf logit (a -inf bias) stays -inf under any finite change
     return grad

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _arrays
+from . import _dispatch as D
 from ._errors import ArgumentError
 from ._reductions import softmax
 
@@ -57,18 +57,35 @@ def sample(
     >>> int(sample(np.array([1.0, 92.0, 3.0]), temperature=0))
     1
     """
-    t = _arrays.real_option(temperature, "temperature", lambda v: 0 <= v < np.inf, "finite and >= 0 (0 means argmax)")
-    arr, _ = _arrays.to_numpy(logits, "logits")
-    if not _arrays._is_int(axis):
+    t = D.real_option(temperature, "temperature", lambda v: 0 <= v < np.inf, "finite and >= 0 (0 means argmax)")
+    arr = _host(logits)
+    if not D.is_int(axis):
         raise ArgumentError(f"axis={axis!r} must be a single int: the class axis.")
-    (ax,) = _arrays.normalize_axes(axis, max(arr.ndim, 1)) if arr.ndim else (0,)
-    x = np.moveaxis(_arrays.wide(np.atleast_1d(arr)), ax, -1)
+    (ax,) = D.normalize_axes(axis, max(arr.ndim, 1)) if arr.ndim else (0,)
+    x = np.moveaxis(np.atleast_1d(arr).astype(np.float64), ax, -1)
+    if x.shape[-1] == 0:
+        raise ArgumentError(f"logits of shape {arr.shape} have no classes along axis {axis}; sampling needs at "
+                            "least one.")
     _check_rows(x)
+    generator = _generator(rng)
     if t == 0.0:
         out = np.argmax(x, axis=-1)
     else:
-        out = _inverse_cdf(x, t, np.random.default_rng(rng))
+        out = _inverse_cdf(x, t, generator)
     return _like(out.astype(np.int64), logits)
+
+
+def _host(logits: Any) -> np.ndarray:
+    arr, _ = D.array_in(logits, "logits")
+    if D.library(arr) == "torch":
+        arr = arr.detach().cpu().double().numpy()
+    return np.asarray(arr)
+
+
+def _generator(rng: Any) -> np.random.Generator:
+    if rng is not None and not isinstance(rng, (int, np.integer, np.random.Generator, np.random.SeedSequence)):
+        raise ArgumentError(f"rng={rng!r} is not allowed; give None, an int seed or a numpy.random.Generator.")
+    return np.random.default_rng(rng)
 
 
 def _check_rows(x: np.ndarray) -> None:
@@ -85,7 +102,8 @@ def _check_rows(x: np.ndarray) -> None:
 def _inverse_cdf(x: np.ndarray, t: float, rng: np.random.Generator) -> np.ndarray:
     """One draw per row by inverting the cumulative sum of the probabilities."""
     m = x.max(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore"):  # inf - inf on +inf entries: those rows are uniform over them
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):  # inf - inf on +inf rows (uniform over
+        # their +inf entries); (x - m) / t past the float range is -inf, a probability 0
         shifted = np.where(m == np.inf, np.where(x == np.inf, 0.0, -np.inf), (x - m) / t)
     cdf = np.cumsum(softmax(shifted), axis=-1)
     u = rng.random(x.shape[:-1] + (1,)) * cdf[..., -1:]
@@ -94,7 +112,7 @@ def _inverse_cdf(x: np.ndarray, t: float, rng: np.random.Generator) -> np.ndarra
 
 
 def _like(out: np.ndarray, logits: Any) -> Any:
-    if _arrays._is_torch(logits):
+    if D.library(logits) == "torch":
         import torch
 
         return torch.from_numpy(out).to(logits.device)

@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _arrays
-from ._arrays import BFLOAT16, AxisLike, Rows
-from ._errors import ShapeError
+from . import _compute, _state
+from . import _dispatch as D
+from ._dispatch import AxisLike, Rows
+from ._errors import ArgumentError, ShapeError
 
 __all__ = ["LogSumExp", "logsumexp_chunks"]
 
@@ -74,6 +75,7 @@ class LogSumExp:
         self._m: np.ndarray | None = None  # float64, shape = the result's shape
         self._s: np.ndarray | None = None  # np.longdouble, same shape
         self._dtype: np.dtype | None = None
+        self._like: Any = None  # the first chunk: results go back to its library and device
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -98,9 +100,11 @@ class LogSumExp:
             The reduced axes of this chunk. The other axes must have the shape
             of the state (set by the first chunk).
         """
-        arr = chunk if isinstance(chunk, np.ndarray) else _arrays.to_numpy(chunk, "chunk")[0]
-        dtype = _arrays.result_dtype(arr.dtype, "chunk")
-        axes = _arrays.normalize_axes(axis, arr.ndim)
+        arr = chunk if isinstance(chunk, np.ndarray) else _host(chunk)
+        dtype = _float_dtype(arr, "chunk")
+        if self._like is None:
+            self._like = chunk
+        axes = D.normalize_axes(axis, arr.ndim)
         batch = Rows.of(arr.shape, axes).batch
         self._ensure(batch, dtype)
         self._feed(arr, axes, 0, [slice(None)] * len(batch))
@@ -121,9 +125,9 @@ class LogSumExp:
         if self._m is None:
             return np.float64(-np.inf)
         with np.errstate(invalid="ignore"):  # NaN state stays NaN
-            lse = self._m + np.log1p(self._s.astype(np.float64))
-        out = _arrays.round_to(lse, self._dtype)
-        return out[()] if out.ndim == 0 else out
+            lse = _state.lse(_state.State(self._m, None, self._s.astype(np.float64)), np)
+        out = _compute.round_to(lse, np.zeros(0, self._dtype), D.namespace(lse))
+        return _back(out, self._like)
 
     def __repr__(self) -> str:
         return f"LogSumExp(shape={self.shape}, dtype={self._dtype})"
@@ -189,69 +193,63 @@ def logsumexp_chunks(chunks: Iterable[Any] | np.ndarray, /, *, axis: AxisLike = 
 
 
 def _parts(a: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``(m, s)`` of one in-memory block, result-shaped, float64.
-
-    Rows whose max is not finite come back as ``(-inf, 0)``, ``(+inf, 0)``
-    or ``(NaN, NaN)``.
-    """
+    """``(m, s)`` of one in-memory block, result-shaped, float64 (the kernels' state, or the reference's)."""
     rows = Rows.of(a.shape, axes)
     arr = np.asarray(a)
-    if arr.dtype != _arrays.result_dtype(arr.dtype, "chunk"):
+    if arr.dtype.kind in "iub":
         arr = arr.astype(np.float64)  # integers and bools, as in logsumexp
     if rows.k == 0:  # no terms: the empty sum
         return np.full(rows.batch, -np.inf), np.zeros(rows.batch)
-    x = rows.split(arr).reshape(-1, rows.k)
-    m, s = _parts_kernel(x) if _use_kernels(x) else _parts_numpy(x)
+    x = np.ascontiguousarray(rows.split(arr, np))
+    module = _compute.kernels()
+    if module is not None:
+        m, s = _compute.kernel_parts(module, x.astype(np.float32) if x.dtype.itemsize == 2 else x)
+    else:
+        with np.errstate(all="ignore"):  # see _backends.plain
+            xw = x.astype(np.float64)
+            st = _state.state(xw, D.namespace(xw), exact=x.dtype == np.float64)[0]
+        m, s = st.m, st.s
     return m.reshape(rows.batch), s.reshape(rows.batch)
 
 
-def _use_kernels(x: np.ndarray) -> bool:
-    if x.dtype not in (np.float16, BFLOAT16, np.float32, np.float64):
-        return False
-    from . import _kernels  # numba loads only when a chunk arrives
-
-    return _kernels.available()
-
-
-def _parts_kernel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from . import _kernels
-
-    if x.dtype.itemsize == 2:  # float16 and bfloat16 widen to float32 exactly
-        x = x.astype(np.float32)
-    return _kernels.lse_parts_rows(np.ascontiguousarray(x))
-
-
-def _parts_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from ._reductions import _shift, _terms  # the NumPy path's shift: TwoSum for float64
-
-    sh = _shift(_arrays.wide(x), None, x.dtype == np.float64)
-    _, s = _terms(sh, reuse=True)
-    m, s = sh.m[:, 0], s[:, 0]
-    s[np.isnan(m)] = np.nan
-    return m, s
-
-
 def _combine(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Merge two ``(m, s)`` states elementwise; ``s`` in ``np.longdouble``.
+    """:func:`._state.merge` of two states elementwise, in ``np.longdouble``."""
+    shape = np.shape(m1)
+    a = _state.State(np.asarray(m1, np.longdouble).reshape(-1), None, np.asarray(s1, np.longdouble).reshape(-1))
+    b = _state.State(np.asarray(m2, np.longdouble).reshape(-1), None, np.asarray(s2, np.longdouble).reshape(-1))
+    with np.errstate(all="ignore"):  # see _backends.plain
+        st = _merge_sums(a, b)
+    return st.m.astype(np.float64).reshape(shape), st.s.reshape(shape)
 
-    The state with the larger max keeps its max term (the first one on a tie);
-    the other's whole mass ``1 + s`` is scaled by ``exp(m_other - m)``.
-    """
-    m1, m2 = np.asarray(m1, dtype=np.float64), np.asarray(m2, dtype=np.float64)
-    s1, s2 = np.asarray(s1, dtype=np.longdouble), np.asarray(s2, dtype=np.longdouble)
-    first = m1 >= m2
-    m = np.where(first, m1, m2)
-    keep, other = np.where(first, s1, s2), np.where(first, s2, s1)
-    m_other = np.where(first, m2, m1)
-    finite = np.isfinite(m)
-    with np.errstate(invalid="ignore", under="ignore"):  # -inf - -inf on empty rows; replaced below
-        delta = m_other.astype(np.longdouble) - m.astype(np.longdouble)
-        s = keep + (1 + other) * np.exp(np.where(finite, delta, -np.inf))
-    s = np.where(finite, s, 0.0).astype(np.longdouble)  # a +-inf max needs no sum
-    bad = np.isnan(m1) | np.isnan(m2) | np.isnan(s1) | np.isnan(s2)
-    m = np.where(bad, np.nan, m)
-    s[bad] = np.nan
-    return m, s
+
+def _merge_sums(a: _state.State, b: _state.State) -> _state.State:
+    k = np.zeros(a.m.shape, np.int64)
+    return _state.merge(_state.State(a.m, k, a.s), _state.State(b.m, k, b.s), np)
+
+
+def _host(chunk: Any) -> np.ndarray:
+    """A chunk as NumPy: this state lives on the host (a torch CPU tensor is viewed, not copied)."""
+    if D.library(chunk) == "torch":
+        t = chunk.detach().cpu()
+        return t.float().numpy() if str(t.dtype) == "torch.bfloat16" else t.numpy()
+    return D.numpy_in(np.asarray(chunk) if D.library(chunk) != "numpy" else chunk, "chunk")
+
+
+def _float_dtype(arr: np.ndarray, name: str) -> np.dtype:
+    if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
+        return arr.dtype
+    if arr.dtype.kind in "iub":
+        return np.dtype(np.float64)
+    raise ArgumentError(f"{name} has dtype {arr.dtype}; it must hold real numbers.")
+
+
+def _back(out: np.ndarray, like: Any) -> Any:
+    """A result in the first chunk's library (a torch tensor for torch chunks), a scalar for 0-d NumPy."""
+    if like is not None and D.library(like) == "torch":
+        import torch
+
+        return torch.as_tensor(np.asarray(out, np.float64)).to(dtype=like.dtype, device=like.device)
+    return out[()] if out.ndim == 0 else out
 
 
 def _promote(a: np.dtype, b: np.dtype) -> np.dtype:

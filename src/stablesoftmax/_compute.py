@@ -1,0 +1,385 @@
+"""Rows in, rows out: widen, pick the kernels or the reference, round once.
+
+Every backend adapter (NumPy directly, the PyTorch custom ops, the JAX
+``custom_vjp`` rules) calls these functions with rows ``(B, K)`` of the
+caller's array library and dtype. Each one widens to the compute dtype
+(float64 where the device has it), runs the compiled kernels when the rows
+are NumPy and the options are ones the kernels take, else the array-API
+reference (:mod:`._reference`), and rounds the result once back to the
+input's dtype. Value checks that need concrete data (a target out of range)
+are made here too, only on concrete host arrays: a tracer, a fake tensor or
+an accelerator array is never synchronised for a check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import _reference, _state
+from ._errors import ArgumentError, TargetError
+
+Array = Any
+
+_REFERENCE = contextvars.ContextVar("stablesoftmax_reference_path", default=False)
+_KERNELS: Any = False  # the kernels module once looked up; None when it cannot load
+
+
+@contextlib.contextmanager
+def reference_path() -> Iterator[None]:
+    """Within this block every function takes the array-API reference path, never the kernels.
+
+    The lab uses it so that its results are the same bytes with or without
+    numba (the two paths agree within the ulp goals, not bit for bit).
+    """
+    token = _REFERENCE.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE.reset(token)
+
+
+def kernels() -> Any:
+    """The compiled kernels module when it can run here, else None.
+
+    Imported on first use, so ``import stablesoftmax`` does not import numba.
+    ``STABLESOFTMAX_DISABLE_KERNELS=1`` turns the compiled path off.
+    """
+    global _KERNELS
+    if _REFERENCE.get() or os.environ.get("STABLESOFTMAX_DISABLE_KERNELS", "") == "1":
+        return None
+    if _KERNELS is False:
+        try:
+            from . import _kernels as module
+        except ImportError:  # numba missing or broken: the reference serves
+            module = None
+        _KERNELS = module if module is not None and module.available() else None
+    return _KERNELS
+
+
+# --------------------------------------------------------------------------
+# Dtypes: the compute dtype, widening, and the one rounding back
+# --------------------------------------------------------------------------
+
+
+def is_numpy(xp: Any) -> bool:
+    return getattr(xp, "__name__", "") in ("numpy", "array_api_compat.numpy")
+
+
+def compute_dtype(x: Array, xp: Any) -> Any:
+    """float64, unless the device has none (Apple MPS, JAX without x64): then float32."""
+    mod = type(x).__module__
+    if mod.startswith("torch") and getattr(x.device, "type", "") == "mps":
+        return xp.float32
+    if mod.startswith("jax"):
+        import jax
+
+        if not jax.config.read("jax_enable_x64"):
+            return xp.float32
+    return xp.float64
+
+
+def widen(x: Array, xp: Any) -> tuple[Array, bool]:
+    """``(x in the compute dtype, needs_twosum)``.
+
+    The shift ``x - m`` needs its TwoSum error term only when the input is
+    as wide as the compute dtype; a narrower input's difference is exact in
+    float64. In a float32 compute dtype the shift is always compensated.
+    """
+    wide = compute_dtype(x, xp)
+    needs_twosum = wide == xp.float32 or x.dtype == wide
+    return (x if x.dtype == wide else xp.astype(x, wide)), needs_twosum
+
+
+def round_to(out: Array, like: Array, xp: Any) -> Array:
+    """``out`` (compute dtype) rounded once to ``like``'s dtype.
+
+    A float64 -> 16-bit cast rounds twice in NumPy (bfloat16), PyTorch and
+    JAX: through float32. Rounding to float32 with round-to-odd first makes
+    the second rounding the correct one (Boldo & Melquiond, "Emulation of FMA
+    and correctly rounded sums: proved algorithms using rounding to odd",
+    IEEE TC 2008). Odd is found from the significand's parity, ``|f| / ulp(f)``.
+    """
+    dtype = like.dtype
+    if out.dtype == dtype:
+        return out
+    if _itemsize(dtype) != 2 or out.dtype == xp.float32:
+        return xp.astype(out, dtype)
+    near = xp.astype(out, xp.float32)
+    back = xp.astype(near, out.dtype)
+    inexact = xp.isfinite(out) & xp.isfinite(back) & (back != out)
+    toward = xp.where(back > out, xp.full_like(near, -xp.inf), xp.full_like(near, xp.inf))
+    other = xp.nextafter(near, toward)
+    mag = xp.abs(near)
+    ulp = xp.astype(xp.nextafter(mag, xp.full_like(mag, xp.inf)), out.dtype) - xp.astype(mag, out.dtype)
+    ulp = xp.where(ulp > 0, ulp, xp.ones_like(ulp))
+    even = xp.remainder(xp.astype(mag, out.dtype) / ulp, 2) == 0
+    odd = xp.where(inexact & even, other, near)
+    return xp.astype(odd, dtype)
+
+
+def _itemsize(dtype: Any) -> int:
+    name = str(dtype).split(".")[-1]
+    return {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}.get(name, 8)
+
+
+def _concrete_host(a: Array) -> bool:
+    """True for arrays whose values can be read without tracing or a device sync."""
+    if isinstance(a, np.ndarray):
+        return True
+    mod = type(a).__module__
+    if mod.startswith("torch"):
+        import torch
+
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        return a.device.type == "cpu" and not isinstance(a, FakeTensor) and not torch.compiler.is_compiling()
+    return False
+
+
+# --------------------------------------------------------------------------
+# Reductions
+# --------------------------------------------------------------------------
+
+
+def masked(x: Array, mask: Array | None, xp: Any) -> Array:
+    """A masked entry is exactly a ``-inf`` entry, whatever it holds."""
+    return x if mask is None else xp.where(mask, x, xp.full_like(x, -xp.inf))
+
+
+def _numpy_kernel(x: Array, xp: Any, mask: Array | None, temperature: float) -> Any:
+    if not is_numpy(xp) or mask is not None or temperature != 1.0 or x.shape[-1] == 0:
+        return None
+    module = kernels()
+    if module is None or x.dtype.kind != "f":
+        return None
+    return module
+
+
+def kernel_parts(module: Any, x2: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The kernels' ``(m, s)`` of rows ``x2`` in :class:`._state.State`'s convention.
+
+    The kernels give ``s = 0`` on a row whose max is ``+inf``; the state
+    counts the other ``+inf`` entries there, so that every finish is the same.
+    """
+    m, s = module.lse_parts_rows(x2) if out is None else module.softmax_parts_rows(x2, out)
+    top = m == np.inf
+    if top.any():
+        s = s.copy()
+        s[top] = (x2[top] == np.inf).sum(axis=-1) - 1
+    return m, s
+
+
+def _kernel_rows(x: Array) -> np.ndarray:
+    x2 = np.ascontiguousarray(x)
+    return x2.astype(np.float32) if x2.dtype.itemsize == 2 else x2  # exact: 16-bit values are float32 values
+
+
+def logsumexp(x: Array, xp: Any, *, mask: Array | None = None, b: Array | None = None) -> tuple[Array, Array | None]:
+    """Per-row ``(lse, sign)`` (sign None without ``b``), in ``x``'s dtype."""
+    module = _numpy_kernel(x, xp, mask, 1.0) if b is None else None
+    if module is not None:
+        return round_to(module.lse_rows(_kernel_rows(x)), x, xp), None
+    xw, exact = widen(x, xp)
+    xw = masked(xw, mask, xp)
+    if b is None:
+        return round_to(_reference.logsumexp(xw, xp, exact=exact), x, xp), None
+    bw = masked_weights(b, mask, xw, xp)
+    out, sign = _reference.weighted_logsumexp(xw, bw, xp, exact=exact)
+    return round_to(out, x, xp), round_to(sign, x, xp)
+
+
+def masked_weights(b: Array, mask: Array | None, xw: Array, xp: Any) -> Array:
+    """``b`` in the compute dtype, 0 where masked: a masked term is absent, whatever its weight."""
+    bw = xp.astype(b, xw.dtype)
+    return bw if mask is None else xp.where(mask, bw, xp.zeros_like(bw))
+
+
+def softmax(x: Array, xp: Any, *, mask: Array | None = None, temperature: float = 1.0, log: bool = False) -> Array:
+    """Softmax (or log-softmax) rows in ``x``'s dtype."""
+    module = _numpy_kernel(x, xp, mask, temperature)
+    if module is not None:
+        x2 = _kernel_rows(x)
+        out = np.empty(x2.shape, x2.dtype if x2.dtype == x.dtype else np.float64)
+        (module.log_softmax_rows if log else module.softmax_rows)(x2, out)
+        return round_to(out, x, xp)
+    xw, exact = widen(x, xp)
+    fn = _reference.log_softmax if log else _reference.softmax
+    return round_to(fn(masked(xw, mask, xp), xp, exact=exact, temperature=temperature), x, xp)
+
+
+def logsumexp_grad(x: Array, g: Array, xp: Any, *, mask: Array | None = None, b: Array | None = None) -> Array:
+    xw, exact = widen(x, xp)
+    xw = masked(xw, mask, xp)
+    bw = None if b is None else masked_weights(b, mask, xw, xp)
+    return round_to(_reference.logsumexp_grad(xw, xp.astype(g, xw.dtype), xp, exact=exact, b=bw), x, xp)
+
+
+def softmax_grad(x: Array, g: Array, xp: Any, *, mask: Array | None = None, temperature: float = 1.0,
+                 log: bool = False) -> Array:
+    xw, exact = widen(x, xp)
+    fn = _reference.log_softmax_grad if log else _reference.softmax_grad
+    out = fn(masked(xw, mask, xp), xp.astype(g, xw.dtype), xp, exact=exact, temperature=temperature)
+    return round_to(out, x, xp)
+
+
+# --------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------
+
+
+def ce_problem(x: Array, target: Array, xp: Any, *, weight: Array | None, mask: Array | None, ignore_index: int,
+               reduction: str, smoothing: float, z_loss: float, softcap: float | None, probs: bool) -> _reference.Problem:
+    """The validated cross-entropy problem in the compute dtype (softcap applied, then the mask)."""
+    xw, exact = widen(x, xp)
+    if softcap is not None:
+        xw, exact = softcap * xp.tanh(xw / softcap), False
+    xw = masked(xw, mask, xp)
+    if probs:
+        tgt = xp.astype(target, xw.dtype)
+        counted = xp.ones((x.shape[0],), dtype=xp.bool, device=_state._device(x))
+        check_probabilities(tgt)
+    else:
+        tgt = xp.astype(target, xp.int64)
+        counted = tgt != ignore_index
+        check_targets(tgt, x.shape[-1], ignore_index)
+    w = None if weight is None else xp.astype(weight, xw.dtype)
+    return _reference.Problem(xw, tgt, probs, counted, w, mask, exact, reduction, smoothing, z_loss, softcap)
+
+
+def check_targets(tgt: Array, c: int, ignore_index: int, batch: tuple[int, ...] | None = None) -> None:
+    """Class indices in ``[0, C)`` or ``ignore_index``: checked where values can be read cheaply.
+
+    ``batch`` is the target's shape before it became ``(B,)``, for the message.
+    """
+    if not _concrete_host(tgt):
+        return
+    flat = np.asarray(tgt).reshape(-1)
+    bad = (flat != ignore_index) & ((flat < 0) | (flat >= c))
+    if bad.any():
+        i = int(np.argmax(bad))
+        where = tuple(int(v) for v in np.unravel_index(i, batch if batch is not None else flat.shape))
+        raise TargetError(f"target value {int(flat[i])} at position {where} is out of range; class indices must be "
+                          f"in [0, {c}) or equal ignore_index={ignore_index}.")
+
+
+def check_probabilities(q: Array) -> None:
+    if not _concrete_host(q):
+        return
+    arr = np.asarray(q)
+    neg = arr < 0
+    if neg.any():
+        i = np.unravel_index(int(np.argmax(neg.reshape(-1))), arr.shape)
+        raise ArgumentError(f"probability target has a negative entry {arr[i]} at row {i[0]}, class {i[1]}; "
+                            f"probabilities must be >= 0 (they need not sum to 1, as in PyTorch).")
+
+
+def check_class_weight(w: Array) -> None:
+    """Class weights are >= 0 and finite: a negative weight would let the mean's denominator reach 0."""
+    if not _concrete_host(w):
+        return
+    arr = np.asarray(w)
+    bad = ~(np.isfinite(arr) & (arr >= 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ArgumentError(f"weight[{i}] = {arr[i]} is not allowed; class weights must be finite and >= 0.")
+
+
+def cross_entropy(x: Array, target: Array, xp: Any, *, grad: bool, g: Array | None = None,
+                  **options: Any) -> tuple[Array, Array | None]:
+    """``(loss, dloss/dx or None)`` in ``x``'s dtype."""
+    pb = ce_problem(x, target, xp, **options)
+    module = _numpy_ce_kernel(pb, xp)
+    if module is not None:
+        return _kernel_ce(module, x, pb, xp, grad, g)
+    fwd = _reference.cross_entropy(pb, xp)
+    loss = round_to(fwd.loss, x, xp)
+    if not grad:
+        return loss, None
+    gw = xp.astype(xp.asarray(1.0 if g is None else g), pb.x.dtype) if not hasattr(g, "dtype") else xp.astype(g, pb.x.dtype)
+    return loss, round_to(_reference.cross_entropy_grad(pb, fwd, gw, xp), x, xp)
+
+
+def _numpy_ce_kernel(pb: _reference.Problem, xp: Any) -> Any:
+    if not is_numpy(xp) or pb.probs or pb.smoothing or pb.allowed is not None or pb.softcap is not None:
+        return None
+    if pb.x.shape[1] == 0:
+        return None
+    return kernels()
+
+
+def _kernel_ce(module: Any, x: Array, pb: _reference.Problem, xp: Any, grad: bool, g: Any) -> tuple[Array, Any]:
+    """One kernel pass gives each row's state (and the softmax, for a gradient); the rest is the reference's."""
+    x2 = _kernel_rows(x)
+    if grad:
+        p = np.empty(x2.shape, np.float64)
+        m, s = kernel_parts(module, x2, p)
+    else:
+        p, (m, s) = None, kernel_parts(module, x2)
+    st = _state.State(m, np.argmax(x2, axis=-1) if grad else np.zeros(len(m), np.int64), s)
+    alive = pb.counted & (m != -np.inf)
+    y = np.where(alive, pb.target, 0)
+    x_y = x2[np.arange(len(y)), y].astype(np.float64)
+    sh = _state.shift(x_y[:, None], m[:, None], np, exact=x2.dtype == np.float64)
+    lp = _state.log_probs(sh, st, np)[:, 0]
+    wy = alive.astype(np.float64) if pb.weight is None else np.where(alive, pb.weight[y], 0.0)
+    ce = np.where(alive & (wy != 0), -wy * lp, 0.0)
+    zt = None
+    if pb.z_loss:
+        lse = _state.lse(st, np)
+        zt = np.where(alive, pb.z_loss * lse * lse, 0.0)
+    loss = _reference.reduce_losses(ce, zt, wy, alive, pb.reduction, np)
+    if not grad:
+        return round_to(np.asarray(loss), x, xp), None
+    fwd = _reference.Forward(st, None, None, alive, wy, loss)
+    gw = np.asarray(1.0 if g is None else g, dtype=np.float64)
+    ce_scale, z_scale = _reference.row_scales(pb, fwd, gw, np)
+    coef = wy * ce_scale
+    if pb.z_loss:
+        coef = coef + 2 * pb.z_loss * np.where(alive, _state.lse(st, np), 0.0) * z_scale
+    out = p * coef[:, None]
+    rows = np.arange(len(y))
+    at_max = st.k == y
+    near = -(wy * ce_scale) * s / (1 + s)  # p_y - 1 without the cancellation, when y is the max
+    out[rows, y] = np.where(at_max, near + (coef - wy * ce_scale) / (1 + s), out[rows, y] - wy * ce_scale)
+    out = np.where(np.isfinite(pb.x) & np.isfinite(m)[:, None] & alive[:, None], out, 0.0)
+    out[alive & np.isnan(m)] = np.nan
+    return round_to(np.asarray(loss), x, xp), round_to(out, x, xp)
+
+
+def nll_loss(lp: Array, target: Array, xp: Any, *, weight: Array | None, ignore_index: int, reduction: str,
+             grad: bool = False, g: Array | None = None) -> Array:
+    lw, _ = widen(lp, xp)
+    tgt = xp.astype(target, xp.int64)
+    check_targets(tgt, lp.shape[-1], ignore_index)
+    w = None if weight is None else xp.astype(weight, lw.dtype)
+    counted = tgt != ignore_index
+    if not grad:
+        return round_to(_reference.nll_loss(lw, tgt, counted, w, reduction, xp), lp, xp)
+    return round_to(_reference.nll_loss_grad(lw, tgt, counted, w, reduction, xp.astype(g, lw.dtype), xp), lp, xp)
+
+
+def bce(x: Array, t: Array, xp: Any, *, weight: Array | None, pos_weight: Array | None, reduction: str,
+        grad: bool = False, g: Array | None = None) -> Array:
+    xw, _ = widen(x, xp)
+    tw = xp.astype(t, xw.dtype)
+    w = None if weight is None else xp.astype(weight, xw.dtype)
+    pw = None if pos_weight is None else xp.astype(pos_weight, xw.dtype)
+    n = 1
+    for d in x.shape:
+        n *= d
+    if grad:
+        gw = xp.astype(g, xw.dtype)
+        if reduction == "mean":
+            gw = gw / max(n, 1)
+        return round_to(_reference.bce_grad(xw, tw, w, pw, gw, xp), x, xp)
+    elem = _reference.bce(xw, tw, w, pw, xp)
+    if reduction == "none":
+        return round_to(elem, x, xp)
+    total = xp.sum(elem)
+    return round_to(total if reduction == "sum" else (total / n if n else total * 0), x, xp)

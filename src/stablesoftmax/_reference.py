@@ -1,0 +1,316 @@
+"""The reference backend: every function of the family on rows, in any array namespace.
+
+Each function takes rows ``(B, K)`` in the compute dtype (float64 where the
+device has it), already masked (a masked entry is ``-inf``) and validated by
+:mod:`._dispatch`, and returns rows or per-row values in that dtype. The
+algebra is :mod:`._state`'s; this module only says which state and which
+finish each function needs, and writes each gradient next to its forward.
+
+Nothing here branches on values or leaves the namespace ``xp``: the same code
+serves NumPy (when the compiled kernels cannot), PyTorch on any device, JAX
+under ``jit`` and fake tensors under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import _state
+from ._state import State
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A cross-entropy problem as rows, validated.
+
+    ``x`` (B, C) after softcap and mask; ``target`` (B,) integer classes or
+    (B, C) probabilities; ``counted`` (B,) bool (not ignored); ``weight`` (C,)
+    or None; ``allowed`` (B, C) bool or None (the ``where`` mask).
+    """
+
+    x: Array
+    target: Array
+    probs: bool
+    counted: Array
+    weight: Array | None
+    allowed: Array | None
+    exact: bool
+    reduction: str
+    smoothing: float
+    z_loss: float
+    softcap: float | None
+    raw: Array | None = None  # the logits before softcap (for its derivative)
+
+
+# --------------------------------------------------------------------------
+# Reductions: logsumexp, softmax, log_softmax and their VJPs
+# --------------------------------------------------------------------------
+
+
+def logsumexp(x: Array, xp: Any, *, exact: bool) -> Array:
+    return _state.lse(_state.state(x, xp, exact=exact)[0], xp)
+
+
+def softmax(x: Array, xp: Any, *, exact: bool, temperature: float = 1.0) -> Array:
+    st, _, t = _state.state(x, xp, exact=exact, scale=temperature)
+    return _state.probs(t, st, xp)
+
+
+def log_softmax(x: Array, xp: Any, *, exact: bool, temperature: float = 1.0) -> Array:
+    st, sh, _ = _state.state(x, xp, exact=exact, scale=temperature)
+    return _state.log_probs(sh, st, xp)
+
+
+def weighted_logsumexp(x: Array, b: Array, xp: Any, *, exact: bool) -> tuple[Array, Array]:
+    """``(log|sum(b exp x)|, sign)`` per row; ``b = 0`` drops its term (SciPy's ``b``).
+
+    The sum is ``b_k exp(m) (1 + q)`` with ``q = sum_{i != k} b_i t_i / b_k``,
+    so ``log1p(q)`` keeps a tiny rest as the unweighted path does. An
+    infinite weight on a term with mass makes the sum infinite (or NaN when
+    weights of both signs are infinite).
+    """
+    x = xp.where(b != 0, x, xp.full_like(x, -xp.inf))
+    st, _, t = _state.state(x, xp, exact=exact)
+    bk = xp.take_along_axis(b, st.k[:, None], axis=-1)[:, 0]
+    bk = xp.where(st.m == -xp.inf, xp.ones_like(bk), bk)
+    bt = xp.where(t != 0, b * t, xp.zeros_like(t))
+    q = xp.sum(bt, axis=-1) / bk
+    rest = xp.where(q > -1, xp.log1p(xp.where(q > -1, q, xp.zeros_like(q))), xp.log(xp.abs(1 + q)))
+    out = st.m + xp.log(xp.abs(bk)) + rest
+    sign = xp.sign(bk) * xp.sign(1 + q)
+    sign = xp.where(st.m == -xp.inf, xp.zeros_like(sign), sign)
+    sign = xp.where(xp.isnan(out), xp.full_like(sign, xp.nan), sign)
+    return out, sign
+
+
+def logsumexp_grad(x: Array, g: Array, xp: Any, *, exact: bool, b: Array | None = None) -> Array:
+    r"""``g * softmax(x)`` (with ``b``: ``g b_i e^{x_i} / sum_j b_j e^{x_j}``), 0 where nothing moves."""
+    if b is None:
+        p = softmax(x, xp, exact=exact)
+    else:
+        x = xp.where(b != 0, x, xp.full_like(x, -xp.inf))
+        st, _, t = _state.state(x, xp, exact=exact)
+        full = _state.probs(t, st, xp) * (1 + st.s)[:, None]  # exp(x - m), the max term 1
+        bt = xp.where(full != 0, b * full, xp.zeros_like(full))
+        p = bt / xp.sum(bt, axis=-1, keepdims=True)
+    return dead_to_zero(p * g[:, None], x, xp)
+
+
+def softmax_grad(x: Array, g: Array, xp: Any, *, exact: bool, temperature: float = 1.0) -> Array:
+    r"""``p (g - <g, p>) / T``."""
+    p = softmax(x, xp, exact=exact, temperature=temperature)
+    g = live_only(g, x, xp)
+    return dead_to_zero(p * (g - xp.sum(g * p, axis=-1, keepdims=True)) / temperature, x, xp)
+
+
+def log_softmax_grad(x: Array, g: Array, xp: Any, *, exact: bool, temperature: float = 1.0) -> Array:
+    r"""``(g - p sum(g)) / T``."""
+    p = softmax(x, xp, exact=exact, temperature=temperature)
+    g = live_only(g, x, xp)
+    return dead_to_zero((g - p * xp.sum(g, axis=-1, keepdims=True)) / temperature, x, xp)
+
+
+def live(x: Array, xp: Any) -> Array:
+    """Entries a finite change can move: finite, in a row whose max is finite (B, K) bool."""
+    m = xp.max(x, axis=-1, keepdims=True)
+    return xp.isfinite(x) & xp.isfinite(m)
+
+
+def live_only(g: Array, x: Array, xp: Any) -> Array:
+    """The cotangent of an elementwise output, 0 where that output is constant."""
+    return xp.where(live(x, xp), g, xp.zeros_like(g))
+
+
+def dead_to_zero(grad: Array, x: Array, xp: Any) -> Array:
+    """Zero where the input cannot move the output; rows holding NaN stay NaN."""
+    grad = xp.where(live(x, xp), grad, xp.zeros_like(grad))
+    nan_row = xp.isnan(xp.max(x, axis=-1, keepdims=True))
+    return xp.where(nan_row, xp.full_like(grad, xp.nan), grad)
+
+
+# --------------------------------------------------------------------------
+# Cross-entropy: the loss and its gradient from one state
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Forward:
+    st: State
+    sh: _state.Shift
+    terms: Array
+    live: Array  # (B,) counted, with a distribution
+    wy: Array  # (B,) each element's weight in the mean's denominator
+    loss: Array
+
+
+def cross_entropy(pb: Problem, xp: Any) -> Forward:
+    """``-sum_c a_c log p_c`` per element (``w_y (lse - x_y)`` for class targets), reduced."""
+    st, sh, t = _state.state(pb.x, xp, exact=pb.exact)
+    alive = pb.counted & (st.m != -xp.inf)
+    lp = _state.log_probs(sh, st, xp)
+    a, wy = target_mass(pb, alive, xp)
+    contrib = xp.where(a != 0, a * lp, xp.zeros_like(lp))  # 0 log 0 = 0
+    ce = xp.where(alive, -xp.sum(contrib, axis=-1), xp.zeros_like(st.m))
+    zt = None
+    if pb.z_loss:
+        lse = _state.lse(st, xp)
+        zt = xp.where(alive, pb.z_loss * lse * lse, xp.zeros_like(lse))
+    return Forward(st, sh, t, alive, wy, reduce_losses(ce, zt, wy, alive, pb.reduction, xp))
+
+
+def target_mass(pb: Problem, alive: Array, xp: Any) -> tuple[Array, Array]:
+    """``a`` (B, C): the weighted target distribution; ``wy`` (B,): the denominator weights.
+
+    Label smoothing ``s`` spreads ``s`` uniformly over the allowed classes
+    (PyTorch's convention); class weights scale each class's mass.
+    """
+    b, c = pb.x.shape
+    dt = pb.x.dtype
+    if pb.probs:
+        q = pb.target
+    else:
+        y = xp.where(alive, pb.target, xp.zeros_like(pb.target))
+        q = xp.astype(xp.arange(c, device=_device(pb.x))[None, :] == y[:, None], dt)
+    allowed = xp.ones((b, c), dtype=xp.bool, device=_device(pb.x)) if pb.allowed is None else pb.allowed
+    if pb.smoothing:
+        uniform = xp.astype(allowed, dt) / xp.maximum(xp.sum(xp.astype(allowed, dt), axis=-1, keepdims=True), 1)
+        q = (1 - pb.smoothing) * q + pb.smoothing * uniform
+    a = q if pb.weight is None else q * pb.weight[None, :]
+    a = xp.where(alive[:, None], a, xp.zeros_like(a))
+    if pb.probs:
+        wy = xp.astype(alive, dt)
+    elif pb.weight is None:
+        wy = xp.astype(alive, dt)
+    else:
+        wy = xp.where(alive, xp.take(pb.weight, xp.where(alive, pb.target, xp.zeros_like(pb.target))),
+                      xp.zeros_like(pb.x[:, 0]))
+    return a, wy
+
+
+def reduce_losses(ce: Array, zt: Array | None, wy: Array, alive: Array, reduction: str, xp: Any) -> Array:
+    """Apply the reduction; a mean of nothing is 0.0 (pytorch#70348)."""
+    if reduction == "none":
+        return ce if zt is None else ce + zt
+    total = xp.sum(ce)
+    total_z = None if zt is None else xp.sum(zt)
+    if reduction == "sum":
+        return total if total_z is None else total + total_z
+    denom = xp.sum(wy)
+    out = xp.where(denom != 0, total / xp.where(denom != 0, denom, xp.ones_like(denom)), xp.zeros_like(total))
+    if total_z is not None:
+        count = xp.sum(xp.astype(alive, total.dtype))
+        out = out + xp.where(count != 0, total_z / xp.maximum(count, xp.ones_like(count)), xp.zeros_like(total))
+    return out
+
+
+def row_scales(pb: Problem, fwd: Forward, g: Array, xp: Any) -> tuple[Array, Array]:
+    """Per-element factors of the cotangent ``g`` for the CE part and the z part."""
+    n = pb.x.shape[0]
+    if pb.reduction == "none":
+        return g, g
+    ones = xp.ones((n,), dtype=pb.x.dtype, device=_device(pb.x))
+    if pb.reduction == "sum":
+        return g * ones, g * ones
+    denom = xp.sum(fwd.wy)
+    count = xp.sum(xp.astype(fwd.live, pb.x.dtype))
+    ce = xp.where(denom != 0, g / xp.where(denom != 0, denom, xp.ones_like(denom)), xp.zeros_like(denom))
+    z = xp.where(count != 0, g / xp.maximum(count, xp.ones_like(count)), xp.zeros_like(count))
+    return ce * ones, z * ones
+
+
+def cross_entropy_grad(pb: Problem, fwd: Forward, g: Array, xp: Any) -> Array:
+    r"""``(sum_j a_j) p_c - a_c + 2 z lse p_c``, scaled by the reduction and the softcap's derivative.
+
+    At the max ``k`` the term ``A p_k - a_k`` is written ``((A - a_k) - a_k s) / (1 + s)``:
+    for a confident prediction ``p_k`` rounds to 1 and ``A p_k - a_k`` would
+    cancel to 0, where the gradient is ``-a_k s / (1 + s)``.
+    """
+    st = fwd.st
+    ce_scale, z_scale = row_scales(pb, fwd, g, xp)
+    p = _state.probs(fwd.terms, st, xp)
+    a, _ = target_mass(pb, fwd.live, xp)
+    big_a = xp.sum(a, axis=-1, keepdims=True)
+    at_max = xp.arange(p.shape[-1], device=_device(p))[None, :] == st.k[:, None]
+    near = ((big_a - a) - a * st.s[:, None]) / (1 + st.s)[:, None]
+    grad = xp.where(at_max, near, big_a * p - a) * ce_scale[:, None]
+    if pb.z_loss:
+        lse = xp.where(fwd.live, _state.lse(st, xp), xp.zeros_like(st.m))
+        grad = grad + p * (2 * pb.z_loss * lse * z_scale)[:, None]
+    if pb.softcap is not None:
+        grad = grad * (1 - (pb.x / pb.softcap) ** 2)
+    grad = xp.where(live(pb.x, xp) & fwd.live[:, None], grad, xp.zeros_like(grad))
+    nan_row = xp.isnan(st.m) & fwd.live
+    return xp.where(nan_row[:, None], xp.full_like(grad, xp.nan), grad)
+
+
+def nll_loss(lp: Array, target: Array, counted: Array, weight: Array | None, reduction: str, xp: Any) -> Array:
+    """``-w_y lp_y`` per element; a slice that is all ``-inf`` (no distribution) is dropped.
+
+    That is what makes ``nll_loss(log_softmax(x), y)`` equal ``cross_entropy(x, y)``
+    on every row of the contract.
+    """
+    alive = counted & (xp.max(lp, axis=-1) != -xp.inf)
+    y = xp.where(alive, target, xp.zeros_like(target))
+    lp_y = xp.take_along_axis(lp, y[:, None], axis=-1)[:, 0]
+    if weight is None:
+        wy = xp.astype(alive, lp.dtype)
+    else:
+        wy = xp.where(alive, xp.take(weight, y), xp.zeros_like(lp_y))
+    ce = xp.where(alive & (wy != 0), -wy * lp_y, xp.zeros_like(lp_y))
+    return reduce_losses(ce, None, wy, alive, reduction, xp)
+
+
+def nll_loss_grad(lp: Array, target: Array, counted: Array, weight: Array | None, reduction: str,
+                  g: Array, xp: Any) -> Array:
+    """``-w_y g_scaled`` at each element's target, 0 elsewhere."""
+    alive = counted & (xp.max(lp, axis=-1) != -xp.inf)
+    y = xp.where(alive, target, xp.zeros_like(target))
+    wy = xp.astype(alive, lp.dtype) if weight is None else xp.where(alive, xp.take(weight, y), xp.zeros_like(lp[:, 0]))
+    if reduction == "none":
+        scale = g
+    elif reduction == "sum":
+        scale = g * xp.ones_like(wy)
+    else:
+        denom = xp.sum(wy)
+        scale = xp.where(denom != 0, g / xp.where(denom != 0, denom, xp.ones_like(denom)), xp.zeros_like(denom))
+        scale = scale * xp.ones_like(wy)
+    onehot = xp.arange(lp.shape[-1], device=_device(lp))[None, :] == y[:, None]
+    grad = xp.where(onehot & alive[:, None], -(wy * scale)[:, None] * xp.ones_like(lp), xp.zeros_like(lp))
+    return xp.where(xp.isfinite(lp), grad, xp.zeros_like(grad))
+
+
+# --------------------------------------------------------------------------
+# Binary cross-entropy with logits
+# --------------------------------------------------------------------------
+
+
+def softplus_times(c: Array, x: Array, xp: Any) -> Array:
+    """``c * softplus(x)``, 0 wherever ``c`` is 0 (even at ``x = +inf``)."""
+    sp = xp.maximum(x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
+    return xp.where(c != 0, c * sp, xp.zeros_like(sp))
+
+
+def bce(x: Array, t: Array, weight: Array | None, pos_weight: Array | None, xp: Any) -> Array:
+    r"""``w [p_w t softplus(-x) + (1 - t) softplus(x)]`` elementwise."""
+    pos = t if pos_weight is None else pos_weight * t
+    elem = softplus_times(pos, -x, xp) + softplus_times(1 - t, x, xp)
+    return elem if weight is None else xp.where(weight != 0, elem * weight, xp.zeros_like(elem))
+
+
+def bce_grad(x: Array, t: Array, weight: Array | None, pos_weight: Array | None, g: Array, xp: Any) -> Array:
+    r"""``w [(1 - t) sigmoid(x) - p_w t sigmoid(-x)] g``; 0 where the loss cannot move."""
+    pos = t if pos_weight is None else pos_weight * t
+    sig = 1 / (1 + xp.exp(-x))
+    sig_neg = 1 / (1 + xp.exp(x))
+    grad = xp.where(1 - t != 0, (1 - t) * sig, xp.zeros_like(x)) - xp.where(pos != 0, pos * sig_neg, xp.zeros_like(x))
+    grad = grad if weight is None else xp.where(weight != 0, grad * weight, xp.zeros_like(grad))
+    return xp.where(xp.isfinite(x), grad * g, xp.zeros_like(grad))
+
+
+def _device(x: Array) -> Any:
+    import array_api_compat
+
+    return array_api_compat.device(x)
