@@ -40,7 +40,7 @@ from ._reductions import (
     softmax_grad,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "__version__",

@@ -213,15 +213,23 @@ def rules_for(name: str) -> list[Rule]:
 
 
 def documented(name: str) -> Callable[[F], F]:
-    """Add the contract's rows for ``name`` to the Notes of its docstring."""
+    """Add the contract's rows for ``name`` to the Notes section of its docstring (made if missing)."""
 
     def deco(fn: F) -> F:
         lines = ["    Special values (one table for the whole family, ``stablesoftmax.CONTRACT``):", ""]
         lines += [f"    - {r.case}: {r.outcome[name]}" for r in rules_for(name)]
         block = "\n".join(lines).replace("`", "``").replace("````", "``") + "\n\n"
         doc = fn.__doc__ or ""
-        marker = "    References\n" if "    References\n" in doc else "    Examples\n"
-        fn.__doc__ = doc.replace(marker, block + marker, 1) if marker in doc else doc + "\n" + block
+        after = [m for m in ("    References\n", "    Examples\n") if m in doc]
+        if "    Notes\n    -----\n" not in doc:
+            block = "    Notes\n    -----\n" + block
+        elif after:
+            block = "\n" + block.rstrip("\n") + "\n\n"
+        if after:
+            head, _, tail = doc.partition(after[0])
+            fn.__doc__ = head.rstrip() + "\n\n" + block + after[0] + tail
+        else:
+            fn.__doc__ = doc.rstrip() + "\n\n" + block
         return fn
 
     return deco

@@ -3,5 +3,4 @@
 ``battery`` writes the experiment directory the teaching labs describe;
 ``bench`` times the library against naive NumPy, SciPy and PyTorch;
 ``diagnose`` finds the rows of a logits file that will blow up a loss;
-``accuracy`` measures any implementation in ulps against mpmath references.
 """
