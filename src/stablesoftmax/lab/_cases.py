@@ -1,10 +1,11 @@
 """The inputs the teaching labs name, as data.
 
-Every number here is copied from a seed under ``shared/seeds``: lab 01 block C
-(the eight softmax cases, cross-entropy target ``y = 1``), lab 02 task 1 (four
-logsumexp inputs) and the "break CE via log softmax" seed (two float32 rows and
-their targets). The battery, the report, the plot and the tests all read these
-lists, so a case is added in one place.
+Every number here is copied from the labs' seeds: lab 01 block C (the eight
+softmax cases, cross-entropy target ``y = 1``), lab 02 task 1 (four logsumexp
+inputs) and the "break CE via log softmax" seed (two float32 rows and their
+targets). The experiment's ``compare.py`` spells the same lists the way lab 01
+writes them, for the learner to read; ``tests/test_battery.py`` checks that the
+two agree. The report, the predictions template and the tests read these.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-from .._errors import ArgumentError
+from .. import ArgumentError
 
 __all__ = [
     "Case",

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ._cases import DTYPES, SOFTMAX_CASES
-from ._results import softmax_pair
+from ._cases import SOFTMAX_CASES
 
-__all__ = ["softmax_break", "timings_chart", "NAN_COLOR", "INF_COLOR"]
+__all__ = ["softmax_break", "timings_chart", "scaling_chart", "NAN_COLOR", "INF_COLOR"]
 
 NAN_COLOR = "#d62728"  # red: NaN
 INF_COLOR = "#7f0000"  # dark red: +-inf
@@ -25,87 +24,95 @@ VALID_COLOR = "#1a7f37"  # green: a stable row where the naive one broke
 WRONG_COLOR = "#ff7f0e"  # orange: no NaN, yet the row does not sum to 1
 WRONG_SUM = 0.01  # "visibly wrong": off by more than 1 %, far beyond any rounding
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: byte-identical runs
+FRAME_COLORS = {"nan_row": NAN_COLOR, "valid": VALID_COLOR, "wrong_sum": WRONG_COLOR}
+LABELS = {c.name: c.label for c in SOFTMAX_CASES}
 
 
 def softmax_break(results: dict[str, Any]) -> bytes:
-    """Each case a row, naive on the left and stable on the right; NaN and inf cells red."""
+    """Each case a row, naive.py on the left and stable.py on the right; NaN and inf cells red.
+
+    Drawn from results.json alone, so the picture shows exactly what compare.py
+    computed. The legend lists only the marks the picture holds.
+    """
     import matplotlib.style
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    dtype = results["dtype"]
+    cases = results["softmax"]
     with matplotlib.style.context("default"):
         fig = Figure(figsize=(15, 8.2), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, 2, sharey=True)
-        rows = _rows(dtype)
-        for ax, kind in zip(axes, ("naive", "stable")):
-            mesh = _draw_side(ax, rows, kind, results)
-        axes[0].set_yticks(np.arange(len(rows)) + 0.5, [f"{c.name}\n{c.label}" for c in SOFTMAX_CASES], fontsize=10)
+        drawn: set[str] = set()
+        for ax, kind in zip(axes, ("naive", "stable"), strict=True):
+            mesh = _draw_side(ax, cases, kind, drawn)
+        axes[0].set_yticks(np.arange(len(cases)) + 0.5, [f"{c['name']}\n{_label(c)}" for c in cases], fontsize=10)
         cbar = fig.colorbar(mesh, ax=list(axes), shrink=0.8, pad=0.01)
         cbar.set_label("softmax probability")
-        _legend(fig)
+        _legend(fig, drawn)
         fig.suptitle(_headline(results), fontsize=14, fontweight="bold")
         return _png(fig)
 
 
-def _rows(dtype_name: str) -> list[dict[str, np.ndarray]]:
-    """Naive and stable outputs of every case, from the same cast inputs as the battery."""
-    dtype = DTYPES[dtype_name]
-    rows = []
-    for case in SOFTMAX_CASES:
-        run = softmax_pair(case, dtype)
-        rows.append({"naive": np.asarray(run.naive, np.float64), "stable": np.asarray(run.stable, np.float64)})
-    return rows
+def _label(case: dict[str, Any]) -> str:
+    return LABELS.get(case["name"], f"n = {case['n']}")
 
 
-def _draw_side(ax: Any, rows: list[dict[str, np.ndarray]], kind: str, results: dict[str, Any]) -> Any:
+def _row_values(side: dict[str, Any], n: int) -> tuple[np.ndarray, bool]:
+    """A row's probabilities as results.json holds them; a wide row (no output kept) as its mean, flagged."""
+    if side["output"] is not None:
+        return np.array([float(v) for v in side["output"]]), False
+    return np.full(n, float(side["sum"]) / n), True
+
+
+def _draw_side(ax: Any, cases: list[dict[str, Any]], kind: str, drawn: set[str]) -> Any:
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
     mesh = None
-    for i, row in enumerate(rows):
-        p = row[kind]
+    for i, c in enumerate(cases):
+        p, wide = _row_values(c[kind], c["n"])
         edges = np.linspace(0.0, 1.0, p.size + 1)
         finite = np.where(np.isfinite(p), p, np.nan)
         mesh = ax.pcolormesh(edges, [i, i + 1], finite[None, :], cmap=cmap, vmin=0.0, vmax=1.0,
-                             edgecolors="white" if p.size <= 16 else "face", linewidth=1.5 if p.size <= 16 else 0)
-        _bad_cells(ax, p, edges, i)
-        _labels(ax, p, edges, i)
-    broken = [i for i, c in enumerate(results["softmax"]) if c[kind]["has_nan"]]
-    for i in broken:
-        ax.add_patch(_frame(i, NAN_COLOR))
-    for i in _silently_wrong(results, kind):
-        ax.add_patch(_frame(i, WRONG_COLOR))
-    if kind == "stable":  # the headline: where naive broke, the stable row is valid
-        for i, c in enumerate(results["softmax"]):
-            if c["naive"]["has_nan"] and not c["stable"]["has_nan"]:
-                ax.add_patch(_frame(i, VALID_COLOR))
+                             edgecolors="face" if wide else "white", linewidth=0 if wide else 1.5)
+        drawn |= _bad_cells(ax, p, edges, i)
+        _labels(ax, p, edges, i, c[kind] if wide else None)
+    marks = {"nan_row": [i for i, c in enumerate(cases) if c[kind]["has_nan"]],
+             "wrong_sum": _silently_wrong(cases, kind),
+             "valid": [i for i, c in enumerate(cases) if kind == "stable" and c["naive"]["has_nan"]
+                       and not c["stable"]["has_nan"]]}
+    for mark, rows in marks.items():
+        for i in rows:
+            ax.add_patch(_frame(i, FRAME_COLORS[mark]))
+        if rows:
+            drawn.add(mark)
+    broken = marks["nan_row"]
     ax.set_xlim(0, 1)
-    ax.set_ylim(len(rows), 0)
+    ax.set_ylim(len(cases), 0)
     ax.set_xticks([])
-    title = "naive: exp(x) / sum(exp(x))" if kind == "naive" else "stable: stablesoftmax.softmax (-max shift)"
-    verdict = f"NaN on {len(broken)} of {len(rows)} cases" if broken else "no NaN on any case"
+    title = "naive.py: exp(x) / sum(exp(x))" if kind == "naive" else "stable.py: the -max shift"
+    verdict = f"NaN on {len(broken)} of {len(cases)} cases" if broken else "no NaN on any case"
     ax.set_title(f"{title}\n{verdict}", fontsize=12, color=NAN_COLOR if broken else VALID_COLOR)
     ax.set_xlabel("elements of the row, left to right (each row is split into n equal cells)")
     return mesh
 
 
-def _bad_cells(ax: Any, p: np.ndarray, edges: np.ndarray, i: int) -> None:
+def _bad_cells(ax: Any, p: np.ndarray, edges: np.ndarray, i: int) -> set[str]:
     from matplotlib.patches import Rectangle
 
+    kinds = set()
     for j in np.flatnonzero(~np.isfinite(p)):
-        color = NAN_COLOR if math.isnan(p[j]) else INF_COLOR
-        ax.add_patch(Rectangle((edges[j], i), edges[j + 1] - edges[j], 1, facecolor=color, edgecolor="white",
-                               linewidth=1.5, hatch="//"))
+        kind = "nan" if math.isnan(p[j]) else "inf"
+        kinds.add(kind)
+        ax.add_patch(Rectangle((edges[j], i), edges[j + 1] - edges[j], 1, facecolor=NAN_COLOR if kind == "nan"
+                               else INF_COLOR, edgecolor="white", linewidth=1.5, hatch="//"))
+    return kinds
 
 
-def _silently_wrong(results: dict[str, Any], kind: str) -> list[int]:
+def _silently_wrong(cases: list[dict[str, Any]], kind: str) -> list[int]:
     """Rows without NaN that visibly fail to sum to 1, like bfloat16's stalled naive sum (600/256)."""
-    return [
-        i for i, c in enumerate(results["softmax"])
-        if not c[kind]["has_nan"] and abs(float(c[kind]["sum"]) - 1.0) > WRONG_SUM
-    ]
+    return [i for i, c in enumerate(cases) if not c[kind]["has_nan"] and abs(float(c[kind]["sum"]) - 1.0) > WRONG_SUM]
 
 
 def _frame(i: int, color: str) -> Any:
@@ -114,11 +121,11 @@ def _frame(i: int, color: str) -> Any:
     return Rectangle((0.002, i + 0.04), 0.996, 0.92, fill=False, edgecolor=color, linewidth=3.5, zorder=5)
 
 
-def _labels(ax: Any, p: np.ndarray, edges: np.ndarray, i: int) -> None:
-    if p.size > 16:
-        vals = np.unique(p[np.isfinite(p)])
-        text = f"{p.size} cells, all {_short(vals[0])}" if vals.size == 1 else f"{p.size} cells"
-        text += f" (sum {_short(float(np.sum(p)))})"
+def _labels(ax: Any, p: np.ndarray, edges: np.ndarray, i: int, wide: dict[str, Any] | None) -> None:
+    if wide is not None:
+        lo, hi = float(wide["min"]), float(wide["max"])
+        text = f"{p.size} cells, all {_short(lo)}" if lo == hi else f"{p.size} cells, {_short(lo)} to {_short(hi)}"
+        text += f" (sum {_short(float(wide['sum']))})"
         ax.text(0.5, i + 0.5, text, ha="center", va="center", fontsize=10, color="white",
                 bbox={"facecolor": "black", "alpha": 0.55, "edgecolor": "none", "pad": 2})
         return
@@ -139,17 +146,20 @@ def _short(v: float) -> str:
     return f"{v:.3g}" if v >= 1e-3 else f"{v:.1e}"
 
 
-def _legend(fig: Any) -> None:
+def _legend(fig: Any, drawn: set[str]) -> None:
     from matplotlib.patches import Patch
 
-    handles = [
-        Patch(facecolor=NAN_COLOR, hatch="//", edgecolor="white", label="NaN"),
-        Patch(facecolor=INF_COLOR, hatch="//", edgecolor="white", label="inf"),
-        Patch(facecolor="none", edgecolor=NAN_COLOR, linewidth=3, label="row holds a NaN"),
-        Patch(facecolor="none", edgecolor=VALID_COLOR, linewidth=3, label="naive broke, stable valid"),
-        Patch(facecolor="none", edgecolor=WRONG_COLOR, linewidth=3, label="no NaN, but the sum is off by > 1%"),
-    ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize=10.5, frameon=False)
+    entries = {
+        "nan": Patch(facecolor=NAN_COLOR, hatch="//", edgecolor="white", label="NaN"),
+        "inf": Patch(facecolor=INF_COLOR, hatch="//", edgecolor="white", label="inf"),
+        "nan_row": Patch(facecolor="none", edgecolor=NAN_COLOR, linewidth=3, label="row holds a NaN"),
+        "valid": Patch(facecolor="none", edgecolor=VALID_COLOR, linewidth=3, label="naive broke, stable valid"),
+        "wrong_sum": Patch(facecolor="none", edgecolor=WRONG_COLOR, linewidth=3,
+                           label="no NaN, but the sum is off by > 1%"),
+    }
+    handles = [h for key, h in entries.items() if key in drawn]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=10.5, frameon=False)
 
 
 def _headline(results: dict[str, Any]) -> str:
@@ -160,7 +170,7 @@ def _headline(results: dict[str, Any]) -> str:
     return f"Softmax at {results['dtype']}: naive breaks on {broke}; stable {held}"
 
 
-def timings_chart(rows: list[dict[str, Any]], title: str) -> bytes:
+def timings_chart(rows: list[dict[str, Any]], title: str, machine: list[str] | None = None) -> bytes:
     """Median time per call of each implementation, min to max as whiskers, ratio to naive beside it.
 
     Log scale: on a shared machine the max is often ten times the median, and
@@ -175,24 +185,25 @@ def timings_chart(rows: list[dict[str, Any]], title: str) -> bytes:
         FigureCanvasAgg(fig)
         ax = fig.subplots()
         one_case = len({(r["function"], r["shape"], r["dtype"]) for r in rows}) == 1
-        labels = [r["implementation"] if one_case else f"{r['implementation']}\n{r['function']} {r['shape']} {r['dtype']}"
-                  for r in rows]
+        labels = [r["implementation"] if one_case
+                  else f"{r['implementation']}\n{r['function']} {r['shape']} {r['dtype']}" for r in rows]
         med = np.array([r["median_s"] for r in rows]) * 1e6
         lo = med - np.array([r["min_s"] for r in rows]) * 1e6
         hi = np.array([r["max_s"] for r in rows]) * 1e6 - med
         colors = ["#8c8c8c" if r["implementation"] == "naive" else "#4c72b0" for r in rows]
         ax.bar(range(len(rows)), med, yerr=[lo, hi], capsize=6, color=colors, width=0.6)
-        for i, (m, r) in enumerate(zip(med, rows)):
+        for i, (m, r) in enumerate(zip(med, rows, strict=True)):
             ax.annotate(f"{m:.0f} us\n{r['ratio_to_naive']:.2f}x naive", (i + 0.06, m), ha="left", va="center",
                         fontsize=9.5, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5})
         ax.set_yscale("log")
         ax.set_xticks(range(len(rows)), labels, fontsize=10)
         ax.set_ylabel("time per call, microseconds (log)\nbar: median; whiskers: min to max")
         ax.set_title(title, fontsize=11)
+        _machine_note(fig, machine)
         return _png(fig)
 
 
-def scaling_chart(rows: list[dict[str, Any]], bandwidth: float) -> bytes:
+def scaling_chart(rows: list[dict[str, Any]], bandwidth: float, machine: list[str] | None = None) -> bytes:
     """Median time against input size on log-log axes, one line per implementation.
 
     The dashed line is one read of the input at the measured single-thread
@@ -220,7 +231,14 @@ def scaling_chart(rows: list[dict[str, Any]], bandwidth: float) -> bytes:
         ax.set_title(f"{rows[0]['function']} along the last axis: time against size, lower is better", fontsize=11)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
+        _machine_note(fig, machine)
         return _png(fig)
+
+
+def _machine_note(fig: Any, machine: list[str] | None) -> None:
+    """The CPU's vector features and the versions under a chart: its figures hold for that machine only."""
+    if machine:
+        fig.text(0.01, 0.005, "\n".join(machine), fontsize=7, color="#555555", ha="left", va="bottom", wrap=True)
 
 
 def _png(fig: Any) -> bytes:

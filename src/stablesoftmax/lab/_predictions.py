@@ -1,70 +1,80 @@
-"""The learner's predictions: the TOML file, its template, and where they missed.
+"""The learner's predictions: the TOML file, its empty template, and where they missed.
 
 Lab 01 block D: write down, before running, whether naive and stable softmax
 will return NaN on each case and what the cross-entropy (``y = 1``) will be.
-The file looks like the template :func:`template` writes::
+The file looks like the template :func:`template` writes, once filled in::
 
-    dtype = "float32"            # optional: the --dtype these are for
+    dtype = "float32"            # the --dtype these are for
 
     [cases."large positive"]
-    naive_nan = true
-    stable_nan = false
+    naive_nan = true             # true or false
+    stable_nan = false           # true or false
     ce = 0.0                     # a number, inf, nan, or "undefined"
-    why = "exp(92) overflows float32"   # optional
+    why = "exp(92) overflows float32"   # optional: your reasoning, before the run
+    explain = ""                 # optional: after the run, why a prediction missed
 
-Every case is optional; a missing one shows as "-" in the report.
+The template leaves every answer empty (``""``). A file with any of the eight
+cases missing, or any ``naive_nan``, ``stable_nan`` or ``ce`` left empty, is
+refused with an :class:`~stablesoftmax.InputFileError` that names the cases:
+a prediction the learner did not write is not a prediction.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
-import numpy as np
+from .. import InputFileError
+from ._cases import CE_TARGET, SOFTMAX_CASES
 
-from .._errors import InputFileError
-from ._cases import CE_TARGET, DTYPES, SOFTMAX_CASES
+__all__ = ["Prediction", "Predictions", "Divergence", "load", "template", "divergences", "CE_ABS", "CE_REL",
+           "MAX_BYTES", "ANSWERS"]
 
-__all__ = ["Prediction", "Predictions", "Divergence", "load", "template", "divergences", "CE_ABS", "CE_REL"]
-
-FIELDS = ("naive_nan", "stable_nan", "ce", "why")
+ANSWERS = ("naive_nan", "stable_nan", "ce")  # what every case must answer
+FIELDS = (*ANSWERS, "why", "explain")
 CASE_NAMES = tuple(c.name for c in SOFTMAX_CASES)
 # A by-hand CE estimate agrees when it is within 5 % or 0.05 nats of the result.
 CE_REL, CE_ABS = 0.05, 0.05
+# The filled template is about 2 kB; a file a thousand times larger is not a predictions file.
+MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One case's predictions; None where the learner left a field out."""
+    """One case's answers, and the learner's own words before and after the run."""
 
-    naive_nan: bool | None = None
-    stable_nan: bool | None = None
-    ce: float | str | None = None  # a float, or "undefined"
+    naive_nan: bool
+    stable_nan: bool
+    ce: float | str  # a float, or "undefined"
     why: str = ""
+    explain: str = ""
 
 
 @dataclass(frozen=True)
 class Predictions:
-    """The whole file: its name (for the report), its dtype and the cases."""
+    """The whole file: its path as given (for hints), its name (for the report), dtype and cases."""
 
-    source: str
+    path: Path
     dtype: str | None
     cases: dict[str, Prediction]
+
+    @property
+    def source(self) -> str:
+        return self.path.name
 
 
 @dataclass(frozen=True)
 class Divergence:
-    """One place a prediction and the result disagree, with the reason."""
+    """One place a prediction and the result disagree."""
 
     case: str
     field: str
     predicted: str
     actual: str
-    why: str
 
 
 # --------------------------------------------------------------------------
@@ -73,17 +83,9 @@ class Divergence:
 
 
 def load(path: Path, run_dtype: str) -> Predictions:
-    """Parse and check a predictions file; InputFileError names the line and the field."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the same parser, as the `tomli` backport
-        import tomli as tomllib
-
+    """Parse and check a predictions file; InputFileError names the line, the field or the missing cases."""
     text = _read(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputFileError(f"--predictions {path}: not valid TOML: {exc}") from None
+    data = _parse(path, text)
     for key in data:
         if key not in ("dtype", "cases"):
             raise _err(path, text, key, None, f"unknown key {key!r}; allowed: dtype, cases")
@@ -94,19 +96,40 @@ def load(path: Path, run_dtype: str) -> Predictions:
     cases = data.get("cases", {})
     if not isinstance(cases, dict):
         raise _err(path, text, "cases", None, "cases must be a table of [cases.\"NAME\"] tables")
-    return Predictions(path.name, dtype, {name: _case(path, text, name, v) for name, v in cases.items()})
+    raw = {name: _check_case(path, text, name, v) for name, v in cases.items()}
+    _require_complete(path, raw)
+    return Predictions(path, dtype, {name: _prediction(v) for name, v in raw.items()})
 
 
 def _read(path: Path) -> str:
+    """The file's text, read within MAX_BYTES; FIFOs, devices and directories are refused unread."""
+    from ._readers import read_regular_file
+
+    data = read_regular_file(path, what="--predictions", max_bytes=MAX_BYTES)
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputFileError(f"--predictions {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputFileError(f"--predictions {path}: cannot be read as UTF-8 text: {exc}") from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"--predictions {path}: is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                             "expected the TOML file the template shows") from None
 
 
-def _case(path: Path, text: str, name: str, raw: Any) -> Prediction:
+def _parse(path: Path, text: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # Python 3.10: the same parser, as the `tomli` backport
+        import tomli as tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputFileError(f"--predictions {path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per level of [[[...]]] or {a = {b = ...}}
+        raise InputFileError(f"--predictions {path}: nests arrays or tables too deeply to be read; "
+                             "expected the flat [cases.\"NAME\"] tables the template shows") from None
+
+
+def _check_case(path: Path, text: str, name: str, raw: Any) -> dict[str, Any]:
+    """Each field of one case has the right type; empty answers ("") are dropped, to be reported as missing."""
     if name not in CASE_NAMES:
         allowed = ", ".join(repr(n) for n in CASE_NAMES)
         raise _err(path, text, name, None, f"unknown case {name!r}; allowed: {allowed}")
@@ -115,16 +138,35 @@ def _case(path: Path, text: str, name: str, raw: Any) -> Prediction:
     for field, value in raw.items():
         if field not in FIELDS:
             raise _err(path, text, name, field, f"cases.{name!r}.{field} is not a field; allowed: {', '.join(FIELDS)}")
+        if field in ANSWERS and value == "":
+            continue  # left empty: reported with every other missing answer
         if field.endswith("_nan") and not isinstance(value, bool):
             raise _err(path, text, name, field, f"cases.{name!r}.{field} = {value!r} must be true or false")
         if field == "ce" and not _ce_ok(value):
             msg = f"cases.{name!r}.ce = {value!r} must be a number, inf, nan or \"undefined\""
             raise _err(path, text, name, field, msg)
-        if field == "why" and not isinstance(value, str):
-            raise _err(path, text, name, field, f"cases.{name!r}.why = {value!r} must be a string")
-    ce = raw.get("ce")
-    ce = ce if ce is None or isinstance(ce, str) else float(ce)
-    return Prediction(raw.get("naive_nan"), raw.get("stable_nan"), ce, raw.get("why", ""))
+        if field in ("why", "explain") and not isinstance(value, str):
+            raise _err(path, text, name, field, f"cases.{name!r}.{field} = {value!r} must be a string")
+    return {k: v for k, v in raw.items() if not (k in ANSWERS and v == "")}
+
+
+def _require_complete(path: Path, raw: dict[str, dict[str, Any]]) -> None:
+    missing = []
+    for name in CASE_NAMES:
+        gaps = [f for f in ANSWERS if f not in raw.get(name, {})]
+        if gaps:
+            missing.append(f"{name!r} ({', '.join(gaps)})" if name in raw else f"{name!r} (the whole case)")
+    if missing:
+        raise InputFileError(
+            f"--predictions {path}: {len(missing)} of {len(CASE_NAMES)} cases are not filled in: {'; '.join(missing)}. "
+            "Predict every case before the run: naive_nan and stable_nan true or false, ce a number, inf, nan "
+            "or \"undefined\"")
+
+
+def _prediction(raw: dict[str, Any]) -> Prediction:
+    ce = raw["ce"]
+    return Prediction(raw["naive_nan"], raw["stable_nan"], ce if isinstance(ce, str) else float(ce),
+                      raw.get("why", ""), raw.get("explain", ""))
 
 
 def _ce_ok(value: Any) -> bool:
@@ -155,69 +197,45 @@ def _line_of(text: str, key: str, field: str | None) -> int:
 # --------------------------------------------------------------------------
 
 
-def template(dtype: str) -> str:
-    """A predictions file with every case and field left for the learner to fill in."""
+def template(dtype: str, run_command: str) -> str:
+    """A predictions file with every answer empty, for the learner to fill in before the run."""
     out = [
-        "# Predictions for `stablesoftmax battery` (lab 01 block D). Fill these in",
-        "# BEFORE you look at results.json, then run:",
-        f"#   stablesoftmax battery --dtype {dtype} --predictions predictions.toml --force",
-        "# naive_nan / stable_nan: true or false. Does softmax(x) contain a NaN?",
-        f"# ce: the cross-entropy with y = {CE_TARGET}, logsumexp(x) - x[{CE_TARGET}]: a number, inf, nan or \"undefined\".",
-        "# why: one line of reasoning (optional). Delete a field to leave it unpredicted.",
+        "# Your predictions for `stablesoftmax battery` (lab 01 block D).",
+        "# Fill in every answer BEFORE you look at any result, then run:",
+        f"#   {run_command}",
+        "# naive_nan, stable_nan: true or false. Will softmax(x) hold a NaN?",
+        f"# ce: the cross-entropy with y = {CE_TARGET}, logsumexp(x) - x[{CE_TARGET}]: "
+        "a number, inf, nan or \"undefined\".",
+        "# why: your reasoning, one line (optional).",
+        "# explain: after the run, for a prediction that missed: why it missed (optional).",
+        "# The battery refuses this file while any naive_nan, stable_nan or ce is still \"\".",
         "",
         f'dtype = "{dtype}"',
     ]
     for case in SOFTMAX_CASES:
         out += ["", f"# x = {case.label}", f'[cases."{case.name}"]']
-        out += ["naive_nan = false", "stable_nan = false", "ce = nan", 'why = ""']
+        out += ['naive_nan = ""', 'stable_nan = ""', 'ce = ""', 'why = ""', 'explain = ""']
     return "\n".join(out) + "\n"
 
 
 def divergences(preds: Predictions, results: dict[str, Any]) -> list[Divergence]:
-    """Every field where a prediction and the result disagree, in case order."""
-    dtype = DTYPES[results["dtype"]]
+    """Every answer that disagrees with the result, in case order."""
     found: list[Divergence] = []
     for row in results["softmax"]:
         p = preds.cases.get(row["name"])
         if p is None:
             continue
-        logits = next(c.logits for c in SOFTMAX_CASES if c.name == row["name"])
         for kind in ("naive", "stable"):
             guess, got = getattr(p, f"{kind}_nan"), row[kind]["has_nan"]
-            if guess is not None and guess != got:
-                why = _nan_why(kind, got, logits, dtype)
-                found.append(Divergence(row["name"], f"{kind} NaN?", _yes(guess), _yes(got), why))
-        if p.ce is not None and not _ce_agrees(p.ce, row["cross_entropy"]):
-            actual = _ce_text(row["cross_entropy"])
-            found.append(Divergence(row["name"], "CE", _ce_text_pred(p.ce), actual, _ce_why(row, logits, dtype)))
+            if guess != got:
+                found.append(Divergence(row["name"], f"{kind} NaN?", _yes(guess), _yes(got)))
+        if not _ce_agrees(p.ce, row["cross_entropy"]):
+            found.append(Divergence(row["name"], "CE", _ce_text_pred(p.ce), _ce_text(row["cross_entropy"])))
     return found
 
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
-
-
-def _nan_why(kind: str, got: bool, logits: tuple[float, ...], dtype: np.dtype) -> str:
-    """Why a naive or stable row did or did not return NaN, from exp's range in ``dtype``."""
-    if kind == "stable":
-        if got:
-            return "stable softmax returned NaN on a NaN-free input: a bug in stablesoftmax, please report it."
-        return ("the -max shift makes the largest term exp(0) = 1 exactly, so the sum is at least 1: "
-                "nothing overflows and there is no 0/0.")
-    fi = ml_dtypes.finfo(dtype)
-    lo, hi = math.log(float(fi.smallest_subnormal)), math.log(float(fi.max))
-    m = float(np.asarray(logits, np.float64).astype(dtype).astype(np.float64).max())
-    name = dtype.name
-    if got and m > hi:
-        return f"exp({m:g}) overflows {name} (exp is finite only up to x ~ {hi:.2f}), the sum is inf and inf/inf is NaN."
-    if got and m < lo:
-        return f"every exp(x_i) underflows to 0 in {name} (exp(x) is 0 below x ~ {lo:.2f}), so the row is 0/0 = NaN."
-    if got:
-        return f"the naive row holds a NaN although max(x) = {m:g} is inside exp's range in {name}."
-    why = f"max(x) = {m:g} lies inside exp's finite range in {name} ({lo:.2f} < x < {hi:.2f}): no inf/inf, no 0/0"
-    if math.exp(m) < float(fi.smallest_normal):
-        why += f"; exp({m:g}) = {math.exp(m):.2g} survives as a {name} subnormal (gradual underflow), so the sum is not 0"
-    return why + "."
 
 
 def _ce_agrees(guess: float | str, ce: dict[str, Any]) -> bool:
@@ -240,15 +258,3 @@ def _ce_text_pred(guess: float | str) -> str:
 def _fmt(v: Any) -> str:
     f = float(v)
     return "NaN" if math.isnan(f) else f"{f:.6g}"
-
-
-def _ce_why(row: dict[str, Any], logits: tuple[float, ...], dtype: np.dtype) -> str:
-    ce = row["cross_entropy"]
-    if not ce["defined"]:
-        return f"a {row['n']}-element row has no class y = {CE_TARGET}, so the cross-entropy is undefined."
-    x = np.asarray(logits, np.float64).astype(dtype).astype(np.float64)
-    lse, xy = float(row["logsumexp"]["stable"]), float(x[CE_TARGET])
-    if xy == -math.inf:
-        return (f"x[{CE_TARGET}] = -inf is masked: the true class has probability 0, so the loss is +inf "
-                "(never mask the true label).")
-    return f"the fused CE is logsumexp(x) - x[{CE_TARGET}] = {lse:.6g} - ({xy:g}) = {_fmt(ce['stable'])}."
