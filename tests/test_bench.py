@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,79 @@ class TestBinders:
             else:
                 assert float(got[0]) == pytest.approx(float(ref[0]), rel=1e-12), name
                 np.testing.assert_allclose(np.asarray(got[1]), ref[1], rtol=1e-10, err_msg=name)
+
+
+class TestDefaultsAndBounds:
+    def test_no_arguments_writes_lab02_timings_into_a_default_directory(self, tmp_path, monkeypatch, capsys):
+        # lab 02 task 6: stable, SciPy and naive logsumexp on (64, 600), saved as timings.csv
+        monkeypatch.chdir(tmp_path)
+        assert cli.main(["bench", "-q"]) == 0
+        out = bench.default_out("lab")
+        assert out.parts[0] == "out" and out.name.endswith("-phase-05-logsumexp")
+        rows = read_csv(tmp_path / out / "timings.csv")
+        case = ("logsumexp", "64x600", "float64")
+        lab02 = {r["implementation"] for r in rows if (r["function"], r["shape"], r["dtype"]) == case}
+        assert {"stable", "naive", "scipy"} <= lab02
+        assert f"wrote {out}/" in capsys.readouterr().out
+
+    @pytest.mark.parametrize("repeats", ["2", "10001", str(10**26), "1e3"])
+    def test_repeats_bounded(self, tmp_path, capsys, repeats):
+        code = cli.main(["bench", "--out", str(tmp_path / "b"), "--repeats", repeats])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+        assert "--repeats" in err and ">= 3 and <= 10000" in err and repeats[:20] in err
+        assert not (tmp_path / "b").exists()
+
+    def test_empty_out_refused(self, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        assert cli.main(["bench", "--out", ""]) == 2
+        assert "--out '' is empty" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+class TestMachineBesideTheTable:
+    @pytest.fixture
+    def tiny_perf(self, monkeypatch):
+        monkeypatch.setitem(bench.SUITES, "perf", (bench.BenchCase("logsumexp", (4, 16), "float32"),))
+        monkeypatch.setattr(bench, "BINDERS", {k: bench.BINDERS[k] for k in ("stable", "naive")})
+        monkeypatch.setattr(bench, "read_bandwidth", lambda: 1e10)
+
+    def test_cpu_features_and_versions_are_printed_and_kept(self, tiny_perf, tmp_path, capsys):
+        assert cli.main(["bench", "--out", str(tmp_path), "--suite", "perf", "--repeats", "3", "-q"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith("cpu: ") and "vector features:" in lines[0] and "AVX-512: " in lines[0]
+        assert lines[1].startswith("versions: ") and "numpy " in lines[1] and "stablesoftmax " in lines[1]
+        assert lines[2].startswith("function")
+        cpu = json.loads((tmp_path / "manifest.json").read_text())["platform"]["cpu"]
+        if cpu["source"] == "/proc/cpuinfo":  # what the line says is what /proc/cpuinfo says
+            text = Path("/proc/cpuinfo").read_text()
+            flags = next(ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))).split(":")[1].split()
+            assert cpu["avx512"] == ("avx512f" in flags) and ("avx2" in cpu["vector_features"]) == ("avx2" in flags)
+
+    def test_fallbacks_when_proc_cpuinfo_is_missing(self, monkeypatch):
+        from stablesoftmax.lab import _manifest
+
+        monkeypatch.setattr(_manifest, "_proc_cpuinfo", lambda: (None, None))
+        line = _manifest.cpu_line()
+        assert "(from numpy)" in line and "AVX-512: " in line
+        monkeypatch.setattr(_manifest, "_umath", lambda: None)
+        line = _manifest.cpu_line()
+        assert "vector features: unknown (from unknown)" in line and "AVX-512: unknown" in line
+
+
+class TestCommittedLab02Timings:
+    def test_timings_chart_and_manifest(self):
+        import hashlib
+
+        dirs = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*-phase-05-logsumexp"))
+        assert dirs, "experiments/<date>-phase-05-logsumexp/ is not committed"
+        out = dirs[-1]
+        rows = read_csv(out / "timings.csv")
+        m = json.loads((out / "manifest.json").read_text())
+        expect = {"stable", "naive", "scipy"} | ({"torch"} if m["versions"]["torch"] else set())
+        assert expect <= {r["implementation"] for r in rows if r["shape"] == "64x600" and r["function"] == "logsumexp"}
+        for name, digest in m["files"].items():
+            assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+        assert m["command"].startswith(f"stablesoftmax bench --out experiments/{out.name} ")
+        assert m["platform"]["cpu"]["vector_features"] is not None
+        for text in ((out / "timings.csv").read_text(), (out / "manifest.json").read_text()):
+            assert not any(bad in text for bad in ("/work/", "/home/", "/tmp/", "/usr/"))

@@ -14,6 +14,13 @@ the naive median of the same case, measured in the same run. Medians, because
 the machine is shared and noisy. Every implementation runs on one thread
 (PyTorch is set to one), so the ratios compare algorithms, not core counts.
 
+With no ``--out`` the lab suite writes into ``out/<date>-phase-05-logsumexp/``
+(lab 02's name, under ``/out/``, which git ignores). Every table, printed or
+drawn, carries the CPU's model and vector features (AVX2, AVX-512, from
+``/proc/cpuinfo`` or else NumPy's own detection), NumPy's SIMD targets and the
+versions of the libraries timed, since NumPy's ``exp`` and ``log`` and so every
+ratio depend on them.
+
 To extend (more shapes, dtypes, functions): add a :class:`BenchCase` to
 ``CASES``; an implementation is a binder in ``BINDERS`` that returns a
 zero-argument call, or None when its library is not installed.
@@ -35,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import ArgumentError
+from .. import ArgumentError
 
 __all__ = ["add_parser", "run", "BenchCase", "CASES", "BINDERS", "COLUMNS", "measure"]
 
@@ -43,6 +50,8 @@ FILES = ("timings.csv", "timings.png", "manifest.json")
 COLUMNS = ("function", "shape", "dtype", "implementation", "version", "repeats", "calls_per_repeat",
            "median_s", "min_s", "max_s", "ratio_to_naive", "ratio_to_one_read")
 MIN_REPEAT_S = 1e-3  # one repeat lasts at least this long, so the timer's resolution does not matter
+MIN_REPEATS, MAX_REPEATS = 3, 10_000  # a median needs three; ten thousand repeats of the lab case take minutes
+LAB02_DIR = "phase-05-logsumexp"  # lab 02: experiments/<date>-phase-05-logsumexp/timings.csv
 
 
 @dataclass(frozen=True)
@@ -120,12 +129,12 @@ def _naive_ce_with_grad(x: np.ndarray, y: np.ndarray) -> tuple[Any, np.ndarray]:
 def _bind_textbook(function: str, x: np.ndarray, y: np.ndarray) -> Thunk | None:
     """The max-shifted NumPy formula every tutorial writes."""
     if function == "logsumexp":
-        def lse():
+        def lse() -> Any:
             m = x.max(axis=-1, keepdims=True)
             return np.log(np.exp(x - m).sum(axis=-1)) + m[..., 0]
         return lse
     if function == "softmax":
-        def sm():
+        def sm() -> Any:
             e = np.exp(x - x.max(axis=-1, keepdims=True))
             return e / e.sum(axis=-1, keepdims=True)
         return sm
@@ -149,17 +158,18 @@ def _bind_torch(function: str, x: np.ndarray, y: np.ndarray) -> Thunk | None:
     # One thread, like NumPy and SciPy: on a shared machine torch's thread
     # pool contends with everything else and its median becomes noise.
     torch.set_num_threads(1)
-    from .._arrays import BFLOAT16
+    import ml_dtypes
 
-    t = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) if x.dtype == BFLOAT16 else torch.from_numpy(x)
+    bf16 = x.dtype == np.dtype(ml_dtypes.bfloat16)
+    t = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) if bf16 else torch.from_numpy(x)
     ty = torch.from_numpy(y)
     if function == "cross_entropy":
         return lambda: torch.nn.functional.cross_entropy(t, ty)
     if function == "cross_entropy_with_grad":
-        def step():
+        def step() -> tuple[Any, Any]:
             leaf = t.detach().requires_grad_()
             loss = torch.nn.functional.cross_entropy(leaf, ty)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             return loss.detach(), leaf.grad
         return step
     f = getattr(torch, function)
@@ -176,20 +186,24 @@ BINDERS: dict[str, Callable[[str, np.ndarray, np.ndarray], Thunk | None]] = {
 }
 VERSION_OF = {"stable": "stablesoftmax", "naive": "numpy", "textbook": "numpy", "scipy": "scipy", "torch": "torch"}
 
-EXAMPLES = """\
+EXAMPLES = f"""\
 examples:
-  stablesoftmax bench --out /tmp/bench
-      logsumexp on (64, 600): stable, naive, SciPy and PyTorch (when installed)
+  stablesoftmax bench
+      lab 02 task 6: logsumexp on (64, 600), stable, naive, the max-shifted NumPy
+      formula, SciPy and PyTorch (when installed), into out/<date>-{LAB02_DIR}/
   stablesoftmax bench --out /tmp/bench --repeats 1000 --force
       more repeats for steadier medians; overwrite an earlier run
   stablesoftmax bench --out /tmp/perf --suite perf --repeats 31
       the performance table: (4096, 32000) in every dtype, cross-entropy and its
       gradient, and scaling.png (takes several minutes: SciPy alone is ~9 s a call)
+
+Each table is printed under the CPU's vector features (AVX2, AVX-512) and the
+versions of the libraries timed: NumPy's exp and log, and so every ratio, depend on both.
 """
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "bench",
         help="time logsumexp against naive NumPy, SciPy and PyTorch; write timings.csv",
         description="Time the stable functions against the naive formulas, SciPy and PyTorch;\n"
@@ -197,8 +211,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write")
-    p.add_argument("--repeats", default="200", metavar="N", help="timed repeats per implementation (default: 200)")
+    p.add_argument("--out", metavar="DIR",
+                   help=f"directory to write (default: out/<date>-{LAB02_DIR}/, or out/<date>-perf/ for --suite perf)")
+    p.add_argument("--repeats", default="200", metavar="N",
+                   help=f"timed repeats per implementation, {MIN_REPEATS} to {MAX_REPEATS} (default: 200)")
     p.add_argument("--seed", default="42", metavar="N", help="seed of the random logits (default: 42)")
     p.add_argument("--suite", choices=sorted(SUITES), default="lab",
                    help="lab: logsumexp on (64, 600) (default); perf: the performance table and scaling.png")
@@ -210,26 +226,45 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import _outdir
+    from . import _manifest, _outdir
 
-    repeats = _positive_int("--repeats", args.repeats, minimum=3)
-    seed = _positive_int("--seed", args.seed, minimum=0)
+    out = _outdir.parse_out(args.out) if args.out is not None else default_out(args.suite)
+    repeats = _bounded_int("--repeats", args.repeats, minimum=MIN_REPEATS, maximum=MAX_REPEATS)
+    seed = _bounded_int("--seed", args.seed, minimum=0)
     cases = [c for c in SUITES[args.suite] if args.only in describe(c)]
     if not cases:
         raise ArgumentError(f"--only {args.only!r} matches no case of suite {args.suite!r}; cases: "
                             + "; ".join(describe(c) for c in SUITES[args.suite]))
     files = _files(cases)
-    _outdir.prepare(args.out, files, force=args.force)
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    _outdir.prepare(out, files, force=args.force, elsewhere=str(default_out(args.suite)))
+    say = progress(args.quiet)
     say("measuring single-thread read bandwidth ...")
     bandwidth = read_bandwidth()
     rows = []
     for case in cases:
         rows += time_case(case, repeats=repeats, seed=seed, say=say, bandwidth=bandwidth)
-    written = _write(args.out, rows, cases, bandwidth)
-    _write_manifest(args, repeats, seed, cases, bandwidth, written)
-    print(summary(rows, args.out, bandwidth, files))
+    machine = [_manifest.cpu_line(), _manifest.versions_line()]
+    written = _write(out, rows, cases, bandwidth, machine)
+    _write_manifest(args, out, repeats, seed, cases, bandwidth, written)
+    print(summary(rows, out, bandwidth, files, machine))
     return 0
+
+
+def progress(quiet: bool) -> Callable[[str], None]:
+    """Where progress lines go: stderr, or nowhere with -q."""
+    def say(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    return say
+
+
+def default_out(suite: str) -> Path:
+    """out/<today>-phase-05-logsumexp (lab 02's name), under /out/, which git ignores."""
+    import datetime as _dt
+
+    today = _dt.date.today().isoformat()
+    return Path("out") / (f"{today}-{LAB02_DIR}" if suite == "lab" else f"{today}-{suite}")
 
 
 def describe(case: BenchCase) -> str:
@@ -252,13 +287,15 @@ def read_bandwidth(megabytes: int = 256, tries: int = 5) -> float:
     return x.nbytes / best
 
 
-def _positive_int(option: str, text: str, *, minimum: int) -> int:
+def _bounded_int(option: str, text: str, *, minimum: int, maximum: int | None = None) -> int:
+    """An integer option within its bounds, or an ArgumentError naming them (10**26 repeats would run forever)."""
     try:
         value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise ArgumentError(f"{option} {text!r} is not allowed; give an integer >= {minimum}")
+    except ValueError:  # also a number too long for int(), which Python refuses past 4300 digits
+        value = None
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        allowed = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        raise ArgumentError(f"{option} {text[:40]!r}{'...' if len(text) > 40 else ''} is not allowed; give {allowed}")
     return value
 
 
@@ -346,11 +383,13 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     w.writeheader()
     for r in rows:
         w.writerow({**r, **{k: f"{r[k]:.6e}" for k in ("median_s", "min_s", "max_s")},
-                    "ratio_to_naive": f"{r['ratio_to_naive']:.4f}", "ratio_to_one_read": f"{r['ratio_to_one_read']:.3f}"})
+                    "ratio_to_naive": f"{r['ratio_to_naive']:.4f}",
+                    "ratio_to_one_read": f"{r['ratio_to_one_read']:.3f}"})
     return buf.getvalue()
 
 
-def _write(out: Path, rows: list[dict[str, Any]], cases: list[BenchCase], bandwidth: float) -> dict[str, str]:
+def _write(out: Path, rows: list[dict[str, Any]], cases: list[BenchCase], bandwidth: float,
+           machine: list[str]) -> dict[str, str]:
     from . import _outdir, _plot
 
     table = [r for r in rows if not r["sweep"]] or rows
@@ -358,19 +397,19 @@ def _write(out: Path, rows: list[dict[str, Any]], cases: list[BenchCase], bandwi
                                                          [describe(cases[0])]) + ")"
     written = {
         "timings.csv": _outdir.write(out / "timings.csv", to_csv(rows).encode()),
-        "timings.png": _outdir.write(out / "timings.png", _plot.timings_chart(table, title)),
+        "timings.png": _outdir.write(out / "timings.png", _plot.timings_chart(table, title, machine)),
     }
     if _scaling_rows_possible(cases):
         sweep = [r for r in rows if r["sweep"]]
-        written["scaling.png"] = _outdir.write(out / "scaling.png", _plot.scaling_chart(sweep, bandwidth))
+        written["scaling.png"] = _outdir.write(out / "scaling.png", _plot.scaling_chart(sweep, bandwidth, machine))
     return written
 
 
-def _write_manifest(args: argparse.Namespace, repeats: int, seed: int, cases: list[BenchCase], bandwidth: float,
-                    files: dict[str, str]) -> None:
+def _write_manifest(args: argparse.Namespace, out: Path, repeats: int, seed: int, cases: list[BenchCase],
+                    bandwidth: float, files: dict[str, str]) -> None:
     from . import _manifest, _outdir
 
-    parts = ["stablesoftmax", "bench", "--out", str(args.out), "--repeats", str(repeats), "--seed", str(seed),
+    parts = ["stablesoftmax", "bench", "--out", _outdir.shown(out), "--repeats", str(repeats), "--seed", str(seed),
              "--suite", args.suite] + (["--only", args.only] if args.only else [])
     if args.force:
         parts.append("--force")
@@ -378,18 +417,23 @@ def _write_manifest(args: argparse.Namespace, repeats: int, seed: int, cases: li
                 "read_bandwidth_bytes_per_s": bandwidth,
                 "cases": [{"function": c.function, "shape": list(c.shape), "dtype": c.dtype} for c in cases]}
     manifest = _manifest.build(command=shlex.join(parts), settings=settings, files=files, inputs={})
-    _outdir.write(args.out / "manifest.json", _manifest.dumps(manifest))
+    _outdir.write(out / "manifest.json", _manifest.dumps(manifest))
 
 
 def summary(rows: list[dict[str, Any]], out: Path, bandwidth: float | None = None,
-            files: list[str] | None = None) -> str:
+            files: list[str] | None = None, machine: list[str] | None = None) -> str:
+    """The table, under the machine it was measured on (the CPU's vector features, the versions)."""
+    from . import _outdir
+
     head = (f"{'function':<24}{'shape':<11}{'dtype':<9}{'impl':<9}{'median us':>12}{'min us':>11}{'max us':>11}"
             f"{'vs naive':>10}{'vs 1 read':>11}")
-    lines = [head] + [
+    lines = [*(machine or []), head] + [
         f"{r['function']:<24}{r['shape']:<11}{r['dtype']:<9}{r['implementation']:<9}{r['median_s'] * 1e6:>12.1f}"
-        f"{r['min_s'] * 1e6:>11.1f}{r['max_s'] * 1e6:>11.1f}{r['ratio_to_naive']:>9.2f}x{r.get('ratio_to_one_read', float('nan')):>10.2f}x"
+        f"{r['min_s'] * 1e6:>11.1f}{r['max_s'] * 1e6:>11.1f}{r['ratio_to_naive']:>9.2f}x"
+        f"{r.get('ratio_to_one_read', float('nan')):>10.2f}x"
         for r in rows
     ]
     if bandwidth:
-        lines.append(f"single-thread read bandwidth: {bandwidth / 1e9:.1f} GB/s ('vs 1 read' divides by one read of the input)")
-    return "\n".join(lines + [f"wrote {out}/: {' '.join(files or FILES)}"])
+        lines.append(f"single-thread read bandwidth: {bandwidth / 1e9:.1f} GB/s "
+                     "('vs 1 read' divides by one read of the input)")
+    return "\n".join(lines + [f"wrote {_outdir.shown(out)}/: {' '.join(files or FILES)}"])
