@@ -76,12 +76,16 @@ def dist_version(name: str) -> str | None:
 
 
 def _git() -> dict[str, Any] | None:
-    """Commit and dirty flag of the repository holding the stablesoftmax source, if any."""
-    src = Path(__file__).resolve().parent
-    commit = _git_out(src, "rev-parse", "HEAD")
+    """Commit of the repository holding the stablesoftmax source, if any, and whether that source is dirty.
+
+    Only the package's own files count: a run that rewrites a committed example
+    must not call its own output a dirty source.
+    """
+    package = Path(__file__).resolve().parent.parent
+    commit = _git_out(package, "rev-parse", "HEAD")
     if commit is None:
         return None
-    status = _git_out(src, "status", "--porcelain", "--untracked-files=no")
+    status = _git_out(package, "status", "--porcelain", "--untracked-files=no", "--", ".")
     return {"commit": commit, "dirty": bool(status)}
 
 
