@@ -293,63 +293,74 @@ def check_class_weight(w: Array) -> None:
 def cross_entropy(x: Array, target: Array, xp: Any, *, grad: bool, g: Array | None = None,
                   **options: Any) -> tuple[Array, Array | None]:
     """``(loss, dloss/dx or None)`` in ``x``'s dtype."""
-    pb = ce_problem(x, target, xp, **options)
-    module = _numpy_ce_kernel(pb, xp)
+    module = _numpy_ce_kernel(x, xp, options)
     if module is not None:
-        return _kernel_ce(module, x, pb, xp, grad, g)
+        return _kernel_ce(module, x, target, options, grad, g)
+    pb = ce_problem(x, target, xp, **options)
     fwd = _reference.cross_entropy(pb, xp)
     loss = round_to(fwd.loss, x, xp)
     if not grad:
         return loss, None
-    gw = xp.astype(xp.asarray(1.0 if g is None else g), pb.x.dtype) if not hasattr(g, "dtype") else xp.astype(g, pb.x.dtype)
+    gw = xp.astype(g, pb.x.dtype) if hasattr(g, "dtype") else xp.asarray(1.0 if g is None else g, dtype=pb.x.dtype)
     return loss, round_to(_reference.cross_entropy_grad(pb, fwd, gw, xp), x, xp)
 
 
-def _numpy_ce_kernel(pb: _reference.Problem, xp: Any) -> Any:
-    if not is_numpy(xp) or pb.probs or pb.smoothing or pb.allowed is not None or pb.softcap is not None:
+def _numpy_ce_kernel(x: Array, xp: Any, options: dict[str, Any]) -> Any:
+    """The kernels, for the common training case on NumPy logits: class targets, no smoothing, mask or softcap."""
+    if not is_numpy(xp) or options["probs"] or options["smoothing"] or options["mask"] is not None:
         return None
-    if pb.x.shape[1] == 0:
+    if options["softcap"] is not None or x.shape[1] == 0 or x.dtype.kind != "f":
         return None
     return kernels()
 
 
-def _kernel_ce(module: Any, x: Array, pb: _reference.Problem, xp: Any, grad: bool, g: Any) -> tuple[Array, Any]:
-    """One kernel pass gives each row's state (and the softmax, for a gradient); the rest is the reference's."""
+def _kernel_ce(module: Any, x: np.ndarray, target: np.ndarray, options: dict[str, Any], grad: bool,
+               g: Any) -> tuple[Array, Any]:
+    """One kernel pass gives each row's state (and the softmax, for a gradient); the loss is the reference's.
+
+    The gradient is written over the kernel's softmax rows in their own dtype;
+    the target entry is formed in float64 (``p_y - 1 = -s / (1 + s)`` when
+    ``y`` is the max, with no cancellation), and only rows whose max is not
+    finite, or that do not count, are overwritten whole.
+    """
     x2 = _kernel_rows(x)
-    if grad:
-        p = np.empty(x2.shape, np.float64)
-        m, s = kernel_parts(module, x2, p)
-    else:
-        p, (m, s) = None, kernel_parts(module, x2)
-    st = _state.State(m, np.argmax(x2, axis=-1) if grad else np.zeros(len(m), np.int64), s)
-    alive = pb.counted & (m != -np.inf)
-    y = np.where(alive, pb.target, 0)
-    x_y = x2[np.arange(len(y)), y].astype(np.float64)
+    tgt = np.asarray(target).astype(np.int64, copy=False)
+    ignore, reduction, z_loss = options["ignore_index"], options["reduction"], options["z_loss"]
+    check_targets(tgt, x2.shape[1], ignore)
+    weight = None if options["weight"] is None else np.asarray(options["weight"], np.float64)
+    p = np.empty(x2.shape, x2.dtype) if grad else None
+    m, s = kernel_parts(module, x2, p)
+    alive = (tgt != ignore) & (m != -np.inf)
+    y = np.where(alive, tgt, 0)
+    rows = np.arange(len(y))
+    x_y = x2[rows, y].astype(np.float64)
+    st = _state.State(m, None, s)
     sh = _state.shift(x_y[:, None], m[:, None], np, exact=x2.dtype == np.float64)
     lp = _state.log_probs(sh, st, np)[:, 0]
-    wy = alive.astype(np.float64) if pb.weight is None else np.where(alive, pb.weight[y], 0.0)
+    wy = alive.astype(np.float64) if weight is None else np.where(alive, weight[y], 0.0)
     ce = np.where(alive & (wy != 0), -wy * lp, 0.0)
-    zt = None
-    if pb.z_loss:
-        lse = _state.lse(st, np)
-        zt = np.where(alive, pb.z_loss * lse * lse, 0.0)
-    loss = _reference.reduce_losses(ce, zt, wy, alive, pb.reduction, np)
+    lse = _state.lse(st, np)
+    zt = np.where(alive, z_loss * lse * lse, 0.0) if z_loss else None
+    loss = np.asarray(_reference.reduce_losses(ce, zt, wy, alive, reduction, np))
     if not grad:
-        return round_to(np.asarray(loss), x, xp), None
+        return round_to(loss, x, np), None
     fwd = _reference.Forward(st, None, None, alive, wy, loss)
+    pb = _reference.Problem(x2[:, :1], None, False, None, None, None, False, reduction, 0.0, z_loss, None)
     gw = np.asarray(1.0 if g is None else g, dtype=np.float64)
     ce_scale, z_scale = _reference.row_scales(pb, fwd, gw, np)
-    coef = wy * ce_scale
-    if pb.z_loss:
-        coef = coef + 2 * pb.z_loss * np.where(alive, _state.lse(st, np), 0.0) * z_scale
-    out = p * coef[:, None]
-    rows = np.arange(len(y))
-    at_max = st.k == y
-    near = -(wy * ce_scale) * s / (1 + s)  # p_y - 1 without the cancellation, when y is the max
-    out[rows, y] = np.where(at_max, near + (coef - wy * ce_scale) / (1 + s), out[rows, y] - wy * ce_scale)
-    out = np.where(np.isfinite(pb.x) & np.isfinite(m)[:, None] & alive[:, None], out, 0.0)
-    out[alive & np.isnan(m)] = np.nan
-    return round_to(np.asarray(loss), x, xp), round_to(out, x, xp)
+    onehot = wy * ce_scale
+    coef = onehot + (2 * z_loss * np.where(alive, lse, 0.0) * z_scale if z_loss else 0.0)
+    p *= coef.astype(p.dtype)[:, None]
+    at_max = x_y == m  # y is a max entry: p_y = 1 / (1 + s) exactly as the kernel wrote it
+    p_y = np.where(at_max, 1 / (1 + s), np.exp(lp))
+    g_y = np.where(at_max, -onehot * s / (1 + s) + (coef - onehot) / (1 + s), p_y * coef - onehot)
+    p[rows, y] = g_y
+    dead = ~(alive & np.isfinite(m))
+    p[dead] = 0.0  # ignored, dropped and +inf rows move nothing
+    p[alive & np.isnan(m)] = np.nan
+    minus_inf = alive & np.isfinite(m) & (x_y == -np.inf)
+    p[rows[minus_inf], y[minus_inf]] = 0.0  # a -inf target logit stays -inf under any finite change
+    return round_to(loss, x, np), round_to(p, x, np)
 
 
 def nll_loss(lp: Array, target: Array, xp: Any, *, weight: Array | None, ignore_index: int, reduction: str,

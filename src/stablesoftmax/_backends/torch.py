@@ -43,12 +43,8 @@ def _to_torch(result: Any, dev: Any) -> Any:
         return tuple(_to_torch(r, dev) for r in result)
     if result is None:
         return None
-    return torch.from_numpy(np.array(result, copy=True)).to(dev)
-
-
-def _fresh(t: Tensor, like: Tensor) -> Tensor:
-    """Custom ops may not return an input: copy where the computation handed one back."""
-    return t.clone() if t.data_ptr() == like.data_ptr() and t.numel() else t
+    arr = np.asarray(result)
+    return torch.from_numpy(arr if arr.flags.c_contiguous else arr.copy()).to(dev)  # fresh arrays: no copy
 
 
 # --------------------------------------------------------------------------
