@@ -115,6 +115,26 @@ class TestTorch:
         with pytest.raises(RuntimeError, match=r"stablesoftmax.cross_entropy_grad"):
             torch.autograd.functional.hessian(lambda z: ss.cross_entropy(z, y), x)
 
+    def test_linear_cross_entropy_backpropagates_to_hidden_weight_and_bias(self, rng):
+        torch = self.torch
+        F = torch.nn.functional
+        h = torch.tensor(rng.normal(size=(6, 4)), requires_grad=True)
+        w = torch.tensor(rng.normal(size=(9, 4)), requires_grad=True)
+        b = torch.tensor(rng.normal(size=9), requires_grad=True)
+        y = torch.tensor(rng.integers(0, 9, size=6))
+        ours = ss.linear_cross_entropy(h, w, y, bias=b, chunk_size=4, label_smoothing=0.1)
+        theirs = F.cross_entropy(h @ w.T + b, y, label_smoothing=0.1)
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+        for a, c in zip(torch.autograd.grad(ours, (h, w, b)), torch.autograd.grad(theirs, (h, w, b)), strict=True):
+            torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-14)
+
+    def test_linear_bias_at_minus_inf_gets_zero_gradient(self, rng):
+        h = rng.normal(size=(3, 2))
+        w = rng.normal(size=(4, 2))
+        b = np.array([0.0, -np.inf, 0.0, 0.0])
+        _, (_, _, d_b) = ss.linear_cross_entropy_with_grad(h, w, np.array([1, 0, 2]), bias=b)
+        assert d_b[1] == 0.0
+
     def test_compile_fullgraph_training_step(self, rng):
         torch = self.torch
         w0 = torch.tensor(rng.normal(size=(5, 3)))

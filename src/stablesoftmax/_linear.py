@@ -80,9 +80,32 @@ def linear_cross_entropy(
     --------
     linear_cross_entropy_with_grad, cross_entropy
     """
-    prob = _problem(hidden, weight, target, bias, chunk_size, class_weight, ignore_index, reduction,
-                    label_smoothing, z_loss, softcap)
+    options = dict(bias=bias, chunk_size=chunk_size, class_weight=class_weight, ignore_index=ignore_index,
+                   reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+    if D.library(hidden) == "torch":
+        return _torch_autograd(hidden, weight, target, options)
+    prob = _problem(hidden, weight, target, **options)
     return _restore(prob, _loss(prob, _forward(prob)))
+
+
+def _torch_autograd(hidden: Any, weight: Any, target: Any, options: dict[str, Any]) -> Any:
+    """PyTorch tensors: the loss, with ``backward()`` reaching hidden, weight and bias through our VJP.
+
+    The computation runs on the host (a view of CPU tensors), so under
+    ``torch.compile`` this call is a graph break, not a traced op.
+    """
+    bias = options.pop("bias")
+
+    def loss(h: Any, w: Any, b: Any) -> Any:
+        prob = _problem(h.detach(), w.detach(), target, None if b is None else b.detach(), **options)
+        return _restore(prob, _loss(prob, _forward(prob)))
+
+    def vjp(g: Any, h: Any, w: Any, b: Any) -> tuple[Any, Any, Any]:
+        _, grads = linear_cross_entropy_with_grad(h.detach(), w.detach(), target, g=g.detach(),
+                                                  bias=None if b is None else b.detach(), **options)
+        return grads
+
+    return D.backend(hidden).host_loss(loss, vjp, hidden, weight, bias)
 
 
 def linear_cross_entropy_with_grad(

@@ -297,3 +297,34 @@ def bce(x: Tensor, t: Tensor, xp_: Any, *, weight: Tensor | None, pos_weight: Te
     if grad:
         return _bce_grad(x, t, g, weight, pos_weight, reduction)
     return _bce(x, t, weight, pos_weight, reduction)
+
+
+# --------------------------------------------------------------------------
+# Losses computed on the host in one piece (the linear cross-entropy)
+# --------------------------------------------------------------------------
+
+
+class _HostLoss(torch.autograd.Function):
+    """A loss whose forward and VJP are host functions handed in: ``loss(*inputs)``, ``vjp(g, *inputs)``.
+
+    ``vjp`` returns one gradient per input (None where an input was None).
+    The functions come from the caller, so this file imports nothing above it.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, fns: tuple[Any, Any], *inputs: Tensor | None) -> Tensor:
+        ctx.fns = fns
+        ctx.save_for_backward(*inputs)
+        return fns[0](*inputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
+        return (None, *ctx.fns[1](g, *ctx.saved_tensors))
+
+
+def host_loss(loss: Any, vjp: Any, *inputs: Tensor | None) -> Tensor:
+    """``loss(*inputs)`` with autograd through ``vjp`` when any input requires grad."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return _HostLoss.apply((loss, vjp), *inputs)
+    return loss(*inputs)
