@@ -64,6 +64,27 @@ class TestMeasure:
         assert len(calls) == 1 + calibration + 7 * number
 
 
+class TestInterleaved:
+    def test_each_round_times_every_implementation_in_a_rotating_order(self):
+        calls = []
+        numbers, samples = bench.measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                                     repeats=4)
+        assert all(len(v) == 4 for v in samples.values())
+        # after the warm-up and the calibration of each, the rounds: a b, b a, a b, b a (number calls each)
+        rounds = calls[len(calls) - 4 * (numbers["a"] + numbers["b"]):]
+        na, nb = numbers["a"], numbers["b"]
+        expect = (["a"] * na + ["b"] * nb + ["b"] * nb + ["a"] * na) * 2
+        assert rounds == expect
+
+    def test_ratio_spread_is_per_round(self, one_run):
+        _, rows = one_run
+        for r in rows:
+            q1, q3 = float(r["ratio_q1"]), float(r["ratio_q3"])
+            assert 0 < q1 <= q3
+            if r["implementation"] == "naive":
+                assert q1 == q3 == 1.0  # each round's naive time divided by itself
+
+
 class TestExtending:
     def test_each_case_has_its_own_naive_ratio(self, monkeypatch, tmp_path):
         cases = (bench.BenchCase("logsumexp", (4, 8)), bench.BenchCase("softmax", (2, 16), "float32"))

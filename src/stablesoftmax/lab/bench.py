@@ -8,10 +8,13 @@ float64 shapes, and a
 sweep of widths for ``scaling.png``, time against bytes on log-log axes with
 the machine's single-thread read bandwidth drawn as a line. Each (case, implementation)
 pair is timed ``--repeats`` times; one repeat runs the call enough times to
-last at least a millisecond and records the time per call. ``timings.csv``
-gives the median, min and max of those repeats and the ratio of the median to
-the naive median of the same case, measured in the same run. Medians, because
-the machine is shared and noisy. Every implementation runs on one thread
+last at least a millisecond and records the time per call. The repeats are
+interleaved: each round times every implementation of a case once, in a
+rotating order, so that a burst of load on a shared machine falls on all of
+them alike. ``timings.csv`` gives the median, min and max of the repeats, the
+ratio of the median to the naive median of the same case, and the quartiles
+(``ratio_q1``, ``ratio_q3``) of the ratio taken round by round, its spread.
+Medians, because the machine is shared and noisy. Every implementation runs on one thread
 (PyTorch is set to one), so the ratios compare algorithms, not core counts.
 
 With no ``--out`` the lab suite writes into ``out/<date>-phase-05-logsumexp/``
@@ -44,11 +47,11 @@ import numpy as np
 
 from .. import ArgumentError
 
-__all__ = ["add_parser", "run", "BenchCase", "CASES", "BINDERS", "COLUMNS", "measure"]
+__all__ = ["add_parser", "run", "BenchCase", "CASES", "BINDERS", "COLUMNS", "measure", "measure_interleaved"]
 
 FILES = ("timings.csv", "timings.png", "manifest.json")
 COLUMNS = ("function", "shape", "dtype", "implementation", "version", "repeats", "calls_per_repeat",
-           "median_s", "min_s", "max_s", "ratio_to_naive", "ratio_to_one_read")
+           "median_s", "min_s", "max_s", "ratio_to_naive", "ratio_q1", "ratio_q3", "ratio_to_one_read")
 MIN_REPEAT_S = 1e-3  # one repeat lasts at least this long, so the timer's resolution does not matter
 MIN_REPEATS, MAX_REPEATS = 3, 10_000  # a median needs three; ten thousand repeats of the lab case take minutes
 LAB02_DIR = "phase-05-logsumexp"  # lab 02: experiments/<date>-phase-05-logsumexp/timings.csv
@@ -306,11 +309,31 @@ def _bounded_int(option: str, text: str, *, minimum: int, maximum: int | None = 
 
 def measure(thunk: Thunk, repeats: int) -> tuple[int, list[float]]:
     """Seconds per call over ``repeats`` repeats, and how many calls each repeat made."""
-    thunk()  # warm-up: first-call costs (imports, caches) are not what we measure
-    number = 1
-    while _timed(thunk, number) < MIN_REPEAT_S:
-        number *= 2
-    return number, [_timed(thunk, number) / number for _ in range(repeats)]
+    numbers, samples = measure_interleaved({"": thunk}, repeats)
+    return numbers[""], samples[""]
+
+
+def measure_interleaved(thunks: dict[str, Thunk], repeats: int) -> tuple[dict[str, int], dict[str, list[float]]]:
+    """Seconds per call of each thunk over ``repeats`` rounds, and the calls per repeat of each.
+
+    Every round times each thunk once, in an order that rotates from round to
+    round, so that a burst of load on a shared machine falls on all of them
+    alike: a ratio taken within a round compares like with like.
+    """
+    numbers = {}
+    for name, thunk in thunks.items():
+        thunk()  # warm-up: first-call costs (imports, caches) are not what we measure
+        number = 1
+        while _timed(thunk, number) < MIN_REPEAT_S:
+            number *= 2
+        numbers[name] = number
+    names = list(thunks)
+    samples: dict[str, list[float]] = {name: [] for name in thunks}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(_timed(thunks[name], numbers[name]) / numbers[name])
+    return numbers, samples
 
 
 def _timed(thunk: Thunk, number: int) -> float:
@@ -328,18 +351,22 @@ def time_case(case: BenchCase, *, repeats: int, seed: int, say: Callable[[str], 
     rng = np.random.default_rng(seed)
     x = rng.normal(0.0, 3.0, size=case.shape).astype(parse_dtype(case.dtype))
     y = rng.integers(0, case.shape[-1], size=case.shape[:-1])
-    rows = []
+    thunks = {}
     for impl, bind in BINDERS.items():
         thunk = bind(case.function, x, y)
         if thunk is None:
             say(f"  {impl}: not installed or no such function, skipped")
-            continue
-        say(f"timing {impl} {describe(case)} ({repeats} repeats) ...")
-        number, samples = _quiet(measure, thunk, repeats)
-        rows.append(_row(case, impl, repeats, number, samples))
-    naive_median = next(r["median_s"] for r in rows if r["implementation"] == "naive")
+        else:
+            thunks[impl] = thunk
+    say(f"timing {', '.join(thunks)} on {describe(case)} ({repeats} interleaved rounds) ...")
+    numbers, samples = _quiet(measure_interleaved, thunks, repeats)
+    rows = [_row(case, impl, repeats, numbers[impl], samples[impl]) for impl in thunks]
+    naive = samples["naive"]
     for r in rows:
-        r["ratio_to_naive"] = r["median_s"] / naive_median
+        per_round = [t / n for t, n in zip(samples[r["implementation"]], naive, strict=True)]
+        q1, _, q3 = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
+        r["ratio_to_naive"] = r["median_s"] / statistics.median(naive)
+        r["ratio_q1"], r["ratio_q3"] = q1, q3  # the spread of the ratio within a round
         r["ratio_to_one_read"] = r["median_s"] / (case.nbytes / bandwidth) if bandwidth else float("nan")
         r["sweep"] = case in SCALING  # drawn in scaling.png rather than the bar chart
     return rows
@@ -383,7 +410,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     w.writeheader()
     for r in rows:
         w.writerow({**r, **{k: f"{r[k]:.6e}" for k in ("median_s", "min_s", "max_s")},
-                    "ratio_to_naive": f"{r['ratio_to_naive']:.4f}",
+                    "ratio_to_naive": f"{r['ratio_to_naive']:.4f}", "ratio_q1": f"{r['ratio_q1']:.4f}",
+                    "ratio_q3": f"{r['ratio_q3']:.4f}",
                     "ratio_to_one_read": f"{r['ratio_to_one_read']:.3f}"})
     return buf.getvalue()
 
@@ -426,11 +454,11 @@ def summary(rows: list[dict[str, Any]], out: Path, bandwidth: float | None = Non
     from . import _outdir
 
     head = (f"{'function':<24}{'shape':<11}{'dtype':<9}{'impl':<9}{'median us':>12}{'min us':>11}{'max us':>11}"
-            f"{'vs naive':>10}{'vs 1 read':>11}")
+            f"{'vs naive':>10}{'per round, q1-q3':>18}{'vs 1 read':>11}")
     lines = [*(machine or []), head] + [
         f"{r['function']:<24}{r['shape']:<11}{r['dtype']:<9}{r['implementation']:<9}{r['median_s'] * 1e6:>12.1f}"
         f"{r['min_s'] * 1e6:>11.1f}{r['max_s'] * 1e6:>11.1f}{r['ratio_to_naive']:>9.2f}x"
-        f"{r.get('ratio_to_one_read', float('nan')):>10.2f}x"
+        f"{r['ratio_q1']:>11.2f}-{r['ratio_q3']:.2f}x{r.get('ratio_to_one_read', float('nan')):>10.2f}x"
         for r in rows
     ]
     if bandwidth:
