@@ -203,6 +203,32 @@ class TestJax:
         np.testing.assert_array_equal(np.asarray(getattr(ss, fn)(jnp.asarray(x))), getattr(ss, fn)(x))
 
 
+class TestFloat32Compute:
+    """Where a device has no float64 (JAX without x64, Apple MPS) the compute dtype is float32.
+
+    The shift keeps its TwoSum term there; the goals this path meets, in ulps of
+    the correctly rounded float32 result (the float64 path, itself held to
+    mpmath in tests/test_accuracy.py): logsumexp 1, log_softmax 2, softmax 4.
+    """
+
+    jax = pytest.importorskip("jax")
+    GOALS = {"logsumexp": 1.0, "log_softmax": 2.0, "softmax": 4.0}
+
+    @pytest.mark.parametrize("scale", [1.0, 10.0, 100.0, 1000.0])
+    @pytest.mark.parametrize("fn", REDUCTIONS)
+    def test_within_its_goals(self, fn, scale, rng):
+        jax = self.jax
+        assert not jax.config.read("jax_enable_x64")
+        x = (rng.normal(size=(64, 1000)) * scale).astype(np.float32)
+        want = np.asarray(getattr(ss, fn)(x), np.float64)
+        got = getattr(ss, fn)(jax.numpy.asarray(x))
+        assert got.dtype == jax.numpy.float32
+        fin = np.isfinite(want)
+        spacing = np.spacing(np.abs(want[fin]).astype(np.float32)).astype(np.float64)
+        err = np.abs(np.asarray(got, np.float64)[fin] - want[fin]) / spacing
+        assert err.max() <= self.GOALS[fn]
+
+
 class TestArrayApiStrict:
     xps = pytest.importorskip("array_api_strict")
 
