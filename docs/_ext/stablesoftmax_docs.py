@@ -256,46 +256,7 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text)
 
 
-# --------------------------------------------------------------------------
-# A stopgap for one docstring defect, until its fix lands at the source
-# --------------------------------------------------------------------------
-
-_SPECIAL = "    Special values (one table for the whole family, ``stablesoftmax.CONTRACT``):\n"
-
-
-def _special_values_into_notes(doc: str) -> str:
-    """Move the contract block that ``_contract.documented`` appends into a Notes section.
-
-    The decorator inserts the block before ``References`` or ``Examples``; in a
-    docstring without Notes or References that puts it inside ``See Also``,
-    which numpydoc cannot parse. The fix belongs in ``_contract.documented``
-    (/work/notes/requests-packaging.md); this moves the block only in the text
-    the documentation reads, and does nothing once the block already sits in
-    Notes.
-    """
-    start = doc.find(_SPECIAL)
-    see_also, notes = doc.find("    See Also\n"), doc.find("    Notes\n    -----\n")
-    if start < 0 or see_also < 0 or start < see_also or 0 <= notes < start:
-        return doc
-    end = min(i for i in (doc.find("    References\n", start), doc.find("    Examples\n", start), len(doc)) if i >= 0)
-    block, rest = doc[start:end], doc[:start] + doc[end:]
-    if notes >= 0:  # a Notes section after See Also: the block goes at its end
-        nxt = [i for i in (rest.find("    References\n", notes), rest.find("    Examples\n", notes)) if i >= 0]
-        at = min(nxt) if nxt else len(rest)
-        return rest[:at] + block + rest[at:]
-    at = end - len(block)
-    return rest[:at] + "    Notes\n    -----\n" + block + rest[at:]
-
-
-def _fix_public_docstrings() -> None:
-    for name in stablesoftmax.__all__:
-        obj = getattr(stablesoftmax, name)
-        if inspect.isfunction(obj) and obj.__doc__:
-            obj.__doc__ = _special_values_into_notes(obj.__doc__)
-
-
 def setup(app: Sphinx) -> dict[str, Any]:
-    _fix_public_docstrings()
     app.add_directive("contract-table", ContractTable)
     app.add_directive("command-output", CommandOutput)
     app.add_directive("accuracy-goals", AccuracyGoals)
