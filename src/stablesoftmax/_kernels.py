@@ -1,36 +1,48 @@
-"""Compiled CPU kernels for rows of float32 and float64: numba, single-threaded.
+"""Compiled CPU kernels for rows of float32 and float64: numba, one thread unless asked.
 
-The algorithm is the one of :mod:`stablesoftmax._reductions` (Blanchard,
-Higham & Higham 2021): per row the exact max ``m``, the sum ``s`` of the terms
-``exp(x_i - m)`` other than the max term (excluded by index, so ``log1p``
-keeps ``s`` when it is far below one ulp of 1), ``lse = m + log1p(s)``,
-``log_softmax = (x - m) - log1p(s)``, ``softmax = exp(x - m) / (1 + s)``.
-What the kernels add is speed:
+Each kernel computes, per row, the state of :mod:`stablesoftmax._state`
+(Blanchard, Higham & Higham 2021): the max ``m``, the index ``k`` of its
+first occurrence, and ``s``, the sum of ``exp(x_i - m)`` over ``i != k``, in
+float64, so that ``lse = m + log1p(s)``, ``log_softmax = (x - m) - log1p(s)``
+and ``softmax = exp(x - m) / (1 + s)``. Rows whose max is not finite follow
+the same formulas under the state's shift rule (``x_i - m`` is 0 where
+``x_i == m``, ``-inf`` everywhere when ``m = -inf``), so the kernels hold no
+table of special values: an all ``-inf`` or all-masked row has ``m = -inf,
+s = 0``; a row with ``+inf`` has ``m = +inf`` and ``s`` the number of
+``+inf`` entries less one; a row with NaN has ``m = s = NaN``. A masked
+entry (``where`` False) is exactly a ``-inf`` entry, whatever it holds.
 
-* ``exp`` is written out so that LLVM vectorises it (4 doubles per AVX2
-  register): ``d = n ln2 + r`` with ``n`` rounded by the 1.5 * 2**52 shifter
-  trick, a polynomial for ``exp(r)`` on ``|r| <= ln2/2``, and ``2**n`` built by
-  integer bit manipulation (no libm call, no float-to-int conversion, which
-  AVX2 lacks for int64). Cephes, SLEEF and Tang's table-free variants all use
-  this shape; the coefficients here are our own (Chebyshev interpolation in
-  mpmath, see ``_exp_wide``).
-* float32 input is computed in float64 (``x - m`` is then exact) with a
-  degree-9 polynomial and a one-constant reduction, relative error <= 4.1e-14
-  against mpmath over [-708, 0]: the float32 result is rounded once from a
+What the kernels add to the reference is speed:
+
+* ``exp`` is written out so that LLVM vectorises it: ``d = n ln2 + r`` with
+  ``n`` rounded by the 1.5 * 2**52 shifter trick, a polynomial for
+  ``exp(r)`` on ``|r| <= ln2/2``, and ``2**n`` built by integer bit
+  manipulation (no libm call, and no float-to-int64 conversion, which AVX2
+  lacks). The coefficients are Chebyshev interpolants computed in mpmath.
+* float32 input is computed in float64, where ``x - m`` is exact, with a
+  degree-9 polynomial and a one-constant reduction: relative error
+  <= 4.1e-14 over [-708, 0], so the float32 result is rounded once from a
   value far more accurate than its half ulp.
 * float64 input uses a two-constant Cody-Waite reduction, a degree-11
-  polynomial (relative error 1.7e-17) and correctly scaled subnormal results
-  (max 1.002 ulp against mpmath at 40 000 points of [-745, 0]), and carries
-  the rounding error of ``x - m`` (TwoSum), as the NumPy path does.
-* Two sweeps per row: the max, then the sum of terms. The max of row ``i+1``
-  is taken inside the sum sweep of row ``i``, so the read of the next row from
-  memory overlaps the arithmetic of this one; the sum sweep reads the row from
-  cache. The sum is vectorised in blocks (the order inside a block is the
-  vector lanes'), and the block sums are added with Neumaier's compensated
-  summation, so the summation error does not grow with ``K``.
+  polynomial (relative error 1.7e-17) and correctly scaled subnormal
+  results (max 1.002 ulp against mpmath over [-745, 0]), and carries the
+  rounding error of ``x - m`` (TwoSum) into each term, as the reference does.
+* Two sweeps per row: the max, then the terms. The max of row ``i + 1`` is
+  taken inside the term sweep of row ``i``, so the read of the next row from
+  memory overlaps this row's arithmetic; the term sweep reads from cache.
+  Terms are summed in blocks (inside a block the order is the vector
+  lanes'), and the block sums with Neumaier's compensated addition, so the
+  error does not grow with the row length.
+* Softmax, log-softmax and the cross-entropy gradient are written by a third
+  sweep over the cached row, rounded once to the output dtype.
 
-Special values follow :mod:`stablesoftmax._contract` row by row; such rows
-(max not finite) take a scalar path.
+Every kernel drops the GIL. ``threads=n`` splits the rows into ``n`` bands
+run at once; each row is computed exactly as on one thread. It is off by
+default (``threads=1``) so that measured ratios stay single-threaded.
+
+The machine code is AVX2 (ymm registers) on x86 with AVX2, whatever AVX-512
+the CPU has: LLVM's cost model prefers 256-bit vectors on Intel's AVX-512
+CPUs, and this module asks for no more (see ``benchmarks/README.md``).
 
 Importing this module imports numba (about 0.3 s); import it lazily, only
 where a kernel will run. Kernels are compiled on first use and cached on disk.
@@ -41,20 +53,33 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._errors import DtypeError, ShapeError
+from ._errors import ArgumentError, DtypeError, ShapeError, TargetError
 
 try:
     import numba
     from llvmlite import ir
     from numba import types
-    from numba.extending import intrinsic
+    from numba.extending import intrinsic, overload
 except ImportError:  # numba is an optional dependency (extra "fast")
     numba = None
 
-__all__ = ["available", "lse_rows", "lse_parts_rows", "softmax_rows", "softmax_parts_rows", "log_softmax_rows", "lse_vector"]
+__all__ = [
+    "available",
+    "state_rows",
+    "cross_entropy_rows",
+    "CrossEntropyRows",
+    "lse_rows",
+    "lse_parts_rows",
+    "softmax_rows",
+    "softmax_parts_rows",
+    "log_softmax_rows",
+    "lse_vector",
+]
 
 _DISABLE_ENV = "STABLESOFTMAX_DISABLE_KERNELS"
 # Terms per vectorised partial sum; block sums are added with compensation.
@@ -63,6 +88,7 @@ _DISABLE_ENV = "STABLESOFTMAX_DISABLE_KERNELS"
 # does not see it, and there longer blocks save the per-block overhead.
 _BLOCK_WIDE = 64
 _BLOCK_NARROW = 1024
+_LSE, _SOFTMAX, _LOG_SOFTMAX, _CE_GRAD = 0, 1, 2, 3  # what the third sweep writes
 
 
 def available() -> bool:
@@ -70,78 +96,284 @@ def available() -> bool:
     return numba is not None and os.environ.get(_DISABLE_ENV, "") != "1"
 
 
-def lse_parts_rows(x: np.ndarray, *, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """``(m, s)`` per row of a C-contiguous 2-D float32/float64 array.
+# --------------------------------------------------------------------------
+# The state, and the reductions over it
+# --------------------------------------------------------------------------
 
-    ``m`` is the row max and ``s`` the sum of ``exp(x_i - m)`` over every
-    entry but the (first) max, both float64, so that ``lse = m + log1p(s)``.
-    Rows without mass give ``m = -inf, s = 0``; rows with ``+inf`` (and no
-    NaN) ``m = +inf, s = 0``; rows with NaN ``m = s = NaN``. ``threads > 1``
-    splits the rows over that many threads (worth it for large inputs only).
+
+def state_rows(
+    x: np.ndarray, /, *, where: np.ndarray | None = None, out: np.ndarray | None = None, log: bool = False,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The state ``(m, k, s)`` of each row of ``x``; with ``out``, its softmax (or log-softmax) too.
+
+    Parameters
+    ----------
+    x : ndarray, shape ``[N, K]``, float32 or float64, C-contiguous
+    where : ndarray of bool, shape ``[N, K]``, C-contiguous, optional
+        False entries count as ``-inf``, whatever they hold (NaN included).
+    out : ndarray, shape ``[N, K]``, float64 or ``x``'s dtype, optional
+        Receives ``softmax`` (``log=False``) or ``log_softmax`` (``log=True``)
+        of every row, special rows included, rounded once.
+    threads : int, default 1
+
+    Returns
+    -------
+    m : float64 ``[N]``
+    k : int64 ``[N]``
+        First index of the max (of the first NaN in a NaN row, as ``argmax``);
+        0 for a row without mass; -1 when ``K = 0``.
+    s : float64 ``[N]``
+        ``sum_{i != k} exp(x_i - m)``; see the module docstring for rows whose
+        max is not finite.
     """
-    x = _check_rows(x)
-    return _run(x, np.empty((x.shape[0], 0)), _LSE, threads)
+    x, where = _check_rows(x), _check_where(x, where)
+    kind = _SOFTMAX if out is not None and not log else _LOG_SOFTMAX if out is not None else _LSE
+    return _run_rows(x, where, _check_out(x, out) if out is not None else _NO_OUT, kind, threads)
 
 
-def lse_rows(x: np.ndarray, *, threads: int = 1) -> np.ndarray:
+def lse_rows(x: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
     """logsumexp of each row of a C-contiguous 2-D float32/float64 array, as float64."""
-    m, s = lse_parts_rows(x, threads=threads)
-    return m + np.log1p(s)
+    m, _, s = state_rows(x, where=where, threads=threads)
+    return np.asarray(m + np.log1p(s))
 
 
-def softmax_rows(x: np.ndarray, out: np.ndarray, *, threads: int = 1) -> None:
+def lse_parts_rows(x: np.ndarray, *, where: np.ndarray | None = None,
+                   threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(m, s)`` per row, as :func:`state_rows` but with ``s = 0`` on rows whose max is ``+inf``.
+
+    The older convention, kept for its callers: rows without mass give
+    ``m = -inf, s = 0``; rows with ``+inf`` (and no NaN) ``m = +inf, s = 0``;
+    rows with NaN ``m = s = NaN``.
+    """
+    m, _, s = state_rows(x, where=where, threads=threads)
+    return m, _zero_at_inf(m, s)
+
+
+def softmax_rows(x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1) -> None:
     """Write the softmax of each row of ``x`` into ``out`` (float64, or ``x``'s dtype)."""
-    _run(_check_rows(x), _check_out(x, out), _SOFTMAX, threads)
+    state_rows(x, where=where, out=out, threads=threads)
 
 
-def softmax_parts_rows(x: np.ndarray, out: np.ndarray, *, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def softmax_parts_rows(x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None,
+                       threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """:func:`softmax_rows`, also returning the ``(m, s)`` of :func:`lse_parts_rows` from the same pass."""
-    return _run(_check_rows(x), _check_out(x, out), _SOFTMAX, threads)
+    m, _, s = state_rows(x, where=where, out=out, threads=threads)
+    return m, _zero_at_inf(m, s)
 
 
-def log_softmax_rows(x: np.ndarray, out: np.ndarray, *, threads: int = 1) -> None:
+def log_softmax_rows(x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1) -> None:
     """Write the log-softmax of each row of ``x`` into ``out`` (float64, or ``x``'s dtype)."""
-    _run(_check_rows(x), _check_out(x, out), _LOG_SOFTMAX, threads)
+    state_rows(x, where=where, out=out, log=True, threads=threads)
 
 
-_LSE, _SOFTMAX, _LOG_SOFTMAX = 0, 1, 2  # ``kind`` inside the kernels
+def lse_vector(x: np.ndarray) -> float:
+    """logsumexp of a C-contiguous 1-D float32/float64 array, as a Python float.
+
+    The same computation as :func:`lse_rows`, in one compiled call, for
+    short vectors where the overhead of the general path would dominate.
+    """
+    m, s = _vector_parts(_check_vector(x))
+    return float(m + math.log1p(s)) if math.isfinite(m) else float(m)
+
+
+def _zero_at_inf(m: np.ndarray, s: np.ndarray) -> np.ndarray:
+    top = m == np.inf
+    if top.any():
+        s[top] = 0.0
+    return s
+
+
+# --------------------------------------------------------------------------
+# Cross-entropy: the loss parts and the gradient in the same sweeps
+# --------------------------------------------------------------------------
+
+
+class CrossEntropyRows(NamedTuple):
+    """What :func:`cross_entropy_rows` returns, per row (all ``[N]``).
+
+    ``m, k, s`` are the state of :func:`state_rows`. ``x_target`` is
+    ``x[n, target[n]]`` as float64 (``-inf`` where that entry is masked).
+    With label smoothing, ``shift_sum`` is ``sum_c w_c (x_c - m)`` over the
+    allowed classes (the TwoSum errors of float64 input included; ``-inf``
+    when an allowed logit is ``-inf``), ``allowed`` their number and
+    ``weight_sum`` their ``sum_c w_c``; without smoothing these three are 0.
+    """
+
+    m: np.ndarray
+    k: np.ndarray
+    s: np.ndarray
+    x_target: np.ndarray
+    shift_sum: np.ndarray
+    allowed: np.ndarray
+    weight_sum: np.ndarray
+
+
+def cross_entropy_rows(
+    x: np.ndarray, target: np.ndarray, /, *, where: np.ndarray | None = None, weight: np.ndarray | None = None,
+    label_smoothing: float = 0.0, grad: np.ndarray | None = None, g: np.ndarray | None = None,
+    z_grad: np.ndarray | None = None, threads: int = 1,
+) -> CrossEntropyRows:
+    r"""Cross-entropy loss parts of each row and, with ``grad``, its gradient, in one pass of ``exp``.
+
+    With ``a`` the smoothing, ``K_n`` the allowed classes, ``W_n = sum w_c``
+    over them, ``L = log1p(s)``, ``d_y = x_y - m``, ``D = shift_sum``, the loss
+    is
+
+    .. math:: \ell_n = (1 - a) w_y (L - d_y) + \frac{a}{K_n} (W_n L - D)
+
+    (all terms >= 0: no cancellation). The gradient row written into ``grad``
+    is ``g_n (A p_c - a_c) + z_n lse_n p_c`` with ``a_c`` the weighted target
+    mass ``(1 - a) w_y [c = y] + (a / K_n) w_c``, ``A = sum_c a_c``; at the
+    max ``k`` it is computed as ``((A - a_k) - a_k s) / (1 + s)``, which does
+    not cancel when ``p_k`` rounds to 1.
+
+    Parameters
+    ----------
+    x : ndarray ``[N, C]``, float32 or float64, C-contiguous, ``C >= 1``
+    target : ndarray ``[N]`` of int64 in ``[0, C)``
+        Map ignored elements to any valid class and give them ``g = 0``.
+    where : ndarray of bool ``[N, C]``, optional
+    weight : ndarray ``[C]`` of float64, optional
+        Class weights (1 when None).
+    label_smoothing : float in [0, 1]
+    grad : ndarray ``[N, C]``, float64 or ``x``'s dtype, C-contiguous, optional
+        Receives the gradient, rounded once. Masked entries and ``+-inf``
+        logits get 0, rows whose max is ``+-inf`` get 0, NaN rows NaN
+        (whatever ``g``: the caller zeroes rows that are not live).
+    g : ndarray ``[N]`` of float64
+        Required with ``grad``: each row's cotangent times the reduction's
+        factor (``g / sum w_y`` for a mean), not including ``w_y``.
+    z_grad : ndarray ``[N]`` of float64, optional
+        The z-loss term's factor ``2 z g_z``; the gradient gains ``z_grad lse p``.
+    threads : int, default 1
+
+    Returns
+    -------
+    CrossEntropyRows
+    """
+    x, where = _check_rows(x), _check_where(x, where)
+    y, w, alpha, grad, g, z_grad = _check_ce(x, target, weight, label_smoothing, grad, g, z_grad)
+    n = x.shape[0]
+    parts = CrossEntropyRows(np.empty(n), np.empty(n, np.int64), np.empty(n), np.empty(n), np.zeros(n),
+                             np.zeros(n, np.int64), np.zeros(n))
+
+    def band(r: slice) -> None:
+        _ce_kernel(x[r], _band(where, r), y[r], w, alpha, _band(grad, r), _band(g, r), _band(z_grad, r),
+                   *(a[r] for a in parts))
+
+    _in_bands(n, threads, band)
+    return parts
+
+
+# --------------------------------------------------------------------------
+# Argument checks: the callers dispatch only what the kernels were built for
+# --------------------------------------------------------------------------
+
+_NO_OUT = np.empty((0, 0))
 
 
 def _check_rows(x: np.ndarray) -> np.ndarray:
-    """Reject what the kernels were not compiled for: the caller dispatches only these."""
     if numba is None:
         raise RuntimeError("stablesoftmax kernels need numba (pip install 'stablesoftmax[fast]').")
     if not (isinstance(x, np.ndarray) and x.dtype.char in "fd"):  # float32, float64
-        raise DtypeError(f"x is {type(x).__name__} of dtype {getattr(x, 'dtype', None)}; kernels take float32 or float64 ndarrays.")
+        raise DtypeError(f"x is {type(x).__name__} of dtype {getattr(x, 'dtype', None)}; "
+                         "kernels take float32 or float64 ndarrays.")
     if x.ndim != 2 or not x.flags.c_contiguous:
-        raise ShapeError(f"x has shape {x.shape} (C-contiguous: {x.flags.c_contiguous}); kernels take C-contiguous 2-D rows.")
+        raise ShapeError(f"x has shape {x.shape} (C-contiguous: {x.flags.c_contiguous}); "
+                         "kernels take C-contiguous 2-D rows.")
     return x
 
 
-def _check_out(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+def _check_where(x: np.ndarray, where: np.ndarray | None) -> np.ndarray | None:
+    if where is None:
+        return None
+    if not (isinstance(where, np.ndarray) and where.dtype == np.bool_):
+        raise DtypeError(f"where has dtype {getattr(where, 'dtype', None)}; kernels take a bool ndarray.")
+    if where.shape != x.shape or not where.flags.c_contiguous:
+        raise ShapeError(f"where has shape {where.shape}; it must be C-contiguous of x's shape {x.shape}.")
+    return where
+
+
+def _check_out(x: np.ndarray, out: np.ndarray, name: str = "out") -> np.ndarray:
     if not (isinstance(out, np.ndarray) and out.shape == x.shape and out.flags.c_contiguous):
-        raise ShapeError(f"out has shape {getattr(out, 'shape', None)}; it must be C-contiguous of x's shape {x.shape}.")
+        raise ShapeError(f"{name} has shape {getattr(out, 'shape', None)}; "
+                         f"it must be C-contiguous of x's shape {x.shape}.")
     if out.dtype.char != "d" and out.dtype != x.dtype:
-        raise DtypeError(f"out has dtype {out.dtype}; allowed: float64 or x's dtype {x.dtype}.")
+        raise DtypeError(f"{name} has dtype {out.dtype}; allowed: float64 or x's dtype {x.dtype}.")
     return out
 
 
-def _run(x: np.ndarray, out: np.ndarray, kind: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run the kernel over all rows, or over ``threads`` bands of rows at once (it drops the GIL)."""
-    n = x.shape[0]
-    m, s = np.empty(n), np.empty(n)
-    wide = x.dtype.char == "d"
-    bands = 1 if threads == 1 else max(1, min(int(threads), n))
-    if bands == 1:
-        _rows_kernel(x, m, s, out, kind, wide)
-        return m, s
-    from concurrent.futures import ThreadPoolExecutor
+def _row_vector(a: Any, n: int, name: str, dtype: Any) -> np.ndarray:
+    arr = np.ascontiguousarray(a, dtype=dtype)
+    if arr.shape != (n,):
+        raise ShapeError(f"{name} has shape {arr.shape}; it must be ({n},).")
+    return arr
 
+
+def _check_ce(x, target, weight, alpha, grad, g, z_grad):
+    n, c = x.shape
+    if c == 0:
+        raise ShapeError(f"x has shape {x.shape}; cross_entropy_rows needs at least one class.")
+    y = _row_vector(target, n, "target", np.int64)
+    if n and (y.min() < 0 or y.max() >= c):
+        bad = int(y[(y < 0) | (y >= c)][0])
+        raise TargetError(f"target holds {bad}; class indices must be in [0, {c}).")
+    w = None if weight is None else _row_vector(weight, c, "weight", np.float64)
+    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+        raise ArgumentError(f"label_smoothing={alpha!r}; it must be a float in [0, 1].")
+    if grad is not None:
+        grad = _check_out(x, grad, "grad")
+        if g is None:
+            raise ArgumentError("g is None; a gradient needs each row's cotangent g.")
+        g = _row_vector(g, n, "g", np.float64)
+    z_grad = None if z_grad is None or grad is None else _row_vector(z_grad, n, "z_grad", np.float64)
+    return y, w, float(alpha), grad, g, z_grad
+
+
+def _check_vector(x: np.ndarray) -> np.ndarray:
+    if x.dtype.char not in "fd" or x.ndim != 1 or not x.flags.c_contiguous or x.size == 0:
+        raise ShapeError(f"x of shape {x.shape} and dtype {x.dtype}: lse_vector takes a non-empty "
+                         "contiguous 1-D float32/float64 array.")
+    return x
+
+
+# --------------------------------------------------------------------------
+# Bands of rows on threads
+# --------------------------------------------------------------------------
+
+_POOLS: dict[int, Any] = {}
+
+
+def _band(a: np.ndarray | None, r: slice) -> np.ndarray | None:
+    return None if a is None or a is _NO_OUT else a[r]
+
+
+def _in_bands(n: int, threads: int, run: Callable[[slice], None]) -> None:
+    """``run`` over all rows, or over ``threads`` bands of rows at once (the kernels drop the GIL)."""
+    if not (isinstance(threads, int) and threads >= 1):
+        raise ArgumentError(f"threads={threads!r}; it must be an int >= 1.")
+    bands = max(1, min(threads, n))
+    if bands == 1:
+        run(slice(0, n))
+        return
+    if bands not in _POOLS:  # kept: starting threads costs more than a small call
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOLS[bands] = ThreadPoolExecutor(bands, thread_name_prefix="stablesoftmax")
     cuts = np.linspace(0, n, bands + 1).astype(int)
-    spans = [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
-    with ThreadPoolExecutor(bands) as pool:
-        list(pool.map(lambda r: _rows_kernel(x[r], m[r], s[r], out[r], kind, wide), spans))
-    return m, s
+    list(_POOLS[bands].map(run, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]))
+
+
+def _run_rows(x: np.ndarray, where: np.ndarray | None, out: np.ndarray, kind: int,
+              threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = x.shape[0]
+    m, k, s = np.empty(n), np.empty(n, np.int64), np.empty(n)
+    def band(r: slice) -> None:
+        _rows_kernel(x[r], _band(where, r), out[r] if kind else out, kind, m[r], k[r], s[r])
+
+    _in_bands(n, threads, band)
+    return m, k, s
 
 
 if numba is not None:
@@ -172,7 +404,7 @@ if numba is not None:
         The nnan/nsz flags are what lets the reduction share a loop with the
         sum of terms. With a NaN operand the result is then either operand or
         NaN; every caller copes: a NaN or ignored NaN in a row still ends as a
-        NaN sum or a non-finite max, and both make the row NaN.
+        NaN sum or a non-finite max, and both send the row to the scalar path.
         """
         if a != b:
             return None
@@ -187,8 +419,119 @@ if numba is not None:
     # 'reassoc' on this one addition only: it lets LLVM split a block's sum
     # over vector lanes. Nothing else may be reassociated (TwoSum, Cody-Waite).
     @numba.njit(cache=True, fastmath={"reassoc"})
-    def _radd(a, b):
+    def _lane_add(a, b):
         return a + b
+
+    # ------------------------------------------------------------------
+    # Optional arguments, resolved when numba compiles (None costs nothing)
+    # ------------------------------------------------------------------
+
+    def _at(a, mask, i):
+        """``a[i]``, or ``-inf`` where ``mask`` is False."""
+
+    @overload(_at)
+    def _at_impl(a, mask, i):
+        if isinstance(mask, types.NoneType):
+            return lambda a, mask, i: a[i]
+        return lambda a, mask, i: a[i] if mask[i] else a.dtype.type(-np.inf)
+
+    def _ok(mask, i):
+        """Whether entry ``i`` is allowed."""
+
+    @overload(_ok)
+    def _ok_impl(mask, i):
+        if isinstance(mask, types.NoneType):
+            return lambda mask, i: True
+        return lambda mask, i: mask[i]
+
+    def _view(a, lo, hi):
+        """``a[lo:hi]``, None for None."""
+
+    @overload(_view)
+    def _view_impl(a, lo, hi):
+        if isinstance(a, (types.NoneType, types.Number)):  # absent, or one weight for every class
+            return lambda a, lo, hi: a
+        return lambda a, lo, hi: a[lo:hi]
+
+    def _row_of(a, i):
+        """Row ``i`` of a 2-D array, None for None."""
+
+    @overload(_row_of)
+    def _row_of_impl(a, i):
+        if isinstance(a, types.NoneType):
+            return lambda a, i: None
+        return lambda a, i: a[i]
+
+    def _shift_weights(w):
+        """The weights of the shift sum: ``w``, or one weight 1.0 for every class."""
+
+    @overload(_shift_weights)
+    def _shift_weights_impl(w):
+        if isinstance(w, types.NoneType):
+            return lambda w: 1.0
+        return lambda w: w
+
+    def _put(buf, i, t):
+        """``buf[i] = t``, nothing for None."""
+
+    @overload(_put)
+    def _put_impl(buf, i, t):
+        if isinstance(buf, types.NoneType):
+            return lambda buf, i, t: None
+
+        def put(buf, i, t):
+            buf[i] = t
+
+        return put
+
+    def _shift_term(dw, i, d, e):
+        """One term of ``sum w_c (x_c - m)``: 0 without smoothing, and for ``-inf`` entries.
+
+        Masked entries are ``-inf`` in the swept row; an allowed ``-inf`` makes
+        the whole sum ``-inf``, which the caller sets (see ``_allowed_sums``).
+        """
+
+    @overload(_shift_term)
+    def _shift_term_impl(dw, i, d, e):
+        if isinstance(dw, types.NoneType):
+            return lambda dw, i, d, e: 0.0
+        if isinstance(dw, types.Float):  # unweighted
+            return lambda dw, i, d, e: (d + e) if d > -np.inf else 0.0
+        return lambda dw, i, d, e: dw[i] * (d + e) if d > -np.inf else 0.0
+
+    def _weight(w, i):
+        """Class weight ``w[i]``, 1 for None."""
+
+    @overload(_weight)
+    def _weight_impl(w, i):
+        if isinstance(w, types.NoneType):
+            return lambda w, i: 1.0
+        return lambda w, i: w[i]
+
+    def _is_wide(a):
+        """Whether array ``a`` holds float64 (decided when numba compiles)."""
+
+    @overload(_is_wide)
+    def _is_wide_impl(a):
+        wide = a.dtype == types.float64
+        return lambda a: wide
+
+    def _term(a, m):
+        """``(exp(a - m), a - m, error of a - m)`` in float64, by ``a``'s dtype."""
+
+    @overload(_term)
+    def _term_impl(a, m):
+        if a == types.float32:  # the float64 difference of float32 values is exact
+            return lambda a, m: (_exp_narrow(np.float64(a) - m), np.float64(a) - m, 0.0)
+        return lambda a, m: _term_wide(a, m)
+
+    def _block_size(row):
+        """Terms per compensated block, by dtype (see ``_BLOCK_WIDE``)."""
+
+    @overload(_block_size)
+    def _block_size_impl(row):
+        size = _BLOCK_NARROW if row.dtype == types.float32 else _BLOCK_WIDE
+        return lambda row: size
 
     # ------------------------------------------------------------------
     # exp(d) for d <= 0 (or NaN), vectorisable
@@ -273,188 +616,271 @@ if numba is not None:
         return t + t * e, d, e
 
     # ------------------------------------------------------------------
-    # Row sweeps
+    # Row sweeps. A masked row is swept as a copy holding -inf where masked,
+    # made while the previous row was swept: a select inside the term loop
+    # made LLVM pick narrower, slower code (1.8x the unmasked sweep).
     # ------------------------------------------------------------------
 
     @_jit
-    def _row_max(row):
+    def _copy_max(row, mask, copy):
+        """Max of ``row`` (masked entries -inf), the masked row written into ``copy`` if not None."""
         m = row.dtype.type(-np.inf)
-        for k in range(row.size):
-            m = _maxnum(m, row[k])
+        for i in range(row.size):
+            v = _at(row, mask, i)
+            _put(copy, i, v)
+            m = _maxnum(m, v)
         return np.float64(m)
 
     @_jit
     def _first_index(row, m):
         """Index of the first entry equal to ``m`` (blocks counted vectorised, then scanned)."""
-        K = row.size
-        for lo in range(0, K, 256):
+        for lo in range(0, row.size, 256):
             part = row[lo : lo + 256]
             c = 0
-            for k in range(part.size):
-                c += part[k] == m
+            for i in range(part.size):
+                c += part[i] == m
             if c:
-                for k in range(part.size):
-                    if part[k] == m:
-                        return lo + k
+                for i in range(part.size):
+                    if part[i] == m:
+                        return lo + i
         return -1
 
     # The sweeps take views and loop from 0: with ``range(lo, hi)`` numba cannot
     # drop its negative-index wraparound and LLVM no longer vectorises the loop.
     @_jit
-    def _block(row, nxt, m, mx, buf, store, wide):
-        """Sum of the terms of ``row``, the max of ``nxt`` folded into ``mx``, terms into ``buf``."""
-        s = 0.0
-        if wide:
-            if store:
-                for k in range(row.size):
-                    t, _, _ = _term_wide(np.float64(row[k]), m)
-                    buf[k] = t
-                    s = _radd(s, t)
-                    mx = _maxnum(mx, nxt[k])
-            else:
-                for k in range(row.size):
-                    t, _, _ = _term_wide(np.float64(row[k]), m)
-                    s = _radd(s, t)
-                    mx = _maxnum(mx, nxt[k])
-        elif store:
-            for k in range(row.size):
-                t = _exp_narrow(np.float64(row[k]) - m)
-                buf[k] = t
-                s = _radd(s, t)
-                mx = _maxnum(mx, nxt[k])
-        else:
-            for k in range(row.size):
-                t = _exp_narrow(np.float64(row[k]) - m)
-                s = _radd(s, t)
-                mx = _maxnum(mx, nxt[k])
-        return s, mx
+    def _block(row, nxt, nxt_mask, nxt_copy, m, mx, buf, dw):
+        """Terms of ``row`` summed (and into ``buf``), their shift sum, and ``nxt``'s max folded into ``mx``."""
+        s, ds = 0.0, 0.0
+        for i in range(row.size):
+            t, d, e = _term(row[i], m)
+            _put(buf, i, t)
+            s = _lane_add(s, t)
+            ds = _lane_add(ds, _shift_term(dw, i, d, e))
+            v = _at(nxt, nxt_mask, i)
+            _put(nxt_copy, i, v)
+            mx = _maxnum(mx, v)
+        return s, ds, mx
 
     @_jit
-    def _row_sum(row, nxt, m, buf, store, wide):
-        """``(s, max(nxt))`` for a row with finite max ``m``; terms into ``buf`` if ``store``."""
-        K = row.size
-        km = _first_index(row, m)
-        if km < 0:  # m is NaN (see _maxnum): the row is NaN
-            return np.nan, _row_max(nxt)
-        tot, comp = 0.0, 0.0
-        mx = nxt[km]  # in the input dtype: no conversion in the sweep
-        if store:
-            buf[km] = 1.0
-        block = _BLOCK_WIDE if wide else _BLOCK_NARROW
-        for lo in range(0, K, block):
-            hi = min(lo + block, K)
+    def _neumaier(tot, comp, b):
+        t = tot + b
+        comp += (tot - t) + b if abs(tot) >= abs(b) else (b - t) + tot
+        return t, comp
+
+    @_jit
+    def _row_sum(row, nxt, nxt_mask, nxt_copy, m, km, buf, dw):
+        """``(s, shift sum, max of nxt)`` for a row with finite max ``m`` at ``km``."""
+        tot, comp, dtot, dcomp = 0.0, 0.0, 0.0, 0.0
+        mx = _at(nxt, nxt_mask, km)  # in the input dtype: no conversion in the sweep
+        _put(nxt_copy, km, mx)
+        size = _block_size(row)
+        for lo in range(0, row.size, size):
+            hi = min(lo + size, row.size)
             if lo <= km < hi:  # leave the max term out by index: it is exactly 1
-                b1, mx = _block(row[lo:km], nxt[lo:km], m, mx, buf[lo:km], store, wide)
-                b2, mx = _block(row[km + 1 : hi], nxt[km + 1 : hi], m, mx, buf[km + 1 : hi], store, wide)
-                b = b1 + b2
+                b1, d1, mx = _block(row[lo:km], nxt[lo:km], _view(nxt_mask, lo, km), _view(nxt_copy, lo, km), m, mx,
+                                    _view(buf, lo, km), _view(dw, lo, km))
+                b2, d2, mx = _block(row[km + 1 : hi], nxt[km + 1 : hi], _view(nxt_mask, km + 1, hi),
+                                    _view(nxt_copy, km + 1, hi), m, mx, _view(buf, km + 1, hi), _view(dw, km + 1, hi))
+                b, db = b1 + b2, d1 + d2
             else:
-                b, mx = _block(row[lo:hi], nxt[lo:hi], m, mx, buf[lo:hi], store, wide)
-            t = tot + b  # Neumaier's compensated addition of the block sums
-            comp += (tot - t) + b if abs(tot) >= abs(b) else (b - t) + tot
-            tot = t
-        return tot + comp, np.float64(mx)
+                b, db, mx = _block(row[lo:hi], nxt[lo:hi], _view(nxt_mask, lo, hi), _view(nxt_copy, lo, hi), m, mx,
+                                   _view(buf, lo, hi), _view(dw, lo, hi))
+            tot, comp = _neumaier(tot, comp, b)
+            dtot, dcomp = _neumaier(dtot, dcomp, db)
+        _put(buf, km, 1.0)
+        return tot + comp, dtot + dcomp, np.float64(mx)
 
     @_jit
-    def _has_nan(row):
-        c = 0
-        for k in range(row.size):
-            c += row[k] != row[k]
-        return c > 0
+    def _sweep(row, nxt, nxt_mask, nxt_copy, m, buf, dw):
+        """``(k, s, shift sum, max of nxt)`` of a row; ``s`` is NaN when the row needs the scalar path."""
+        k = _first_index(row, m) if math.isfinite(m) else -1
+        if k < 0:  # a max that is not finite (or NaN that maxnum let through)
+            return -1, np.nan, 0.0, _copy_max(nxt, nxt_mask, nxt_copy)
+        s, ds, m_next = _row_sum(row, nxt, nxt_mask, nxt_copy, m, k, buf, dw)
+        return k, s, ds, m_next
 
     @_jit
-    def _special_row(row, m, out_row, kind):
-        """A row whose max is not finite: the contract's values. Returns ``(m, s)``."""
-        if _has_nan(row):
-            for k in range(out_row.size):
-                out_row[k] = np.nan
-            return np.nan, np.nan
-        if m == -np.inf:  # no mass: softmax 0, log_softmax -inf
-            fill = 0.0 if kind == 1 else -np.inf
-            for k in range(out_row.size):
-                out_row[k] = fill
-            return m, 0.0
-        count = 0  # +inf entries: the limit is uniform over them
-        for k in range(row.size):
-            count += row[k] == np.inf
-        at = 1.0 / count if kind == 1 else -math.log(count)
-        off = 0.0 if kind == 1 else -np.inf
-        for k in range(out_row.size):
-            out_row[k] = at if row[k] == np.inf else off
-        return m, 0.0
+    def _rows_of(x, mask, i, cur):
+        """Row ``i`` as swept: ``x[i]``, or its masked copy ``cur`` (then the mask of row ``i + 1``)."""
+        nxt = i + 1 if i + 1 < x.shape[0] else i
+        if mask is None:
+            return x[i], x[nxt], None
+        return cur, x[nxt], mask[nxt]
+
+    # ------------------------------------------------------------------
+    # Rows whose max is not finite: the state's shift rule, entry by entry
+    # ------------------------------------------------------------------
 
     @_jit
-    def _write_row(row, m, s, err_wide, buf, out_row, kind):
-        """Third sweep: softmax ``t / (1 + s)`` from ``buf``, or log_softmax ``(x - m) - log1p(s)``."""
-        if kind == 1 and err_wide:  # a division, not a reciprocal: 0.5 ulp less in float64
+    def _special_state(row):
+        """``(m, k, s)`` of a row holding NaN, ``+inf`` or no mass (scalar: such rows are rare)."""
+        m, k, n_top = -np.inf, 0, 0
+        for i in range(row.size):
+            v = np.float64(row[i])
+            if v != v:
+                return np.nan, i, np.nan
+            if v > m:
+                m, k = v, i
+            n_top += v == np.inf
+        return m, k, (n_top - 1.0 if m == np.inf else 0.0)
+
+    @_jit
+    def _special_out(row, m, s, out_row, kind):
+        """softmax ``exp(d) / (1 + s)`` or log-softmax ``d - log1p(s)`` of a special row.
+
+        ``d = x_i - m`` by the state's rule: 0 where ``x_i == m``, ``-inf``
+        when ``m = -inf`` (and for ``-inf`` entries), NaN in a NaN row.
+        """
+        lg = math.log1p(s)
+        for i in range(row.size):
+            v = np.float64(row[i])
+            d = -np.inf if (m == -np.inf or v == -np.inf) else (0.0 if v == m else v - m)
+            out_row[i] = math.exp(d) / (1.0 + s) if kind == _SOFTMAX else d - lg
+
+    # ------------------------------------------------------------------
+    # Third sweeps: the elementwise outputs of an ordinary row
+    # ------------------------------------------------------------------
+
+    @_jit
+    def _write_softmax(buf, s, out_row):
+        """``t / (1 + s)``: a division for float64 output (0.5 ulp less), a product for float32."""
+        if _is_wide(out_row):
             z = 1.0 + s
-            for k in range(row.size):
-                out_row[k] = buf[k] / z
-        elif kind == 1:
-            inv = 1.0 / (1.0 + s)
-            for k in range(row.size):
-                out_row[k] = buf[k] * inv
-        elif err_wide:
-            lg = math.log1p(s)
-            for k in range(row.size):
-                a = np.float64(row[k])
-                d = a - m
-                bv = d - a
-                e = (a - (d - bv)) - (bv + m)
-                e = 0.0 if d == -np.inf else e
-                out_row[k] = (d - lg) + e
+            for i in range(buf.size):
+                out_row[i] = buf[i] / z
         else:
-            lg = math.log1p(s)
-            for k in range(row.size):
-                out_row[k] = (np.float64(row[k]) - m) - lg
+            inv = 1.0 / (1.0 + s)
+            for i in range(buf.size):
+                out_row[i] = buf[i] * inv
 
     @_jit
-    def _rows_kernel(x, m_out, s_out, out, kind, wide):
-        """Every row: ``(m, s)`` into ``m_out``/``s_out``; for kind 1/2 the output rows too."""
-        n, K = x.shape
-        if n == 0:
+    def _write_log_softmax(row, m, s, out_row):
+        """``(x - m) - log1p(s)``, plus the TwoSum error of ``x - m`` for float64 input."""
+        lg = math.log1p(s)
+        for i in range(row.size):
+            _, d, e = _term(row[i], m)
+            out_row[i] = (d - lg) + e
+
+    @_jit
+    def _rows_kernel(x, mask, out, kind, m_out, k_out, s_out):
+        """Every row's state into ``m_out, k_out, s_out``; for kind 1/2 its output row too."""
+        n, width = x.shape
+        if width == 0:
+            m_out[:], k_out[:], s_out[:] = -np.inf, -1, 0.0
             return
-        if K == 0:
-            m_out[:] = -np.inf
-            s_out[:] = 0.0
-            return
-        buf = np.empty(K if kind == 1 else 1)  # softmax keeps the row's terms for its third sweep
-        m = _row_max(x[0])
+        buf = np.empty(width if kind == _SOFTMAX else 1)
+        cur, nxt_copy = np.empty(width, x.dtype), np.empty(width, x.dtype)
+        m = _copy_max(x[0], _row_of(mask, 0), _copy_if(mask, cur)) if n else 0.0
         for i in range(n):
-            row = x[i]
-            nxt = x[i + 1] if i + 1 < n else row
-            out_row = out[i]  # empty for logsumexp
-            if math.isfinite(m):
-                s, m_next = _row_sum(row, nxt, m, buf, kind == 1, wide)
-                if kind:
-                    _write_row(row, m, s, wide, buf, out_row, kind)
-                m_i, s_i = m, s
+            row, nxt, nxt_mask = _rows_of(x, mask, i, cur)
+            if kind == _SOFTMAX:
+                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None)
             else:
-                m_i, s_i = _special_row(row, m, out_row, kind)
-                m_next = _row_max(nxt)
-            if s_i != s_i:
-                m_i = np.nan
-            m_out[i], s_out[i] = m_i, s_i
+                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None)
+            m_i = m
+            if s != s:
+                m_i, k, s = _special_state(row)
+                if kind:
+                    _special_out(row, m_i, s, out[i], kind)
+            elif kind == _SOFTMAX:
+                _write_softmax(buf, s, out[i])
+            elif kind == _LOG_SOFTMAX:
+                _write_log_softmax(row, m, s, out[i])
+            m_out[i], k_out[i], s_out[i] = m_i, k, s
             m = m_next
+            cur, nxt_copy = nxt_copy, cur
 
     @numba.njit(cache=True, nogil=True)
-    def _vector_parts(x, wide):
+    def _vector_parts(x):
         """``(m, s)`` of one contiguous vector: a single dispatch for the short-input path."""
-        m_out, s_out = np.empty(1), np.empty(1)
-        _rows_kernel(x.reshape((1, x.size)), m_out, s_out, np.empty((1, 0)), 0, wide)
+        m_out, k_out, s_out = np.empty(1), np.empty(1, np.int64), np.empty(1)
+        _rows_kernel(x.reshape((1, x.size)), None, np.empty((0, 0)), _LSE, m_out, k_out, s_out)
         return m_out[0], s_out[0]
 
+    # ------------------------------------------------------------------
+    # Cross-entropy
+    # ------------------------------------------------------------------
 
-def lse_vector(x: np.ndarray) -> float:
-    """logsumexp of a C-contiguous 1-D float32/float64 array, as a Python float.
+    @_jit
+    def _allowed_sums(row, mask, w):
+        """``(allowed classes, their weight sum, whether one of them is -inf)`` of a (masked) row."""
+        count, dead, wsum = 0, 0, 0.0
+        for i in range(row.size):  # integer and lane sums, no branch: LLVM vectorises it
+            ok = _ok(mask, i)
+            count += ok
+            dead += ok & (row[i] == -np.inf)
+            wsum = _lane_add(wsum, _weight(w, i) if ok else 0.0)
+        return count, (float(count) if w is None else wsum), dead > 0
 
-    The same computation as :func:`lse_rows`, for short vectors where the call
-    overhead of the general path would dominate.
-    """
-    m, s = _vector_parts(_check_vector(x), x.dtype.char == "d")
-    return m + math.log1p(s) if math.isfinite(m) else m
+    @_jit
+    def _write_ce_grad(row, w, y, k, s, lse, alpha, big_a, gy, ce_g, z, buf, out_row):
+        """``ce_g (A p_c - a_c) + z lse p_c`` over a (masked) row, from its terms in ``buf``.
 
+        ``gy`` is ``(1 - a) w_y`` and ``alpha`` is already ``a / K``. A ``-inf``
+        or masked entry has term 0, so only the smoothing mass needs a test.
+        """
+        inv = 1.0 / (1.0 + s)
+        coef = (ce_g * big_a + z * lse) * inv
+        smooth = ce_g * alpha
+        if smooth == 0.0:
+            for i in range(buf.size):
+                out_row[i] = coef * buf[i]
+        else:
+            for i in range(buf.size):
+                out_row[i] = coef * buf[i] - (smooth * _weight(w, i) if row[i] > -np.inf else 0.0)
+        a_k = gy * (k == y) + alpha * _weight(w, k)
+        out_row[k] = ce_g * ((big_a - a_k) - a_k * s) * inv + z * lse * inv  # no cancellation when p_k -> 1
+        if y != k:
+            live_y = row[y] > -np.inf
+            out_row[y] = (coef * buf[y] - ce_g * (gy + alpha * _weight(w, y))) if live_y else 0.0
 
-def _check_vector(x: np.ndarray) -> np.ndarray:
-    if x.dtype.char not in "fd" or x.ndim != 1 or not x.flags.c_contiguous or x.size == 0:
-        raise ShapeError(f"x of shape {x.shape} and dtype {x.dtype}: lse_vector takes a non-empty contiguous 1-D float32/float64 array.")
-    return x
+    @_jit
+    def _ce_kernel(x, mask, y, w, alpha, grad, g, zg, m_out, k_out, s_out, xy_out, d_out, cnt_out, ws_out):
+        """Each row's state and loss parts (see ``CrossEntropyRows``); the gradient rows when ``grad``."""
+        n, width = x.shape
+        buf = np.empty(width)
+        cur, nxt_copy = np.empty(width, x.dtype), np.empty(width, x.dtype)
+        m = _copy_max(x[0], _row_of(mask, 0), _copy_if(mask, cur)) if n else 0.0
+        for i in range(n):
+            row, nxt, nxt_mask = _rows_of(x, mask, i, cur)
+            yi, cnt, wsum, ds = y[i], 0, 0.0, 0.0
+            if alpha > 0.0:  # the shift sum and the allowed classes are wanted
+                cnt, wsum, dead = _allowed_sums(row, _row_of(mask, i), w)
+                k, s, ds, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, _grad_buf(grad, buf),
+                                          _shift_weights(w))
+                ds = -np.inf if dead else ds
+            else:
+                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, _grad_buf(grad, buf), None)
+            m_i = m
+            if s != s:
+                m_i, k, s = _special_state(row)
+                if grad is not None:
+                    grad[i, :] = np.nan if m_i != m_i else 0.0
+            elif grad is not None:
+                gy = (1.0 - alpha) * _weight(w, yi)
+                a_over_k = alpha / cnt if cnt else 0.0
+                z = zg[i] if zg is not None else 0.0
+                _write_ce_grad(row, w, yi, k, s, m_i + math.log1p(s), a_over_k, gy + a_over_k * wsum, gy, g[i], z,
+                               buf, grad[i])
+            m_out[i], k_out[i], s_out[i] = m_i, k, s
+            xy_out[i], d_out[i], cnt_out[i], ws_out[i] = np.float64(row[yi]), ds, cnt, wsum
+            m = m_next
+            cur, nxt_copy = nxt_copy, cur
+
+    def _grad_buf(grad, buf):
+        """The term buffer when a gradient is wanted, else None (no stores in the sweep)."""
+
+    @overload(_grad_buf)
+    def _grad_buf_impl(grad, buf):
+        if isinstance(grad, types.NoneType):
+            return lambda grad, buf: None
+        return lambda grad, buf: buf
+
+    def _copy_if(mask, copy):
+        """The buffer for a masked copy of the next row when rows are masked, else None."""
+
+    @overload(_copy_if)
+    def _copy_if_impl(mask, copy):
+        if isinstance(mask, types.NoneType):
+            return lambda mask, copy: None
+        return lambda mask, copy: copy
