@@ -43,6 +43,14 @@ class TestTimingsCsv:
             assert int(r["repeats"]) == 5 and int(r["calls_per_repeat"]) >= 1
             assert float(r["ratio_to_naive"]) == pytest.approx(med / naive, rel=1e-5, abs=1e-4)  # 4 decimals in the CSV
 
+    def test_versions_are_of_the_code_timed(self, one_run):
+        import numpy
+        import stablesoftmax
+
+        _, rows = one_run
+        version = {r["implementation"]: r["version"] for r in rows}
+        assert version["stable"] == stablesoftmax.__version__ and version["naive"] == numpy.__version__
+
     def test_png_and_manifest(self, one_run):
         import hashlib
 

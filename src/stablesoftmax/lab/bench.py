@@ -382,21 +382,27 @@ def _quiet(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def _row(case: BenchCase, impl: str, repeats: int, number: int, samples: list[float]) -> dict[str, Any]:
-    from ._manifest import dist_version
-
     return {
         "function": case.function,
         "shape": "x".join(map(str, case.shape)),
         "nbytes": case.nbytes,
         "dtype": case.dtype,
         "implementation": impl,
-        "version": dist_version(VERSION_OF[impl]) or "",
+        "version": _version(impl),
         "repeats": repeats,
         "calls_per_repeat": number,
         "median_s": statistics.median(samples),
         "min_s": min(samples),
         "max_s": max(samples),
     }
+
+
+def _version(impl: str) -> str:
+    """The version timed: stablesoftmax's from the code imported (installed metadata can be stale), others'."""
+    from .. import __version__
+    from ._manifest import dist_version
+
+    return __version__ if impl == "stable" else dist_version(VERSION_OF[impl]) or ""
 
 
 # --------------------------------------------------------------------------
