@@ -100,11 +100,23 @@ def state(x: Array, xp: Any, *, exact: bool, scale: float = 1.0) -> tuple[State,
     sh = shift(x, m, xp, exact=exact, scale=scale)
     t = xp.exp(sh.d)
     if sh.err is not None:
-        t = t + t * sh.err  # exp(d + e) = exp(d) (1 + e) to within e**2
+        t = _corrected(t, sh.err, xp)
     at_max = xp.arange(x.shape[-1], device=_device(x)) == k
     t = xp.where(at_max, xp.zeros_like(t), t)
     s = xp.sum(t, axis=-1)
     return State(m[:, 0] / scale if scale != 1.0 else m[:, 0], k[:, 0], s), sh, t
+
+
+def _corrected(t: Array, err: Array, xp: Any) -> Array:
+    """``exp(d + e) = exp(d) (1 + e)`` to within ``e**2``.
+
+    In float64 ``t + t e`` keeps every bit of the correction. In float32
+    ``t e`` of a tiny term is subnormal, which XLA and GPUs flush to zero,
+    so there the factor ``1 + e`` (rounded, within an ulp) is applied instead.
+    """
+    if t.dtype == xp.float32:
+        return t * (1 + err)
+    return t + t * err
 
 
 def merge(a: State, b: State, xp: Any) -> State:
@@ -121,8 +133,7 @@ def merge(a: State, b: State, xp: Any) -> State:
     s_small = xp.where(a_large, b.s, a.s)
     sh = shift(m_small[:, None], m[:, None], xp, exact=True)
     d, e = sh.d[:, 0], sh.err[:, 0]
-    w = xp.exp(d)
-    s = s_large + (1 + s_small) * (w + w * e)
+    s = s_large + (1 + s_small) * _corrected(xp.exp(d), e, xp)
     s = xp.where(m == -xp.inf, xp.zeros_like(s), s)
     s = xp.where(xp.isnan(a.m) | xp.isnan(b.m), xp.full_like(s, xp.nan), s)
     return State(m, xp.where(a_large, a.k, b.k), s)
