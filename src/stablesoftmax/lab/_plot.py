@@ -237,8 +237,8 @@ def scaling_chart(rows: list[dict[str, Any]], bandwidth: float, machine: list[st
 
 def _machine_note(fig: Any, machine: list[str] | None) -> None:
     """The CPU's vector features and the versions under a chart: its figures hold for that machine only."""
-    if machine:
-        fig.text(0.01, 0.005, "\n".join(machine), fontsize=7, color="#555555", ha="left", va="bottom", wrap=True)
+    if machine:  # supxlabel, not fig.text: the constrained layout makes room for it below the tick labels
+        fig.supxlabel("\n".join(machine), fontsize=7, color="#555555", x=0.01, ha="left")
 
 
 def _png(fig: Any) -> bytes:
