@@ -226,26 +226,30 @@ class TestTorchTensors:
 
 class TestDispatch:
     def test_numpy_input_reaches_the_kernels(self, each_path, monkeypatch):
-        from stablesoftmax import _reductions
+        from stablesoftmax import _compute
 
-        module = _reductions.kernels()
+        module = _compute.kernels()
         if module is None:
             assert each_path == "numpy"
             return
         calls = []
-        monkeypatch.setattr(module, "lse_rows", lambda x2: calls.append(x2.shape) or np.zeros(x2.shape[0]))
+        monkeypatch.setattr(module, "lse_rows", lambda x2, where=None: calls.append(x2.shape) or np.zeros(x2.shape[0]))
         ss.logsumexp(np.ones((3, 4)), axis=0)
         assert calls == [(4, 3)]
 
-    def test_where_and_temperature_take_the_numpy_path(self, monkeypatch):
-        from stablesoftmax import _reductions
+    def test_temperature_takes_the_reference_and_where_the_kernels(self, monkeypatch):
+        from stablesoftmax import _compute
 
-        module = _reductions.kernels()
+        module = _compute.kernels()
         if module is None:
             pytest.skip("no compiled path here")
-        monkeypatch.setattr(module, "softmax_rows", lambda *a: pytest.fail("kernel used"))
-        ss.softmax(np.ones(3), where=np.array([True, False, True]))
+        calls = []
+        real = module.state_rows
+        monkeypatch.setattr(module, "state_rows", lambda x2, **k: calls.append(k.get("where") is not None) or real(x2, **k))
         ss.softmax(np.ones(3), temperature=2.0)
+        assert calls == []
+        ss.softmax(np.ones(3), where=np.array([True, False, True]))
+        assert calls == [True]
 
 
 class TestArrayApiStrict:

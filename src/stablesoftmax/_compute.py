@@ -153,7 +153,7 @@ def masked(x: Array, mask: Array | None, xp: Any) -> Array:
 
 
 def _numpy_kernel(x: Array, xp: Any, mask: Array | None, temperature: float) -> Any:
-    if not is_numpy(xp) or mask is not None or temperature != 1.0 or x.shape[-1] == 0:
+    if not is_numpy(xp) or temperature != 1.0 or x.shape[-1] == 0:
         return None
     module = kernels()
     if module is None or x.dtype.kind != "f":
@@ -175,6 +175,10 @@ def kernel_parts(module: Any, x2: np.ndarray, out: np.ndarray | None = None) -> 
     return m, s
 
 
+def _kernel_mask(mask: Array | None) -> np.ndarray | None:
+    return None if mask is None else np.ascontiguousarray(mask, dtype=bool)
+
+
 def _kernel_rows(x: Array) -> np.ndarray:
     x2 = np.ascontiguousarray(x)
     return x2.astype(np.float32) if x2.dtype.itemsize == 2 else x2  # exact: 16-bit values are float32 values
@@ -184,7 +188,7 @@ def logsumexp(x: Array, xp: Any, *, mask: Array | None = None, b: Array | None =
     """Per-row ``(lse, sign)`` (sign None without ``b``), in ``x``'s dtype."""
     module = _numpy_kernel(x, xp, mask, 1.0) if b is None else None
     if module is not None:
-        return round_to(module.lse_rows(_kernel_rows(x)), x, xp), None
+        return round_to(module.lse_rows(_kernel_rows(x), where=_kernel_mask(mask)), x, xp), None
     xw, exact = widen(x, xp)
     xw = masked(xw, mask, xp)
     if b is None:
@@ -206,7 +210,7 @@ def softmax(x: Array, xp: Any, *, mask: Array | None = None, temperature: float 
     if module is not None:
         x2 = _kernel_rows(x)
         out = np.empty(x2.shape, x2.dtype if x2.dtype == x.dtype else np.float64)
-        (module.log_softmax_rows if log else module.softmax_rows)(x2, out)
+        module.state_rows(x2, where=_kernel_mask(mask), out=out, log=log)
         return round_to(out, x, xp)
     xw, exact = widen(x, xp)
     fn = _reference.log_softmax if log else _reference.softmax
@@ -306,61 +310,81 @@ def cross_entropy(x: Array, target: Array, xp: Any, *, grad: bool, g: Array | No
 
 
 def _numpy_ce_kernel(x: Array, xp: Any, options: dict[str, Any]) -> Any:
-    """The kernels, for the common training case on NumPy logits: class targets, no smoothing, mask or softcap."""
-    if not is_numpy(xp) or options["probs"] or options["smoothing"] or options["mask"] is not None:
+    """The kernels, for NumPy logits with class targets and no softcap (masks, smoothing, weights welcome)."""
+    if not is_numpy(xp) or options["probs"] or options["softcap"] is not None:
         return None
-    if options["softcap"] is not None or x.shape[1] == 0 or x.dtype.kind != "f":
+    if x.shape[1] == 0 or x.dtype.kind != "f":
         return None
     return kernels()
 
 
 def _kernel_ce(module: Any, x: np.ndarray, target: np.ndarray, options: dict[str, Any], grad: bool,
                g: Any) -> tuple[Array, Any]:
-    """One kernel pass gives each row's state (and the softmax, for a gradient); the loss is the reference's.
+    """The loss (and gradient) from one kernel pass per row: its state and the sums smoothing needs.
 
-    The gradient is written over the kernel's softmax rows in their own dtype;
-    the target entry is formed in float64 (``p_y - 1 = -s / (1 + s)`` when
-    ``y`` is the max, with no cancellation), and only rows whose max is not
-    finite, or that do not count, are overwritten whole.
+    ``loss = (1 - a) w_y (L - d_y) + (a / K) (W L - D)`` with ``L = log1p(s)``,
+    every term >= 0. The gradient is written in the same sweep; it needs the
+    mean's denominator before the pass, so a row that turns out to have no
+    mass (all masked or ``-inf``, rare) means a second pass with the right one.
     """
     x2 = _kernel_rows(x)
     tgt = np.asarray(target).astype(np.int64, copy=False)
-    ignore, reduction, z_loss = options["ignore_index"], options["reduction"], options["z_loss"]
-    check_targets(tgt, x2.shape[1], ignore)
+    check_targets(tgt, x2.shape[1], options["ignore_index"])
+    mask = _kernel_mask(options["mask"])
     weight = None if options["weight"] is None else np.asarray(options["weight"], np.float64)
-    p = np.empty(x2.shape, x2.dtype) if grad else None
-    m, s = kernel_parts(module, x2, p)
-    alive = (tgt != ignore) & (m != -np.inf)
-    y = np.where(alive, tgt, 0)
-    rows = np.arange(len(y))
-    x_y = x2[rows, y].astype(np.float64)
-    st = _state.State(m, None, s)
-    sh = _state.shift(x_y[:, None], m[:, None], np, exact=x2.dtype == np.float64)
-    lp = _state.log_probs(sh, st, np)[:, 0]
-    wy = alive.astype(np.float64) if weight is None else np.where(alive, weight[y], 0.0)
-    ce = np.where(alive & (wy != 0), -wy * lp, 0.0)
+    counted = tgt != options["ignore_index"]
+    y = np.where(counted, tgt, 0)
+    live = counted if mask is None else counted & mask.any(axis=1)
+    r, dx, wy = _ce_pass(module, x2, y, mask, weight, live, options, g if grad else None)
+    if grad and ((r.m == -np.inf) & live).any():
+        live = live & (r.m != -np.inf)
+        r, dx, wy = _ce_pass(module, x2, y, mask, weight, live, options, g)
+    live = live & (r.m != -np.inf)
+    return round_to(np.asarray(_kernel_loss(r, x2, live, wy, options)), x, np), (
+        None if dx is None else round_to(dx, x, np))
+
+
+def _ce_pass(module: Any, x2: np.ndarray, y: np.ndarray, mask: Any, weight: Any, live: np.ndarray,
+             options: dict[str, Any], g: Any) -> tuple[Any, Any, np.ndarray]:
+    wy = live.astype(np.float64) if weight is None else np.where(live, weight[y], 0.0)
+    if g is None:
+        return module.cross_entropy_rows(x2, y, where=mask, weight=weight,
+                                         label_smoothing=options["smoothing"]), None, wy
+    ce_scale, z_scale = _scales(np.asarray(g, np.float64), options["reduction"], wy, live)
+    dx = np.empty(x2.shape, x2.dtype)
+    z = options["z_loss"]
+    r = module.cross_entropy_rows(x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"], grad=dx,
+                                  g=np.where(live, ce_scale, 0.0),
+                                  z_grad=np.where(live, 2 * z * z_scale, 0.0) if z else None)
+    dx[~live] = 0.0  # ignored and dropped rows move nothing, NaN or not
+    return r, dx, wy
+
+
+def _scales(g: np.ndarray, reduction: str, wy: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row factors of the loss's cotangent for the CE part and the z part."""
+    n = len(live)
+    if reduction == "none":
+        gb = np.broadcast_to(g, (n,))
+        return gb, gb
+    if reduction == "sum":
+        return np.full(n, float(g)), np.full(n, float(g))
+    denom, count = wy.sum(), np.count_nonzero(live)
+    return np.full(n, float(g) / denom if denom else 0.0), np.full(n, float(g) / count if count else 0.0)
+
+
+def _kernel_loss(r: Any, x2: np.ndarray, live: np.ndarray, wy: np.ndarray, options: dict[str, Any]) -> Any:
+    a, z = options["smoothing"], options["z_loss"]
+    st = _state.State(r.m, r.k, r.s)
+    log_rest = np.log1p(r.s)
+    sh = _state.shift(r.x_target[:, None], r.m[:, None], np, exact=x2.dtype == np.float64)
+    neg_lp = -_state.log_probs(sh, st, np)[:, 0]  # L - d_y
+    ce = np.where(live & (wy != 0), (1 - a) * wy * neg_lp if a else wy * neg_lp, 0.0)
+    if a:
+        spread = (a / np.maximum(r.allowed, 1)) * (r.weight_sum * log_rest - r.shift_sum)
+        ce = ce + np.where(live, spread, 0.0)
     lse = _state.lse(st, np)
-    zt = np.where(alive, z_loss * lse * lse, 0.0) if z_loss else None
-    loss = np.asarray(_reference.reduce_losses(ce, zt, wy, alive, reduction, np))
-    if not grad:
-        return round_to(loss, x, np), None
-    fwd = _reference.Forward(st, None, None, alive, wy, loss)
-    pb = _reference.Problem(x2[:, :1], None, False, None, None, None, False, reduction, 0.0, z_loss, None)
-    gw = np.asarray(1.0 if g is None else g, dtype=np.float64)
-    ce_scale, z_scale = _reference.row_scales(pb, fwd, gw, np)
-    onehot = wy * ce_scale
-    coef = onehot + (2 * z_loss * np.where(alive, lse, 0.0) * z_scale if z_loss else 0.0)
-    p *= coef.astype(p.dtype)[:, None]
-    at_max = x_y == m  # y is a max entry: p_y = 1 / (1 + s) exactly as the kernel wrote it
-    p_y = np.where(at_max, 1 / (1 + s), np.exp(lp))
-    g_y = np.where(at_max, -onehot * s / (1 + s) + (coef - onehot) / (1 + s), p_y * coef - onehot)
-    p[rows, y] = g_y
-    dead = ~(alive & np.isfinite(m))
-    p[dead] = 0.0  # ignored, dropped and +inf rows move nothing
-    p[alive & np.isnan(m)] = np.nan
-    minus_inf = alive & np.isfinite(m) & (x_y == -np.inf)
-    p[rows[minus_inf], y[minus_inf]] = 0.0  # a -inf target logit stays -inf under any finite change
-    return round_to(loss, x, np), round_to(p, x, np)
+    zt = np.where(live, z * lse * lse, 0.0) if z else None
+    return _reference.reduce_losses(ce, zt, wy, live, options["reduction"], np)
 
 
 def nll_loss(lp: Array, target: Array, xp: Any, *, weight: Array | None, ignore_index: int, reduction: str,
