@@ -45,6 +45,49 @@ class TestHelp:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert "HEAVY []" in done.stdout, done.stdout + done.stderr
 
+    def test_top_level_help_imports_no_subcommand(self):
+        # `stablesoftmax --help` lists the subcommands from cli.SUBCOMMANDS; importing their modules (NumPy,
+        # ml_dtypes, and what they import) is the cost the lazy parser avoids
+        code = (
+            "import sys\nfrom stablesoftmax import cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('LAB', sorted(m for m in sys.modules if m.startswith('stablesoftmax.lab.')))"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert "LAB []" in done.stdout, done.stdout + done.stderr
+        assert all(f"    {name}" in done.stdout for name in cli.SUBCOMMANDS)
+
+    @pytest.mark.xfail(strict=True, reason="stablesoftmax/__init__.py imports NumPy and ml_dtypes eagerly, and "
+                                           "`import stablesoftmax.cli` runs it first; see notes/requests-cli.md. "
+                                           "Remove this mark when the package imports lazily.")
+    def test_top_level_help_imports_no_numpy(self):
+        code = ("import sys\nfrom stablesoftmax import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n"
+                "    pass\nprint('HEAVY', [m for m in ('numpy', 'ml_dtypes') if m in sys.modules])")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+
+    def test_summaries_are_the_modules_own(self):
+        import argparse
+        import importlib
+
+        for name, summary in cli.SUBCOMMANDS.items():
+            sub = argparse.ArgumentParser().add_subparsers()
+            importlib.import_module(f"stablesoftmax.lab.{name}").add_parser(sub)
+            assert [a.help for a in sub._choices_actions] == [summary], name
+
+    @pytest.mark.parametrize("command", ["battery", "bench", "diagnose"])
+    def test_only_the_named_subcommand_is_built(self, command):
+        parser = cli.build_parser([command, "--help"])
+        sub = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+        built = {name for name, p in sub.choices.items() if len(p._actions) > 1}  # a stub has only -h
+        assert built == {command}
+
+    def test_unknown_subcommand_lists_the_choices(self, capsys):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["diagnoze", "x.npy"])
+        assert exc.value.code == 2
+        assert "invalid choice: 'diagnoze'" in capsys.readouterr().err
+
     def test_python_dash_m(self, tmp_path):
         done = subprocess.run([sys.executable, "-m", "stablesoftmax", "battery", "--out", str(tmp_path), "-q"],
                               capture_output=True, text=True, timeout=120)
@@ -120,10 +163,14 @@ class TestPredictionsFile:
         assert_one_line_error(code, err, "--predictions", str(f), *needles)
         assert not (tmp_path / "out").exists()  # checked before anything is written
 
-    def test_good_file(self, capsys, tmp_path):
-        f = self.write(tmp_path, GOOD)
+    def test_complete_file_is_read(self, capsys, tmp_path):
+        from stablesoftmax.lab._predictions import CASE_NAMES
+
+        # every case answered (the battery refuses a partial file); the CE answers are wrong on purpose
+        text = "".join(f'[cases."{n}"]\nnaive_nan = false\nstable_nan = false\nce = 1.0\n\n' for n in CASE_NAMES)
+        f = self.write(tmp_path, text)
         code, out, _ = run(capsys, "battery", "--out", str(tmp_path / "out"), "-q", "--predictions", str(f))
-        assert code == 0 and "every prediction in p.toml matched" in out
+        assert code == 0 and "answer(s) in p.toml missed" in out and "large positive (naive NaN?)" in out
 
     def test_not_toml(self, capsys, tmp_path):
         self.bad(capsys, tmp_path, GOOD + "ce = = 1\n", "not valid TOML", "line 5")
@@ -139,7 +186,8 @@ class TestPredictionsFile:
         self.bad(capsys, tmp_path, GOOD + "confidence = 3\n", "line 5", "confidence", "naive_nan, stable_nan, ce, why")
 
     def test_unknown_case(self, capsys, tmp_path):
-        self.bad(capsys, tmp_path, GOOD + '\n[cases."huge"]\nnaive_nan = true\n', "line 6", "'huge'", "'large positive'")
+        self.bad(capsys, tmp_path, GOOD + '\n[cases."huge"]\nnaive_nan = true\n', "line 6", "'huge'",
+                 "'large positive'")
 
     def test_dtype_mismatch(self, capsys, tmp_path):
         self.bad(capsys, tmp_path, 'dtype = "float64"\n' + GOOD, "line 1", "float64", "float32")

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -290,3 +293,310 @@ def test_malformed_files_exit_2_with_one_line(tmp_path: Path, capsys, ext: str):
             problems.append((i, code, err.strip()[:200], out[:100]))
         path.unlink()
     assert not problems, problems[:10]
+
+
+# --------------------------------------------------------------------------
+# Hostile files under a memory cap and a timeout (issue 14, "what to build")
+# --------------------------------------------------------------------------
+#
+# Every file here is at most 10 MB and built to make the command hang, allocate
+# without bound or crash: size bombs, special files, deep nesting, adversarial
+# contents. Each runs in a fork of one worker process that has imported the CLI,
+# NumPy and torch once (a fresh process per file would cost seconds of imports
+# each). The child gets RLIMIT_AS = the worker's address space + 512 MB, and
+# the CPU time left of 10 s once a fresh process's start-up is paid (measured
+# below, in CPU seconds too: the machine is shared, and wall time would measure
+# the neighbours; benchmarks/diagnose_memory.py --hostile reports wall times).
+# A hang without CPU (a blocking open) is caught by a 60 s wall-clock kill.
+# It must exit 0, 1 or 2, print no traceback, print
+# exactly one line on stderr when it exits 2, and keep its peak resident set
+# (getrusage of the child: the imported libraries, torch included, count too)
+# under 512 MB. Every case prints its time and memory with ``pytest -s``.
+
+LIMIT_S, LIMIT_MB, MAX_FILE, HANG_S = 10.0, 512, 10 * 10**6, 60.0
+SPECIAL_EXTS = (".npy", ".npz", ".json", ".csv", ".pt", ".safetensors")
+
+WORKER = r"""
+import json, os, resource, signal, sys, time, traceback
+import numpy as np
+try:
+    import torch  # a fresh process reading a .pt imports it too: the worker's footprint includes it
+except ImportError:
+    torch = None
+from stablesoftmax import cli
+
+def vm_bytes():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+
+def child(case, cap):
+    out = os.open(case.get("stdout") or os.devnull, os.O_WRONLY)
+    err = os.open(case["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    sys.stdout = os.fdopen(1, "w", closefd=False)
+    sys.stderr = os.fdopen(2, "w", closefd=False)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    cpu = int(case["cpu"]) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    try:
+        code = cli.main(case["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 2
+    except BaseException:
+        traceback.print_exc()
+        code = 99
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        traceback.print_exc()
+        code = 98
+    os._exit(code)
+
+# Warm up in the worker: numba's cached kernels and the lazy imports load once, not in every child.
+import tempfile
+with tempfile.TemporaryDirectory() as tmp:
+    np.save(os.path.join(tmp, "w.npy"), np.array([[0.0, -20.0, 95.0]], dtype=np.float32))
+    np.save(os.path.join(tmp, "t.npy"), np.array([1]))
+    devnull = open(os.devnull, "w")
+    sys.stdout, real = devnull, sys.stdout
+    cli.main(["diagnose", os.path.join(tmp, "w.npy"), "--target", os.path.join(tmp, "t.npy")])
+    sys.stdout = real
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    case = json.loads(line)
+    cap = vm_bytes() + case["extra_mb"] * 2**20
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        child(case, cap)
+    timed_out = False
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() - t0 > case["hang"]:
+            os.kill(pid, signal.SIGKILL)
+            _, status, usage = os.wait4(pid, 0)
+            timed_out = True
+            break
+        time.sleep(0.005)
+    seconds = time.monotonic() - t0
+    code = os.waitstatus_to_exitcode(status)
+    err = open(case["stderr"], errors="replace").read()
+    print(json.dumps({"code": code, "err": err, "seconds": seconds, "cpu": usage.ru_utime + usage.ru_stime,
+                      "peak_mb": usage.ru_maxrss / 1024, "timed_out": timed_out}), flush=True)
+"""
+
+
+def _startup_cpu_s(tmp: Path) -> float:
+    """CPU seconds a fresh ``stablesoftmax diagnose`` process takes on a tiny file whose report computes a
+    stable loss (so the compiled kernels load, as they do for any failing slice): the imports' share."""
+    import resource  # POSIX only, as the fuzz run is
+
+    np.save(tmp / "x.npy", np.array([[0.0, -20.0, 95.0]], dtype=np.float32))
+    np.save(tmp / "t.npy", np.array([1]))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run([sys.executable, "-m", "stablesoftmax", "diagnose", str(tmp / "x.npy"), "--target",
+                           str(tmp / "t.npy")], capture_output=True, text=True, timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert done.returncode == 0, done.stderr
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory):
+    """Run ``stablesoftmax diagnose ARGS`` in a fork under the caps; returns its outcome."""
+    tmp = tmp_path_factory.mktemp("capped")
+    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    budget = LIMIT_S - _startup_cpu_s(tmp)  # CPU seconds left for the work itself
+    assert json.loads(worker.stdout.readline()) == {"ready": True}
+
+    def run(*argv: str, stdout: str | None = None) -> dict:
+        case = {"argv": ["diagnose", *map(str, argv)], "stdout": stdout, "stderr": str(tmp / "err.txt"),
+                "extra_mb": LIMIT_MB, "cpu": budget, "hang": HANG_S}
+        worker.stdin.write(json.dumps(case) + "\n")
+        worker.stdin.flush()
+        return {**json.loads(worker.stdout.readline()), "budget": budget}
+
+    yield run
+    worker.stdin.close()
+    worker.wait(timeout=60)
+    worker.stdout.close()
+
+
+def check(outcome: dict, *codes: int) -> str:
+    """The goals of issue 14 for one file; returns the stderr line of a refusal."""
+    err, code = outcome["err"], outcome["code"]
+    assert not outcome["timed_out"], f"hung: killed after {outcome['seconds']:.1f} s"
+    assert outcome["cpu"] <= outcome["budget"], f"{outcome['cpu']:.1f} CPU s, budget {outcome['budget']:.1f} s"
+    assert code in (codes or (0, 1, 2)), (code, err[-2000:])
+    assert "Traceback" not in err and "out of memory" not in err, err[-2000:]
+    assert outcome["peak_mb"] < LIMIT_MB, f"peak RSS {outcome['peak_mb']:.0f} MB"
+    lines = err.splitlines()
+    if code == 2:
+        assert len(lines) == 1, err
+        return lines[0]
+    assert all(line.startswith("diagnose ") for line in lines), err  # progress lines only
+    return ""
+
+
+def _deep_pickle_pt(depth: int) -> bytes:
+    """A torch zip archive whose data.pkl nests lists ``depth`` deep (EMPTY_LIST x depth, APPEND x depth-1)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b".")
+        zf.writestr("archive/version", b"3\n")
+        zf.writestr("archive/byteorder", b"little")
+    return buf.getvalue()
+
+
+def _near_cliff_rows(n: int, k: int) -> np.ndarray:
+    """Rows whose target sits at float16's underflow cliff: each needs the naive program simulated in full."""
+    rng = np.random.default_rng(0)
+    x = np.full((n, k), -16.6, np.float32) + rng.uniform(-1, 1, (n, k)).astype(np.float32)
+    x[:, 0] = 0
+    return x
+
+
+def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _npz_of_rows(path: Path, rows: np.ndarray, repeat: int) -> tuple[int, ...]:
+    """An .npz of ``rows`` tiled ``repeat`` times, deflated fast (level 1): periodic data shrinks ~100x."""
+    shape = (rows.shape[0] * repeat, rows.shape[1])
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf, \
+            zf.open("logits.npy", "w", force_zip64=True) as member:
+        member.write(_npy_header(shape))
+        block = rows.tobytes()
+        for _ in range(repeat):
+            member.write(block)
+    return shape
+
+
+def _claiming(path: Path, member: str, claimed: int) -> None:
+    """Patch an archive's central directory so that ``member`` declares ``claimed`` bytes, as a bomb's does."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        name_len = struct.unpack_from("<H", data, at + 28)[0]
+        if data[at + 46: at + 46 + name_len].decode().endswith(member):
+            struct.pack_into("<I", data, at + 24, claimed)
+        at = data.find(b"PK\x01\x02", at + 4)
+    path.write_bytes(bytes(data))
+
+
+def _hostile_files(tmp: Path) -> dict[str, list[str]]:
+    """name -> the command's arguments; every file is at most 10 MB."""
+    cases: dict[str, list[str]] = {}
+    # size bombs: a member that declares 2 GB, as a 9 MB archive of zeros would; the slowest rows, 120 MiB of them
+    header = _npy_header((2**19, 2**10))
+    with zipfile.ZipFile(tmp / "bomb.npz", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("logits.npy", header + bytes(2**20))
+    _claiming(tmp / "bomb.npz", "logits.npy", len(header) + 2**31)
+    shape = _npz_of_rows(tmp / "cliff.npz", _near_cliff_rows(8, 1000), 120 * 2**20 // 32000)
+    np.save(tmp / "cliff_t.npy", np.ones(shape[0], dtype=np.int64))
+    cases.update(npz_bomb=[tmp / "bomb.npz"], npz_slowest_rows=[tmp / "cliff.npz", "--target", tmp / "cliff_t.npy"])
+    np.save(tmp / "cliff.npy", _near_cliff_rows(2400, 1000))  # 9.6 MB, streamed
+    np.save(tmp / "cliff2_t.npy", np.ones(2400, dtype=np.int64))
+    cases["npy_slowest_rows"] = [tmp / "cliff.npy", "--target", tmp / "cliff2_t.npy"]
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.save(torch.zeros(1).expand(10**5, 10**5), tmp / "stride0.pt")
+        cases.update(pt_stride_zero=[tmp / "stride0.pt"], pt_stride_zero_axis0=[tmp / "stride0.pt", "--axis", "0"])
+        torch.save({"logits": torch.zeros(4, 4)}, tmp / "bomb.pt")
+        _claiming(tmp / "bomb.pt", "data/0", 2**31)  # a deflated storage would declare this much
+        cases["pt_deflated_bomb"] = [tmp / "bomb.pt"]
+        (tmp / "deep.pt").write_bytes(_deep_pickle_pt(200_000))
+        cases["pt_deep_pickle"] = [tmp / "deep.pt"]
+    # special files, behind every name
+    os.mkfifo(tmp / "fifo")
+    for ext in SPECIAL_EXTS:
+        (tmp / f"zero{ext}").symlink_to("/dev/zero")
+        (tmp / f"fifo{ext}").symlink_to(tmp / "fifo")
+        cases[f"dev_zero{ext}"] = [tmp / f"zero{ext}"]
+        cases[f"fifo{ext}"] = [tmp / f"fifo{ext}"]
+    (tmp / "dir.npy").mkdir()
+    (tmp / "null.json").symlink_to("/dev/null")
+    np.save(tmp / "ok.npy", np.array([[1.0, 2.0]], dtype=np.float32))
+    cases.update(directory=[tmp / "dir.npy"], dev_null=[tmp / "null.json"],
+                 target_dev_zero=[tmp / "ok.npy", "--target", tmp / "zero.npy"],
+                 target_fifo=[tmp / "ok.npy", "--target", tmp / "fifo.json"])
+    # deep nesting
+    (tmp / "deep.json").write_text("[" * 2_000_000 + "]" * 2_000_000)
+    (tmp / "deep33.json").write_text("[" * 33 + "1" + "]" * 33)
+    head = json.dumps({"logits": {"dtype": "F32", "shape": [1, 2], "data_offsets": [0, 8]}})
+    deep_head = ("[" * 2_000_000 + "]" * 2_000_000).encode()
+    (tmp / "deep.safetensors").write_bytes(struct.pack("<Q", len(deep_head)) + deep_head + bytes(8))
+    (tmp / "claim.safetensors").write_bytes(struct.pack("<Q", 10**18) + head.encode() + bytes(8))
+    (tmp / "deep_header.npy").write_bytes(_npy_with_header("{'descr': " + "(" * 5000 + "'<f4'" + ")" * 5000
+                                                            + ", 'fortran_order': False, 'shape': (1, 2), }", bytes(8)))
+    cases.update(json_deep=[tmp / "deep.json"], json_33_levels=[tmp / "deep33.json"],
+                 safetensors_deep_header=[tmp / "deep.safetensors"], safetensors_claims=[tmp / "claim.safetensors"],
+                 npy_deep_header=[tmp / "deep_header.npy"])
+    # text just under the 4 MiB text limit, in the slowest shapes to parse, and a file over it
+    lines = 2 * 2**20 - 8
+    (tmp / "tall.csv").write_text("0\n" * lines)  # two million one-cell lines
+    (tmp / "tall_bad.csv").write_text("0\n" * lines + "x\n")
+    (tmp / "big.csv").write_text(("1.5," * 999 + "1.5\n") * 2400)  # 9.6 MB
+    (tmp / "strings.json").write_text("[" + ",".join(['["inf","-inf",1.5,2]'] * 190_000) + "]")
+    (tmp / "strings_bad.json").write_text("[" + ",".join(['["inf","-inf",1.5,2]'] * 190_000) + ",[1,2,3,true]]")
+    cases.update(csv_tall=[tmp / "tall.csv"], csv_tall_bad_last_line=[tmp / "tall_bad.csv"], csv_big=[tmp / "big.csv"],
+                 json_strings=[tmp / "strings.json"], json_strings_bad_at_end=[tmp / "strings_bad.json"])
+    # a report written to a full disk, as text and as JSON
+    np.save(tmp / "huge_rows.npy", np.array([[10.0, 92.0, 30.0, -50.0, 40.0]] * 400, dtype=np.float32))
+    cases.update(full_disk=[tmp / "huge_rows.npy"], full_disk_json=[tmp / "huge_rows.npy", "--json"])
+    for args in cases.values():
+        for a in args:
+            p = Path(a)
+            if p.is_file() and not p.is_symlink():
+                assert p.stat().st_size <= MAX_FILE, p
+    return cases
+
+
+HOSTILE_EXPECTED = {  # name -> (allowed exit codes, phrase the refusal must hold or "" for a run)
+    "npz_bomb": ((2,), f"would decompress to (shape (524288, 1024), float32) {2**31} bytes"),
+    "npz_slowest_rows": ((0,), ""),
+    "npy_slowest_rows": ((0,), ""),
+    "pt_stride_zero": ((2,), "holds a tensor of shape (100000, 100000)"),
+    "pt_stride_zero_axis0": ((2,), "holds a tensor of shape (100000, 100000)"),
+    "pt_deflated_bomb": ((2,), "is an archive that would decompress to"), "pt_deep_pickle": ((2,), ""),
+    "directory": ((2,), "is a directory"), "dev_null": ((2,), "is a character device"),
+    "target_dev_zero": ((2,), "--target"), "target_fifo": ((2,), "is a FIFO"),
+    "json_deep": ((2,), "not valid JSON"), "json_33_levels": ((2,), "deeper than 32"),
+    "safetensors_deep_header": ((2,), ""), "safetensors_claims": ((2,), "-byte header"),
+    "npy_deep_header": ((2,), "not a valid .npy"), "csv_tall": ((0,), ""),
+    "csv_tall_bad_last_line": ((2,), "line 2097145, field 1 is 'x'"), "csv_big": ((2,), "--max-text-bytes"),
+    "json_strings": ((0,), ""), "json_strings_bad_at_end": ((2,), "holds true, not a number"),
+    "full_disk": ((2,), "No space left on device"), "full_disk_json": ((2,), '"error": "OSError"'),
+    **{f"dev_zero{e}": ((2,), "is a character device") for e in SPECIAL_EXTS},
+    **{f"fifo{e}": ((2,), "is a FIFO") for e in SPECIAL_EXTS},
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork, RLIMIT_AS and /proc are Linux's")
+def test_hostile_files_within_time_and_memory(tmp_path, capped):
+    cases = _hostile_files(tmp_path)
+    assert set(cases) == set(HOSTILE_EXPECTED) - (set() if "pt_deep_pickle" in cases else
+                                                   {k for k in HOSTILE_EXPECTED if k.startswith("pt_")})
+    problems, report = [], []
+    for name, args in cases.items():
+        codes, phrase = HOSTILE_EXPECTED[name]
+        stdout = "/dev/full" if name.startswith("full_disk") else None
+        outcome = capped(*args, stdout=stdout)
+        report.append(f"{name}: exit {outcome['code']}, {outcome['cpu']:.2f} CPU s ({outcome['seconds']:.2f} s), "
+                      f"{outcome['peak_mb']:.0f} MB")
+        try:
+            line = check(outcome, *codes)
+            assert phrase in line, (phrase, line)
+        except AssertionError as exc:
+            problems.append((name, str(exc)[:400]))
+    print("\n".join(report))  # shown with -s: the time and memory of every case
+    assert not problems, problems

@@ -2,41 +2,88 @@
 
 Each subcommand lives in its own module under :mod:`stablesoftmax.lab`, which
 provides ``add_parser(subparsers)``; the parser it adds sets ``run``, a
-function of the parsed arguments that returns the exit code. Heavy imports
-(matplotlib, torch, scipy) happen inside ``run``, so ``--help`` stays fast.
+function of the parsed arguments that returns the exit code. Only the module
+of the subcommand being run is imported: ``stablesoftmax --help`` lists the
+subcommands from :data:`SUBCOMMANDS` without importing any of them (each
+imports NumPy and more), and heavy imports (matplotlib, torch, scipy) happen
+inside ``run``.
 
-Exit codes: 0 success, 1 a check failed (``diagnose --fail-on``), 2 bad input.
-Every :class:`~stablesoftmax.StableSoftmaxError` is printed as one line,
-without a traceback.
+Exit codes: 0 success, 1 a check failed (``diagnose --fail-on``), 2 bad input,
+a refused file, or an output that cannot be written (a full disk). Every
+error is printed as one line on stderr, without a traceback:
+``stablesoftmax COMMAND: error: MESSAGE``, or, when ``--json`` is given, one
+JSON object (schema ``stablesoftmax.error/1``) with the keys ``schema``,
+``command``, ``error`` (the exception's class name, or ``UsageError`` for a
+command line argparse refuses), ``message`` and ``exit_code``. Standard
+output carries only the report, so ``--json > report.json`` never mixes the two.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+import json
 import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from ._errors import StableSoftmaxError
+from . import StableSoftmaxError, __version__
 
-SUBCOMMANDS = ("battery", "bench", "diagnose")
+# name -> one-line help, the same text each module's add_parser gives (tests/test_cli.py checks it).
+SUBCOMMANDS = {
+    "battery": "write and run the lab's experiment directory (naive.py, stable.py, compare.py, results, report)",
+    "bench": "time logsumexp against naive NumPy, SciPy and PyTorch; write timings.csv",
+    "diagnose": "find the logits slices that make a naive loss inf or NaN",
+}
+ERROR_SCHEMA = "stablesoftmax.error/1"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(argv: Sequence[str] | None = None, *, json_errors: bool = False) -> argparse.ArgumentParser:
+    """The command's parser. With ``argv``, only the subcommand it names is imported; the others are
+    listed by name and help alone. Without it, every subcommand is imported and complete."""
+    chosen = _chosen(argv) if argv is not None else None
+    parser = _parser_class(json_errors)(
         prog="stablesoftmax",
         description="Stable softmax, logsumexp and cross-entropy: the lab, benchmarks and diagnostics.",
         epilog="Run 'stablesoftmax COMMAND --help' for a command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"stablesoftmax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in SUBCOMMANDS:
-        module = _load(name)
-        if module is not None:
-            module.add_parser(sub)
+    for name, summary in SUBCOMMANDS.items():
+        if argv is None or name == chosen:
+            module = _load(name)
+            if module is not None:
+                module.add_parser(sub)
+        elif _available(name):
+            sub.add_parser(name, help=summary)  # never run: argv names another subcommand, or none
     return parser
+
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not an option (the top level takes no values)."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in SUBCOMMANDS else None
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``--json`` (or an abbreviation argparse would take for it) comes before any ``--``."""
+    words = list(argv)[: list(argv).index("--")] if "--" in argv else list(argv)
+    return any(len(w) > 3 and "--json".startswith(w) for w in words)
+
+
+def _parser_class(json_errors: bool) -> type[argparse.ArgumentParser]:
+    class Parser(argparse.ArgumentParser):
+        """argparse's parser; under ``--json`` a refused command line is a JSON error too."""
+
+        def error(self, message: str):
+            if not json_errors:
+                super().error(message)
+            command = self.prog.split(" ", 1)[1] if " " in self.prog else None
+            _print_json_error(command, "UsageError", message, 2)
+            self.exit(2)
+
+    return Parser
 
 
 def _load(name: str):
@@ -48,20 +95,62 @@ def _load(name: str):
         raise
 
 
+def _available(name: str) -> bool:
+    return importlib.util.find_spec(f"stablesoftmax.lab.{name}") is not None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stablesoftmax`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    json_errors = _wants_json(argv)
+    args = build_parser(argv, json_errors=json_errors).parse_args(argv)
+    fail = _reporter(args.command, json_errors)
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # a full disk shows here, inside the try, and not as a traceback at exit
+        return code
     except StableSoftmaxError as exc:
-        print(f"stablesoftmax {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc, str(exc))
     except BrokenPipeError:  # e.g. `stablesoftmax battery | head`: the reader left, so stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return 141
+    except OSError as exc:  # ENOSPC, EIO, ... on standard output or a file being written
+        _drop_stdout()
+        where = exc.filename or "standard output"
+        return fail(exc, f"could not write {where} ({exc.strerror or exc}); expected a writable output "
+                         "with space left on its disk.")
+    except MemoryError as exc:
+        return fail(exc, "ran out of memory; read less at once (lower --max-bytes) or give the machine more memory.")
     except KeyboardInterrupt:
         print(f"stablesoftmax {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _reporter(command: str, json_errors: bool):
+    """A function that prints one error line (text or JSON) and returns exit code 2."""
+
+    def fail(exc: BaseException, message: str) -> int:
+        if json_errors:
+            _print_json_error(command, type(exc).__name__, message, 2)
+        else:
+            print(f"stablesoftmax {command}: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+
+    return fail
+
+
+def _print_json_error(command: str | None, kind: str, message: str, code: int) -> None:
+    error = {"schema": ERROR_SCHEMA, "command": command, "error": kind, "message": " ".join(message.split()),
+             "exit_code": code}
+    print(json.dumps(error), file=sys.stderr)
+
+
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit cannot fail a second time."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

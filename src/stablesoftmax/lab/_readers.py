@@ -52,7 +52,7 @@ BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 # Defaults of the limits (issue 14): with them, any file of at most 10 MB is diagnosed in a few
 # seconds and well under 512 MB; see the README's "Limits" section for the measurements.
 MAX_BYTES = 128 * 2**20
-MAX_TEXT_BYTES = 8 * 2**20
+MAX_TEXT_BYTES = 4 * 2**20
 MAX_TEXT_NDIM = 32  # nesting deeper than this in JSON is not an array of logits
 _READ_STEP = 2**20  # a decompressed .npz member is read into its final buffer this many bytes at a time
 # Exceptions numpy.lib.format raises on a malformed .npy header.
@@ -785,12 +785,12 @@ def _flatten(nested: Any) -> list:
 
 def _json_shape(obj: Any, label: str, depth: int) -> tuple[int, ...]:
     """The shape of ``obj``; raises for a leaf that is not a number, a ragged list or deep nesting."""
-    if depth > MAX_TEXT_NDIM:
-        raise _bad(label, f"nests lists deeper than {MAX_TEXT_NDIM} levels", "an array of logits")
     if not isinstance(obj, list):
         if type(obj) is not int and type(obj) is not float:  # bool is an int subclass: refused here
             raise _bad(label, f"holds {json.dumps(obj)[:40]}, not a number", "numbers, 'nan', 'inf' or '-inf'")
         return ()
+    if depth >= MAX_TEXT_NDIM:  # a list at this depth makes an array of more than MAX_TEXT_NDIM dimensions
+        raise _bad(label, f"nests lists deeper than {MAX_TEXT_NDIM} levels", "an array of logits")
     if not obj:
         return (0,)
     if not isinstance(obj[0], list):  # the innermost level, checked in one loop: most of the work is here

@@ -884,7 +884,7 @@ reads .npy (streamed in windows, any size), .npz, .safetensors, .pt/.pth (torch)
 .csv/.tsv and .json. Only regular files are read (no FIFO, device or directory).
 limits: data read whole (.npz member, .pt, .npy with the classes on its outer
 axis) at most --max-bytes (default 128M); .csv/.tsv/.json and the .safetensors
-header at most --max-text-bytes (default 8M).
+header at most --max-text-bytes (default 4M).
 
 exit codes: 0 the report was written, whatever its verdict (diagnose reports,
 it does not gate: a FAIL in float16 is news, not an error, for a float32 run);
