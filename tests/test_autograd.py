@@ -15,7 +15,12 @@ from functools import reduce
 import mpmath
 import numpy as np
 import pytest
-import torch
+try:  # PyTorch is an oracle here, not a requirement: without it only these comparisons skip
+    import torch
+except ImportError:
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -335,6 +340,7 @@ def composite(a, b, c):
 
 
 class TestAgainstTorch:
+    @needs_torch
     @pytest.mark.parametrize("seed", range(8))
     def test_composite_expression(self, seed):
         rng = np.random.default_rng(seed)
@@ -439,6 +445,7 @@ class TestFamilyAgainstOracles:
             got = data(out) if isinstance(out, list) else out.data
             assert_rel(got, array_fn(np.array(x)))
 
+    @needs_torch
     @pytest.mark.parametrize("k", [1, 2, 5, 40])
     @pytest.mark.parametrize(("scale", "offset"), SCALES, ids=SCALE_IDS)
     def test_gradients_match_torch(self, name, k, scale, offset, rng):
@@ -623,6 +630,7 @@ class TestCrossEntropy:
             t = int(rng.integers(5))
             assert_rel([cross_entropy(x, t).data], [-stablesoftmax.log_softmax(np.array(x))[t]])
 
+    @needs_torch
     @pytest.mark.parametrize(("scale", "offset"), SCALES, ids=SCALE_IDS)
     def test_gradient_matches_torch(self, scale, offset, rng):
         for _ in range(5):

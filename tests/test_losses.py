@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import stablesoftmax as ss
-from stablesoftmax import ArgumentError, DtypeError, ShapeError, TargetError
+from stablesoftmax import CONTRACT, ArgumentError, DtypeError, ShapeError, TargetError
 from tests.helpers import eps, ulp_error
 
 torch = pytest.importorskip("torch")
@@ -299,3 +299,36 @@ class TestBinaryCrossEntropyWithLogits:
     def test_shape_mismatch(self):
         with pytest.raises(ShapeError, match=r"target of shape \(2,\) must have the logits' shape \(3,\)"):
             ss.binary_cross_entropy_with_logits(np.zeros(3), np.zeros(2))
+
+
+class TestSiblingsAgree:
+    """``nll_loss(log_softmax(x), y)`` is ``cross_entropy(x, y)`` on every contract row that has a class target."""
+
+    ROWS = [r for r in CONTRACT if "cross_entropy" in r.expect and "target" in r.example
+            and np.asarray(r.example["target"]).dtype.kind in "iu" and "where" not in r.example]
+
+    @pytest.mark.parametrize("rule", ROWS, ids=lambda r: r.case)
+    def test_nll_of_log_softmax_equals_cross_entropy(self, rule, each_path):
+        (x, y), kw = rule.arguments("cross_entropy")
+        reduction = kw.get("reduction", "mean")
+        want = ss.cross_entropy(x, y, reduction=reduction)
+        got = ss.nll_loss(ss.log_softmax(x, axis=-1), y, reduction=reduction)
+        np.testing.assert_array_equal(got, want)
+
+    @pytest.mark.parametrize("x", [[[-np.inf, -np.inf], [0.0, 1.0]], [[np.inf, 0.0], [1.0, 2.0]],
+                                   [[np.inf, np.inf], [0.0, -np.inf]]])
+    def test_special_rows(self, x, each_path):
+        x = np.array(x)
+        y = np.array([0, 1])
+        for reduction in ("none", "mean", "sum"):
+            np.testing.assert_array_equal(ss.nll_loss(ss.log_softmax(x), y, reduction=reduction),
+                                          ss.cross_entropy(x, y, reduction=reduction))
+
+    def test_same_bad_axis_same_error(self):
+        from stablesoftmax import AxisError
+
+        for call in (lambda: ss.softmax(np.ones((2, 3)), axis=1.5),
+                     lambda: ss.cross_entropy(np.ones((2, 3)), np.array([0, 1]), axis=1.5),
+                     lambda: ss.nll_loss(np.ones((2, 3)), np.array([0, 1]), axis=1.5)):
+            with pytest.raises(AxisError, match=r"axis=1.5"):
+                call()

@@ -340,6 +340,7 @@ def _kernel_ce(module: Any, x: np.ndarray, target: np.ndarray, options: dict[str
         live = live & (r.m != -np.inf)
         r, dx, wy = _ce_pass(module, x2, y, mask, weight, live, options, g)
     live = live & (r.m != -np.inf)
+    wy = np.where(live, wy, 0.0)  # a slice without mass leaves the mean's denominator
     return round_to(np.asarray(_kernel_loss(r, x2, live, wy, options)), x, np), (
         None if dx is None else round_to(dx, x, np))
 
