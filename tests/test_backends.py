@@ -275,3 +275,21 @@ def _host(a):
     import array_api_strict as xps
 
     return np.asarray(xps.asarray(a, device=xps.Device("CPU_DEVICE"))._array)
+
+
+class TestTorchRefusals:
+    @pytest.fixture(autouse=True)
+    def _library(self):
+        self.torch = pytest.importorskip("torch")  # per test: a missing library skips only these
+
+    def test_sparse_tensors_are_refused_by_name(self):
+        with pytest.raises(ss.ArgumentError, match=r"x is a torch.sparse_coo tensor; sparse tensors are not supported"):
+            ss.softmax(self.torch.ones(3).to_sparse())
+
+    def test_torch_func_transforms_are_refused_by_name(self):
+        torch = self.torch
+        x = torch.randn(3, 4, dtype=torch.float64)
+        with pytest.raises(ss.ArgumentError, match=r"torch.func transform"):
+            torch.func.grad(lambda z: ss.cross_entropy(z, torch.tensor([0, 1, 2])))(x)
+        with pytest.raises(ss.ArgumentError, match=r"torch.func transform"):
+            torch.func.vmap(ss.logsumexp)(x)

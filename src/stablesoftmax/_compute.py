@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -71,17 +71,22 @@ def is_numpy(xp: Any) -> bool:
     return getattr(xp, "__name__", "") in ("numpy", "array_api_compat.numpy")
 
 
-def compute_dtype(x: Array, xp: Any) -> Any:
-    """float64, unless the device has none (Apple MPS, JAX without x64): then float32."""
-    mod = type(x).__module__
-    if mod.startswith("torch") and getattr(x.device, "type", "") == "mps":
-        return xp.float32
-    if mod.startswith("jax"):
-        import jax
+# What a library adapter in _backends tells this module about its arrays, keyed by the
+# array type's top-level module: the compute dtype (where float64 may be missing) and
+# whether values can be read without tracing or a device sync. Registered at the
+# adapter's import; an array of a library with no adapter gets float64 and no reads.
+COMPUTE_DTYPE: dict[str, Callable[[Any, Any], Any]] = {}
+CONCRETE: dict[str, Callable[[Any], bool]] = {}
 
-        if not jax.config.read("jax_enable_x64"):
-            return xp.float32
-    return xp.float64
+
+def _library_key(x: Any) -> str:
+    return type(x).__module__.split(".")[0]
+
+
+def compute_dtype(x: Array, xp: Any) -> Any:
+    """float64, unless the device has none (an adapter says so: Apple MPS, JAX without x64): then float32."""
+    rule = COMPUTE_DTYPE.get(_library_key(x))
+    return xp.float64 if rule is None else rule(x, xp)
 
 
 def widen(x: Array, xp: Any) -> tuple[Array, bool]:
@@ -132,14 +137,8 @@ def _concrete_host(a: Array) -> bool:
     """True for arrays whose values can be read without tracing or a device sync."""
     if isinstance(a, np.ndarray):
         return True
-    mod = type(a).__module__
-    if mod.startswith("torch"):
-        import torch
-
-        from torch._subclasses.fake_tensor import FakeTensor
-
-        return a.device.type == "cpu" and not isinstance(a, FakeTensor) and not torch.compiler.is_compiling()
-    return False
+    rule = CONCRETE.get(_library_key(a))
+    return False if rule is None else rule(a)
 
 
 # --------------------------------------------------------------------------

@@ -82,6 +82,8 @@ def array_in(x: Any, name: str) -> tuple[Array, Any]:
         xp = namespace(arr)
     else:
         arr, xp = x, namespace(x)
+        if lib == "torch":
+            torch_checks(arr, name)
     kind = dtype_name(arr.dtype)
     if kind in FLOATS:
         return arr, xp
@@ -91,6 +93,17 @@ def array_in(x: Any, name: str) -> tuple[Array, Any]:
     if kind == "bool" or kind.startswith(("int", "uint")):
         return xp.astype(arr, float_for(arr, xp)), xp
     raise DtypeError(f"{name} has dtype {kind}, which is not supported. Allowed: {ALLOWED}.")
+
+
+def torch_checks(x: Any, name: str) -> None:
+    """What the PyTorch adapter cannot take, refused by name rather than failing inside PyTorch."""
+    import torch
+
+    if x.layout != torch.strided:
+        raise ArgumentError(f"{name} is a {x.layout} tensor; sparse tensors are not supported. Pass {name}.to_dense().")
+    if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x):
+        raise ArgumentError(f"{name} is traced by a torch.func transform (grad, vmap, jacrev, ...), which is not "
+                            "supported; use torch.autograd (loss.backward() or torch.autograd.grad) instead.")
 
 
 def float_for(x: Array, xp: Any) -> Any:

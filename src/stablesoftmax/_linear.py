@@ -183,9 +183,9 @@ def _problem(hidden, weight, target, bias, chunk_size, class_weight, ignore_inde
 
 
 def _chunk_size(value: Any) -> int:
-    return D.int_option(value, "chunk_size", "a whole number >= 1") if D.is_int(value) and value >= 1 else int(
-        D.real_option(value if not isinstance(value, bool) else "bool", "chunk_size", lambda c: c >= 1 and c == int(c),
-                      "a whole number >= 1"))
+    if isinstance(value, (bool, np.bool_)):
+        raise D.ArgumentError(f"chunk_size={value!r} is not allowed; it must be a whole number >= 1.")
+    return int(D.real_option(value, "chunk_size", lambda c: c >= 1 and c == int(c), "a whole number >= 1"))
 
 
 def _host(a: Any, name: str) -> np.ndarray:

@@ -21,6 +21,14 @@ import numpy as np
 from .. import _compute
 
 
+def _compute_dtype(x: Any, xp: Any) -> Any:
+    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
+
+
+_compute.COMPUTE_DTYPE["jax"] = _compute_dtype
+_compute.COMPUTE_DTYPE["jaxlib"] = _compute_dtype
+
+
 def _zeros_for(aux: Any) -> Any:
     def zero(a: Any) -> Any:
         if jnp.issubdtype(a.dtype, jnp.inexact):

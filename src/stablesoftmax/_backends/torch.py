@@ -28,14 +28,39 @@ from .. import _compute
 _LIB = "stablesoftmax"
 
 
+def _compute_dtype(x: Tensor, xp_: Any) -> Any:
+    return torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def _concrete(a: Tensor) -> bool:
+    """Values readable now: a CPU tensor with storage, outside tracing (never a fake or functorch tensor)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if a.device.type != "cpu" or isinstance(a, FakeTensor) or torch.compiler.is_compiling():
+        return False
+    return not torch._C._functorch.is_functorch_wrapped_tensor(a)
+
+
+_compute.COMPUTE_DTYPE["torch"] = _compute_dtype
+_compute.CONCRETE["torch"] = _concrete
+
+
 def _run(fn: Callable[..., Any], x: Tensor, *arrays: Tensor | None, **options: Any) -> Any:
     """``fn(x, *arrays, xp, **options)`` on the kernels' NumPy view (CPU float32/64) or natively."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _compute.kernels() is not None:
+    if _viewable(x, *arrays) and _compute.kernels() is not None:
         host = [None if a is None else a.detach().numpy() for a in (x, *arrays)]
         with np.errstate(all="ignore"):  # see _backends.plain
             result = fn(*host, npx, **options)
         return _to_torch(result, x.device)
     return fn(x, *arrays, xp, **options)
+
+
+def _viewable(x: Tensor, *arrays: Tensor | None) -> bool:
+    """CPU float32/float64 tensors with storage of their own (not wrapped by ``torch.func``): NumPy can view them."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return not any(a is not None and wrapped(a) for a in (x, *arrays))
 
 
 def _to_torch(result: Any, dev: Any) -> Any:
