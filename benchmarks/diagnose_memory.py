@@ -15,16 +15,25 @@ Both read the file from the page cache (it was just written, and each side
 runs ``--repeat`` times, best time kept), so the ratio compares compute and
 memory traffic, not the disk. The temporary directory is removed at the end.
 
+``--hostile`` measures the other goal (issue 14): the hostile files of at most
+10 MB that ``tests/test_diagnose_fuzz.py`` builds (size bombs, special files,
+deep nesting, the slowest contents to parse and to diagnose) must each finish
+within 10 s and under 512 MB. Each runs as ``python -m stablesoftmax diagnose``
+in a fresh process, start-up included; the table gives wall and CPU seconds
+and the peak RSS from ``getrusage`` of that process alone.
+
 Usage::
 
     python benchmarks/diagnose_memory.py                 # 2 GB, 1000 classes
     python benchmarks/diagnose_memory.py --size-gb 0.25  # a quick run
+    python benchmarks/diagnose_memory.py --hostile       # the hostile files: time and memory of each
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -69,7 +78,10 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=1000, help="classes per row (default 1000)")
     p.add_argument("--repeat", type=int, default=2, help="runs of each side; the best time is kept (default 2)")
     p.add_argument("--dir", default=None, help="where to make the temporary directory (default: the system's)")
+    p.add_argument("--hostile", action="store_true", help="time the hostile files of at most 10 MB instead")
     args = p.parse_args()
+    if args.hostile:
+        return _hostile(args.dir)
     size = int(args.size_gb * 1e9)
     base = Path(args.dir or tempfile.gettempdir())
     free = shutil.disk_usage(base).free
@@ -92,6 +104,21 @@ def main() -> None:
     ok = diag_rss < 256 * mb and diag_t <= 3 * base_t
     print(f"peak RSS {diag_rss / mb:.0f} MB (goal < 256 MB), time {diag_t / base_t:.2f}x np.load + max "
           f"(goal <= 3x): {'OK' if ok else 'NOT MET'}")
+
+
+# The command as `python -m stablesoftmax` runs it, and its own peak RSS (VmHWM: getrusage after a fork
+# and exec would count the parent's pages too) written to argv[1] when it is done.
+HOSTILE = """
+import sys
+from stablesoftmax import cli
+try:
+    code = cli.main(sys.argv[2:])
+except SystemExit as exc:
+    code = exc.code
+with open(sys.argv[1], "w") as f:
+    f.write(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+sys.exit(code)
+"""
 
 
 def _make_file(tmp: Path, size: int, k: int) -> tuple[str, str]:
@@ -126,6 +153,36 @@ def _best(code: str, argv: list[str], repeat: int) -> tuple[float, float, float]
         fields = [float(f) for f in done.stdout.split()[:3]]
         runs.append((fields[0], fields[1] * 1024, fields[2] * 1024 if len(fields) > 2 else 0.0))  # VmHWM is in KiB
     return min(r[0] for r in runs), max(r[1] for r in runs), runs[0][2]
+
+
+def _hostile(where: str | None) -> None:
+    """Each hostile file in a fresh process: wall and CPU seconds, peak RSS, exit code; the worst last."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_diagnose_fuzz import HOSTILE_EXPECTED, _hostile_files
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=where, prefix="diagnose_hostile_") as tmp:
+        for name, args in _hostile_files(Path(tmp)).items():
+            out = "/dev/full" if name.startswith("full_disk") else os.devnull
+            hwm_file = Path(tmp) / "hwm"
+            t0 = time.perf_counter()
+            with open(out, "w") as stdout:
+                proc = subprocess.Popen([sys.executable, "-c", HOSTILE, str(hwm_file), "diagnose", *map(str, args)],
+                                        stdout=stdout, stderr=subprocess.PIPE, text=True)
+                err = proc.stderr.read()
+                _, status, usage = os.wait4(proc.pid, 0)  # this process's own CPU time
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                proc.stderr.close()
+            wall = time.perf_counter() - t0
+            rows.append((name, proc.returncode, wall, usage.ru_utime + usage.ru_stime,
+                         int(hwm_file.read_text()) / 1024, err.count("\n"), HOSTILE_EXPECTED[name][0]))
+    print(f"{'case':<26} exit  wall s   cpu s  peak MB  stderr lines")
+    for name, code, wall, cpu, peak, lines, _ in rows:
+        print(f"{name:<26} {code:>4} {wall:>7.2f} {cpu:>7.2f} {peak:>8.0f} {lines:>13}")
+    slowest, largest = max(rows, key=lambda r: r[2]), max(rows, key=lambda r: r[4])
+    bad = [r[0] for r in rows if r[2] > 10 or r[4] >= 512 or r[1] not in r[6]]
+    print(f"slowest: {slowest[0]} {slowest[2]:.2f} s; largest: {largest[0]} {largest[4]:.0f} MB; goal (each "
+          f"within 10 s, under 512 MB, the expected exit): {'MET' if not bad else 'NOT MET: ' + ', '.join(bad)}")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ from .. import (
     TargetError,
     cross_entropy,
     log_softmax,
+    reference_path,
 )
 from . import _readers
 
@@ -725,7 +726,8 @@ def _details(row: np.ndarray, t: int | None, d: np.dtype | None, index: tuple[in
         j = int(keep[np.argmin(x[keep])])
         s.min, s.argmin = float(x[j]), j
         s.spread = s.max - s.min
-        s.min_log_prob = float(log_softmax(x)[keep].min())
+        with reference_path():  # a few slices: no kernels to compile, and the same bytes with or without numba
+            s.min_log_prob = float(log_softmax(x)[keep].min())
         s.min_prob = math.exp(s.min_log_prob) if not math.isnan(s.min_log_prob) else math.nan
     if t is not None and t == ignore:
         s.target = t
@@ -748,7 +750,8 @@ def _details(row: np.ndarray, t: int | None, d: np.dtype | None, index: tuple[in
 
 def _stable_loss(x: np.ndarray, t: int) -> float:
     """The library's cross-entropy of one float64 slice (0 for a fully masked one, by its contract)."""
-    return float(cross_entropy(x, np.array(t), reduction="none"))
+    with reference_path():
+        return float(cross_entropy(x, np.array(t), reduction="none"))
 
 
 # --------------------------------------------------------------------------
