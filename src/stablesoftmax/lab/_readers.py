@@ -490,14 +490,15 @@ _PT_HINT = "; or save the logits as .npy or .safetensors, which are read in wind
 
 
 def _torch(f: _File, key: str | None, role: str) -> Array:
-    try:
-        import torch
-    except ImportError:
-        raise _bad(f.label, "is a PyTorch file but torch is not installed",
-                   "pip install 'stablesoftmax[torch]'") from None
+    # the file and its archive are checked first: a refused file costs no torch import (seconds)
     with open_regular_file(f.path, what=f.what, max_bytes=f.limits.max_bytes,
                            raise_with=f.limits.bytes_flag) as fp:
         _check_pt_archive(fp, f)
+        try:
+            import torch
+        except ImportError:
+            raise _bad(f.label, "is a PyTorch file but torch is not installed",
+                       "pip install 'stablesoftmax[torch]'") from None
         try:
             obj = torch.load(fp, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file; each is bad input
