@@ -57,6 +57,7 @@ print(dt, hwm)
 DIAGNOSE = """
 import contextlib, io, sys, time
 from stablesoftmax.cli import main
+import stablesoftmax.lab.diagnose  # start-up, not work: main imports only the subcommand it runs
 
 def hwm():
     return [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]

@@ -157,7 +157,7 @@ class TestUnderflow:
             rows.append(row)
             t.append(k - 1)
         flags = [diagnose(r[None], target=[k - 1], dtypes=("float16",)).dtypes["float16"].underflow
-                 for r, k in zip(rows, (100, 1000))]
+                 for r, k in zip(rows, (100, 1000), strict=True)]
         assert flags == [0, 1]
 
     def test_agrees_with_torch_float16_softmax(self):
@@ -622,3 +622,25 @@ class TestProgress:
     def test_small_files_show_no_progress(self, tmp_path, capsys, seed_arrays):
         np.save(tmp_path / "x.npy", seed_arrays[0])
         assert run_cli(capsys, tmp_path / "x.npy")[2] == ""
+
+
+class TestPublicApiOnly:
+    def test_diagnose_and_its_readers_import_only_public_names(self):
+        # the library's private modules are being rewritten; the lab stands on stablesoftmax.__all__
+        import ast
+
+        import stablesoftmax
+        from stablesoftmax.lab import _readers
+
+        for module in (dg, _readers):
+            tree = ast.parse(Path(module.__file__).read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level == 2:  # from .. import / from ..x import
+                    assert node.module is None, (module.__name__, node.module)
+                    assert {a.name for a in node.names} <= set(stablesoftmax.__all__), module.__name__
+                elif isinstance(node, ast.ImportFrom) and node.level == 1:
+                    assert node.module is None and {a.name for a in node.names} <= {"_readers"}, module.__name__
+                elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                    assert not any(n.startswith("stablesoftmax") for n in names), (module.__name__, names)
+
