@@ -87,24 +87,31 @@ def main() -> None:
     base = Path(args.dir or tempfile.gettempdir())
     free = shutil.disk_usage(base).free
     if free < 1.2 * size:
-        sys.exit(f"not enough free disk in {base}: {free / 1e9:.1f} GB free, {1.2 * size / 1e9:.1f} GB needed; "
-                 "use --size-gb or --dir")
+        sys.exit(
+            f"not enough free disk in {base}: {free / 1e9:.1f} GB free, {1.2 * size / 1e9:.1f} GB needed; "
+            "use --size-gb or --dir"
+        )
     with tempfile.TemporaryDirectory(dir=base, prefix="diagnose_memory_") as tmp:
         path, target = _make_file(Path(tmp), size, args.classes)
         base_t, base_rss, _ = _best(BASELINE, [path], args.repeat)
         diag_t, diag_rss, start_rss = _best(DIAGNOSE, [path, target], args.repeat)
     mb = 2**20
     result = {
-        "file_gb": round(size / 1e9, 3), "classes": args.classes,
-        "baseline_s": round(base_t, 3), "baseline_peak_rss_mb": round(base_rss / mb, 1),
-        "diagnose_s": round(diag_t, 3), "diagnose_peak_rss_mb": round(diag_rss / mb, 1),
+        "file_gb": round(size / 1e9, 3),
+        "classes": args.classes,
+        "baseline_s": round(base_t, 3),
+        "baseline_peak_rss_mb": round(base_rss / mb, 1),
+        "diagnose_s": round(diag_t, 3),
+        "diagnose_peak_rss_mb": round(diag_rss / mb, 1),
         "diagnose_rss_after_imports_mb": round(start_rss / mb, 1),
         "time_ratio": round(diag_t / base_t, 2),
     }
     print(json.dumps(result, indent=2))
     ok = diag_rss < 256 * mb and diag_t <= 3 * base_t
-    print(f"peak RSS {diag_rss / mb:.0f} MB (goal < 256 MB), time {diag_t / base_t:.2f}x np.load + max "
-          f"(goal <= 3x): {'OK' if ok else 'NOT MET'}")
+    print(
+        f"peak RSS {diag_rss / mb:.0f} MB (goal < 256 MB), time {diag_t / base_t:.2f}x np.load + max "
+        f"(goal <= 3x): {'OK' if ok else 'NOT MET'}"
+    )
 
 
 # The command as `python -m stablesoftmax` runs it, and its own peak RSS (VmHWM: getrusage after a fork
@@ -168,22 +175,37 @@ def _hostile(where: str | None) -> None:
             hwm_file = Path(tmp) / "hwm"
             t0 = time.perf_counter()
             with open(out, "w") as stdout:
-                proc = subprocess.Popen([sys.executable, "-c", HOSTILE, str(hwm_file), "diagnose", *map(str, args)],
-                                        stdout=stdout, stderr=subprocess.PIPE, text=True)
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", HOSTILE, str(hwm_file), "diagnose", *map(str, args)],
+                    stdout=stdout,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
                 err = proc.stderr.read()
                 _, status, usage = os.wait4(proc.pid, 0)  # this process's own CPU time
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 proc.stderr.close()
             wall = time.perf_counter() - t0
-            rows.append((name, proc.returncode, wall, usage.ru_utime + usage.ru_stime,
-                         int(hwm_file.read_text()) / 1024, err.count("\n"), HOSTILE_EXPECTED[name][0]))
+            rows.append(
+                (
+                    name,
+                    proc.returncode,
+                    wall,
+                    usage.ru_utime + usage.ru_stime,
+                    int(hwm_file.read_text()) / 1024,
+                    err.count("\n"),
+                    HOSTILE_EXPECTED[name][0],
+                )
+            )
     print(f"{'case':<26} exit  wall s   cpu s  peak MB  stderr lines")
     for name, code, wall, cpu, peak, lines, _ in rows:
         print(f"{name:<26} {code:>4} {wall:>7.2f} {cpu:>7.2f} {peak:>8.0f} {lines:>13}")
     slowest, largest = max(rows, key=lambda r: r[2]), max(rows, key=lambda r: r[4])
     bad = [r[0] for r in rows if r[2] > 10 or r[4] >= 512 or r[1] not in r[6]]
-    print(f"slowest: {slowest[0]} {slowest[2]:.2f} s; largest: {largest[0]} {largest[4]:.0f} MB; goal (each "
-          f"within 10 s, under 512 MB, the expected exit): {'MET' if not bad else 'NOT MET: ' + ', '.join(bad)}")
+    print(
+        f"slowest: {slowest[0]} {slowest[2]:.2f} s; largest: {largest[0]} {largest[4]:.0f} MB; goal (each "
+        f"within 10 s, under 512 MB, the expected exit): {'MET' if not bad else 'NOT MET: ' + ', '.join(bad)}"
+    )
 
 
 if __name__ == "__main__":

@@ -57,12 +57,17 @@ class TestHelp:
         assert "LAB []" in done.stdout, done.stdout + done.stderr
         assert all(f"    {name}" in done.stdout for name in cli.SUBCOMMANDS)
 
-    @pytest.mark.xfail(strict=True, reason="stablesoftmax/__init__.py imports NumPy and ml_dtypes eagerly, and "
-                                           "`import stablesoftmax.cli` runs it first; see notes/requests-cli.md. "
-                                           "Remove this mark when the package imports lazily.")
+    @pytest.mark.xfail(
+        strict=True,
+        reason="stablesoftmax/__init__.py imports NumPy eagerly, and "
+        "`import stablesoftmax.cli` runs it first; see notes/requests-cli.md. "
+        "Remove this mark when the package imports lazily.",
+    )
     def test_top_level_help_imports_no_numpy(self):
-        code = ("import sys\nfrom stablesoftmax import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n"
-                "    pass\nprint('HEAVY', [m for m in ('numpy', 'ml_dtypes') if m in sys.modules])")
+        code = (
+            "import sys\nfrom stablesoftmax import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('HEAVY', [m for m in ('numpy', 'ml_dtypes') if m in sys.modules])"
+        )
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert "HEAVY []" in done.stdout, done.stdout + done.stderr
 
@@ -89,8 +94,12 @@ class TestHelp:
         assert "invalid choice: 'diagnoze'" in capsys.readouterr().err
 
     def test_python_dash_m(self, tmp_path):
-        done = subprocess.run([sys.executable, "-m", "stablesoftmax", "battery", "--out", str(tmp_path), "-q"],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "stablesoftmax", "battery", "--out", str(tmp_path), "-q"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         assert "large positive" in done.stdout and "stop conditions" in done.stdout
         assert all((tmp_path / f).exists() for f in FILES)
@@ -176,8 +185,15 @@ class TestPredictionsFile:
         self.bad(capsys, tmp_path, GOOD + "ce = = 1\n", "not valid TOML", "line 5")
 
     def test_wrong_type_names_line_and_field(self, capsys, tmp_path):
-        self.bad(capsys, tmp_path, GOOD.replace("naive_nan = true", 'naive_nan = "yes"'),
-                 "line 2", "naive_nan", "'yes'", "true or false")
+        self.bad(
+            capsys,
+            tmp_path,
+            GOOD.replace("naive_nan = true", 'naive_nan = "yes"'),
+            "line 2",
+            "naive_nan",
+            "'yes'",
+            "true or false",
+        )
 
     def test_bad_ce(self, capsys, tmp_path):
         self.bad(capsys, tmp_path, GOOD.replace("ce = 0.0", 'ce = "lots"'), "line 4", "ce", "undefined")
@@ -186,8 +202,9 @@ class TestPredictionsFile:
         self.bad(capsys, tmp_path, GOOD + "confidence = 3\n", "line 5", "confidence", "naive_nan, stable_nan, ce, why")
 
     def test_unknown_case(self, capsys, tmp_path):
-        self.bad(capsys, tmp_path, GOOD + '\n[cases."huge"]\nnaive_nan = true\n', "line 6", "'huge'",
-                 "'large positive'")
+        self.bad(
+            capsys, tmp_path, GOOD + '\n[cases."huge"]\nnaive_nan = true\n', "line 6", "'huge'", "'large positive'"
+        )
 
     def test_dtype_mismatch(self, capsys, tmp_path):
         self.bad(capsys, tmp_path, 'dtype = "float64"\n' + GOOD, "line 1", "float64", "float32")

@@ -68,13 +68,15 @@ class TestSpecialFiles:
         fifo = tmp_path / "pipe.npy"
         os.mkfifo(fifo)
         # A real process, so that a hang is a timeout here and not a stuck test run.
-        done = subprocess.run([sys.executable, "-m", "stablesoftmax", "diagnose", str(fifo)],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "stablesoftmax", "diagnose", str(fifo)], capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 2 and done.stdout == ""
         assert done.stderr.count("\n") == 1 and "is a FIFO (named pipe), refused" in done.stderr
 
-    @pytest.mark.parametrize("name, link", [("pipe.json", False), ("pipe.csv", False), ("pipe.npz", False),
-                                            ("x.json", True), ("x.pt", True)])
+    @pytest.mark.parametrize(
+        "name, link", [("pipe.json", False), ("pipe.csv", False), ("pipe.npz", False), ("x.json", True), ("x.pt", True)]
+    )
     def test_fifo_or_symlink_to_one(self, capsys, tmp_path, name, link):
         fifo = tmp_path / "fifo"
         os.mkfifo(fifo)
@@ -120,9 +122,20 @@ class TestSizeLimits:
         x = np.zeros((12 * 2**20 // 1000, 1000), np.float32)
         np.savez_compressed(tmp_path / "bomb.npz", logits=x)
         assert (tmp_path / "bomb.npz").stat().st_size < 2**20
-        line = refused(capsys, tmp_path / "bomb.npz", "--max-bytes", "16M",
-                       needles=("LOGITS", "bomb.npz['logits']", f"would decompress to (shape {x.shape}, float32)",
-                                f"{x.nbytes} bytes", "over the limit of 16777216 bytes", f"--max-bytes {x.nbytes}"))
+        line = refused(
+            capsys,
+            tmp_path / "bomb.npz",
+            "--max-bytes",
+            "16M",
+            needles=(
+                "LOGITS",
+                "bomb.npz['logits']",
+                f"would decompress to (shape {x.shape}, float32)",
+                f"{x.nbytes} bytes",
+                "over the limit of 16777216 bytes",
+                f"--max-bytes {x.nbytes}",
+            ),
+        )
         assert ".npy" in line  # says how to avoid the limit altogether
         code, out, _ = run(capsys, tmp_path / "bomb.npz", "--max-bytes", "64M", "--dtype", "float32")
         assert code == 0 and f"shape {x.shape}" in out
@@ -131,8 +144,11 @@ class TestSizeLimits:
         shape = (2**19, 1024)  # 2 GiB of float32
         npz_claiming(tmp_path / "claim.npz", shape)
         assert (tmp_path / "claim.npz").stat().st_size < 10_000
-        refused(capsys, tmp_path / "claim.npz",
-                needles=(f"{2**31} bytes", f"over the limit of {_readers.MAX_BYTES} bytes", "--max-bytes"))
+        refused(
+            capsys,
+            tmp_path / "claim.npz",
+            needles=(f"{2**31} bytes", f"over the limit of {_readers.MAX_BYTES} bytes", "--max-bytes"),
+        )
 
     def test_stride_zero_pt_claiming_1e10_logits(self, capsys, tmp_path):
         torch = pytest.importorskip("torch")
@@ -140,27 +156,46 @@ class TestSizeLimits:
         torch.save(t, tmp_path / "wide.pt")
         assert (tmp_path / "wide.pt").stat().st_size < 4000
         for extra in ([], ["--axis", "0"]):
-            refused(capsys, tmp_path / "wide.pt", *extra,
-                    needles=("holds a tensor of shape (100000, 100000) (torch.float32)", f"{4 * 10**10} bytes",
-                             "--max-bytes"))
+            refused(
+                capsys,
+                tmp_path / "wide.pt",
+                *extra,
+                needles=(
+                    "holds a tensor of shape (100000, 100000) (torch.float32)",
+                    f"{4 * 10**10} bytes",
+                    "--max-bytes",
+                ),
+            )
 
     def test_deflated_pt_archive_past_the_limit(self, capsys, tmp_path):
         torch = pytest.importorskip("torch")
         torch.save({"logits": torch.zeros(4096, 1024)}, tmp_path / "plain.pt")  # 16 MiB of storage
-        with zipfile.ZipFile(tmp_path / "plain.pt") as zin, \
-                zipfile.ZipFile(tmp_path / "bomb.pt", "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        with (
+            zipfile.ZipFile(tmp_path / "plain.pt") as zin,
+            zipfile.ZipFile(tmp_path / "bomb.pt", "w", compression=zipfile.ZIP_DEFLATED) as zout,
+        ):
             for info in zin.infolist():
                 zout.writestr(info.filename, zin.read(info.filename))
         assert (tmp_path / "bomb.pt").stat().st_size < 100_000
-        refused(capsys, tmp_path / "bomb.pt", "--max-bytes", "8M",
-                needles=("is an archive that would decompress to", "over the limit of 8388608", "--max-bytes"))
+        refused(
+            capsys,
+            tmp_path / "bomb.pt",
+            "--max-bytes",
+            "8M",
+            needles=("is an archive that would decompress to", "over the limit of 8388608", "--max-bytes"),
+        )
         assert run(capsys, tmp_path / "bomb.pt", "--max-bytes", "32M", "--dtype", "float32")[0] == 0
 
     def test_pt_file_larger_than_the_limit(self, capsys, tmp_path):
         torch = pytest.importorskip("torch")
         torch.save(torch.zeros(300, 1000), tmp_path / "x.pt")
-        refused(capsys, tmp_path / "x.pt", "--max-bytes", "100K",
-                needles=("over the limit of 102400 bytes", "raise the limit with --max-bytes"))
+        refused(
+            capsys,
+            tmp_path / "x.pt",
+            "--max-bytes",
+            "100K",
+            needles=("over the limit of 102400 bytes", "raise the limit with --max-bytes"),
+        )
 
     @pytest.mark.parametrize("ext", [".csv", ".json"])
     def test_text_file_larger_than_the_text_limit(self, capsys, tmp_path, ext):
@@ -168,35 +203,59 @@ class TestSizeLimits:
         rows = "\n".join(",".join(["1.5"] * 100) for _ in range(100))
         path.write_text(rows if ext == ".csv" else "[" + ",".join(f"[{r}]" for r in rows.split("\n")) + "]")
         size = path.stat().st_size
-        refused(capsys, path, "--max-text-bytes", "10K",
-                needles=(f"is {size} bytes, over the limit of 10240 bytes", "--max-text-bytes"))
+        refused(
+            capsys,
+            path,
+            "--max-text-bytes",
+            "10K",
+            needles=(f"is {size} bytes, over the limit of 10240 bytes", "--max-text-bytes"),
+        )
         assert run(capsys, path, "--max-text-bytes", "1M", "--dtype", "float32")[0] == 0
 
     def test_safetensors_header_over_the_text_limit(self, capsys, tmp_path):
-        header = json.dumps({"__metadata__": {"pad": "x" * 20000},
-                             "logits": {"dtype": "F32", "shape": [1, 5], "data_offsets": [0, 20]}}).encode()
+        header = json.dumps(
+            {"__metadata__": {"pad": "x" * 20000}, "logits": {"dtype": "F32", "shape": [1, 5], "data_offsets": [0, 20]}}
+        ).encode()
         (tmp_path / "x.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(20))
-        refused(capsys, tmp_path / "x.safetensors", "--max-text-bytes", "10K",
-                needles=(f"{len(header)}-byte JSON header", "--max-text-bytes"))
+        refused(
+            capsys,
+            tmp_path / "x.safetensors",
+            "--max-text-bytes",
+            "10K",
+            needles=(f"{len(header)}-byte JSON header", "--max-text-bytes"),
+        )
         assert run(capsys, tmp_path / "x.safetensors", "--dtype", "float32")[0] == 0
 
     def test_npy_read_whole_is_bounded(self, capsys, tmp_path):
         # classes on axis 0 of a C-order file: no window can be read without the whole file
         np.save(tmp_path / "x.npy", np.zeros((1000, 300), np.float32))
-        refused(capsys, tmp_path / "x.npy", "--axis", "0", "--max-bytes", "1M",
-                needles=("classes on axis 0", "read whole", "1200000 bytes", "--max-bytes 1200000"))
+        refused(
+            capsys,
+            tmp_path / "x.npy",
+            "--axis",
+            "0",
+            "--max-bytes",
+            "1M",
+            needles=("classes on axis 0", "read whole", "1200000 bytes", "--max-bytes 1200000"),
+        )
         assert run(capsys, tmp_path / "x.npy", "--max-bytes", "1M", "--dtype", "float32")[0] == 0  # streamed
 
-    @pytest.mark.parametrize("text, value", [("1048576", 2**20), ("512K", 2**19), ("2G", 2**31), ("3MiB", 3 * 2**20),
-                                             ("1 gb", 2**30)])
+    @pytest.mark.parametrize(
+        "text, value", [("1048576", 2**20), ("512K", 2**19), ("2G", 2**31), ("3MiB", 3 * 2**20), ("1 gb", 2**30)]
+    )
     def test_size_option_spellings(self, text, value):
         assert dg._size(text, "--max-bytes", 0) == value
 
     @pytest.mark.parametrize("text", ["0", "-5", "1.5G", "lots", "", "1X"])
     def test_bad_size_option(self, capsys, tmp_path, text):
         np.save(tmp_path / "x.npy", np.array([SMALL], np.float32))
-        refused(capsys, tmp_path / "x.npy", "--max-bytes", text,
-                needles=("--max-bytes", repr(text), "positive number of bytes"))
+        refused(
+            capsys,
+            tmp_path / "x.npy",
+            "--max-bytes",
+            text,
+            needles=("--max-bytes", repr(text), "positive number of bytes"),
+        )
 
 
 # --------------------------------------------------------------------------
@@ -229,8 +288,13 @@ class TestIgnoreIndex:
     def test_other_ignore_index(self, capsys, tmp_path):
         np.save(tmp_path / "x.npy", np.array([SMALL, SMALL], np.float32))
         np.save(tmp_path / "t.npy", np.array([-1, 0]))
-        refused(capsys, tmp_path / "x.npy", "--target", tmp_path / "t.npy",
-                needles=("holds -1 at slice (0,)", "or equal the ignore index -100"))
+        refused(
+            capsys,
+            tmp_path / "x.npy",
+            "--target",
+            tmp_path / "t.npy",
+            needles=("holds -1 at slice (0,)", "or equal the ignore index -100"),
+        )
         code, out, _ = run(capsys, tmp_path / "x.npy", "--target", tmp_path / "t.npy", "--ignore-index", "-1", "--json")
         assert code == 0 and json.loads(out)["data"]["ignored"] == 1
 
@@ -270,12 +334,15 @@ class TestIgnoreIndex:
 
 
 class TestMessages:
-    @pytest.mark.parametrize("text, phrase", [
-        ("1;2;3\n4;5;6\n", "separates its fields with ';' (line 1); expected fields separated by ','"),
-        ("a;b;c\n1;2;3\n", "separates its fields with ';' (line 2)"),
-        ("1,5;2,5\n3,5;4,5\n", "has ';' in line 1"),
-        ("1\t2\n", "separates its fields with a tab"),
-    ])
+    @pytest.mark.parametrize(
+        "text, phrase",
+        [
+            ("1;2;3\n4;5;6\n", "separates its fields with ';' (line 1); expected fields separated by ','"),
+            ("a;b;c\n1;2;3\n", "separates its fields with ';' (line 2)"),
+            ("1,5;2,5\n3,5;4,5\n", "has ';' in line 1"),
+            ("1\t2\n", "separates its fields with a tab"),
+        ],
+    )
     def test_semicolon_csv_names_the_separator(self, capsys, tmp_path, text, phrase):
         (tmp_path / "x.csv").write_text(text)
         line = refused(capsys, tmp_path / "x.csv", needles=(phrase,))
@@ -295,20 +362,26 @@ class TestMessages:
         (tmp_path / "x.csv").write_text("# c\n" + "1,2\n" * 70_000 + "3\n")
         refused(capsys, tmp_path / "x.csv", needles=("line 70002 has 1 fields but earlier lines have 2",))
 
-    @pytest.mark.parametrize("text, expected", [
-        ("x,y\n1,2\n#c\n\n 3 , 4\r\n", [[1, 2], [3, 4]]),
-        ("1,2.5\ninf,-Infinity\n", [[1, 2.5], [np.inf, -np.inf]]),
-    ])
+    @pytest.mark.parametrize(
+        "text, expected",
+        [
+            ("x,y\n1,2\n#c\n\n 3 , 4\r\n", [[1, 2], [3, 4]]),
+            ("1,2.5\ninf,-Infinity\n", [[1, 2.5], [np.inf, -np.inf]]),
+        ],
+    )
     def test_tables_still_read(self, text, expected, tmp_path):
         (tmp_path / "x.csv").write_text(text)
         arr = _readers.open_array(str(tmp_path / "x.csv")).whole()
         np.testing.assert_array_equal(arr, np.array(expected))
         assert arr.dtype == (np.int64 if "." not in text and "inf" not in text else np.float64)
 
-    @pytest.mark.parametrize("text, expected", [
-        ('[["inf", " -INF ", "NaN"], [1, 2, 3]]', [[np.inf, -np.inf, np.nan], [1, 2, 3]]),
-        ('{"nan": [1, "-infinity"]}', [1, -np.inf]),
-    ])
+    @pytest.mark.parametrize(
+        "text, expected",
+        [
+            ('[["inf", " -INF ", "NaN"], [1, 2, 3]]', [[np.inf, -np.inf, np.nan], [1, 2, 3]]),
+            ('{"nan": [1, "-infinity"]}', [1, -np.inf]),
+        ],
+    )
     def test_json_special_strings(self, tmp_path, text, expected):
         (tmp_path / "x.json").write_text(text)
         np.testing.assert_array_equal(_readers.open_array(str(tmp_path / "x.json")).whole(), np.array(expected))
@@ -324,8 +397,10 @@ class TestExitAndJsonErrors:
         np.save(tmp_path / "x.npy", np.array([HUGE], np.float32))
         code, out, err = run(capsys, tmp_path / "x.npy")
         assert code == 0 and err == "" and "verdict  FAIL" in out
-        assert out.endswith("exit     0: diagnose reports, it does not gate; "
-                            "--fail-on overflow|underflow|any exits 1 on what it names\n")
+        assert out.endswith(
+            "exit     0: diagnose reports, it does not gate; "
+            "--fail-on overflow|underflow|any exits 1 on what it names\n"
+        )
         code, out, _ = run(capsys, tmp_path / "x.npy", "--fail-on", "any")
         assert code == 1 and "exit     0" not in out
 
@@ -333,9 +408,13 @@ class TestExitAndJsonErrors:
         code, out, err = run(capsys, tmp_path / "nope.npy", "--json")
         assert code == 2 and out == "" and err.count("\n") == 1
         e = json.loads(err)
-        assert e == {"schema": "stablesoftmax.error/1", "command": "diagnose", "error": "InputFileError",
-                     "message": f"LOGITS {tmp_path / 'nope.npy'}: no such file; expected a readable regular file.",
-                     "exit_code": 2}
+        assert e == {
+            "schema": "stablesoftmax.error/1",
+            "command": "diagnose",
+            "error": "InputFileError",
+            "message": f"LOGITS {tmp_path / 'nope.npy'}: no such file; expected a readable regular file.",
+            "exit_code": 2,
+        }
 
     def test_json_usage_error(self, capsys, tmp_path):
         with pytest.raises(SystemExit) as exc:
@@ -355,8 +434,13 @@ class TestExitAndJsonErrors:
         np.save(tmp_path / "x.npy", np.array([HUGE] * 200, np.float32))
         # A real process: Python's own flush at exit must not fail a second time (the fuzz suite runs --json).
         with open("/dev/full", "w") as full:
-            done = subprocess.run([sys.executable, "-m", "stablesoftmax", "diagnose", str(tmp_path / "x.npy")],
-                                  stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+            done = subprocess.run(
+                [sys.executable, "-m", "stablesoftmax", "diagnose", str(tmp_path / "x.npy")],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+            )
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert "Traceback" not in done.stderr
         assert "could not write standard output (No space left on device)" in done.stderr

@@ -156,8 +156,10 @@ class TestUnderflow:
             row[-1] = -10.5
             rows.append(row)
             t.append(k - 1)
-        flags = [diagnose(r[None], target=[k - 1], dtypes=("float16",)).dtypes["float16"].underflow
-                 for r, k in zip(rows, (100, 1000), strict=True)]
+        flags = [
+            diagnose(r[None], target=[k - 1], dtypes=("float16",)).dtypes["float16"].underflow
+            for r, k in zip(rows, (100, 1000), strict=True)
+        ]
         assert flags == [0, 1]
 
     def test_agrees_with_torch_float16_softmax(self):
@@ -205,7 +207,6 @@ class TestStagesAgreeWithFullSimulation:
                 want = st.check & fits & dg._underflows(x, tt, dg._NUMPY_DTYPES[name])
                 np.testing.assert_array_equal(got, want, err_msg=f"{name}, source {np.dtype(src)}, K={k}")
 
-
     def test_huge_logits_fall_back_to_the_simulation(self, rng):
         # |x| ~ 1e15 makes the float32 reference useless; the slices near float64's cliff are simulated
         n, k = 200, 50
@@ -232,7 +233,11 @@ class TestDataProblems:
         d = r.data
         assert (d.nan, d.posinf, d.masked, d.target_masked) == (1, 1, 1, 1)
         assert [(s.index, s.problems) for s in d.worst] == [
-            ((0,), ["nan"]), ((1,), ["masked"]), ((2,), ["posinf"]), ((3,), ["target_masked"])]
+            ((0,), ["nan"]),
+            ((1,), ["masked"]),
+            ((2,), ["posinf"]),
+            ((3,), ["target_masked"]),
+        ]
         assert r.failed("any") and not r.failed("overflow") and not r.failed("underflow")
         assert r.verdict.status == "fail"
 
@@ -278,18 +283,21 @@ class TestAxesAndInputs:
 
 
 class TestArguments:
-    @pytest.mark.parametrize("kwargs, exc, match", [
-        ({"dtypes": ("float8",)}, ArgumentError, "float8"),
-        ({"dtypes": ()}, ArgumentError, "distinct names"),
-        ({"dtypes": ("float32", "float32")}, ArgumentError, "distinct"),
-        ({"axis": (0, 1)}, AxisError, "one classes axis"),
-        ({"axis": 2}, AxisError, "out of range"),
-        ({"top": -1}, ArgumentError, "top=-1"),
-        ({"target": [1.0, 2.0]}, TargetError, "must be integers"),
-        ({"target": [1, 2, 3]}, ShapeError, r"expected \(2,\)"),
-        ({"target": [0, 5]}, TargetError, r"holds 5 at slice \(1,\).*\[0, 5\)"),
-        ({"target": [-1, 0]}, TargetError, r"\[0, 5\)"),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs, exc, match",
+        [
+            ({"dtypes": ("float8",)}, ArgumentError, "float8"),
+            ({"dtypes": ()}, ArgumentError, "distinct names"),
+            ({"dtypes": ("float32", "float32")}, ArgumentError, "distinct"),
+            ({"axis": (0, 1)}, AxisError, "one classes axis"),
+            ({"axis": 2}, AxisError, "out of range"),
+            ({"top": -1}, ArgumentError, "top=-1"),
+            ({"target": [1.0, 2.0]}, TargetError, "must be integers"),
+            ({"target": [1, 2, 3]}, ShapeError, r"expected \(2,\)"),
+            ({"target": [0, 5]}, TargetError, r"holds 5 at slice \(1,\).*\[0, 5\)"),
+            ({"target": [-1, 0]}, TargetError, r"\[0, 5\)"),
+        ],
+    )
     def test_bad_arguments(self, kwargs, exc, match):
         with pytest.raises(exc, match=match):
             diagnose(np.zeros((2, 5)), **kwargs)
@@ -304,11 +312,22 @@ class TestArguments:
 # The report: JSON schema, human text
 # --------------------------------------------------------------------------
 
-SLICE_KEYS = {"index": list, "problems": list, "max": float, "min": (float, type(None)),
-              "spread": (float, type(None)), "argmin": (int, type(None)), "min_prob": (float, type(None)),
-              "min_log_prob": (float, type(None)), "target": (int, type(None)), "target_logit": (float, type(None)),
-              "stable_loss": (float, type(None)), "naive_loss": (float, type(None)),
-              "naive_unshifted_loss": (float, type(None)), "naive_prob": (float, type(None))}
+SLICE_KEYS = {
+    "index": list,
+    "problems": list,
+    "max": float,
+    "min": (float, type(None)),
+    "spread": (float, type(None)),
+    "argmin": (int, type(None)),
+    "min_prob": (float, type(None)),
+    "min_log_prob": (float, type(None)),
+    "target": (int, type(None)),
+    "target_logit": (float, type(None)),
+    "stable_loss": (float, type(None)),
+    "naive_loss": (float, type(None)),
+    "naive_unshifted_loss": (float, type(None)),
+    "naive_prob": (float, type(None)),
+}
 
 
 class TestReportSchema:
@@ -321,12 +340,28 @@ class TestReportSchema:
         assert set(d) == {"schema", "source", "data", "dtypes", "verdict"}
         assert d["schema"] == "stablesoftmax.diagnose/1"
         assert set(d["source"]) == {"name", "shape", "dtype", "axis", "slices", "classes", "target", "ignore_index"}
-        assert set(d["data"]) == {"nan", "posinf", "masked", "target_masked", "ignored", "max_logit", "min_logit",
-                                  "max_spread", "worst"}
+        assert set(d["data"]) == {
+            "nan",
+            "posinf",
+            "masked",
+            "target_masked",
+            "ignored",
+            "max_logit",
+            "min_logit",
+            "max_spread",
+            "worst",
+        }
         assert list(d["dtypes"]) == list(DTYPES)
         for rep in d["dtypes"].values():
-            assert set(rep) == {"dtype", "overflow_above", "underflow_below", "overflow", "underflow",
-                                "failing", "worst"}
+            assert set(rep) == {
+                "dtype",
+                "overflow_above",
+                "underflow_below",
+                "overflow",
+                "underflow",
+                "failing",
+                "worst",
+            }
             assert all(isinstance(rep[k], int) for k in ("overflow", "underflow", "failing"))
         assert set(d["verdict"]) == {"status", "message"} and d["verdict"]["status"] in ("clean", "fail")
 
@@ -392,8 +427,9 @@ class TestStreaming:
         seen = []
         src = _readers.open_array(str(path))
         read = src.read
-        src = _readers.Array(src.name, src.shape, src.dtype, src.stream_axis,
-                             lambda a, b: seen.append((a, b)) or read(a, b))
+        src = _readers.Array(
+            src.name, src.shape, src.dtype, src.stream_axis, lambda a, b: seen.append((a, b)) or read(a, b)
+        )
         streamed = json.loads(dg._scan(src, t, axis, DTYPES, 7, "target").to_json())
         assert len(seen) > 10  # it really went window by window
         whole["source"]["name"] = streamed["source"]["name"]
@@ -446,8 +482,11 @@ class TestCommandFormats:
 
     def test_safetensors_bfloat16(self, tmp_path, capsys, seed_arrays):
         x, t = seed_arrays
-        write_safetensors(tmp_path / "x.safetensors", {"logits": ("BF16", x.astype(BF16)), "target": ("I64", t)},
-                          {"__metadata__": {"format": "pt"}})
+        write_safetensors(
+            tmp_path / "x.safetensors",
+            {"logits": ("BF16", x.astype(BF16)), "target": ("I64", t)},
+            {"__metadata__": {"format": "pt"}},
+        )
         d = self.check(capsys, tmp_path / "x.safetensors", "--target-key", "target", dtype="bfloat16")
         assert d["source"]["dtype"] == "bfloat16"
 
@@ -492,10 +531,17 @@ class TestExitCodes:
         np.save(tmp_path / "x.npy", np.array([SMALL], dtype=np.float32))
         assert run_cli(capsys, tmp_path / "x.npy", "--fail-on", "any")[0] == 0
 
-    @pytest.mark.parametrize("fail_on, dtype, code", [
-        ("underflow", "float32", 1), ("overflow", "float32", 1), ("any", "float32", 1),
-        ("underflow", "float64", 0), ("any", "float64", 0), (None, "float32", 0),
-    ])
+    @pytest.mark.parametrize(
+        "fail_on, dtype, code",
+        [
+            ("underflow", "float32", 1),
+            ("overflow", "float32", 1),
+            ("any", "float32", 1),
+            ("underflow", "float64", 0),
+            ("any", "float64", 0),
+            (None, "float32", 0),
+        ],
+    )
     def test_fail_on(self, tmp_path, capsys, seed_arrays, fail_on, dtype, code):
         x, _ = seed_arrays
         np.save(tmp_path / "x.npy", x)
@@ -571,10 +617,31 @@ def _bad_files(tmp: Path) -> dict[str, tuple[list[str], str]]:
 
 
 BAD_CASES = [
-    "truncated npy", "extra bytes", "object array", "bfloat16 npy", "strings", "complex", "0-d", "zero rows",
-    "zero classes", "corrupt npz", "object npz", "missing npz key", "ragged csv", "words csv", "header-only csv",
-    "ragged json", "bool json", "target shape", "target range", "target float", "missing file", "directory",
-    "unknown extension", "bad axis", "bad dtype",
+    "truncated npy",
+    "extra bytes",
+    "object array",
+    "bfloat16 npy",
+    "strings",
+    "complex",
+    "0-d",
+    "zero rows",
+    "zero classes",
+    "corrupt npz",
+    "object npz",
+    "missing npz key",
+    "ragged csv",
+    "words csv",
+    "header-only csv",
+    "ragged json",
+    "bool json",
+    "target shape",
+    "target range",
+    "target float",
+    "missing file",
+    "directory",
+    "unknown extension",
+    "bad axis",
+    "bad dtype",
 ]
 
 
@@ -643,4 +710,3 @@ class TestPublicApiOnly:
                 elif isinstance(node, (ast.Import, ast.ImportFrom)):
                     names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
                     assert not any(n.startswith("stablesoftmax") for n in names), (module.__name__, names)
-

@@ -71,14 +71,53 @@ def _npy_case(rng: np.random.Generator, i: int) -> bytes:
         at = int(rng.integers(10, header_end - 1))
         return good[:at] + JUNK_CHARS[int(rng.integers(len(JUNK_CHARS)))].encode("latin1") + good[at:]
     if op == 5:  # a refused dtype, with exactly the bytes its shape needs
-        descr = str(rng.choice(["'|O'", "'<U3'", "'|S4'", "'<c8'", "'|V4'", "'<M8[s]'", "'<m8[s]'",
-                                "[('a', '<f4')]", "'|V2'", "'xyz'", "5", "None"]))
-        size = {"'<U3'": 12, "'|S4'": 4, "'<c8'": 8, "'|V4'": 4, "'<M8[s]'": 8, "'<m8[s]'": 8, "'|V2'": 2,
-                "[('a', '<f4')]": 4}.get(descr, 8)
+        descr = str(
+            rng.choice(
+                [
+                    "'|O'",
+                    "'<U3'",
+                    "'|S4'",
+                    "'<c8'",
+                    "'|V4'",
+                    "'<M8[s]'",
+                    "'<m8[s]'",
+                    "[('a', '<f4')]",
+                    "'|V2'",
+                    "'xyz'",
+                    "5",
+                    "None",
+                ]
+            )
+        )
+        size = {
+            "'<U3'": 12,
+            "'|S4'": 4,
+            "'<c8'": 8,
+            "'|V4'": 4,
+            "'<M8[s]'": 8,
+            "'<m8[s]'": 8,
+            "'|V2'": 2,
+            "[('a', '<f4')]": 4,
+        }.get(descr, 8)
         return _npy_with_header(f"{{'descr': {descr}, 'fortran_order': False, 'shape': (2, 3), }}", rng.bytes(6 * size))
     if op == 6:  # a shape that is not one, or holds no data
-        shape = str(rng.choice(["(-1, 3)", "(2, 'a')", "(2.5,)", "None", "(2**70, 1)", "(10**30, 5)", "(0, 5)",
-                                "()", "(3, 0)", "[2, 3]", "(True, 2)"]))
+        shape = str(
+            rng.choice(
+                [
+                    "(-1, 3)",
+                    "(2, 'a')",
+                    "(2.5,)",
+                    "None",
+                    "(2**70, 1)",
+                    "(10**30, 5)",
+                    "(0, 5)",
+                    "()",
+                    "(3, 0)",
+                    "[2, 3]",
+                    "(True, 2)",
+                ]
+            )
+        )
         return _npy_with_header(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}", rng.bytes(4))
     if op == 7:  # a header length past the end of the file
         return good[:8] + struct.pack("<H", int(rng.integers(len(good), 65536))) + good[10:]
@@ -86,8 +125,15 @@ def _npy_case(rng: np.random.Generator, i: int) -> bytes:
         fo = str(rng.choice(["'yes'", "1", "None", "[]"]))
         return _npy_with_header(f"{{'descr': '<f4', 'fortran_order': {fo}, 'shape': (1, 2), }}", bytes(8))
     if op == 9:  # a key missing or one too many
-        text = str(rng.choice(["{'descr': '<f4', 'shape': (1, 2), }", "{'descr': '<f4', 'fortran_order': False, }",
-                               "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), 'x': 1, }"]))
+        text = str(
+            rng.choice(
+                [
+                    "{'descr': '<f4', 'shape': (1, 2), }",
+                    "{'descr': '<f4', 'fortran_order': False, }",
+                    "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), 'x': 1, }",
+                ]
+            )
+        )
         return _npy_with_header(text, bytes(8))
     return good[:header_end] + good[header_end:][: int(rng.integers(0, len(good) - header_end))]  # data cut short
 
@@ -127,7 +173,7 @@ def _npz_case(rng: np.random.Generator, i: int) -> bytes:
         good = _zip({"logits.npy": member}, zipfile.ZIP_STORED)
         start = good.index(member[:16])
         at = start + int(rng.integers(0, len(member)))
-        return good[:at] + bytes([good[at] ^ int(rng.integers(1, 256))]) + good[at + 1:]
+        return good[:at] + bytes([good[at] ^ int(rng.integers(1, 256))]) + good[at + 1 :]
     return _zip({"a.npy": _npy_bytes(arr), "b.npy": _npy_bytes(arr)}, comp)  # two arrays, none named logits
 
 
@@ -397,8 +443,12 @@ def _startup_cpu_s(tmp: Path) -> float:
     np.save(tmp / "x.npy", np.array([[0.0, -20.0, 95.0]], dtype=np.float32))
     np.save(tmp / "t.npy", np.array([1]))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run([sys.executable, "-m", "stablesoftmax", "diagnose", str(tmp / "x.npy"), "--target",
-                           str(tmp / "t.npy")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "stablesoftmax", "diagnose", str(tmp / "x.npy"), "--target", str(tmp / "t.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert done.returncode == 0, done.stderr
     return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -408,14 +458,19 @@ def _startup_cpu_s(tmp: Path) -> float:
 def capped(tmp_path_factory):
     """Run ``stablesoftmax diagnose ARGS`` in a fork under the caps; returns its outcome."""
     tmp = tmp_path_factory.mktemp("capped")
-    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     budget = LIMIT_S - _startup_cpu_s(tmp)  # CPU seconds left for the work itself
     assert json.loads(worker.stdout.readline()) == {"ready": True}
 
     def run(*argv: str, stdout: str | None = None) -> dict:
-        case = {"argv": ["diagnose", *map(str, argv)], "stdout": stdout, "stderr": str(tmp / "err.txt"),
-                "extra_mb": LIMIT_MB, "cpu": budget, "hang": HANG_S}
+        case = {
+            "argv": ["diagnose", *map(str, argv)],
+            "stdout": stdout,
+            "stderr": str(tmp / "err.txt"),
+            "extra_mb": LIMIT_MB,
+            "cpu": budget,
+            "hang": HANG_S,
+        }
         worker.stdin.write(json.dumps(case) + "\n")
         worker.stdin.flush()
         return {**json.loads(worker.stdout.readline()), "budget": budget}
@@ -469,8 +524,10 @@ def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
 def _npz_of_rows(path: Path, rows: np.ndarray, repeat: int) -> tuple[int, ...]:
     """An .npz of ``rows`` tiled ``repeat`` times, deflated fast (level 1): periodic data shrinks ~100x."""
     shape = (rows.shape[0] * repeat, rows.shape[1])
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf, \
-            zf.open("logits.npy", "w", force_zip64=True) as member:
+    with (
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf,
+        zf.open("logits.npy", "w", force_zip64=True) as member,
+    ):
         member.write(_npy_header(shape))
         block = rows.tobytes()
         for _ in range(repeat):
@@ -484,7 +541,7 @@ def _claiming(path: Path, member: str, claimed: int) -> None:
     at = data.find(b"PK\x01\x02")
     while at >= 0:
         name_len = struct.unpack_from("<H", data, at + 28)[0]
-        if data[at + 46: at + 46 + name_len].decode().endswith(member):
+        if data[at + 46 : at + 46 + name_len].decode().endswith(member):
             struct.pack_into("<I", data, at + 24, claimed)
         at = data.find(b"PK\x01\x02", at + 4)
     path.write_bytes(bytes(data))
@@ -526,9 +583,12 @@ def _hostile_files(tmp: Path) -> dict[str, list[str]]:
     (tmp / "dir.npy").mkdir()
     (tmp / "null.json").symlink_to("/dev/null")
     np.save(tmp / "ok.npy", np.array([[1.0, 2.0]], dtype=np.float32))
-    cases.update(directory=[tmp / "dir.npy"], dev_null=[tmp / "null.json"],
-                 target_dev_zero=[tmp / "ok.npy", "--target", tmp / "zero.npy"],
-                 target_fifo=[tmp / "ok.npy", "--target", tmp / "fifo.json"])
+    cases.update(
+        directory=[tmp / "dir.npy"],
+        dev_null=[tmp / "null.json"],
+        target_dev_zero=[tmp / "ok.npy", "--target", tmp / "zero.npy"],
+        target_fifo=[tmp / "ok.npy", "--target", tmp / "fifo.json"],
+    )
     # deep nesting
     (tmp / "deep.json").write_text("[" * 2_000_000 + "]" * 2_000_000)
     (tmp / "deep33.json").write_text("[" * 33 + "1" + "]" * 33)
@@ -536,11 +596,18 @@ def _hostile_files(tmp: Path) -> dict[str, list[str]]:
     deep_head = ("[" * 2_000_000 + "]" * 2_000_000).encode()
     (tmp / "deep.safetensors").write_bytes(struct.pack("<Q", len(deep_head)) + deep_head + bytes(8))
     (tmp / "claim.safetensors").write_bytes(struct.pack("<Q", 10**18) + head.encode() + bytes(8))
-    (tmp / "deep_header.npy").write_bytes(_npy_with_header("{'descr': " + "(" * 5000 + "'<f4'" + ")" * 5000
-                                                            + ", 'fortran_order': False, 'shape': (1, 2), }", bytes(8)))
-    cases.update(json_deep=[tmp / "deep.json"], json_33_levels=[tmp / "deep33.json"],
-                 safetensors_deep_header=[tmp / "deep.safetensors"], safetensors_claims=[tmp / "claim.safetensors"],
-                 npy_deep_header=[tmp / "deep_header.npy"])
+    (tmp / "deep_header.npy").write_bytes(
+        _npy_with_header(
+            "{'descr': " + "(" * 5000 + "'<f4'" + ")" * 5000 + ", 'fortran_order': False, 'shape': (1, 2), }", bytes(8)
+        )
+    )
+    cases.update(
+        json_deep=[tmp / "deep.json"],
+        json_33_levels=[tmp / "deep33.json"],
+        safetensors_deep_header=[tmp / "deep.safetensors"],
+        safetensors_claims=[tmp / "claim.safetensors"],
+        npy_deep_header=[tmp / "deep_header.npy"],
+    )
     # text just under the 4 MiB text limit, in the slowest shapes to parse, and a file over it
     lines = 2 * 2**20 - 8
     (tmp / "tall.csv").write_text("0\n" * lines)  # two million one-cell lines
@@ -548,8 +615,13 @@ def _hostile_files(tmp: Path) -> dict[str, list[str]]:
     (tmp / "big.csv").write_text(("1.5," * 999 + "1.5\n") * 2400)  # 9.6 MB
     (tmp / "strings.json").write_text("[" + ",".join(['["inf","-inf",1.5,2]'] * 190_000) + "]")
     (tmp / "strings_bad.json").write_text("[" + ",".join(['["inf","-inf",1.5,2]'] * 190_000) + ",[1,2,3,true]]")
-    cases.update(csv_tall=[tmp / "tall.csv"], csv_tall_bad_last_line=[tmp / "tall_bad.csv"], csv_big=[tmp / "big.csv"],
-                 json_strings=[tmp / "strings.json"], json_strings_bad_at_end=[tmp / "strings_bad.json"])
+    cases.update(
+        csv_tall=[tmp / "tall.csv"],
+        csv_tall_bad_last_line=[tmp / "tall_bad.csv"],
+        csv_big=[tmp / "big.csv"],
+        json_strings=[tmp / "strings.json"],
+        json_strings_bad_at_end=[tmp / "strings_bad.json"],
+    )
     # a report written to a full disk, as text and as JSON
     np.save(tmp / "huge_rows.npy", np.array([[10.0, 92.0, 30.0, -50.0, 40.0]] * 400, dtype=np.float32))
     cases.update(full_disk=[tmp / "huge_rows.npy"], full_disk_json=[tmp / "huge_rows.npy", "--json"])
@@ -567,15 +639,24 @@ HOSTILE_EXPECTED = {  # name -> (allowed exit codes, phrase the refusal must hol
     "npy_slowest_rows": ((0,), ""),
     "pt_stride_zero": ((2,), "holds a tensor of shape (100000, 100000)"),
     "pt_stride_zero_axis0": ((2,), "holds a tensor of shape (100000, 100000)"),
-    "pt_deflated_bomb": ((2,), "is an archive that would decompress to"), "pt_deep_pickle": ((2,), ""),
-    "directory": ((2,), "is a directory"), "dev_null": ((2,), "is a character device"),
-    "target_dev_zero": ((2,), "--target"), "target_fifo": ((2,), "is a FIFO"),
-    "json_deep": ((2,), "not valid JSON"), "json_33_levels": ((2,), "deeper than 32"),
-    "safetensors_deep_header": ((2,), ""), "safetensors_claims": ((2,), "-byte header"),
-    "npy_deep_header": ((2,), "not a valid .npy"), "csv_tall": ((0,), ""),
-    "csv_tall_bad_last_line": ((2,), "line 2097145, field 1 is 'x'"), "csv_big": ((2,), "--max-text-bytes"),
-    "json_strings": ((0,), ""), "json_strings_bad_at_end": ((2,), "holds true, not a number"),
-    "full_disk": ((2,), "No space left on device"), "full_disk_json": ((2,), '"error": "OSError"'),
+    "pt_deflated_bomb": ((2,), "is an archive that would decompress to"),
+    "pt_deep_pickle": ((2,), ""),
+    "directory": ((2,), "is a directory"),
+    "dev_null": ((2,), "is a character device"),
+    "target_dev_zero": ((2,), "--target"),
+    "target_fifo": ((2,), "is a FIFO"),
+    "json_deep": ((2,), "not valid JSON"),
+    "json_33_levels": ((2,), "deeper than 32"),
+    "safetensors_deep_header": ((2,), ""),
+    "safetensors_claims": ((2,), "-byte header"),
+    "npy_deep_header": ((2,), "not a valid .npy"),
+    "csv_tall": ((0,), ""),
+    "csv_tall_bad_last_line": ((2,), "line 2097145, field 1 is 'x'"),
+    "csv_big": ((2,), "--max-text-bytes"),
+    "json_strings": ((0,), ""),
+    "json_strings_bad_at_end": ((2,), "holds true, not a number"),
+    "full_disk": ((2,), "No space left on device"),
+    "full_disk_json": ((2,), '"error": "OSError"'),
     **{f"dev_zero{e}": ((2,), "is a character device") for e in SPECIAL_EXTS},
     **{f"fifo{e}": ((2,), "is a FIFO") for e in SPECIAL_EXTS},
 }
@@ -584,15 +665,18 @@ HOSTILE_EXPECTED = {  # name -> (allowed exit codes, phrase the refusal must hol
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork, RLIMIT_AS and /proc are Linux's")
 def test_hostile_files_within_time_and_memory(tmp_path, capped):
     cases = _hostile_files(tmp_path)
-    assert set(cases) == set(HOSTILE_EXPECTED) - (set() if "pt_deep_pickle" in cases else
-                                                   {k for k in HOSTILE_EXPECTED if k.startswith("pt_")})
+    assert set(cases) == set(HOSTILE_EXPECTED) - (
+        set() if "pt_deep_pickle" in cases else {k for k in HOSTILE_EXPECTED if k.startswith("pt_")}
+    )
     problems, report = [], []
     for name, args in cases.items():
         codes, phrase = HOSTILE_EXPECTED[name]
         stdout = "/dev/full" if name.startswith("full_disk") else None
         outcome = capped(*args, stdout=stdout)
-        report.append(f"{name}: exit {outcome['code']}, {outcome['cpu']:.2f} CPU s ({outcome['seconds']:.2f} s), "
-                      f"{outcome['peak_mb']:.0f} MB")
+        report.append(
+            f"{name}: exit {outcome['code']}, {outcome['cpu']:.2f} CPU s ({outcome['seconds']:.2f} s), "
+            f"{outcome['peak_mb']:.0f} MB"
+        )
         try:
             line = check(outcome, *codes)
             assert phrase in line, (phrase, line)

@@ -23,8 +23,11 @@ class TestReadRegularFile:
         assert read_regular_file(small, what="--predictions", max_bytes=6) == b"x = 1\n"
 
     def test_refuses_file_over_budget_naming_argument_file_and_limit(self, small):
-        with pytest.raises(InputFileError, match=r"^--predictions .*p\.toml: is 6 bytes, over the limit of 5 bytes.*"
-                                                 r"raise the limit with --max-file-bytes"):
+        with pytest.raises(
+            InputFileError,
+            match=r"^--predictions .*p\.toml: is 6 bytes, over the limit of 5 bytes.*"
+            r"raise the limit with --max-file-bytes",
+        ):
             read_regular_file(small, what="--predictions", max_bytes=5, raise_with="--max-file-bytes")
 
     def test_refuses_fifo_without_blocking(self, tmp_path):

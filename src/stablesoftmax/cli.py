@@ -117,8 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # ENOSPC, EIO, ... on standard output or a file being written
         _drop_stdout()
         where = exc.filename or "standard output"
-        return fail(exc, f"could not write {where} ({exc.strerror or exc}); expected a writable output "
-                         "with space left on its disk.")
+        return fail(
+            exc,
+            f"could not write {where} ({exc.strerror or exc}); expected a writable output with space left on its disk.",
+        )
     except MemoryError as exc:
         return fail(exc, "ran out of memory; read less at once (lower --max-bytes) or give the machine more memory.")
     except KeyboardInterrupt:
@@ -140,8 +142,13 @@ def _reporter(command: str, json_errors: bool):
 
 
 def _print_json_error(command: str | None, kind: str, message: str, code: int) -> None:
-    error = {"schema": ERROR_SCHEMA, "command": command, "error": kind, "message": " ".join(message.split()),
-             "exit_code": code}
+    error = {
+        "schema": ERROR_SCHEMA,
+        "command": command,
+        "error": kind,
+        "message": " ".join(message.split()),
+        "exit_code": code,
+    }
     print(json.dumps(error), file=sys.stderr)
 
 

@@ -43,8 +43,17 @@ import numpy as np
 
 from .. import InputFileError
 
-__all__ = ["EXTENSIONS", "MAX_BYTES", "MAX_TEXT_BYTES", "Array", "Limits", "from_memory", "open_array",
-           "open_regular_file", "read_regular_file"]
+__all__ = [
+    "EXTENSIONS",
+    "MAX_BYTES",
+    "MAX_TEXT_BYTES",
+    "Array",
+    "Limits",
+    "from_memory",
+    "open_array",
+    "open_regular_file",
+    "read_regular_file",
+]
 
 EXTENSIONS = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".csv", ".tsv", ".json")
 EXPECTED_DTYPES = "float16, bfloat16, float32, float64, integers or bools"
@@ -56,8 +65,16 @@ MAX_TEXT_BYTES = 4 * 2**20
 MAX_TEXT_NDIM = 32  # nesting deeper than this in JSON is not an array of logits
 _READ_STEP = 2**20  # a decompressed .npz member is read into its final buffer this many bytes at a time
 # Exceptions numpy.lib.format raises on a malformed .npy header.
-_HEADER_ERRORS = (ValueError, TypeError, KeyError, SyntaxError, OverflowError, RecursionError, EOFError,
-                  UnicodeDecodeError)
+_HEADER_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    SyntaxError,
+    OverflowError,
+    RecursionError,
+    EOFError,
+    UnicodeDecodeError,
+)
 
 
 @dataclass(frozen=True)
@@ -100,8 +117,9 @@ def from_memory(arr: np.ndarray, name: str) -> Array:
     return Array(name, tuple(arr.shape), arr.dtype, 0, lambda start, stop: arr[start:stop])
 
 
-def open_array(path: str, key: str | None = None, *, role: str = "logits", what: str = "LOGITS",
-               limits: Limits = Limits()) -> Array:
+def open_array(
+    path: str, key: str | None = None, *, role: str = "logits", what: str = "LOGITS", limits: Limits = Limits()
+) -> Array:
     """Open the array ``key`` (or the only or ``role``-named one) in the file ``path``.
 
     ``what`` is the argument the path came from (``"LOGITS"``, ``"--target"``);
@@ -136,16 +154,24 @@ class _File:
         lim = self.limits
         if n <= lim.max_bytes:
             return None
-        return _bad(self.label, f"{what} {n} bytes, over the limit of {lim.max_bytes} bytes held in memory",
-                    f"at most {lim.max_bytes} bytes (raise it with {lim.bytes_flag} {n}{hint})")
+        return _bad(
+            self.label,
+            f"{what} {n} bytes, over the limit of {lim.max_bytes} bytes held in memory",
+            f"at most {lim.max_bytes} bytes (raise it with {lim.bytes_flag} {n}{hint})",
+        )
 
 
 # --------------------------------------------------------------------------
 # Opening a file the user named: regular files only, within a byte budget
 # --------------------------------------------------------------------------
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def read_regular_file(path: str | os.PathLike[str], *, what: str, max_bytes: int, raise_with: str = "") -> bytes:
@@ -172,8 +198,9 @@ def read_regular_file(path: str | os.PathLike[str], *, what: str, max_bytes: int
         try:
             data = _read_at_most(fp, max_bytes + 1)  # one byte more than allowed tells a file that grew
         except OSError as exc:
-            raise InputFileError(f"{what} {path}: could not be read ({exc.strerror or exc}); "
-                                 "expected a readable regular file.") from None
+            raise InputFileError(
+                f"{what} {path}: could not be read ({exc.strerror or exc}); expected a readable regular file."
+            ) from None
     if len(data) > max_bytes:
         raise _too_large(path, what, max_bytes, raise_with, f"more than {max_bytes} bytes")
     return data
@@ -240,16 +267,21 @@ def _check_kind(info: os.stat_result, path: Any, what: str) -> None:
 def _os_error(path: Any, what: str, exc: OSError) -> InputFileError:
     import errno
 
-    reason = {errno.ENOENT: "no such file", errno.EACCES: "permission denied",
-              errno.ENOTDIR: "a part of the path is not a directory",
-              errno.ELOOP: "too many levels of symbolic links"}.get(exc.errno, exc.strerror or str(exc))
+    reason = {
+        errno.ENOENT: "no such file",
+        errno.EACCES: "permission denied",
+        errno.ENOTDIR: "a part of the path is not a directory",
+        errno.ELOOP: "too many levels of symbolic links",
+    }.get(exc.errno, exc.strerror or str(exc))
     return InputFileError(f"{what} {path}: {reason}; expected a readable regular file.")
 
 
 def _too_large(path: Any, what: str, max_bytes: int, raise_with: str, size: str) -> InputFileError:
     hint = f" (raise the limit with {raise_with})" if raise_with else ""
-    return InputFileError(f"{what} {path}: is {size}, over the limit of {max_bytes} bytes; "
-                          f"expected a regular file of at most {max_bytes} bytes{hint}.")
+    return InputFileError(
+        f"{what} {path}: is {size}, over the limit of {max_bytes} bytes; "
+        f"expected a regular file of at most {max_bytes} bytes{hint}."
+    )
 
 
 # --------------------------------------------------------------------------
@@ -286,7 +318,8 @@ def _check_shape(shape: tuple[int, ...], label: str) -> None:
         raise InputFileError(f"{label}: holds a single number (0-d); expected an array with an axis of classes.")
     if 0 in shape:
         raise InputFileError(
-            f"{label}: holds no data (shape {shape}); expected at least one slice of at least one class.")
+            f"{label}: holds no data (shape {shape}); expected at least one slice of at least one class."
+        )
 
 
 def _bad(label: str, what: str, expected: str) -> InputFileError:
@@ -306,8 +339,9 @@ def _pick(label: str, keys: list[str], key: str | None, role: str) -> str:
         return role
     if not keys:
         raise _bad(label, "holds no arrays", "at least one array")
-    raise _bad(label, f"holds {len(keys)} arrays and none is named {role!r}",
-               f"--key or --target-key naming one of {shown}")
+    raise _bad(
+        label, f"holds {len(keys)} arrays and none is named {role!r}", f"--key or --target-key naming one of {shown}"
+    )
 
 
 def _short(exc: BaseException) -> str:
@@ -351,8 +385,11 @@ def _npy(f: _File, key: str | None, role: str) -> Array:
     need = math.prod(shape) * dtype.itemsize
     if have != need:  # numpy.load ignores extra bytes; here they mean a corrupt or mislabelled file
         state = "is truncated" if have < need else "has extra bytes after the array"
-        raise _bad(f.label, f"{state}: its header promises {need} bytes of data (shape {shape}, {dtype}) "
-                   f"but {have} follow", "a complete file written by numpy.save")
+        raise _bad(
+            f.label,
+            f"{state}: its header promises {need} bytes of data (shape {shape}, {dtype}) but {have} follow",
+            "a complete file written by numpy.save",
+        )
     axis = len(shape) - 1 if fortran else 0
     read = _memmap_windows(path, offset, shape, dtype, axis, "F" if fortran else "C")
     return Array(path, shape, dtype, axis, read, streamed=True)
@@ -363,14 +400,25 @@ def _memmap_windows(path: str, offset: int, shape: tuple[int, ...], dtype: np.dt
     step = math.prod(shape) // shape[axis] * dtype.itemsize
 
     def read(start: int, stop: int) -> np.ndarray:
-        sub = shape[:axis] + (stop - start,) + shape[axis + 1:]
+        sub = shape[:axis] + (stop - start,) + shape[axis + 1 :]
         return np.memmap(path, dtype=dtype, mode="r", offset=offset + start * step, shape=sub, order=order)
 
     return read
 
 
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError,
-               ValueError, struct.error, UnicodeDecodeError, RuntimeError, OverflowError)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    ValueError,
+    struct.error,
+    UnicodeDecodeError,
+    RuntimeError,
+    OverflowError,
+)
 
 
 def _npz(f: _File, key: str | None, role: str) -> Array:
@@ -395,10 +443,17 @@ def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, f: _File) -> np.ndar
         need = math.prod(shape) * dtype.itemsize
         header = fp.tell()
         if header + need != info.file_size:
-            raise _bad(f.label, f"is corrupt: its header promises {need} bytes (shape {shape}, {dtype}) "
-                       f"but the member holds {max(info.file_size - header, 0)}", "a complete array")
-        too_big = f.bytes_over(need, f"would decompress to (shape {shape}, {dtype})",
-                               "; or save the array with numpy.save, as .npy, which is read in windows")
+            raise _bad(
+                f.label,
+                f"is corrupt: its header promises {need} bytes (shape {shape}, {dtype}) "
+                f"but the member holds {max(info.file_size - header, 0)}",
+                "a complete array",
+            )
+        too_big = f.bytes_over(
+            need,
+            f"would decompress to (shape {shape}, {dtype})",
+            "; or save the array with numpy.save, as .npy, which is read in windows",
+        )
         if too_big:
             raise too_big
         buf = np.empty(need, dtype=np.uint8)
@@ -415,7 +470,7 @@ def _read_into(fp: Any, view: memoryview) -> int:
         chunk = fp.read(min(_READ_STEP, len(view) - got))
         if not chunk:
             break
-        view[got:got + len(chunk)] = chunk
+        view[got : got + len(chunk)] = chunk
         got += len(chunk)
     return got
 
@@ -425,9 +480,18 @@ def _read_into(fp: Any, view: memoryview) -> int:
 # --------------------------------------------------------------------------
 
 _SAFETENSORS_DTYPES = {
-    "F16": np.dtype("<f2"), "BF16": BFLOAT16, "F32": np.dtype("<f4"), "F64": np.dtype("<f8"),
-    "I8": np.dtype("i1"), "I16": np.dtype("<i2"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8"),
-    "U8": np.dtype("u1"), "U16": np.dtype("<u2"), "U32": np.dtype("<u4"), "U64": np.dtype("<u8"),
+    "F16": np.dtype("<f2"),
+    "BF16": BFLOAT16,
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8"),
+    "I8": np.dtype("i1"),
+    "I16": np.dtype("<i2"),
+    "I32": np.dtype("<i4"),
+    "I64": np.dtype("<i8"),
+    "U8": np.dtype("u1"),
+    "U16": np.dtype("<u2"),
+    "U32": np.dtype("<u4"),
+    "U64": np.dtype("<u8"),
     "BOOL": np.dtype("?"),
 }
 _ST_EXPECTED = "a file written by safetensors (8-byte header length, JSON header, data)"
@@ -442,11 +506,13 @@ def _safetensors(f: _File, key: str | None, role: str) -> Array:
             raise _bad(f.label, f"is too short for a .safetensors file ({size} bytes)", _ST_EXPECTED)
         (n,) = struct.unpack("<Q", head)
         if n > size - 8:
-            raise _bad(f.label, f"declares a {n}-byte header but holds {size - 8} bytes after the length",
-                       _ST_EXPECTED)
+            raise _bad(f.label, f"declares a {n}-byte header but holds {size - 8} bytes after the length", _ST_EXPECTED)
         if n > lim.max_text_bytes:  # the header is JSON: parsing it can take many times its size
-            raise _bad(f.label, f"has a {n}-byte JSON header, over the limit of {lim.max_text_bytes} bytes",
-                       f"a header of at most {lim.max_text_bytes} bytes (raise it with {lim.text_flag} {n})")
+            raise _bad(
+                f.label,
+                f"has a {n}-byte JSON header, over the limit of {lim.max_text_bytes} bytes",
+                f"a header of at most {lim.max_text_bytes} bytes (raise it with {lim.text_flag} {n})",
+            )
         raw = fp.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -476,8 +542,11 @@ def _safetensors_entry(label: str, name: str, entry: Any, data_size: int) -> tup
     begin, end = offsets
     need = math.prod(shape) * dtype.itemsize
     if not 0 <= begin <= end <= data_size or end - begin != need:
-        raise _bad(label, f"has data_offsets {offsets} for {need} bytes (shape {shape}, {code}) "
-                   f"in {data_size} bytes of data", "offsets inside the file that match the shape (truncated?)")
+        raise _bad(
+            label,
+            f"has data_offsets {offsets} for {need} bytes (shape {shape}, {code}) in {data_size} bytes of data",
+            "offsets inside the file that match the shape (truncated?)",
+        )
     return tuple(shape), dtype, begin
 
 
@@ -491,19 +560,20 @@ _PT_HINT = "; or save the logits as .npy or .safetensors, which are read in wind
 
 def _torch(f: _File, key: str | None, role: str) -> Array:
     # the file and its archive are checked first: a refused file costs no torch import (seconds)
-    with open_regular_file(f.path, what=f.what, max_bytes=f.limits.max_bytes,
-                           raise_with=f.limits.bytes_flag) as fp:
+    with open_regular_file(f.path, what=f.what, max_bytes=f.limits.max_bytes, raise_with=f.limits.bytes_flag) as fp:
         _check_pt_archive(fp, f)
         try:
             import torch
         except ImportError:
-            raise _bad(f.label, "is a PyTorch file but torch is not installed",
-                       "pip install 'stablesoftmax[torch]'") from None
+            raise _bad(
+                f.label, "is a PyTorch file but torch is not installed", "pip install 'stablesoftmax[torch]'"
+            ) from None
         try:
             obj = torch.load(fp, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file; each is bad input
-            raise _bad(f.label, f"could not be read by torch.load(weights_only=True): {_torch_reason(exc)}",
-                       _PT_EXPECTED) from None
+            raise _bad(
+                f.label, f"could not be read by torch.load(weights_only=True): {_torch_reason(exc)}", _PT_EXPECTED
+            ) from None
     if isinstance(obj, dict):
         keys = [k for k in obj if isinstance(k, str)]
         name = _pick(f.label, sorted(keys), key, role)
@@ -545,8 +615,9 @@ def _tensor_to_numpy(t: Any, f: _File) -> np.ndarray:
     import torch
 
     label = f.label
-    if t.is_complex() or (t.dtype.is_floating_point and t.dtype not in (torch.float16, torch.bfloat16, torch.float32,
-                                                                       torch.float64)):
+    if t.is_complex() or (
+        t.dtype.is_floating_point and t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    ):
         raise _bad(label, f"has dtype {t.dtype}", EXPECTED_DTYPES)
     claimed = t.numel() * t.element_size()  # a stride-0 tensor claims this much from one stored number
     too_big = f.bytes_over(claimed, f"holds a tensor of shape {tuple(t.shape)} ({t.dtype}), that is", _PT_HINT)
@@ -565,8 +636,17 @@ def _tensor_to_numpy(t: Any, f: _File) -> np.ndarray:
 # .csv / .tsv / .json (text; "nan", "inf" and "-inf" are accepted)
 # --------------------------------------------------------------------------
 
-_SPECIAL = {"nan": math.nan, "+nan": math.nan, "-nan": math.nan, "inf": math.inf, "+inf": math.inf,
-            "-inf": -math.inf, "infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf}
+_SPECIAL = {
+    "nan": math.nan,
+    "+nan": math.nan,
+    "-nan": math.nan,
+    "inf": math.inf,
+    "+inf": math.inf,
+    "-inf": -math.inf,
+    "infinity": math.inf,
+    "+infinity": math.inf,
+    "-infinity": -math.inf,
+}
 _INT_LINE = re.compile(r"[0-9\s+,-]*")  # integers only (for .tsv the tabs are \s)
 _SEPARATORS = {",": "','", "\t": "a tab", ";": "';'", "|": "'|'", " ": "spaces"}
 
@@ -633,7 +713,7 @@ def _drop_header(label: str, text: str, sep: str) -> str:
         return text
     lineno = text.count("\n", 0, found.start()) + 1
     _other_separator(label, lineno, found.group().rstrip("\r"), sep)
-    return text[:found.start()] + text[found.end():]
+    return text[: found.start()] + text[found.end() :]
 
 
 def _pieces(text: str):
@@ -656,10 +736,9 @@ def _load_piece(piece: str, sep: str) -> np.ndarray | None:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # NumPy warns, instead of failing, on some malformed input
-        for dtype in ((np.int64, np.float64) if _INT_LINE.fullmatch(body) else (np.float64,)):
+        for dtype in (np.int64, np.float64) if _INT_LINE.fullmatch(body) else (np.float64,):
             try:
-                return np.loadtxt(io.StringIO(body), delimiter=sep, dtype=dtype, ndmin=2, comments=None,
-                                  quotechar=None)
+                return np.loadtxt(io.StringIO(body), delimiter=sep, dtype=dtype, ndmin=2, comments=None, quotechar=None)
             except (ValueError, OverflowError, UserWarning, DeprecationWarning):
                 continue  # an integer past int64 is read again as float64
     return None
@@ -675,16 +754,28 @@ def _explain(label: str, piece: str, lineno: int, sep: str, width: int | None) -
         if bad is not None:
             _other_separator(label, n, line, sep)
             if ";" in line:  # a ';' table with decimal commas, '1,5;2,5': say so rather than 'not a number'
-                raise _bad(label, f"has ';' in line {n}, as a table with ';' between fields would",
-                           f"fields separated by {_SEPARATORS[sep]} and '.' as the decimal point")
-            raise _bad(label, f"line {n}, field {bad + 1} is {cells[bad].strip()[:40]!r}, not a number",
-                       "numbers, 'nan', 'inf' or '-inf'")
+                raise _bad(
+                    label,
+                    f"has ';' in line {n}, as a table with ';' between fields would",
+                    f"fields separated by {_SEPARATORS[sep]} and '.' as the decimal point",
+                )
+            raise _bad(
+                label,
+                f"line {n}, field {bad + 1} is {cells[bad].strip()[:40]!r}, not a number",
+                "numbers, 'nan', 'inf' or '-inf'",
+            )
         if width is not None and len(cells) != width:
-            raise _bad(label, f"line {n} has {len(cells)} fields but earlier lines have {width}",
-                       "a rectangular table (the same number of fields on every line)")
+            raise _bad(
+                label,
+                f"line {n} has {len(cells)} fields but earlier lines have {width}",
+                "a rectangular table (the same number of fields on every line)",
+            )
         width = len(cells)
-    raise _bad(label, f"could not be read as a table of numbers near line {lineno}",
-               "numbers, 'nan', 'inf' or '-inf', separated by " + _SEPARATORS[sep])
+    raise _bad(
+        label,
+        f"could not be read as a table of numbers near line {lineno}",
+        "numbers, 'nan', 'inf' or '-inf', separated by " + _SEPARATORS[sep],
+    )
 
 
 def _other_separator(label: str, lineno: int, line: str, sep: str) -> None:
@@ -695,8 +786,11 @@ def _other_separator(label: str, lineno: int, line: str, sep: str) -> None:
         cells = [c for c in line.split(other) if c.strip()] if other == " " else line.split(other)
         if len(cells) > 1 and all(_number(c) is not None for c in cells):
             kind = ".tsv" if sep == "\t" else ".csv"
-            raise _bad(label, f"separates its fields with {name} (line {lineno})",
-                       f"fields separated by {_SEPARATORS[sep]} in a {kind} file")
+            raise _bad(
+                label,
+                f"separates its fields with {name} (line {lineno})",
+                f"fields separated by {_SEPARATORS[sep]} in a {kind} file",
+            )
 
 
 def _json(f: _File, key: str | None, role: str) -> Array:
@@ -709,8 +803,9 @@ def _json(f: _File, key: str | None, role: str) -> Array:
         except ValueError:  # perhaps a key spelled like a special value, "nan": [...]; the careful way says
             obj, text = _json_loads(raw, careful=True)
     except (ValueError, RecursionError) as exc:
-        raise _bad(f.label, f"is not valid JSON ({_short(exc)})",
-                   "a nested list of numbers or an object of them") from None
+        raise _bad(
+            f.label, f"is not valid JSON ({_short(exc)})", "a nested list of numbers or an object of them"
+        ) from None
     label = f.label
     if isinstance(obj, dict):
         name = _pick(label, sorted(obj), key, role)
@@ -737,11 +832,16 @@ def _json_loads(text: str, *, careful: bool) -> tuple[Any, str]:
     return json.loads(text), text
 
 
-_SPECIAL_SPELLINGS = [(f'"{sign}{word}"', "NaN" if word.lower() == "nan" else f"{'-' if sign == '-' else ''}Infinity")
-                      for sign in ("", "+", "-") for word in ("nan", "NaN", "inf", "Inf", "infinity", "Infinity")]
+_SPECIAL_SPELLINGS = [
+    (f'"{sign}{word}"', "NaN" if word.lower() == "nan" else f"{'-' if sign == '-' else ''}Infinity")
+    for sign in ("", "+", "-")
+    for word in ("nan", "NaN", "inf", "Inf", "infinity", "Infinity")
+]
 _SPECIAL_LEFT = re.compile(r'"\s*[+-]?(?:inf|nan)', re.I)
-_SPECIAL_STRINGS = [(re.compile(r'(?<!\\)"\s*' + body + r'\s*"(?!\s*:)', re.I), literal) for body, literal in (
-    (r"[+-]?nan", "NaN"), (r"-inf(?:inity)?", "-Infinity"), (r"\+?inf(?:inity)?", "Infinity"))]
+_SPECIAL_STRINGS = [
+    (re.compile(r'(?<!\\)"\s*' + body + r'\s*"(?!\s*:)', re.I), literal)
+    for body, literal in ((r"[+-]?nan", "NaN"), (r"-inf(?:inity)?", "-Infinity"), (r"\+?inf(?:inity)?", "Infinity"))
+]
 
 
 def _json_numbers(obj: Any) -> np.ndarray | None:
@@ -799,8 +899,7 @@ def _json_shape(obj: Any, label: str, depth: int) -> tuple[int, ...]:
         if i is not None:  # an index, not the value: the value may be JSON's null
             bad = obj[i]
             if isinstance(bad, list):
-                raise _bad(label, f"is ragged at depth {depth}: its lists have different shapes",
-                           "a rectangular array")
+                raise _bad(label, f"is ragged at depth {depth}: its lists have different shapes", "a rectangular array")
             _json_shape(bad, label, depth + 1)
         return (len(obj),)
     shapes = [_json_shape(v, label, depth + 1) for v in obj]
@@ -810,6 +909,12 @@ def _json_shape(obj: Any, label: str, depth: int) -> tuple[int, ...]:
 
 
 _READERS: dict[str, Callable[[_File, str | None, str], Array]] = {
-    ".npy": _npy, ".npz": _npz, ".safetensors": _safetensors, ".pt": _torch, ".pth": _torch,
-    ".csv": _delimited, ".tsv": _delimited, ".json": _json,
+    ".npy": _npy,
+    ".npz": _npz,
+    ".safetensors": _safetensors,
+    ".pt": _torch,
+    ".pth": _torch,
+    ".csv": _delimited,
+    ".tsv": _delimited,
+    ".json": _json,
 }

@@ -133,8 +133,18 @@ from .. import (
 )
 from . import _readers
 
-__all__ = ["diagnose", "Report", "DataReport", "DtypeReport", "SliceReport", "Verdict", "SCHEMA", "DTYPES",
-           "add_parser", "run"]
+__all__ = [
+    "diagnose",
+    "Report",
+    "DataReport",
+    "DtypeReport",
+    "SliceReport",
+    "Verdict",
+    "SCHEMA",
+    "DTYPES",
+    "add_parser",
+    "run",
+]
 
 SCHEMA = "stablesoftmax.diagnose/1"
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -144,8 +154,12 @@ LARGE_INPUT = 64 * 2**20  # inputs at least this big show progress
 _PRECISION = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}  # significand bits
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 IGNORE_INDEX = -100  # as cross_entropy's default: the padding label of most language-model batches
-_NUMPY_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": BFLOAT16,
-                 "float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+_NUMPY_DTYPES = {
+    "float16": np.dtype(np.float16),
+    "bfloat16": BFLOAT16,
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+}
 
 
 # --------------------------------------------------------------------------
@@ -341,29 +355,46 @@ def _axis(axis: Any, ndim: int) -> int:
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
         raise AxisError(f"axis={axis!r} is not an int; diagnose takes one classes axis, e.g. axis=-1.")
     if not -ndim <= axis < ndim:
-        raise AxisError(f"axis={axis!r} is out of range for an array of {ndim} dimensions; "
-                        f"allowed: [{-ndim}, {ndim}).")
+        raise AxisError(f"axis={axis!r} is out of range for an array of {ndim} dimensions; allowed: [{-ndim}, {ndim}).")
     return int(axis) % ndim
 
 
-def _scan(src: _readers.Array, target: Any, axis: int, dtypes: Sequence[str], top: int, target_name: str,
-          ignore_index: int = IGNORE_INDEX, progress: _Progress | None = None,
-          max_bytes: int | None = None) -> Report:
+def _scan(
+    src: _readers.Array,
+    target: Any,
+    axis: int,
+    dtypes: Sequence[str],
+    top: int,
+    target_name: str,
+    ignore_index: int = IGNORE_INDEX,
+    progress: _Progress | None = None,
+    max_bytes: int | None = None,
+) -> Report:
     names = _check_dtypes(dtypes)
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
         raise ArgumentError(f"top={top!r} is not allowed; it must be an integer >= 0.")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)) or not (
-            -2**63 <= ignore_index < 2**63):
+    if (
+        isinstance(ignore_index, bool)
+        or not isinstance(ignore_index, (int, np.integer))
+        or not (-(2**63) <= ignore_index < 2**63)
+    ):
         raise ArgumentError(f"ignore_index={ignore_index!r} is not allowed; it must be an integer (int64), e.g. -100.")
     ax = _axis(axis, len(src.shape))
-    batch, k = src.shape[:ax] + src.shape[ax + 1:], src.shape[ax]
+    batch, k = src.shape[:ax] + src.shape[ax + 1 :], src.shape[ax]
     tgt = None if target is None else _check_target(target, batch, k, ax, target_name, int(ignore_index))
     scan = _Scanner(names, k, top, int(ignore_index))
     for start, block in _blocks(src, ax, progress, max_bytes):
         _feed(scan, block, ax, src.stream_axis, start, tgt)
-    source = {"name": src.name, "shape": list(src.shape), "dtype": _dtype_name(src.dtype), "axis": ax,
-              "slices": math.prod(batch), "classes": k, "target": tgt is not None,
-              "ignore_index": int(ignore_index) if tgt is not None else None}
+    source = {
+        "name": src.name,
+        "shape": list(src.shape),
+        "dtype": _dtype_name(src.dtype),
+        "axis": ax,
+        "slices": math.prod(batch),
+        "classes": k,
+        "target": tgt is not None,
+        "ignore_index": int(ignore_index) if tgt is not None else None,
+    }
     return scan.report(source)
 
 
@@ -386,9 +417,11 @@ def _check_target(target: Any, batch: tuple[int, ...], k: int, axis: int, name: 
     bad = np.flatnonzero(((t < 0) | (t >= k)) & (t != ignore))
     if bad.size:
         where = np.unravel_index(int(bad[0]), batch) if batch else ()
-        raise TargetError(f"{name} holds {int(t.flat[bad[0]])} at slice {tuple(int(i) for i in where)} "
-                          f"({bad.size} out of range); class indices must lie in [0, {k}) "
-                          f"or equal the ignore index {ignore}.")
+        raise TargetError(
+            f"{name} holds {int(t.flat[bad[0]])} at slice {tuple(int(i) for i in where)} "
+            f"({bad.size} out of range); class indices must lie in [0, {k}) "
+            f"or equal the ignore index {ignore}."
+        )
     return t.astype(np.int64, copy=False)
 
 
@@ -406,7 +439,8 @@ def _blocks(src: _readers.Array, axis: int, progress: _Progress | None, max_byte
                 f"LOGITS {src.name}: is a {order}-order file with the classes on axis {axis}, which is read "
                 f"whole: {src.nbytes} bytes, over the limit of {max_bytes} bytes held in memory; expected at most "
                 f"{max_bytes} bytes (raise it with --max-bytes {src.nbytes}, or save the array with the classes "
-                "on the last axis, C order, to be read in windows).")
+                "on the last axis, C order, to be read in windows)."
+            )
         yield 0, src.whole()
         return
     step = max(1, CHUNK_BYTES // max(1, src.nbytes // n))
@@ -419,12 +453,12 @@ def _blocks(src: _readers.Array, axis: int, progress: _Progress | None, max_byte
 
 def _feed(scan: _Scanner, block: np.ndarray, axis: int, stream_axis: int, start: int, tgt: np.ndarray | None) -> None:
     """Split a window into ``(n, K)`` slices and hand them to the scanner with their global indices."""
-    batch, k = block.shape[:axis] + block.shape[axis + 1:], block.shape[axis]
+    batch, k = block.shape[:axis] + block.shape[axis + 1 :], block.shape[axis]
     x = np.moveaxis(np.asarray(block), axis, -1).reshape(-1, k)
     sb = stream_axis - (stream_axis > axis)  # the stream axis among the batch axes
     t = None
     if tgt is not None:
-        t = (tgt[(slice(None),) * sb + (slice(start, start + block.shape[stream_axis]),)] if tgt.ndim else tgt)
+        t = tgt[(slice(None),) * sb + (slice(start, start + block.shape[stream_axis]),)] if tgt.ndim else tgt
         t = t.reshape(-1)
 
     def locate(i: int) -> tuple[int, ...]:
@@ -523,8 +557,9 @@ class _Scanner:
         bad = st.nan | st.posinf | st.masked | st.tmask
         for i in np.flatnonzero(bad)[: self.top - len(d.worst)]:
             problems = [k for k, f in flags.items() if f[i]]
-            d.worst.append(_details(x[i], None if t is None else int(t[i]), None, locate(int(i)), problems,
-                                    self.ignore))
+            d.worst.append(
+                _details(x[i], None if t is None else int(t[i]), None, locate(int(i)), problems, self.ignore)
+            )
 
     def _keep(self, name, x, t, idx, margin, over, under, locate) -> None:
         """Details of the chunk's failing slices that enter the ``top`` worst, furthest past the cliff first."""
@@ -537,11 +572,12 @@ class _Scanner:
             if len(best) == self.top and key <= best[-1][0]:
                 break  # sorted: nothing later in this chunk gets in
             problems = [p for p, f in (("overflow", over), ("underflow", under)) if f[i]]
-            s = _details(x[i], None if t is None else int(t[i]), _NUMPY_DTYPES[name], locate(int(i)), problems,
-                         self.ignore)
+            s = _details(
+                x[i], None if t is None else int(t[i]), _NUMPY_DTYPES[name], locate(int(i)), problems, self.ignore
+            )
             best.append((key, s.index, s))
             best.sort(key=lambda b: (-b[0], b[1]))
-            del best[self.top:]
+            del best[self.top :]
 
     def report(self, source: dict[str, Any]) -> Report:
         for name, rep in self.dtypes.items():
@@ -672,11 +708,11 @@ def _reference_sums(x: np.ndarray, mx: np.ndarray, need: np.ndarray) -> np.ndarr
     step = max(1, CHUNK_BYTES // (4 * x.shape[1]))
     buf = np.empty(min(step, x.shape[0]) * x.shape[1], dtype=np.float32)  # reused: fresh pages cost a fault each
     for a in range(0, x.shape[0], step):
-        rows = np.flatnonzero(need[a:a + step])
+        rows = np.flatnonzero(need[a : a + step])
         if not rows.size:
             continue
         whole = 2 * rows.size > min(step, x.shape[0] - a)  # most rows: a view beats a gathered copy
-        xb, m = (x[a:a + step], mx[a:a + step]) if whole else (x[a + rows], mx[a + rows])
+        xb, m = (x[a : a + step], mx[a : a + step]) if whole else (x[a + rows], mx[a + rows])
         diff = buf[: xb.size].reshape(xb.shape)
         if x.dtype.itemsize == 8:  # the difference in float64, so a huge max cannot overflow float32
             diff[...] = xb - m[:, None]
@@ -704,17 +740,23 @@ def _underflows(x: np.ndarray, t: np.ndarray | None, d: np.dtype) -> np.ndarray:
     # the naive program, simulated: its inf, 0 and NaN are the result
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         for a in range(0, x.shape[0], step):
-            xb = x[a:a + step]
+            xb = x[a : a + step]
             p = _naive_probs(xb.astype(d), d)
             if t is None:
-                out[a:a + step] = ((p == 0) & (xb != -np.inf)).any(axis=1)
+                out[a : a + step] = ((p == 0) & (xb != -np.inf)).any(axis=1)
             else:
-                out[a:a + step] = p[np.arange(xb.shape[0]), t[a:a + step]] == 0
+                out[a : a + step] = p[np.arange(xb.shape[0]), t[a : a + step]] == 0
     return out
 
 
-def _details(row: np.ndarray, t: int | None, d: np.dtype | None, index: tuple[int, ...],
-             problems: list[str], ignore: int = IGNORE_INDEX) -> SliceReport:
+def _details(
+    row: np.ndarray,
+    t: int | None,
+    d: np.dtype | None,
+    index: tuple[int, ...],
+    problems: list[str],
+    ignore: int = IGNORE_INDEX,
+) -> SliceReport:
     """The per-slice numbers: stable (float64, the library) and, for a dtype, naive.
 
     An ignored slice (``t == ignore``) shows its target and no loss: the loss leaves it out.
@@ -761,16 +803,26 @@ def _stable_loss(x: np.ndarray, t: int) -> float:
 
 def _verdict(data: DataReport, dtypes: dict[str, DtypeReport]) -> Verdict:
     """One line: what was found, then what to do about it."""
-    found = [f"{getattr(data, key)} slice(s) {words}" for key, words in (
-        ("nan", "hold NaN"), ("posinf", "hold +inf"), ("masked", "are fully masked (all -inf)"),
-        ("target_masked", "have their target on a -inf logit")) if getattr(data, key)]
+    found = [
+        f"{getattr(data, key)} slice(s) {words}"
+        for key, words in (
+            ("nan", "hold NaN"),
+            ("posinf", "hold +inf"),
+            ("masked", "are fully masked (all -inf)"),
+            ("target_masked", "have their target on a -inf logit"),
+        )
+        if getattr(data, key)
+    ]
     for rep in dtypes.values():
         parts = [f"{n} {kind}" for n, kind in ((rep.overflow, "overflow"), (rep.underflow, "underflow")) if n]
         if parts:
             found.append(f"{rep.dtype}: {', '.join(parts)}")
     if not found:
-        return Verdict("clean", f"clean: naive softmax and cross-entropy stay finite in {', '.join(dtypes)}; "
-                                "no NaN, inf or fully masked slices.")
+        return Verdict(
+            "clean",
+            f"clean: naive softmax and cross-entropy stay finite in {', '.join(dtypes)}; "
+            "no NaN, inf or fully masked slices.",
+        )
     return Verdict("fail", f"FAIL: {'; '.join(found)}. Fix: {'; '.join(_advice(data, dtypes))}.")
 
 
@@ -789,8 +841,10 @@ def _advice(data: DataReport, dtypes: dict[str, DtypeReport]) -> list[str]:
         advice.append("compute in float32")
     cliff = -_limits("float32")[1]  # a spread float32's softmax cannot hold is no sane model's output
     if data.max_spread > cliff:
-        advice.append(f"logits spread reaches {data.max_spread:.4g}, beyond the {cliff:.2f} float32 softmax "
-                      "can represent; check the initialisation or learning rate")
+        advice.append(
+            f"logits spread reaches {data.max_spread:.4g}, beyond the {cliff:.2f} float32 softmax "
+            "can represent; check the initialisation or learning rate"
+        )
     return advice
 
 
@@ -819,12 +873,17 @@ def format_report(r: Report) -> str:
         lines += ["", "data problems (every dtype):", *_table(d.worst, src["target"], naive=False)]
     lines += ["", f"naive softmax   {'overflow':>9} {'underflow':>9}   exp overflows above  exp rounds to 0 below"]
     for rep in r.dtypes.values():
-        lines.append(f"  {rep.dtype:<13} {rep.overflow:>9} {rep.underflow:>9}   {rep.overflow_above:>19.2f}"
-                     f"  {rep.underflow_below:>21.2f}")
+        lines.append(
+            f"  {rep.dtype:<13} {rep.overflow:>9} {rep.underflow:>9}   {rep.overflow_above:>19.2f}"
+            f"  {rep.underflow_below:>21.2f}"
+        )
     for rep in r.dtypes.values():
         if rep.worst:
-            lines += ["", f"worst slices in {rep.dtype} ({len(rep.worst)} of {rep.failing} failing):",
-                      *_table(rep.worst, src["target"], naive=True)]
+            lines += [
+                "",
+                f"worst slices in {rep.dtype} ({len(rep.worst)} of {rep.failing} failing):",
+                *_table(rep.worst, src["target"], naive=True),
+            ]
     lines += ["", f"verdict  {r.verdict.message}"]
     return "\n".join(lines) + "\n"
 
@@ -837,8 +896,15 @@ def _table(slices: list[SliceReport], has_target: bool, naive: bool) -> list[str
         cols += ["naive min p"] if naive else []
     rows = []
     for s in slices:
-        row = [str(list(s.index)), ",".join(s.problems), _num(s.max), _num(s.min), _num(s.spread),
-               _num(s.argmin, "d"), _num(s.min_prob, ".3g")]
+        row = [
+            str(list(s.index)),
+            ",".join(s.problems),
+            _num(s.max),
+            _num(s.min),
+            _num(s.spread),
+            _num(s.argmin, "d"),
+            _num(s.min_prob, ".3g"),
+        ]
         if has_target:
             row += [str(s.target), _num(s.stable_loss)]
             row += [_num(s.naive_loss), _num(s.naive_unshifted_loss)] if naive else []
@@ -899,42 +965,66 @@ With --json, errors are one JSON object on one line of stderr.
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``diagnose`` subcommand to the ``stablesoftmax`` command."""
     p = subparsers.add_parser(
-        "diagnose", help="find the logits slices that make a naive loss inf or NaN",
+        "diagnose",
+        help="find the logits slices that make a naive loss inf or NaN",
         description="Find the slices of a logits file where naive softmax overflows, where -log(softmax)\n"
-                    "underflows to inf, and where the data is already NaN, inf or fully masked.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "underflows to inf, and where the data is already NaN, inf or fully masked.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("logits", metavar="LOGITS", help="logits file (" + ", ".join(_readers.EXTENSIONS) + ")")
-    p.add_argument("--key", help="the logits array inside a .npz, .safetensors, .pt or .json (default: the only "
-                                 "array, or the one named 'logits')")
+    p.add_argument(
+        "--key",
+        help="the logits array inside a .npz, .safetensors, .pt or .json (default: the only "
+        "array, or the one named 'logits')",
+    )
     p.add_argument("--target", metavar="FILE", help="file of integer class indices, shape = logits without --axis")
     p.add_argument("--target-key", metavar="NAME", help="class indices stored in LOGITS (or in --target) under NAME")
-    p.add_argument("--ignore-index", type=int, default=IGNORE_INDEX, metavar="N",
-                   help=f"a target equal to N is padding: left out of the target checks and counted "
-                        f"(default {IGNORE_INDEX}, as cross_entropy)")
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        default=IGNORE_INDEX,
+        metavar="N",
+        help=f"a target equal to N is padding: left out of the target checks and counted "
+        f"(default {IGNORE_INDEX}, as cross_entropy)",
+    )
     p.add_argument("--axis", type=int, default=-1, help="the classes axis (default -1)")
-    p.add_argument("--dtype", metavar="D[,D...]",
-                   help=f"dtypes to simulate the naive code in (default: {','.join(DTYPES)}); "
-                        "given twice, the last wins")
+    p.add_argument(
+        "--dtype",
+        metavar="D[,D...]",
+        help=f"dtypes to simulate the naive code in (default: {','.join(DTYPES)}); given twice, the last wins",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON (schema stablesoftmax.diagnose/1)")
     p.add_argument("--top", type=int, default=5, metavar="N", help="list the N worst slices per dtype (default 5)")
-    p.add_argument("--fail-on", choices=("overflow", "underflow", "any"),
-                   help="exit 1 when this is found (default: exit 0 whenever the report is written)")
-    p.add_argument("--max-bytes", default=None, metavar="SIZE",
-                   help=f"most bytes of data read whole into memory (default {_size_text(_readers.MAX_BYTES)}); "
-                        "a number of bytes, or with K, M, G")
-    p.add_argument("--max-text-bytes", default=None, metavar="SIZE",
-                   help=f"largest .csv/.tsv/.json file, and .safetensors header (default "
-                        f"{_size_text(_readers.MAX_TEXT_BYTES)})")
+    p.add_argument(
+        "--fail-on",
+        choices=("overflow", "underflow", "any"),
+        help="exit 1 when this is found (default: exit 0 whenever the report is written)",
+    )
+    p.add_argument(
+        "--max-bytes",
+        default=None,
+        metavar="SIZE",
+        help=f"most bytes of data read whole into memory (default {_size_text(_readers.MAX_BYTES)}); "
+        "a number of bytes, or with K, M, G",
+    )
+    p.add_argument(
+        "--max-text-bytes",
+        default=None,
+        metavar="SIZE",
+        help=f"largest .csv/.tsv/.json file, and .safetensors header (default {_size_text(_readers.MAX_TEXT_BYTES)})",
+    )
     p.set_defaults(run=run)
     return p
-
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``stablesoftmax diagnose``; returns the exit code."""
     dtypes = [d.strip() for d in (args.dtype or ",".join(DTYPES)).split(",") if d.strip()]
-    limits = _readers.Limits(max_bytes=_size(args.max_bytes, "--max-bytes", _readers.MAX_BYTES),
-                             max_text_bytes=_size(args.max_text_bytes, "--max-text-bytes", _readers.MAX_TEXT_BYTES))
+    limits = _readers.Limits(
+        max_bytes=_size(args.max_bytes, "--max-bytes", _readers.MAX_BYTES),
+        max_text_bytes=_size(args.max_text_bytes, "--max-text-bytes", _readers.MAX_TEXT_BYTES),
+    )
     src = _readers.open_array(args.logits, args.key, role="logits", what="LOGITS", limits=limits)
     target, tname = _read_target(args, src, limits)
     progress = _Progress(os.path.basename(args.logits)) if src.nbytes >= LARGE_INPUT else None
@@ -944,8 +1034,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(str(report))
         if report.verdict.status == "fail" and not args.fail_on:
-            sys.stdout.write("exit     0: diagnose reports, it does not gate; "
-                             "--fail-on overflow|underflow|any exits 1 on what it names\n")
+            sys.stdout.write(
+                "exit     0: diagnose reports, it does not gate; "
+                "--fail-on overflow|underflow|any exits 1 on what it names\n"
+            )
     return 1 if args.fail_on and report.failed(args.fail_on) else 0
 
 
@@ -968,8 +1060,9 @@ def _size_text(n: int) -> str:
     return f"{n // _UNITS[unit]}{unit}"
 
 
-def _read_target(args: argparse.Namespace, src: _readers.Array,
-                 limits: _readers.Limits) -> tuple[np.ndarray | None, str]:
+def _read_target(
+    args: argparse.Namespace, src: _readers.Array, limits: _readers.Limits
+) -> tuple[np.ndarray | None, str]:
     if args.target is None and args.target_key is None:
         return None, "target"
     path, what = (args.target, "--target") if args.target else (args.logits, "LOGITS")
@@ -979,12 +1072,16 @@ def _read_target(args: argparse.Namespace, src: _readers.Array,
     axis = _axis(args.axis, ndim)
     slices = math.prod(src.shape) // src.shape[axis]
     if math.prod(arr.shape) != slices:  # checked before reading, so a wrong file is never read whole
-        raise ShapeError(f"{name} has shape {arr.shape} ({math.prod(arr.shape)} entries); expected one class index "
-                         f"per slice of the logits of shape {src.shape} along axis {args.axis}.")
+        raise ShapeError(
+            f"{name} has shape {arr.shape} ({math.prod(arr.shape)} entries); expected one class index "
+            f"per slice of the logits of shape {src.shape} along axis {args.axis}."
+        )
     if arr.streamed and arr.nbytes > limits.max_bytes:  # class indices are read whole
-        raise InputFileError(f"{name}: holds {arr.nbytes} bytes of class indices, read whole, over the limit of "
-                             f"{limits.max_bytes} bytes; expected at most that "
-                             f"(raise it with --max-bytes {arr.nbytes}).")
+        raise InputFileError(
+            f"{name}: holds {arr.nbytes} bytes of class indices, read whole, over the limit of "
+            f"{limits.max_bytes} bytes; expected at most that "
+            f"(raise it with --max-bytes {arr.nbytes})."
+        )
     t = np.asarray(arr.whole())
     if t.ndim == 2 and 1 in t.shape and ndim == 2:
         t = t.reshape(-1)  # a column or a row of a text table
