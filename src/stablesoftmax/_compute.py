@@ -297,8 +297,9 @@ def cross_entropy(x: Array, target: Array, xp: Any, *, grad: bool, g: Array | No
                   **options: Any) -> tuple[Array, Array | None]:
     """``(loss, dloss/dx or None)`` in ``x``'s dtype."""
     module = _numpy_ce_kernel(x, xp, options)
-    if module is not None:
-        return _kernel_ce(module, x, target, options, grad, g)
+    result = None if module is None else _kernel_ce(module, x, target, options, grad, g)
+    if result is not None:
+        return result
     pb = ce_problem(x, target, xp, **options)
     fwd = _reference.cross_entropy(pb, xp)
     loss = round_to(fwd.loss, x, xp)
@@ -318,7 +319,7 @@ def _numpy_ce_kernel(x: Array, xp: Any, options: dict[str, Any]) -> Any:
 
 
 def _kernel_ce(module: Any, x: np.ndarray, target: np.ndarray, options: dict[str, Any], grad: bool,
-               g: Any) -> tuple[Array, Any]:
+               g: Any) -> tuple[Array, Any] | None:
     """The loss (and gradient) from one kernel pass per row: its state and the sums smoothing needs.
 
     ``loss = (1 - a) w_y (L - d_y) + (a / K) (W L - D)`` with ``L = log1p(s)``,
@@ -339,8 +340,11 @@ def _kernel_ce(module: Any, x: np.ndarray, target: np.ndarray, options: dict[str
         live = live & (r.m != -np.inf)
         r, dx, wy = _ce_pass(module, x2, y, mask, weight, live, options, g)
     live = live & (r.m != -np.inf)
+    if options["smoothing"] and (live & np.isfinite(r.m) & ~np.isfinite(r.shift_sum) & (r.allowed > 0)).any():
+        if not (np.isneginf(x2) & (mask if mask is not None else True)).any():
+            return None  # sum_c (x_c - m) overflowed on huge logits: the reference takes the whole batch
     wy = np.where(live, wy, 0.0)  # a slice without mass leaves the mean's denominator
-    return round_to(np.asarray(_kernel_loss(r, x2, live, wy, options)), x, np), (
+    return round_to(np.asarray(_kernel_loss(r, x2, live, wy, options, mask)), x, np), (
         None if dx is None else round_to(dx, x, np))
 
 
@@ -372,15 +376,28 @@ def _scales(g: np.ndarray, reduction: str, wy: np.ndarray, live: np.ndarray) -> 
     return np.full(n, float(g) / denom if denom else 0.0), np.full(n, float(g) / count if count else 0.0)
 
 
-def _kernel_loss(r: Any, x2: np.ndarray, live: np.ndarray, wy: np.ndarray, options: dict[str, Any]) -> Any:
+def _top_rows_shift_sum(r: Any, x2: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``sum_c w_c (x_c - m)`` on rows whose max is ``+inf``: by the shift rule, ``-inf`` unless every allowed entry is ``+inf``."""
+    top = r.m == np.inf
+    if not top.any():
+        return r.shift_sum
+    allowed = np.ones(x2[top].shape, bool) if mask is None else mask[top]
+    out = r.shift_sum.copy()
+    out[top] = np.where(((x2[top] == np.inf) | ~allowed).all(axis=1), 0.0, -np.inf)
+    return out
+
+
+def _kernel_loss(r: Any, x2: np.ndarray, live: np.ndarray, wy: np.ndarray, options: dict[str, Any],
+                 mask: np.ndarray | None = None) -> Any:
     a, z = options["smoothing"], options["z_loss"]
     st = _state.State(r.m, r.k, r.s)
     log_rest = np.log1p(r.s)
     sh = _state.shift(r.x_target[:, None], r.m[:, None], np, exact=x2.dtype == np.float64)
     neg_lp = -_state.log_probs(sh, st, np)[:, 0]  # L - d_y
-    ce = np.where(live & (wy != 0), (1 - a) * wy * neg_lp if a else wy * neg_lp, 0.0)
+    ce = np.where(live & (wy != 0) & (a < 1), (1 - a) * wy * neg_lp, 0.0)  # a = 1: no one-hot part, even at inf
     if a:
-        spread = (a / np.maximum(r.allowed, 1)) * (r.weight_sum * log_rest - r.shift_sum)
+        shift_sum = _top_rows_shift_sum(r, x2, mask)
+        spread = (a / np.maximum(r.allowed, 1)) * (r.weight_sum * log_rest - shift_sum)
         ce = ce + np.where(live, spread, 0.0)
     lse = _state.lse(st, np)
     zt = np.where(live, z * lse * lse, 0.0) if z else None
