@@ -168,6 +168,29 @@ class TestCommon:
             getattr(ss, fn)([[1.0, 2.0], [3.0]])
 
 
+def _round_to(vals, dtype):
+    """The one rounding from the compute dtype to a narrow dtype, on NumPy arrays."""
+    from stablesoftmax import _compute
+
+    return _compute.round_to(vals, np.zeros(0, dtype), np)
+
+
+def test_torch_and_jax_round_once_to_16_bits():
+    """Their own float64 -> 16-bit casts go through float32 and round twice; ours does not."""
+    torch = pytest.importorskip("torch")
+    import array_api_compat.torch as txp
+
+    from stablesoftmax import _compute
+
+    v = 1 + 2.0**-8 + 2.0**-30  # just above a bfloat16 midpoint; float32 rounds it onto the midpoint
+    t = torch.tensor([v], dtype=torch.float64)
+    assert t.to(torch.bfloat16).item() == 1.0  # the double rounding this guards against
+    assert _compute.round_to(t, torch.zeros(0, dtype=torch.bfloat16), txp).item() == 1 + 2.0**-7
+    w = 1 + 2.0**-11 + 2.0**-40  # the same for float16
+    assert _compute.round_to(torch.tensor([w], dtype=torch.float64), torch.zeros(0, dtype=torch.float16),
+                             txp).item() == 1 + 2.0**-10
+
+
 @pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("t", [0.0, -1.0, np.inf, np.nan, "hot"])
 def test_bad_temperature(fn, t):
@@ -185,14 +208,12 @@ class TestBfloat16Rounding:
         # 1 + 2^-8 + 2^-30 lies just above the midpoint of 1 and 1 + 2^-7: the correct bfloat16 is 1 + 2^-7.
         # Rounding through float32 first lands exactly on the midpoint and ties to even, giving 1.
         x = np.array([0.0, np.log1p(2.0**-8 + 2.0**-30)])
-        from stablesoftmax._arrays import round_to
-        assert float(round_to(np.array([1 + 2.0**-8 + 2.0**-30]), BFLOAT16)[0]) == 1 + 2.0**-7
+        assert float(_round_to(np.array([1 + 2.0**-8 + 2.0**-30]), BFLOAT16)[0]) == 1 + 2.0**-7
         assert ss.logsumexp(x.astype(np.float64)).dtype == np.float64
 
     def test_round_to_odd_matches_exact_rounding(self, rng):
-        from stablesoftmax._arrays import round_to
         vals = rng.normal(size=20000) * 10.0 ** rng.integers(-30, 30, 20000)
-        got = round_to(vals, BFLOAT16).astype(np.float64)
+        got = _round_to(vals, BFLOAT16).astype(np.float64)
         # Exact: the two bfloat16 neighbours of each value, pick the nearer (ties to even mantissa).
         lo = np.asarray(vals.astype(np.float32).astype(BFLOAT16), np.float64)
         cands = np.stack([np.nextafter(lo.astype(BFLOAT16), np.array(-np.inf, BFLOAT16)).astype(np.float64),
