@@ -484,6 +484,19 @@ if numba is not None:
 
         return put
 
+    def _scaled_put(out, buf, i, c):
+        """``out[i] = c * buf[i]`` (the previous row's output, written in this row's sweep); nothing for None."""
+
+    @overload(_scaled_put)
+    def _scaled_put_impl(out, buf, i, c):
+        if isinstance(out, types.NoneType):
+            return lambda out, buf, i, c: None
+
+        def put(out, buf, i, c):
+            out[i] = c * buf[i]
+
+        return put
+
     def _shift_term(dw, i, d, e):
         """One term of ``sum w_c (x_c - m)``: 0 without smoothing, and for ``-inf`` entries.
 
@@ -648,8 +661,12 @@ if numba is not None:
     # The sweeps take views and loop from 0: with ``range(lo, hi)`` numba cannot
     # drop its negative-index wraparound and LLVM no longer vectorises the loop.
     @_jit
-    def _block(row, nxt, nxt_mask, nxt_copy, m, mx, buf, dw):
-        """Terms of ``row`` summed (and into ``buf``), their shift sum, and ``nxt``'s max folded into ``mx``."""
+    def _block(row, nxt, nxt_mask, nxt_copy, m, mx, buf, dw, prev, prev_out, c):
+        """Terms of ``row`` summed (and into ``buf``), their shift sum, and ``nxt``'s max folded into ``mx``.
+
+        With ``prev_out``, the previous row's output ``c * prev`` is written in
+        the same loop: its stores overlap this row's arithmetic.
+        """
         s, ds = 0.0, 0.0
         for i in range(row.size):
             t, d, e = _term(row[i], m)
@@ -659,6 +676,7 @@ if numba is not None:
             v = _at(nxt, nxt_mask, i)
             _put(nxt_copy, i, v)
             mx = _maxnum(mx, v)
+            _scaled_put(prev_out, prev, i, c)
         return s, ds, mx
 
     @_jit
@@ -668,36 +686,51 @@ if numba is not None:
         return t, comp
 
     @_jit
-    def _row_sum(row, nxt, nxt_mask, nxt_copy, m, km, buf, dw):
+    def _row_sum(row, nxt, nxt_mask, nxt_copy, m, km, buf, dw, prev, prev_out, c):
         """``(s, shift sum, max of nxt)`` for a row with finite max ``m`` at ``km``."""
         tot, comp, dtot, dcomp = 0.0, 0.0, 0.0, 0.0
         mx = _at(nxt, nxt_mask, km)  # in the input dtype: no conversion in the sweep
         _put(nxt_copy, km, mx)
+        _scaled_put(prev_out, prev, km, c)
         size = _block_size(row)
         for lo in range(0, row.size, size):
             hi = min(lo + size, row.size)
             if lo <= km < hi:  # leave the max term out by index: it is exactly 1
                 b1, d1, mx = _block(row[lo:km], nxt[lo:km], _view(nxt_mask, lo, km), _view(nxt_copy, lo, km), m, mx,
-                                    _view(buf, lo, km), _view(dw, lo, km))
+                                    _view(buf, lo, km), _view(dw, lo, km), _view(prev, lo, km),
+                                    _view(prev_out, lo, km), c)
                 b2, d2, mx = _block(row[km + 1 : hi], nxt[km + 1 : hi], _view(nxt_mask, km + 1, hi),
-                                    _view(nxt_copy, km + 1, hi), m, mx, _view(buf, km + 1, hi), _view(dw, km + 1, hi))
+                                    _view(nxt_copy, km + 1, hi), m, mx, _view(buf, km + 1, hi), _view(dw, km + 1, hi),
+                                    _view(prev, km + 1, hi), _view(prev_out, km + 1, hi), c)
                 b, db = b1 + b2, d1 + d2
             else:
                 b, db, mx = _block(row[lo:hi], nxt[lo:hi], _view(nxt_mask, lo, hi), _view(nxt_copy, lo, hi), m, mx,
-                                   _view(buf, lo, hi), _view(dw, lo, hi))
+                                   _view(buf, lo, hi), _view(dw, lo, hi), _view(prev, lo, hi),
+                                   _view(prev_out, lo, hi), c)
             tot, comp = _neumaier(tot, comp, b)
             dtot, dcomp = _neumaier(dtot, dcomp, db)
         _put(buf, km, 1.0)
         return tot + comp, dtot + dcomp, np.float64(mx)
 
     @_jit
-    def _sweep(row, nxt, nxt_mask, nxt_copy, m, buf, dw):
-        """``(k, s, shift sum, max of nxt)`` of a row; ``s`` is NaN when the row needs the scalar path."""
+    def _sweep(row, nxt, nxt_mask, nxt_copy, m, buf, dw, prev, prev_out, c):
+        """``(k, s, shift sum, max of nxt)`` of a row; ``s`` is NaN when the row needs the scalar path.
+
+        ``prev_out = c * prev`` is written on the way (see ``_block``), or by a
+        loop of its own when the row is special.
+        """
         k = _first_index(row, m) if math.isfinite(m) else -1
         if k < 0:  # a max that is not finite (or NaN that maxnum let through)
+            if prev_out is not None:
+                _scale_row(prev, prev_out, c)
             return -1, np.nan, 0.0, _copy_max(nxt, nxt_mask, nxt_copy)
-        s, ds, m_next = _row_sum(row, nxt, nxt_mask, nxt_copy, m, k, buf, dw)
+        s, ds, m_next = _row_sum(row, nxt, nxt_mask, nxt_copy, m, k, buf, dw, prev, prev_out, c)
         return k, s, ds, m_next
+
+    @_jit
+    def _scale_row(buf, out_row, c):
+        for i in range(buf.size):
+            out_row[i] = c * buf[i]
 
     @_jit
     def _rows_of(x, mask, i, cur):
@@ -768,20 +801,28 @@ if numba is not None:
         if width == 0:
             m_out[:], k_out[:], s_out[:] = -np.inf, -1, 0.0
             return
-        buf = np.empty(width if kind == _SOFTMAX else 1)
+        buf, prev = np.empty(width if kind == _SOFTMAX else 1), np.empty(width if kind == _SOFTMAX else 1)
         cur, nxt_copy = np.empty(width, x.dtype), np.empty(width, x.dtype)
+        fuse = kind == _SOFTMAX and not _is_wide(out)  # float64 output divides instead (0.5 ulp better)
+        pending, c = -1, 0.0  # a row whose softmax is written during the next row's sweep
         m = _copy_max(x[0], _row_of(mask, 0), _copy_if(mask, cur)) if n else 0.0
         for i in range(n):
             row, nxt, nxt_mask = _rows_of(x, mask, i, cur)
-            if kind == _SOFTMAX:
-                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None)
+            if pending >= 0:
+                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, prev,
+                                         out[pending], c)
+            elif kind == _SOFTMAX:
+                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, None, None, c)
             else:
-                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None)
-            m_i = m
+                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None, None, None, c)
+            m_i, pending = m, -1
             if s != s:
                 m_i, k, s = _special_state(row)
                 if kind:
                     _special_out(row, m_i, s, out[i], kind)
+            elif fuse:
+                pending, c = i, 1.0 / (1.0 + s)
+                buf, prev = prev, buf
             elif kind == _SOFTMAX:
                 _write_softmax(buf, s, out[i])
             elif kind == _LOG_SOFTMAX:
@@ -789,6 +830,8 @@ if numba is not None:
             m_out[i], k_out[i], s_out[i] = m_i, k, s
             m = m_next
             cur, nxt_copy = nxt_copy, cur
+        if pending >= 0:
+            _scale_row(prev, out[pending], c)
 
     @numba.njit(cache=True, nogil=True)
     def _vector_parts(x):
@@ -813,33 +856,41 @@ if numba is not None:
         return count, (float(count) if w is None else wsum), dead > 0
 
     @_jit
-    def _write_ce_grad(row, w, y, k, s, lse, alpha, big_a, gy, ce_g, z, buf, out_row):
-        """``ce_g (A p_c - a_c) + z lse p_c`` over a (masked) row, from its terms in ``buf``.
+    def _ce_coef(s, lse, big_a, ce_g, z):
+        """The factor of each term ``t_c`` in the gradient: ``(ce_g A + z lse) / (1 + s)``."""
+        return (ce_g * big_a + z * lse) / (1.0 + s)
 
-        ``gy`` is ``(1 - a) w_y`` and ``alpha`` is already ``a / K``. A ``-inf``
-        or masked entry has term 0, so only the smoothing mass needs a test.
+    @_jit
+    def _write_ce_smoothed(row, w, coef, smooth, buf, out_row):
+        """``coef t_c - smooth w_c`` over a (masked) row; a ``-inf`` or masked entry gets 0 (its term is 0)."""
+        for i in range(buf.size):
+            out_row[i] = coef * buf[i] - (smooth * _weight(w, i) if row[i] > -np.inf else 0.0)
+
+    @_jit
+    def _ce_fixups(w, y, k, s, lse, alpha, big_a, gy, ce_g, z, live_y, buf, out_row):
+        """The gradient at the max ``k`` and the target ``y``, after the bulk ``coef t_c`` was written.
+
+        ``gy`` is ``(1 - a) w_y`` and ``alpha`` is already ``a / K``.
         """
         inv = 1.0 / (1.0 + s)
-        coef = (ce_g * big_a + z * lse) * inv
-        smooth = ce_g * alpha
-        if smooth == 0.0:
-            for i in range(buf.size):
-                out_row[i] = coef * buf[i]
-        else:
-            for i in range(buf.size):
-                out_row[i] = coef * buf[i] - (smooth * _weight(w, i) if row[i] > -np.inf else 0.0)
         a_k = gy * (k == y) + alpha * _weight(w, k)
         out_row[k] = ce_g * ((big_a - a_k) - a_k * s) * inv + z * lse * inv  # no cancellation when p_k -> 1
         if y != k:
-            live_y = row[y] > -np.inf
+            coef = _ce_coef(s, lse, big_a, ce_g, z)
             out_row[y] = (coef * buf[y] - ce_g * (gy + alpha * _weight(w, y))) if live_y else 0.0
 
     @_jit
     def _ce_kernel(x, mask, y, w, alpha, grad, g, zg, m_out, k_out, s_out, xy_out, d_out, cnt_out, ws_out):
-        """Each row's state and loss parts (see ``CrossEntropyRows``); the gradient rows when ``grad``."""
+        """Each row's state and loss parts (see ``CrossEntropyRows``); the gradient rows when ``grad``.
+
+        Without smoothing the gradient of a row is ``coef t_c`` but for two
+        entries, and it is written during the next row's sweep (``pending``);
+        with smoothing, by a loop of its own once the row's sum is known.
+        """
         n, width = x.shape
-        buf = np.empty(width)
+        buf, prev = np.empty(width), np.empty(width)
         cur, nxt_copy = np.empty(width, x.dtype), np.empty(width, x.dtype)
+        pending, c = -1, 0.0
         m = _copy_max(x[0], _row_of(mask, 0), _copy_if(mask, cur)) if n else 0.0
         for i in range(n):
             row, nxt, nxt_mask = _rows_of(x, mask, i, cur)
@@ -847,11 +898,18 @@ if numba is not None:
             if alpha > 0.0:  # the shift sum and the allowed classes are wanted
                 cnt, wsum, dead = _allowed_sums(row, _row_of(mask, i), w)
                 k, s, ds, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, _grad_buf(grad, buf),
-                                          _shift_weights(w))
+                                          _shift_weights(w), None, None, c)
                 ds = -np.inf if dead else ds
+            elif grad is None:
+                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None, None, None, c)
+            elif pending >= 0:
+                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, prev,
+                                         grad[pending], c)
+                _pending_fixups(pending, w, y, k_out, s_out, m_out, xy_out, g, zg, prev, grad)
             else:
-                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, _grad_buf(grad, buf), None)
-            m_i = m
+                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, None, None, c)
+            m_i, pending = m, -1
+            xy_out[i] = np.float64(row[yi])
             if s != s:
                 m_i, k, s = _special_state(row)
                 if grad is not None:
@@ -860,12 +918,30 @@ if numba is not None:
                 gy = (1.0 - alpha) * _weight(w, yi)
                 a_over_k = alpha / cnt if cnt else 0.0
                 z = zg[i] if zg is not None else 0.0
-                _write_ce_grad(row, w, yi, k, s, m_i + math.log1p(s), a_over_k, gy + a_over_k * wsum, gy, g[i], z,
-                               buf, grad[i])
+                lse, big_a = m_i + math.log1p(s), gy + a_over_k * wsum
+                c = _ce_coef(s, lse, big_a, g[i], z)
+                if alpha > 0.0:
+                    _write_ce_smoothed(row, w, c, g[i] * a_over_k, buf, grad[i])
+                    _ce_fixups(w, yi, k, s, lse, a_over_k, big_a, gy, g[i], z, xy_out[i] > -np.inf, buf, grad[i])
+                else:
+                    pending = i
+                    buf, prev = prev, buf
             m_out[i], k_out[i], s_out[i] = m_i, k, s
-            xy_out[i], d_out[i], cnt_out[i], ws_out[i] = np.float64(row[yi]), ds, cnt, wsum
+            d_out[i], cnt_out[i], ws_out[i] = ds, cnt, wsum
             m = m_next
             cur, nxt_copy = nxt_copy, cur
+        if grad is not None:
+            if pending >= 0:
+                _scale_row(prev, grad[pending], c)
+                _pending_fixups(pending, w, y, k_out, s_out, m_out, xy_out, g, zg, prev, grad)
+
+    @_jit
+    def _pending_fixups(p, w, y, k_out, s_out, m_out, xy_out, g, zg, prev, grad):
+        """The two special entries of row ``p``'s unsmoothed gradient, once its bulk is written."""
+        s, gy = s_out[p], _weight(w, y[p])
+        z = zg[p] if zg is not None else 0.0
+        _ce_fixups(w, y[p], k_out[p], s, m_out[p] + math.log1p(s), 0.0, gy, gy, g[p], z, xy_out[p] > -np.inf, prev,
+                   grad[p])
 
     def _grad_buf(grad, buf):
         """The term buffer when a gradient is wanted, else None (no stores in the sweep)."""
