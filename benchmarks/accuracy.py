@@ -169,13 +169,34 @@ def _versions() -> str:
     """The libraries measured, with their versions, as they were imported for this run."""
     import importlib.metadata
 
-    out = [f"python {platform.python_version()}"]
-    for dist in ("stablesoftmax", "numpy", "ml_dtypes", "numba", "scipy", "torch", "mpmath"):
+    import stablesoftmax
+
+    # The package's own version from the code imported (an editable install's metadata can be older),
+    # and the commit it was measured at.
+    out = [f"python {platform.python_version()}", f"stablesoftmax {stablesoftmax.__version__} ({_commit()})"]
+    for dist in ("numpy", "ml_dtypes", "numba", "scipy", "torch", "mpmath"):
         try:
             out.append(f"{dist} {importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
             pass
     return ", ".join(out)
+
+
+def _commit() -> str:
+    """``git describe`` of the checkout the package was imported from, ``+changes`` if it has uncommitted ones."""
+    import subprocess
+
+    import stablesoftmax
+
+    where = Path(stablesoftmax.__file__).parent
+    try:
+        head = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "."], capture_output=True, text=True)
+    except OSError:
+        return "not a git checkout"
+    if head.returncode:
+        return "not a git checkout"
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def _goals() -> dict[tuple[str, str], float]:
