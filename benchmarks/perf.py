@@ -1,32 +1,43 @@
-"""Benchmark of issue 6: the compiled kernels against NumPy, PyTorch and SciPy.
+"""Benchmark of the performance issue's goals: the library and its kernels against naive NumPy, SciPy, PyTorch.
 
 Run from the repository root::
 
-    NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/perf.py            # full shapes
-    NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/perf.py --quick    # smaller shapes
+    python benchmarks/perf.py                        # every case, full shapes
+    python benchmarks/perf.py --only masked          # the cases whose name holds "masked"
+    python benchmarks/perf.py --quick                # (1024, 8000) instead of (4096, 32000)
+    python benchmarks/perf.py --out benchmarks/results/perf.md
 
-Everything runs on one thread (numba, PyTorch, BLAS). The methods of a case
-are timed in interleaved rounds (each round runs every method in turn; calls
-shorter than 2 ms are repeated within a sample and averaged), so load from
-other processes on a shared machine hits them alike; the table gives the
-median over the rounds and ratios of medians against naive NumPy.
-``read x1`` is the kernel's time over the time of one read of the input at
-this machine's single-thread read bandwidth, measured first.
+Everything runs on one thread (numba, PyTorch, BLAS; ``*_NUM_THREADS=1`` is
+set before they import), except the rows named "2 threads". Each case runs
+its methods in interleaved rounds: one round calls every method once (calls
+shorter than 2 ms are repeated inside a sample), so load from other
+processes on a shared machine hits them alike. A ratio is the median over
+the rounds of the ratio measured within each round, and its spread is the
+interquartile range of those per-round ratios. Times are this thread's CPU
+time (user + system, so page faults of fresh outputs count), steadier than
+the wall clock when other processes compete for the cores; the 2-thread rows
+use the wall clock. ``read x1`` is a method's time over the time of one
+read of its input at the single-thread read bandwidth measured first.
 
-Columns: ``naive`` is ``log(sum(exp(x)))`` / ``exp(x) / sum(exp(x))``;
-``textbook`` the max-shifted NumPy formula; ``numpy path`` stablesoftmax's
-public function as it is now (float64 inside, TwoSum, log1p); ``kernel``
-``stablesoftmax._kernels`` called directly, including the rounding to the
-input dtype; ``torch`` and ``scipy`` their functions on the same data.
+Methods: ``naive`` is the textbook formula (``log(sum(exp(x)))``, ...;
+masked and smoothed cases use the naive masked or smoothed formula);
+``stablesoftmax`` the public function; ``kernel`` the compiled kernel called
+directly (``stablesoftmax._kernels``), with the small NumPy finish a caller
+needs and the output allocated per call; ``torch``/``scipy`` their functions.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -35,35 +46,19 @@ import numpy as np  # noqa: E402
 
 import stablesoftmax as ss  # noqa: E402
 from stablesoftmax import _kernels  # noqa: E402
-from stablesoftmax._arrays import BFLOAT16, round_to  # noqa: E402
+
+MIN_SAMPLE_S = 2e-3
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smaller shapes (1024 x 8000 instead of 4096 x 32000)")
-    p.add_argument("--repeats", type=int, default=31, help="interleaved rounds per case (default 31)")
-    p.add_argument("--only", default="", help="run only the cases whose name contains this text")
-    p.add_argument("--timer", choices=["wall", "cpu"], default="wall",
-                   help="wall clock (default) or this thread's CPU time, steadier on a shared machine "
-                        "(drops the 2-thread column, whose work the main thread does not do)")
-    args = p.parse_args(argv)
-    if not _kernels.available():
-        print("numba kernels unavailable (numba missing or STABLESOFTMAX_DISABLE_KERNELS=1)", file=sys.stderr)
-        return 2
-    libs = _load_baselines()
-    big = (1024, 8000) if args.quick else (4096, 32000)
-    print(f"command: {' '.join(['python'] + sys.argv)}  (timer: {args.timer}, {args.repeats} interleaved rounds)")
-    print(f"machine: {os.cpu_count()} CPUs seen, 1 thread used; numpy {np.__version__}, "
-          f"{', '.join(f'{k} {v.__version__}' for k, v in libs.items())}")
-    bw = read_bandwidth(args.quick)
-    print(f"single-thread read bandwidth: {bw / 1e9:.1f} GB/s (best of 7 sums of a {512 >> (2 * args.quick)} MB array)\n")
-    rows = []
-    for case in _cases(big):
-        if args.only and args.only not in _name(*case):
-            continue
-        rows.append(run_case(*case, libs=libs, repeats=args.repeats, bw=bw, cpu=args.timer == "cpu"))
-    print(_table(rows))
-    return 0
+@dataclass
+class Case:
+    """A shape and dtype, the methods timed on it, and the goals its ratios are held to."""
+
+    name: str
+    methods: dict[str, Callable[[], Any]]
+    nbytes: int
+    goals: list[tuple[str, str, str, float]] = field(default_factory=list)  # (method, over, "<=" or ">=", value)
+    wall: bool = False  # time by the wall clock (threads)
 
 
 # --------------------------------------------------------------------------
@@ -71,191 +66,270 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------
 
 
-def _cases(big):
-    out = []
-    for fn in ("logsumexp", "softmax"):
-        out.append((fn, big, np.float32))
-    out.append(("log_softmax", big, np.float32))
-    out.append(("logsumexp", big, np.float16))
-    out.append(("logsumexp", big, BFLOAT16))
-    for fn in ("logsumexp", "softmax", "log_softmax"):
-        out.append((fn, (64, 600), np.float64))
-    out.append(("logsumexp", (64, 600), np.float32))
-    for fn in ("logsumexp", "softmax"):
-        out.append((fn, (600,), np.float64))
+def cases(big: tuple[int, int], libs: dict[str, Any]) -> list[Case]:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(big) * 3).astype(np.float32)
+    y = rng.integers(0, big[1], big[0])
+    mask = rng.random(big) > 0.3
+    out = [
+        _lse_case(x, libs),
+        _elementwise_case("softmax", x, libs, goal=0.6),
+        _elementwise_case("log_softmax", x, libs, goal=None),
+        _ce_case(x, y, libs),
+        _ce_grad_case(x, y, libs),
+        _masked_lse_case(x, mask, libs),
+        _masked_ce_case(x, y, mask, libs),
+        _smoothed_ce_case(x, y, libs),
+        _threads_case(x),
+    ]
+    for shape in ((64, 600), (600,)):
+        out.append(_small_f64_case((rng.standard_normal(shape) * 3), libs))
+    if "torch" in libs:
+        out.append(_torch_ce_case(x[: big[0] // 4], y[: big[0] // 4], libs["torch"]))
     return out
 
 
-def _methods(fn: str, dtype, libs) -> dict[str, Callable]:
-    """Every contender for ``fn`` on a 1-D or 2-D array, reducing the last axis."""
-    narrow16 = np.dtype(dtype).itemsize == 2
-    m: dict[str, Callable] = {
-        "naive": {"logsumexp": _naive_lse, "softmax": _naive_softmax, "log_softmax": _naive_log_softmax}[fn],
-        "textbook": {"logsumexp": _textbook_lse, "softmax": _textbook_softmax, "log_softmax": _textbook_log_softmax}[fn],
-        "numpy path": getattr(ss, fn),
-        "kernel": {"logsumexp": _kernel_lse, "softmax": _kernel_softmax, "log_softmax": _kernel_log_softmax}[fn],
+def _name(what: str, a: np.ndarray) -> str:
+    return f"{what} {'x'.join(map(str, a.shape))} {a.dtype.name}"
+
+
+def _lse_case(x, libs) -> Case:
+    m = {
+        "naive": lambda: np.log(np.exp(x).sum(-1)),
+        "stablesoftmax": lambda: ss.logsumexp(x, axis=-1),
+        "kernel": lambda: _kernels.lse_rows(x).astype(x.dtype),
     }
-    if fn == "logsumexp" and dtype == np.float32:  # information only: the goals are for one thread
-        m["kernel 2 threads"] = lambda a: _kernels.lse_rows(_kernel_input(a), threads=2).astype(a.dtype)
+    if "torch" in libs:
+        t = libs["torch"].from_numpy(x)
+        m["torch"] = lambda: libs["torch"].logsumexp(t, -1)
+    goals = [("stablesoftmax", "naive", "<=", 0.35), ("torch", "stablesoftmax", ">=", 8.0),
+             ("kernel", "naive", "<=", 0.35), ("torch", "kernel", ">=", 8.0), ("kernel", "read", "<=", 2.5)]
+    return Case(_name("logsumexp", x), m, x.nbytes, goals)
+
+
+def _elementwise_case(fn: str, x, libs, goal) -> Case:
+    def naive():
+        e = np.exp(x)
+        s = e.sum(-1, keepdims=True)
+        return e / s if fn == "softmax" else np.log(e / s)
+
+    def kernel():
+        out = np.empty_like(x)
+        getattr(_kernels, f"{fn}_rows")(x, out)
+        return out
+
+    m = {"naive": naive, "stablesoftmax": lambda: getattr(ss, fn)(x, axis=-1), "kernel": kernel}
+    if "torch" in libs:
+        t = libs["torch"].from_numpy(x)
+        tf = getattr(libs["torch"], fn)
+        m["torch"] = lambda: tf(t, -1)
+    goals = [("stablesoftmax", "naive", "<=", goal), ("kernel", "naive", "<=", goal)] if goal else []
+    return Case(_name(fn, x), m, x.nbytes, goals)
+
+
+def _kernel_ce_loss(x, y, **options) -> float:
+    """The mean loss from :func:`cross_entropy_rows`' parts, finished as the library would."""
+    a = options.get("label_smoothing", 0.0)
+    p = _kernels.cross_entropy_rows(x, y, **options)
+    lr = np.log1p(p.s)
+    loss = (1 - a) * (lr - (p.x_target - p.m))
+    if a:
+        loss += (a / p.allowed) * (lr * p.weight_sum - p.shift_sum)
+    return float(loss.mean())
+
+
+def _ce_case(x, y, libs) -> Case:
+    from stablesoftmax import naive
+
+    m = {
+        "naive": lambda: naive.cross_entropy(x, y).mean(),
+        "stablesoftmax": lambda: ss.cross_entropy(x, y),
+        "kernel": lambda: _kernel_ce_loss(x, y),
+    }
     if "torch" in libs:
         torch = libs["torch"]
-        tf = {"logsumexp": torch.logsumexp, "softmax": torch.softmax, "log_softmax": torch.log_softmax}[fn]
-        m["torch"] = lambda t: tf(t, -1)
-    if narrow16:  # NumPy's float16 exp is emulated: textbook and SciPy take ~10 s a call here
-        del m["textbook"]
-        return m
+        t, ty = torch.from_numpy(x), torch.from_numpy(y)
+        m["torch"] = lambda: torch.nn.functional.cross_entropy(t, ty)
+    goals = [("stablesoftmax", "naive", "<=", 0.35), ("torch", "stablesoftmax", ">=", 6.0),
+             ("kernel", "naive", "<=", 0.35), ("torch", "kernel", ">=", 6.0)]
+    return Case(_name("cross_entropy", x), m, x.nbytes, goals)
+
+
+def _ce_grad_case(x, y, libs) -> Case:
+    n = len(y)
+
+    def naive():
+        from stablesoftmax import naive as nv
+
+        p = nv.softmax(x)
+        rows = np.arange(n)
+        loss = -np.log(p[rows, y]).mean()
+        p[rows, y] -= 1
+        p /= n
+        return loss, p
+
+    def kernel_grad():
+        grad = np.empty_like(x)
+        p = _kernels.cross_entropy_rows(x, y, grad=grad, g=np.full(n, 1.0 / n))
+        return float(np.mean(np.log1p(p.s) - (p.x_target - p.m))), grad
+
+    m = {
+        "naive": naive,
+        "stablesoftmax forward": lambda: ss.cross_entropy(x, y),
+        "stablesoftmax": lambda: ss.cross_entropy_with_grad(x, y),
+        "kernel forward": lambda: _kernel_ce_loss(x, y),
+        "kernel": kernel_grad,
+    }
+    if "torch" in libs:
+        torch = libs["torch"]
+
+        def step():
+            t = torch.from_numpy(x).requires_grad_()
+            loss = torch.nn.functional.cross_entropy(t, torch.from_numpy(y))
+            loss.backward()
+            return loss, t.grad
+
+        m["torch"] = step
+    goals = [("stablesoftmax", "stablesoftmax forward", "<=", 1.5), ("kernel", "kernel forward", "<=", 1.5)]
+    return Case(_name("cross_entropy_with_grad", x), m, x.nbytes, goals)
+
+
+def _masked_lse_case(x, mask, libs) -> Case:
+    m = {
+        "naive masked": lambda: np.log(np.exp(np.where(mask, x, -np.inf)).sum(-1)),
+        "stablesoftmax": lambda: ss.logsumexp(x, axis=-1, where=mask),
+        "kernel": lambda: _kernels.lse_rows(x, where=mask).astype(x.dtype),
+        "kernel unmasked": lambda: _kernels.lse_rows(x).astype(x.dtype),
+    }
+    if "torch" in libs:
+        torch = libs["torch"]
+        t, tm = torch.from_numpy(x), torch.from_numpy(~mask)
+        m["torch"] = lambda: torch.logsumexp(t.masked_fill(tm, -float("inf")), -1)
+    goals = [("stablesoftmax", "naive masked", "<=", 0.5), ("kernel", "naive masked", "<=", 0.5)]
+    return Case(_name("logsumexp 30% masked", x), m, x.nbytes + mask.nbytes, goals)
+
+
+def _masked_ce_case(x, y, mask, libs) -> Case:
+    mask = mask.copy()
+    mask[np.arange(len(y)), y] = True  # the target is allowed
+
+    def naive():
+        e = np.exp(np.where(mask, x, -np.inf))
+        p = e[np.arange(len(y)), y] / e.sum(-1)
+        return -np.log(p).mean()
+
+    m = {
+        "naive masked": naive,
+        "stablesoftmax": lambda: ss.cross_entropy(x, y, where=mask),
+        "kernel": lambda: _kernel_ce_loss(x, y, where=mask),
+    }
+    if "torch" in libs:
+        torch = libs["torch"]
+        t, tm, ty = torch.from_numpy(x), torch.from_numpy(~mask), torch.from_numpy(y)
+        m["torch"] = lambda: torch.nn.functional.cross_entropy(t.masked_fill(tm, -float("inf")), ty)
+    goals = [("stablesoftmax", "naive masked", "<=", 0.5), ("kernel", "naive masked", "<=", 0.5)]
+    return Case(_name("cross_entropy 30% masked", x), m, x.nbytes + mask.nbytes, goals)
+
+
+def _smoothed_ce_case(x, y, libs) -> Case:
+    def naive():
+        lp = x - np.log(np.exp(x).sum(-1, keepdims=True))
+        return -(0.9 * lp[np.arange(len(y)), y] + 0.1 * lp.mean(-1)).mean()
+
+    m = {
+        "naive smoothed": naive,
+        "stablesoftmax": lambda: ss.cross_entropy(x, y, label_smoothing=0.1),
+        "kernel": lambda: _kernel_ce_loss(x, y, label_smoothing=0.1),
+    }
+    if "torch" in libs:
+        torch = libs["torch"]
+        t, ty = torch.from_numpy(x), torch.from_numpy(y)
+        m["torch"] = lambda: torch.nn.functional.cross_entropy(t, ty, label_smoothing=0.1)
+    goals = [("stablesoftmax", "naive smoothed", "<=", 0.5), ("kernel", "naive smoothed", "<=", 0.5)]
+    return Case(_name("cross_entropy label_smoothing=0.1", x), m, x.nbytes, goals)
+
+
+def _threads_case(x) -> Case:
+    m = {"kernel 1 thread": lambda: _kernels.lse_rows(x), "kernel 2 threads": lambda: _kernels.lse_rows(x, threads=2)}
+    return Case(_name("logsumexp threads", x), m, x.nbytes, [("kernel 1 thread", "kernel 2 threads", ">=", 1.0)],
+                wall=True)
+
+
+def _small_f64_case(x, libs) -> Case:
+    m = {
+        "naive": lambda: np.log(np.exp(x).sum(-1)),
+        "stablesoftmax": lambda: ss.logsumexp(x, axis=-1),
+        "kernel": (lambda: _kernels.lse_vector(x)) if x.ndim == 1 else (lambda: _kernels.lse_rows(x)),
+    }
     if "scipy" in libs:
-        special = libs["scipy"].special
-        sf = {"logsumexp": special.logsumexp, "softmax": special.softmax, "log_softmax": special.log_softmax}[fn]
-        m["scipy"] = lambda a: sf(a, axis=-1)
-    return m
+        m["scipy"] = lambda: libs["scipy"].special.logsumexp(x, axis=-1)
+    if "torch" in libs:
+        t = libs["torch"].from_numpy(x)
+        m["torch"] = lambda: libs["torch"].logsumexp(t, -1)
+    if x.ndim == 1:
+        goals = [("stablesoftmax", "naive", "<=", 1.5), ("kernel", "naive", "<=", 1.5)]
+    else:
+        goals = [("stablesoftmax", "naive", "<=", 0.85), ("scipy", "stablesoftmax", ">=", 6.0),
+                 ("kernel", "naive", "<=", 0.85), ("scipy", "kernel", ">=", 6.0)]
+    return Case(_name("logsumexp", x), m, x.nbytes, goals)
 
 
-def run_case(fn: str, shape, dtype, *, libs, repeats: int, bw: float, cpu: bool = False) -> dict:
-    rng = np.random.default_rng(0)
-    x = (rng.standard_normal(shape) * 3).astype(dtype)
-    methods = _methods(fn, dtype, libs)
-    clock = time.thread_time if cpu else time.perf_counter
-    if cpu:
-        methods.pop("kernel 2 threads", None)
-    inputs = {k: (_to_torch(x, libs["torch"]) if k == "torch" else x) for k in methods}
-    inner = {}
-    for k, f in methods.items():  # warm-up: compiles the kernel, faults pages in
-        _quiet(f, inputs[k])
-        t0 = time.perf_counter()
-        _quiet(f, inputs[k])
-        inner[k] = max(1, int(2e-3 / max(time.perf_counter() - t0, 1e-7)))  # a sample lasts >= ~2 ms
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for _ in range(repeats):
-        for k, f in methods.items():
-            a, n = inputs[k], inner[k]
+def _torch_ce_case(x, y, torch) -> Case:
+    def step(fn):
+        t = torch.from_numpy(x).requires_grad_()
+        loss = fn(t, torch.from_numpy(y))
+        loss.backward()
+        return t.grad
+
+    m = {"F.cross_entropy fwd+bwd": lambda: step(torch.nn.functional.cross_entropy),
+         "stablesoftmax fwd+bwd": lambda: step(ss.cross_entropy)}
+    return Case(_name("torch tensor cross_entropy fwd+bwd", x), m, x.nbytes,
+                [("stablesoftmax fwd+bwd", "F.cross_entropy fwd+bwd", "<=", 0.5)])
+
+
+# --------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------
+
+
+def run_case(case: Case, rounds: int, bandwidth: float) -> dict[str, Any]:
+    """Per-method sample lists (seconds per call); a method that raises is reported, not timed."""
+    clock = time.perf_counter if case.wall else time.thread_time
+    inner, errors = {}, {}
+    for k, f in list(case.methods.items()):
+        try:
+            _quiet(f)  # warm-up: compiles kernels, faults pages in
+            t0 = time.perf_counter()
+            _quiet(f)
+            inner[k] = max(1, int(MIN_SAMPLE_S / max(time.perf_counter() - t0, 1e-7)))
+        except Exception as exc:  # the public API may be mid-rewrite: say so in the table
+            errors[k] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+            del case.methods[k]
+    samples: dict[str, list[float]] = {k: [] for k in case.methods}
+    for _ in range(rounds):
+        for k, f in case.methods.items():
+            n = inner[k]
             t0 = clock()
             for _ in range(n):
-                _quiet(f, a)
-            times[k].append((clock() - t0) / n)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    name = _name(fn, shape, dtype)
-    print(f"{name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in med.items()), flush=True)
-    return {"name": name, "med": med, "read": med["kernel"] / (x.nbytes / bw)}
+                _quiet(f)
+            samples[k].append((clock() - t0) / n)
+    return {"case": case, "samples": samples, "errors": errors, "read": case.nbytes / bandwidth}
 
 
-def _name(fn: str, shape, dtype) -> str:
-    return f"{fn} {'x'.join(map(str, shape))} {np.dtype(dtype).name}"
-
-
-def _quiet(f, a):
+def _quiet(f: Callable[[], Any]) -> Any:
     with np.errstate(all="ignore"):  # the naive formulas overflow on purpose at some scales
-        return f(a)
+        return f()
 
 
-# --------------------------------------------------------------------------
-# Contenders
-# --------------------------------------------------------------------------
-
-
-def _naive_lse(x):
-    return np.log(np.exp(x).sum(-1))
-
-
-def _naive_softmax(x):
-    e = np.exp(x)
-    return e / e.sum(-1, keepdims=True)
-
-
-def _naive_log_softmax(x):
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def _textbook_lse(x):
-    m = x.max(-1, keepdims=True)
-    return np.log(np.exp(x - m).sum(-1)) + m[..., 0]
-
-
-def _textbook_softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def _textbook_log_softmax(x):
-    d = x - x.max(-1, keepdims=True)
-    return d - np.log(np.exp(d).sum(-1, keepdims=True))
-
-
-def _kernel_input(x):
-    """The array the kernels get: 2-D, and 16-bit widened (exactly) to float32."""
-    a = x.reshape(-1, x.shape[-1])
-    return a.astype(np.float32) if a.dtype.itemsize == 2 else a
-
-
-def _kernel_lse(x):
-    return round_to(_kernels.lse_rows(_kernel_input(x)), x.dtype).reshape(x.shape[:-1])
-
-
-def _kernel_softmax(x):
-    a = _kernel_input(x)
-    out = np.empty(a.shape, a.dtype if a.dtype == x.dtype else np.float64)
-    _kernels.softmax_rows(a, out)
-    return round_to(out, x.dtype).reshape(x.shape) if out.dtype != x.dtype else out.reshape(x.shape)
-
-
-def _kernel_log_softmax(x):
-    a = _kernel_input(x)
-    out = np.empty(a.shape, a.dtype if a.dtype == x.dtype else np.float64)
-    _kernels.log_softmax_rows(a, out)
-    return round_to(out, x.dtype).reshape(x.shape) if out.dtype != x.dtype else out.reshape(x.shape)
-
-
-def _load_baselines() -> dict:
-    libs = {}
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-        libs["torch"] = torch
-    except ImportError:
-        pass
-    try:
-        import scipy.special
-
-        libs["scipy"] = sys.modules["scipy"]
-    except ImportError:
-        pass
-    return libs
-
-
-def _to_torch(x, torch):
-    if x.dtype == BFLOAT16:
-        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(x)
-
-
-# --------------------------------------------------------------------------
-# Read bandwidth
-# --------------------------------------------------------------------------
-
-
-def read_bandwidth(quick: bool) -> float:
-    """Bytes per second one thread reads: best of 7 vectorised sums over a 512 MB array."""
-    import numba
-
-    @numba.njit(fastmath=True, nogil=True)
-    def _sum(a):
-        s = np.float32(0.0)
-        for i in range(a.size):
-            s += a[i]
-        return s
-
-    a = np.ones((512 << 20 >> (2 * quick)) // 4, dtype=np.float32)
-    _sum(a)
-    best = min(_timed(_sum, a) for _ in range(7))
-    best_np = min(_timed(np.sum, a) for _ in range(7))
-    return a.nbytes / min(best, best_np)
-
-
-def _timed(f, a) -> float:
-    t0 = time.perf_counter()
-    f(a)
-    return time.perf_counter() - t0
+def ratio(res: dict[str, Any], a: str, b: str) -> tuple[float, float, float] | None:
+    """Median and quartiles over rounds of ``time(a) / time(b)`` (``b = "read"``: one read of the input)."""
+    s = res["samples"]
+    if a not in s or (b != "read" and b not in s):
+        return None
+    den = [res["read"]] * len(s[a]) if b == "read" else s[b]
+    r = sorted(x / y for x, y in zip(s[a], den, strict=True))
+    q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+    return q[1], q[0], q[2]
 
 
 # --------------------------------------------------------------------------
@@ -267,20 +341,151 @@ def _fmt(t: float) -> str:
     return f"{t * 1e3:.3g} ms" if t >= 1e-3 else f"{t * 1e6:.3g} us"
 
 
-def _table(rows: list[dict]) -> str:
-    cols = ["naive", "textbook", "numpy path", "kernel", "kernel 2 threads", "torch", "scipy"]
-    head = "| case | " + " | ".join(cols) + " | kernel/naive | torch/kernel | scipy/kernel | kernel/read |"
-    lines = [head, "|" + "---|" * (len(cols) + 5)]
-    for r in rows:
-        med = r["med"]
-        cells = [_fmt(med[c]) if c in med else "-" for c in cols]
-        k = med["kernel"]
-        ratio = lambda c: f"{med[c] / k:.1f}x" if c in med else "-"  # noqa: E731
-        lines.append(
-            f"| {r['name']} | " + " | ".join(cells)
-            + f" | {k / med['naive']:.2f} | {ratio('torch')} | {ratio('scipy')} | {r['read']:.2f} |"
-        )
+def case_table(res: dict[str, Any]) -> str:
+    case, s = res["case"], res["samples"]
+    base = next(iter(s))
+    lines = [f"#### {case.name}  ({'wall' if case.wall else 'thread CPU'} time, ratios to `{base}`)", "",
+             f"| method | median | quartiles | / {base} [quartiles] | / one read |", "|---|---|---|---|---|"]
+    for k, v in s.items():
+        q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
+        r = ratio(res, k, base)
+        rr = ratio(res, k, "read")
+        lines.append(f"| {k} | {_fmt(q[1])} | {_fmt(q[0])} - {_fmt(q[2])} | {r[0]:.3f} [{r[1]:.3f} - {r[2]:.3f}] "
+                     f"| {rr[0]:.2f} |")
+    for k, e in res["errors"].items():
+        lines.append(f"| {k} | failed: {e} | | | |")
     return "\n".join(lines)
+
+
+def goal_rows(res: dict[str, Any]) -> list[str]:
+    out = []
+    for a, b, op, value in res["case"].goals:
+        r = ratio(res, a, b)
+        label = f"{a} / {'one read' if b == 'read' else b}"
+        if r is None:
+            out.append(f"| {res['case'].name} | {label} {op} {value} | not measured | - |")
+            continue
+        met = r[0] <= value if op == "<=" else r[0] >= value
+        out.append(f"| {res['case'].name} | {label} {op} {value} | {r[0]:.3f} [{r[1]:.3f} - {r[2]:.3f}] "
+                   f"| {'met' if met else 'NOT met'} |")
+    return out
+
+
+def machine() -> str:
+    """CPU model, its vector features as NumPy and LLVM (numba) see them, and library versions."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from numpy._core._multiarray_umath import __cpu_features__ as feats
+
+    numpy_simd = ", ".join(k for k in ("AVX2", "AVX512F", "AVX512_SKX") if feats.get(k))
+    import llvmlite.binding as ll
+    import numba
+
+    host = ll.get_host_cpu_features()
+    llvm = ", ".join(k for k in ("avx2", "avx512f") if host.get(k, False))
+    libs = [f"numpy {np.__version__}", f"numba {numba.__version__}", f"stablesoftmax {ss.__version__}"]
+    for name in ("torch", "scipy"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            libs.append(f"{name} {mod.__version__}")
+    return (f"CPU: {model}, {os.cpu_count()} cores seen; NumPy SIMD: {numpy_simd or 'none'}; "
+            f"LLVM host {ll.get_host_cpu_name()} ({llvm or 'no avx2'}); {'; '.join(libs)}")
+
+
+def read_bandwidth(megabytes: int) -> float:
+    """Bytes per second one thread reads: best of 7 vectorised sums of a large float32 array."""
+    import numba
+
+    @numba.njit(fastmath=True, nogil=True)
+    def _sum(a):
+        s = np.float32(0.0)
+        for i in range(a.size):
+            s += a[i]
+        return s
+
+    a = np.ones((megabytes << 20) // 4, dtype=np.float32)
+    _sum(a)
+    best = min(min(_timed(_sum, a), _timed(np.sum, a)) for _ in range(7))
+    return a.nbytes / best
+
+
+def _timed(f, a) -> float:
+    t0 = time.perf_counter()
+    f(a)
+    return time.perf_counter() - t0
+
+
+def import_time(repeats: int = 7) -> tuple[float, float, float]:
+    """Median and quartiles of ``python -c "import stablesoftmax"`` minus a bare interpreter start."""
+    def run(code: str) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return time.perf_counter() - t0
+
+    diffs = sorted(run("import stablesoftmax") - run("pass") for _ in range(repeats))
+    q = statistics.quantiles(diffs, n=4)
+    return q[1], q[0], q[2]
+
+
+def _load_baselines() -> dict[str, Any]:
+    libs: dict[str, Any] = {}
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        libs["torch"] = torch
+    except ImportError:
+        pass
+    try:
+        import scipy.special  # noqa: F401
+
+        libs["scipy"] = sys.modules["scipy"]
+    except ImportError:
+        pass
+    return libs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="(1024, 8000) instead of (4096, 32000)")
+    p.add_argument("--rounds", type=int, default=11, help="interleaved rounds per case (default 11)")
+    p.add_argument("--only", default="", help="run only the cases whose name contains this text")
+    p.add_argument("--out", default="", help="also write the report (markdown) to this file")
+    args = p.parse_args(argv)
+    if not _kernels.available():
+        print("numba kernels unavailable (numba missing or STABLESOFTMAX_DISABLE_KERNELS=1)", file=sys.stderr)
+        return 2
+    libs = _load_baselines()
+    big = (1024, 8000) if args.quick else (4096, 32000)
+    head = [f"command: {' '.join(['python'] + sys.argv)}  ({args.rounds} interleaved rounds; load average "
+            f"{os.getloadavg()[0]:.2f} at the start)", machine()]
+    bw = read_bandwidth(128 if args.quick else 512)
+    head.append(f"single-thread read bandwidth: {bw / 1e9:.1f} GB/s")
+    print("\n".join(head), flush=True)
+    results, report = [], []
+    for case in cases(big, libs):
+        if args.only and args.only not in case.name:
+            continue
+        res = run_case(case, args.rounds, bw)
+        results.append(res)
+        report.append(case_table(res))
+        print("\n" + report[-1], flush=True)
+    goals = ["| case | goal | median [quartiles] | verdict |", "|---|---|---|---|"]
+    for res in results:
+        goals += goal_rows(res)
+    if not args.only or "import" in args.only:
+        med, lo, hi = import_time()
+        goals.append(f"| import stablesoftmax | seconds <= 0.15 | {med:.3f} [{lo:.3f} - {hi:.3f}] "
+                     f"| {'met' if med <= 0.15 else 'NOT met'} |")
+    print("\n" + "\n".join(goals))
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write("\n".join(head) + "\n\n" + "\n\n".join(report) + "\n\n### Goals\n\n" + "\n".join(goals) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

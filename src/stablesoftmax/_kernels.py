@@ -40,9 +40,12 @@ Every kernel drops the GIL. ``threads=n`` splits the rows into ``n`` bands
 run at once; each row is computed exactly as on one thread. It is off by
 default (``threads=1``) so that measured ratios stay single-threaded.
 
-The machine code is AVX2 (ymm registers) on x86 with AVX2, whatever AVX-512
-the CPU has: LLVM's cost model prefers 256-bit vectors on Intel's AVX-512
-CPUs, and this module asks for no more (see ``benchmarks/README.md``).
+The vector width is LLVM's choice for the host CPU: ymm (4 doubles) with
+AVX2, zmm (8) on AMD Zen 4, and ymm again on Intel's AVX-512 CPUs, whose LLVM
+tuning prefers 256-bit vectors unless numba is started with
+``NUMBA_CPU_FEATURES=<host features>,-prefer-256-bit`` (process-wide, so left
+to the user). ``python benchmarks/kernels_probe.py asm`` counts the registers
+for each target, cross-compiled.
 
 Importing this module imports numba (about 0.3 s); import it lazily, only
 where a kernel will run. Kernels are compiled on first use and cached on disk.
