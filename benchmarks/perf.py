@@ -29,6 +29,7 @@ needs and the output allocated per call; ``torch``/``scipy`` their functions.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -292,16 +293,25 @@ def _torch_ce_case(x, y, torch) -> Case:
 # --------------------------------------------------------------------------
 
 
-def run_case(case: Case, rounds: int, bandwidth: float) -> dict[str, Any]:
-    """Per-method sample lists (seconds per call); a method that raises is reported, not timed."""
+def run_case(case: Case, rounds: int, bandwidth: float, slow_s: float) -> dict[str, Any]:
+    """Per-method sample lists (seconds per call); a method that raises is reported, not timed.
+
+    A method slower than ``slow_s`` a call keeps its two warm-up samples only
+    (it is outside the interleaved rounds, and its ratios are of medians).
+    """
     clock = time.perf_counter if case.wall else time.thread_time
-    inner, errors = {}, {}
+    inner, errors, slow, order = {}, {}, {}, list(case.methods)
     for k, f in list(case.methods.items()):
         try:
+            t0 = clock()
             _quiet(f)  # warm-up: compiles kernels, faults pages in
-            t0 = time.perf_counter()
+            t1 = clock()
             _quiet(f)
-            inner[k] = max(1, int(MIN_SAMPLE_S / max(time.perf_counter() - t0, 1e-7)))
+            t2 = clock()
+            inner[k] = max(1, int(MIN_SAMPLE_S / max(t2 - t1, 1e-7)))
+            if t2 - t1 > slow_s:
+                slow[k] = [t1 - t0, t2 - t1]
+                del case.methods[k]
         except Exception as exc:  # the public API may be mid-rewrite: say so in the table
             errors[k] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
             del case.methods[k]
@@ -313,7 +323,8 @@ def run_case(case: Case, rounds: int, bandwidth: float) -> dict[str, Any]:
             for _ in range(n):
                 _quiet(f)
             samples[k].append((clock() - t0) / n)
-    return {"case": case, "samples": samples, "errors": errors, "read": case.nbytes / bandwidth}
+    return {"case": case, "samples": samples, "errors": errors, "slow": slow, "order": order,
+            "read": case.nbytes / bandwidth}
 
 
 def _quiet(f: Callable[[], Any]) -> Any:
@@ -323,7 +334,11 @@ def _quiet(f: Callable[[], Any]) -> Any:
 
 def ratio(res: dict[str, Any], a: str, b: str) -> tuple[float, float, float] | None:
     """Median and quartiles over rounds of ``time(a) / time(b)`` (``b = "read"``: one read of the input)."""
-    s = res["samples"]
+    s, slow = res["samples"], res["slow"]
+    if (a in slow or b in slow) and (a in s or a in slow) and (b in s or b in slow or b == "read"):
+        num = statistics.median(s.get(a) or slow[a])
+        den = res["read"] if b == "read" else statistics.median(s.get(b) or slow[b])
+        return num / den, num / den, num / den
     if a not in s or (b != "read" and b not in s):
         return None
     den = [res["read"]] * len(s[a]) if b == "read" else s[b]
@@ -343,15 +358,18 @@ def _fmt(t: float) -> str:
 
 def case_table(res: dict[str, Any]) -> str:
     case, s = res["case"], res["samples"]
-    base = next(iter(s))
+    base = res["order"][0]
     lines = [f"#### {case.name}  ({'wall' if case.wall else 'thread CPU'} time, ratios to `{base}`)", "",
              f"| method | median | quartiles | / {base} [quartiles] | / one read |", "|---|---|---|---|---|"]
     for k, v in s.items():
         q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
-        r = ratio(res, k, base)
+        r = ratio(res, k, base) or (math.nan,) * 3
         rr = ratio(res, k, "read")
         lines.append(f"| {k} | {_fmt(q[1])} | {_fmt(q[0])} - {_fmt(q[2])} | {r[0]:.3f} [{r[1]:.3f} - {r[2]:.3f}] "
                      f"| {rr[0]:.2f} |")
+    for k, v in res["slow"].items():
+        r = ratio(res, k, base) or (math.nan,) * 3
+        lines.append(f"| {k} | {_fmt(v[1])} (over the slow limit: 2 samples, not in the rounds) | | {r[0]:.3f} | |")
     for k, e in res["errors"].items():
         lines.append(f"| {k} | failed: {e} | | | |")
     return "\n".join(lines)
@@ -455,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=11, help="interleaved rounds per case (default 11)")
     p.add_argument("--only", default="", help="run only the cases whose name contains this text")
     p.add_argument("--out", default="", help="also write the report (markdown) to this file")
+    p.add_argument("--slow", type=float, default=3.0,
+                   help="seconds a call beyond which a method is timed twice only, outside the rounds (default 3)")
     args = p.parse_args(argv)
     if not _kernels.available():
         print("numba kernels unavailable (numba missing or STABLESOFTMAX_DISABLE_KERNELS=1)", file=sys.stderr)
@@ -470,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases(big, libs):
         if args.only and args.only not in case.name:
             continue
-        res = run_case(case, args.rounds, bw)
+        res = run_case(case, args.rounds, bw, args.slow)
         results.append(res)
         report.append(case_table(res))
         print("\n" + report[-1], flush=True)
