@@ -6,7 +6,8 @@ Run from the repository root::
     python benchmarks/linear_ce.py --quick      # (512, 256) x (8000, 256)
 
 One thread for BLAS. Methods are timed in interleaved rounds so load on a
-shared machine hits them alike; ratios are of medians within this run.
+shared machine hits them alike; a ratio is the median over rounds of the
+ratio within each round, with the quartiles of those per-round ratios.
 Memory is the peak traced by tracemalloc above what the inputs hold, as a
 fraction of the (N, V) float32 logits. Accuracy is against the float64
 materialised cross_entropy and its gradient.
@@ -51,19 +52,23 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    base = np.median(times["bare matmul"])
-    print(f"command: python {' '.join(sys.argv)}  ({args.repeats} interleaved rounds, 1 BLAS thread)")
+    base = times["bare matmul"]
+    print(f"command: python {' '.join(sys.argv)}  ({args.repeats} interleaved rounds, 1 BLAS thread, wall clock; "
+          f"load average {os.getloadavg()[0]:.2f})")
     print(f"hidden ({n}, {h}), weight ({v}, {h}), float32; logits would be {n * v * 4 / 2**20:.0f} MiB\n")
-    print("| method | median s | vs bare matmul | peak extra memory / logits |")
+    print("| method | median s | / bare matmul, median [quartiles] of per-round ratios | peak extra memory / logits |")
     print("|---|---|---|---|")
     for name, fn in methods.items():
-        med = np.median(times[name])
-        print(f"| {name} | {med:.3f} | {med / base:.3f}x | {_peak(fn) / (n * v * 4):.4f} |")
+        per_round = np.asarray(times[name]) / np.asarray(base)
+        q1, med, q3 = np.percentile(per_round, [25, 50, 75])
+        print(f"| {name} | {np.median(times[name]):.3f} | {med:.3f}x [{q1:.3f} - {q3:.3f}] "
+              f"| {_peak(fn) / (n * v * 4):.4f} |")
     loss, (d_h, d_w, _) = ss.linear_cross_entropy_with_grad(hidden, weight, target)
     logits = hidden.astype(np.float64) @ weight.T.astype(np.float64)
     ref, g = ss.cross_entropy_with_grad(logits, target)
     print(f"\nloss relative error vs float64: {abs(float(loss) - ref) / abs(ref):.2e} (goal 1e-6)")
-    for name, got, exact in (("d_hidden", d_h, g @ weight.astype(np.float64)), ("d_weight", d_w, g.T @ hidden.astype(np.float64))):
+    exact_grads = (("d_hidden", d_h, g @ weight.astype(np.float64)), ("d_weight", d_w, g.T @ hidden.astype(np.float64)))
+    for name, got, exact in exact_grads:
         print(f"{name} max error / max |grad|: {np.abs(got - exact).max() / np.abs(exact).max():.2e} (goal 1e-5)")
     return 0
 
