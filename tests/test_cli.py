@@ -57,12 +57,6 @@ class TestHelp:
         assert "LAB []" in done.stdout, done.stdout + done.stderr
         assert all(f"    {name}" in done.stdout for name in cli.SUBCOMMANDS)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="stablesoftmax/__init__.py imports NumPy eagerly, and "
-        "`import stablesoftmax.cli` runs it first; see notes/requests-cli.md. "
-        "Remove this mark when the package imports lazily.",
-    )
     def test_top_level_help_imports_no_numpy(self):
         code = (
             "import sys\nfrom stablesoftmax import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n"

@@ -9,8 +9,8 @@ the textbook formulas the lab breaks; ``stablesoftmax.lab`` and the
 
 from __future__ import annotations
 
-from . import naive
-from ._contract import CONTRACT
+import typing as _typing
+
 from ._errors import (
     ArgumentError,
     AxisError,
@@ -20,25 +20,71 @@ from ._errors import (
     StableSoftmaxError,
     TargetError,
 )
-from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
-from ._losses import (
-    binary_cross_entropy_with_logits,
-    cross_entropy,
-    cross_entropy_grad,
-    cross_entropy_with_grad,
-    nll_loss,
-)
-from ._sampling import sample
-from ._streaming import LogSumExp, logsumexp_chunks
-from ._reductions import (
-    log_softmax,
-    log_softmax_grad,
-    logsumexp,
-    logsumexp_grad,
-    reference_path,
-    softmax,
-    softmax_grad,
-)
+
+if _typing.TYPE_CHECKING:
+    from . import naive
+    from ._contract import CONTRACT
+    from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
+    from ._losses import (
+        binary_cross_entropy_with_logits,
+        cross_entropy,
+        cross_entropy_grad,
+        cross_entropy_with_grad,
+        nll_loss,
+    )
+    from ._reductions import (
+        log_softmax,
+        log_softmax_grad,
+        logsumexp,
+        logsumexp_grad,
+        reference_path,
+        softmax,
+        softmax_grad,
+    )
+    from ._sampling import sample
+    from ._streaming import LogSumExp, logsumexp_chunks
+
+# Where each public name lives. They are imported on first use (PEP 562), so that
+# `import stablesoftmax` and `stablesoftmax --help` do not pay for NumPy and the library.
+_HOME = {
+    "naive": "naive",
+    "autograd": "autograd",
+    "CONTRACT": "_contract",
+    "linear_cross_entropy": "_linear",
+    "linear_cross_entropy_with_grad": "_linear",
+    "binary_cross_entropy_with_logits": "_losses",
+    "cross_entropy": "_losses",
+    "cross_entropy_grad": "_losses",
+    "cross_entropy_with_grad": "_losses",
+    "nll_loss": "_losses",
+    "log_softmax": "_reductions",
+    "log_softmax_grad": "_reductions",
+    "logsumexp": "_reductions",
+    "logsumexp_grad": "_reductions",
+    "reference_path": "_reductions",
+    "softmax": "_reductions",
+    "softmax_grad": "_reductions",
+    "sample": "_sampling",
+    "LogSumExp": "_streaming",
+    "logsumexp_chunks": "_streaming",
+}
+
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'stablesoftmax' has no attribute {name!r}")
+    module = importlib.import_module(f".{home}", __name__)
+    value = module if home == name else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted((set(globals()) - {"_typing"}) | set(_HOME))
+
 
 __version__ = "0.2.0"
 
