@@ -108,6 +108,7 @@ def _cases() -> list[Case]:
 
 
 CASES = _cases()
+NATIVE = [c for c in CASES if c.world == 3 and c.fn != "dtensor"]
 
 
 def _rng(case: Case) -> np.random.Generator:
@@ -207,6 +208,11 @@ def _worker(rank: int, port: int, outdir: str) -> None:
     for case in CASES:
         if rank in GROUP_RANKS[case.world]:
             results[case.name] = _run_case(case, GROUP_RANKS[case.world].index(rank), groups[case.world])
+    for case in NATIVE:  # the path CUDA tensors take: torch operations throughout, no NumPy view
+        if rank in GROUP_RANKS[case.world]:
+            with ss.reference_path():
+                results[case.name + "|native"] = _run_case(case, GROUP_RANKS[case.world].index(rank),
+                                                           groups[case.world])
     results["errors"] = _bad_inputs(rank)
     results["example"] = _example().run()
     with open(Path(outdir) / f"{rank}.pkl", "wb") as fp:
@@ -421,11 +427,11 @@ def _slice(case: Case, a: np.ndarray, r: int) -> np.ndarray:
     return a[lo:hi] if case.fn == "linear_cross_entropy" else (a[:, lo:hi] if case.axis == -1 else a[:, lo:hi, :])
 
 
-def _check_outputs(case: Case, runs: list[dict], ref: dict) -> None:
+def _check_outputs(case: Case, runs: list[dict], ref: dict, key: str = "") -> None:
     ranks = GROUP_RANKS[case.world]
-    first = runs[ranks[0]][case.name]["out"]
+    first = runs[ranks[0]][case.name + key]["out"]
     for gr in ranks:
-        got = runs[gr][case.name]["out"]
+        got = runs[gr][case.name + key]["out"]
         if case.fn in ("log_softmax", "softmax"):
             expect = _slice(case, ref["out"], ranks.index(gr))
         else:
@@ -435,10 +441,10 @@ def _check_outputs(case: Case, runs: list[dict], ref: dict) -> None:
         assert np.isnan(got).sum() == np.isnan(expect).sum()
 
 
-def _check_gradients(case: Case, runs: list[dict], ref: dict) -> None:
+def _check_gradients(case: Case, runs: list[dict], ref: dict, key: str = "") -> None:
     goal = GRAD_REL_GOAL if case.dtype == "float64" else 1.0
     for r, gr in enumerate(GROUP_RANKS[case.world]):
-        got = runs[gr][case.name]["grad"]
+        got = runs[gr][case.name + key]["grad"]
         expect = ref["grad"] if case.fn == "dtensor" else _slice(case, ref["grad"], r)
         assert grad_error(got, expect) <= goal, (r, got, expect)
 
@@ -480,19 +486,36 @@ class TestReductions:
 class TestLinearCrossEntropy:
     @pytest.mark.parametrize("case", [c for c in CASES if c.fn == "linear_cross_entropy"], ids=lambda c: c.name)
     def test_equals_cross_entropy_of_the_exact_logits(self, runs, case):
+        _check_linear(case, runs, "")
+
+
+def _check_linear(case: Case, runs: list[dict], key: str) -> None:
+    ref = reference(case)
+    _check_outputs(case, runs, ref, key)
+    # Each gradient is a matmul of d loss / d logits, a sum over rows (d weight, d bias) or over every rank's
+    # classes (d hidden), so each is compared to its largest entry: 1e-12 of it in float64, and in float32
+    # (N + V) ulps of it, the bound of a float32 sum of that many terms.
+    tol = GRAD_REL_GOAL if case.dtype == "float64" else (N + sum(SHARDS[case.world])) * np.finfo(np.float32).eps
+    for r, gr in enumerate(GROUP_RANKS[case.world]):
+        got = runs[gr][case.name + key]
+        for name in ("grad", "d_hidden", "d_bias"):
+            if ref[name] is None:
+                continue
+            expect = ref[name] if name == "d_hidden" else _slice(case, ref[name], r)
+            assert np.abs(got[name] - expect).max(initial=0) <= tol * np.abs(ref[name]).max(), name
+
+
+class TestNativePath:
+    """The 3-rank cases again with the kernels off: every array a torch tensor, as on a GPU."""
+
+    @pytest.mark.parametrize("case", NATIVE, ids=lambda c: c.name)
+    def test_equals_one_process_on_every_rank(self, runs, case):
+        if case.fn == "linear_cross_entropy":
+            _check_linear(case, runs, "|native")
+            return
         ref = reference(case)
-        _check_outputs(case, runs, ref)
-        # Each gradient is a matmul of d loss / d logits, a sum over rows (d weight, d bias) or over every rank's
-        # classes (d hidden), so each is compared to its largest entry: 1e-12 of it in float64, and in float32
-        # (N + V) ulps of it, the bound of a float32 sum of that many terms.
-        tol = GRAD_REL_GOAL if case.dtype == "float64" else (N + sum(SHARDS[case.world])) * np.finfo(np.float32).eps
-        for r, gr in enumerate(GROUP_RANKS[case.world]):
-            got = runs[gr][case.name]
-            for key in ("grad", "d_hidden", "d_bias"):
-                if ref[key] is None:
-                    continue
-                expect = ref[key] if key == "d_hidden" else _slice(case, ref[key], r)
-                assert np.abs(got[key] - expect).max(initial=0) <= tol * np.abs(ref[key]).max(), key
+        _check_outputs(case, runs, ref, "|native")
+        _check_gradients(case, runs, ref, "|native")
 
 
 class TestDTensor:

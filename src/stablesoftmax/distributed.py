@@ -769,7 +769,7 @@ def _probs(x: Array, gl: _Global, xp: Any, exact: bool) -> Array:
 # Computing on this rank: NumPy views on the CPU, as the single-process path does
 # --------------------------------------------------------------------------
 
-_BLOCK = 1 << 20  # entries per row block of the float64 temporaries (8 MiB each)
+_BLOCK = 1 << 18  # entries per row block of the float64 temporaries (2 MiB each)
 
 
 def _on_host(x: Tensor) -> bool:
@@ -1077,17 +1077,62 @@ def _ce_backward(call: _CE, saved: Any, x: Tensor, g: Tensor) -> Tensor:
     with _quiet(host):
         xp = npx if host else tx
         xa, ga = _arrays(host, x, g)
-        out = xp.zeros(xa.shape, dtype=xa.dtype, device=_state._device(xa))
         if saved is None:
-            return _tensor(out, x.device)
+            return _tensor(xp.zeros(xa.shape, dtype=xa.dtype, device=_state._device(xa)), x.device)
         gl, rows = saved
         aux = _aux(call, host, xp, gl.m.dtype)
         scales = _scales(call.reduction, rows.alive, rows.wy, xp.astype(ga, gl.m.dtype), xp)
-        for r in _row_blocks(*xa.shape):
-            xw, exact = _prepare(xa[r], xp, call.softcap, _sub(aux.mask, r))
-            out[r] = _compute.round_to(_ce_grad_block(call, xw, exact, _rows_of(gl, r), _rows_of(rows, r), aux, r,
-                                                      tuple(s[r] for s in scales), xp), xa, xp)
+        out = _grad_rows(call, xa, call.layout.start, aux.local_weight, gl, rows, aux, scales, xp)
         return _tensor(out, x.device)
+
+
+def _grad_rows(call: _CE, x: Array, first: int, w: Array | None, gl: _Global, rows: _Loss, aux: _Aux,
+               scales: tuple[Array, Array], xp: Any) -> Array:
+    """``d loss / d x`` for a block of classes ``first : first + K`` (weights ``w``), by row blocks, in x's dtype."""
+    out = xp.empty(x.shape, dtype=x.dtype, device=_state._device(x))
+    module = _compute.kernels() if _compute.is_numpy(xp) and _plain(call) else None
+    for r in _row_blocks(*x.shape):
+        sc = tuple(s[r] for s in scales)
+        if module is not None:
+            grad = _kernel_grad(x[r], first, _rows_of(gl, r), _rows_of(rows, r), aux.target[r], sc, call.z_loss,
+                                module)
+        else:
+            xw, exact = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
+            grad = _ce_grad_block(call, xw, exact, _rows_of(gl, r), _rows_of(rows, r), aux, r, sc, xp, first, w)
+        out[r] = _compute.round_to(grad, x, xp)
+    return out
+
+
+def _plain(call: _CE) -> bool:
+    """Class targets without smoothing, mask or softcap: the compiled kernels' case."""
+    return not (call.probs or call.smoothing or call.mask is not None or call.softcap is not None)
+
+
+def _kernel_grad(x: np.ndarray, first: int, gl: _Global, rows: _Loss, y: np.ndarray, scales: tuple[Array, Array],
+                 z_loss: float, module: Any) -> np.ndarray:
+    r""":func:`_ce_grad_block` for the kernels' case, in place on one float64 block.
+
+    The kernels write the block's own softmax ``exp(x - m_r) / (1 + s_r)``;
+    times ``(1 + s_r) exp(m_r - M) / (1 + S)`` it is the row's. Then
+    ``w_y p_c g`` everywhere, ``- w_y g`` at the target, and at a target that
+    is the row's max ``-w_y S / (1 + S) g``, which does not cancel.
+    """
+    p = np.empty(x.shape, np.float64)
+    m, s = _compute.kernel_parts(module, np.ascontiguousarray(x), p)
+    sh = _state.shift(m[:, None], gl.m[:, None], np, exact=True)
+    w = np.exp(sh.d[:, 0]) * (1 + (0 if sh.err is None else sh.err[:, 0]))
+    g_ce = rows.wy * scales[0]
+    g_z = np.where(rows.alive, 2 * z_loss * rows.lse, 0.0) * scales[1] if z_loss else np.zeros_like(g_ce)
+    p *= ((1 + s) * w / (1 + gl.s) * (g_ce + g_z))[:, None]
+    j = y - first
+    at = np.flatnonzero(rows.alive & (j >= 0) & (j < x.shape[1]))
+    top = gl.owner[at] & (gl.k[at] == y[at])  # the target is this rank's first max, and that is the row's
+    near = (g_z[at] - g_ce[at] * gl.s[at]) / (1 + gl.s[at])  # p_k = 1 / (1 + S) there
+    p[at, j[at]] = np.where(top, near, p[at, j[at]] - g_ce[at])
+    p[~(rows.alive & np.isfinite(gl.m))] = 0.0
+    p[~np.isfinite(x)] = 0.0
+    p[rows.alive & np.isnan(gl.m)] = np.nan
+    return p
 
 
 def _rows_of(obj: Any, r: slice) -> Any:
@@ -1100,16 +1145,13 @@ def _rows_of(obj: Any, r: slice) -> Any:
 
 
 def _ce_grad_block(call: _CE, x: Array, exact: bool, gl: _Global, rows: _Loss, aux: _Aux, r: slice,
-                   scales: tuple[Array, Array], xp: Any, first: int | None = None,
-                   local_weight: Array | None = None) -> Array:
+                   scales: tuple[Array, Array], xp: Any, first: int, w: Array | None) -> Array:
     r"""``(A p_c - a_c) g_ce + 2 z lse p_c g_z`` on a block, as :func:`._reference.cross_entropy_grad`.
 
     ``A`` is the row's global mass. At this rank's own first max, when it is
     the row's max, ``A p_k - a_k`` is ``((A - a_k) - a_k S) / (1 + S)``, which
     does not cancel when ``p_k`` rounds to 1.
     """
-    w = aux.local_weight if first is None else local_weight
-    first = call.layout.start if first is None else first
     p = _probs(x, gl, xp, exact)
     a = _mass_block(call, x, first, gl, rows, aux, r, w, xp)
     big_a = rows.big_a[:, None]
@@ -1407,9 +1449,8 @@ def _linear_backward(call: _Linear, saved: Any, g: Tensor, *layer: Tensor | None
             (ga,) = _arrays(host, g)
             scales = _scales(call.reduction, rows.alive, rows.wy, xp.astype(ga, gl.m.dtype), xp)
             for c in _chunks(w.shape[0], call.chunk):
-                grad = xp.astype(_linear_grad(call, _chunk_logits(h, w, b, c, xp), c, gl, rows, aux, scales, xp),
-                                 h.dtype)
-                d_h = d_h + xp.matmul(grad, w[c])
+                grad = _linear_grad(call, _chunk_logits(h, w, b, c, xp), c, gl, rows, aux, scales, xp)
+                d_h += xp.matmul(grad, w[c])
                 d_w[c] = xp.matmul(xp.matrix_transpose(grad), h)
                 if d_b is not None:
                     d_b[c] = xp.sum(grad, axis=0)
@@ -1422,14 +1463,8 @@ def _linear_backward(call: _Linear, saved: Any, g: Tensor, *layer: Tensor | None
 
 def _linear_grad(call: _Linear, logits: Array, c: slice, gl: _Global, rows: _Loss, aux: _Aux,
                  scales: tuple[Array, Array], xp: Any) -> Array:
-    """``d loss / d logits`` of one chunk, by row blocks, in the compute dtype."""
-    first = call.layout.start + c.start
-    out = xp.zeros(logits.shape, dtype=gl.m.dtype, device=_state._device(logits))
-    for r in _row_blocks(*logits.shape):
-        xw, exact = _prepare(logits[r], xp, call.softcap, None)
-        out[r] = _ce_grad_block(call, xw, exact, _rows_of(gl, r), _rows_of(rows, r), aux, r,
-                                tuple(s[r] for s in scales), xp, first=first, local_weight=_sub(aux.local_weight, c))
-    return out
+    """``d loss / d logits`` of one chunk, rounded once to the matmul dtype."""
+    return _grad_rows(call, logits, call.layout.start + c.start, _sub(aux.local_weight, c), gl, rows, aux, scales, xp)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
