@@ -169,10 +169,12 @@ def _ce_grad_case(x, y, libs) -> Case:
         p /= n
         return loss, p
 
-    def kernel_grad():
-        grad = np.empty_like(x)
+    def kernel_grad(grad=None):
+        grad = np.empty_like(x) if grad is None else grad
         p = _kernels.cross_entropy_rows(x, y, grad=grad, g=np.full(n, 1.0 / n))
         return float(np.mean(np.log1p(p.s) - (p.x_target - p.m))), grad
+
+    reused = np.empty_like(x)
 
     m = {
         "naive": naive,
@@ -180,6 +182,7 @@ def _ce_grad_case(x, y, libs) -> Case:
         "stablesoftmax": lambda: ss.cross_entropy_with_grad(x, y),
         "kernel forward": lambda: _kernel_ce_loss(x, y),
         "kernel": kernel_grad,
+        "kernel, reused grad buffer": lambda: kernel_grad(reused),
     }
     if "torch" in libs:
         torch = libs["torch"]
@@ -191,7 +194,8 @@ def _ce_grad_case(x, y, libs) -> Case:
             return loss, t.grad
 
         m["torch"] = step
-    goals = [("stablesoftmax", "stablesoftmax forward", "<=", 1.5), ("kernel", "kernel forward", "<=", 1.5)]
+    goals = [("stablesoftmax", "stablesoftmax forward", "<=", 1.5), ("kernel", "kernel forward", "<=", 1.5),
+             ("kernel, reused grad buffer", "kernel forward", "<=", 1.5)]
     return Case(_name("cross_entropy_with_grad", x), m, x.nbytes, goals)
 
 
@@ -252,8 +256,7 @@ def _smoothed_ce_case(x, y, libs) -> Case:
 
 def _threads_case(x) -> Case:
     m = {"kernel 1 thread": lambda: _kernels.lse_rows(x), "kernel 2 threads": lambda: _kernels.lse_rows(x, threads=2)}
-    return Case(_name("logsumexp threads", x), m, x.nbytes, [("kernel 1 thread", "kernel 2 threads", ">=", 1.0)],
-                wall=True)
+    return Case(_name("logsumexp threads", x), m, x.nbytes, wall=True)  # no goal: opt-in, for information
 
 
 def _small_f64_case(x, libs) -> Case:
