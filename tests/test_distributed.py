@@ -42,7 +42,7 @@ WORLD = 4
 GROUP_RANKS = {2: (0, 1), 3: (1, 2, 3), 4: (0, 1, 2, 3)}  # global ranks of each group, in group-rank order
 SHARDS = {2: (7, 3), 3: (4, 0, 6), 4: (1, 4, 2, 3)}  # classes per group rank: uneven, one empty
 DEADLINE_S = 420  # the whole spawn, on two shared cores; each collective also times out after 60 s
-ULP_GOAL = {"float64": 4, "float32": 1}
+ULP_GOAL = {"float64": 4, "float32": 1, "float16": 1}
 GRAD_REL_GOAL = 1e-12  # float64; float32 gradients within 1 ulp
 N = 12
 
@@ -104,6 +104,9 @@ def _cases() -> list[Case]:
                      (("softcap", 4.0), ("bias", True), ("chunk_size", 2)), (("ignore_index", 2), ("bias", True))):
             out.append(Case("linear_cross_entropy", world, dtype, "random", opts))
     out.append(Case("dtensor", 4, "float64", "contract", (("label_smoothing", 0.1),)))
+    for opts in ((), (("label_smoothing", 0.1), ("weight", True))):  # 16-bit: computed wide, rounded once
+        out.append(Case("cross_entropy", 4, "float16", "random", opts + (("reduction", "none"),)))
+    out.append(Case("softmax", 4, "float16", "random"))
     return out
 
 
@@ -215,9 +218,33 @@ def _worker(rank: int, port: int, outdir: str) -> None:
                                                            groups[case.world])
     results["errors"] = _bad_inputs(rank)
     results["example"] = _example().run()
+    results["edges"] = _edges(rank)
     with open(Path(outdir) / f"{rank}.pkl", "wb") as fp:
         pickle.dump(results, fp)
     dist.destroy_process_group()
+
+
+def _edges(rank: int) -> dict:
+    """Empty batches, no classes on any rank, and a sharded axis 0 with keepdims, on the default group."""
+    k = SHARDS[4][rank]
+    lo, hi = _offsets(4)[rank:rank + 2]
+    empty = torch.ones(0, k, dtype=torch.float64, requires_grad=True)
+    mean = sd.cross_entropy(empty, torch.zeros(0, dtype=torch.int64))
+    mean.backward()
+    none = sd.cross_entropy(empty, torch.zeros(0, dtype=torch.int64), reduction="none")
+    classless = torch.ones(3, 0, dtype=torch.float64)
+    try:
+        sd.cross_entropy(classless, torch.zeros(3, dtype=torch.int64))
+        refused = None
+    except ss.StableSoftmaxError as exc:
+        refused = type(exc).__name__
+    full = torch.linspace(-3, 4, 30, dtype=torch.float64).reshape(10, 3) ** 2
+    col = full[lo:hi].clone().requires_grad_()
+    lse = sd.logsumexp(col, axis=0, keepdims=True)
+    lse.backward(torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64))
+    return {"mean": mean.item(), "grad_shape": tuple(empty.grad.shape), "none_shape": tuple(none.shape),
+            "lse_classless": sd.logsumexp(classless).numpy(), "softmax_classless": tuple(sd.softmax(classless).shape),
+            "refused": refused, "axis0": lse.detach().numpy(), "axis0_grad": col.grad.numpy()}
 
 
 def _example():
@@ -378,8 +405,8 @@ def ulps(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def grad_error(got: np.ndarray, ref: np.ndarray) -> float:
-    """Relative error in float64, ulps in float32; inf where one is zero or NaN and the other is not."""
-    if ref.dtype == np.float32:
+    """Relative error in float64, ulps in narrower dtypes; inf where one is zero or NaN and the other is not."""
+    if ref.dtype != np.float64:
         return float(ulps(got, ref).max(initial=0))
     same = (got == ref) | (np.isnan(got) & np.isnan(ref))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -559,8 +586,7 @@ class TestBadInput:
             assert got[0] == cls and words in got[1], (gr, got)
 
     def test_the_group_works_after_the_refusals(self, runs):
-        x = torch.ones(3, sum(SHARDS[4]), dtype=torch.float64)
-        expect = float(ss.cross_entropy(x, torch.tensor([0, 9, 2])))
+        expect = float(ss.cross_entropy(np.ones((3, sum(SHARDS[4]))), np.array([0, 9, 2])))
         assert all(runs[gr]["errors"]["after"] == expect for gr in range(WORLD))
 
     def test_uninitialised_group_is_a_named_error(self):
@@ -569,6 +595,27 @@ class TestBadInput:
             sd.cross_entropy(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64))
         with pytest.raises(ss.ArgumentError, match="not initialised"):
             sd.linear_cross_entropy(torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(2, dtype=torch.int64))
+
+
+class TestEdges:
+    def test_empty_batch_and_no_classes_follow_the_contract(self, runs):
+        for gr in range(WORLD):
+            e = runs[gr]["edges"]
+            assert e["mean"] == 0.0 and e["grad_shape"] == (0, SHARDS[4][gr]) and e["none_shape"] == (0,)
+            assert (e["lse_classless"] == -np.inf).all() and e["softmax_classless"] == (3, 0)
+            assert e["refused"] == "ShapeError"
+
+    def test_sharded_axis_zero_with_keepdims(self, runs):
+        full = (np.linspace(-3, 4, 30).reshape(10, 3)) ** 2
+        g = np.array([[1.0, -2.0, 0.5]])
+        with ss.reference_path():
+            ref = ss.logsumexp(full, axis=0, keepdims=True)
+            grad = ss.logsumexp_grad(full, g, axis=0, keepdims=True)
+        for gr in range(WORLD):
+            e = runs[gr]["edges"]
+            lo, hi = _offsets(4)[gr:gr + 2]
+            assert e["axis0"].shape == (1, 3) and ulps(e["axis0"], ref).max() <= ULP_GOAL["float64"]
+            assert grad_error(e["axis0_grad"], grad[lo:hi]) <= GRAD_REL_GOAL
 
 
 class TestExample:

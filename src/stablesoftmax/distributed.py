@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import struct
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, cast
@@ -367,14 +368,11 @@ def _comm(group: Any) -> _Comm:
 
 def _unwrap(x: Any, group: Any, axis: Any) -> tuple[Any, _Comm]:
     """A DTensor sharded on ``axis`` over a 1-D mesh becomes its local block and the mesh's group."""
-    try:
-        from torch.distributed.tensor import DTensor, Shard
-    except ImportError:  # a build without DTensor takes plain tensors only
-        return x, _comm(group)
-    if not isinstance(x, DTensor):
+    dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor exists (and the import is slow)
+    if dtensor is None or not isinstance(x, dtensor.DTensor):
         return x, _comm(group)
     place = x.placements
-    ok = x.device_mesh.ndim == 1 and isinstance(place[0], Shard) and D.is_int(axis)
+    ok = x.device_mesh.ndim == 1 and isinstance(place[0], dtensor.Shard) and D.is_int(axis)
     if not ok or getattr(place[0], "dim", 0) % x.ndim != int(axis) % x.ndim:
         raise ArgumentError(f"local_logits is a DTensor placed {tuple(place)} on a {x.device_mesh.ndim}-D mesh; it "
                             f"must be Shard({axis}) over a 1-D mesh, or pass its .to_local() block and the group.")
