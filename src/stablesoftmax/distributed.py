@@ -441,26 +441,31 @@ def _agree(comm: _Comm, build: Callable[[], Any]) -> Any:
     """
     try:
         call = build()
-        ints, dev, error = call.header(), call.device_header(), None
+        head, dev, error = _header(call.header(), None), call.device_header(), None
     except Exception as exc:  # noqa: BLE001 -- carried to every rank, and re-raised here below
-        call, ints, dev, error = None, {}, None, exc
-    table = _exchange_headers(comm, ints, dev, error)
+        call, head, dev, error = None, _header({}, exc), None, exc
+    table = _exchange_headers(comm, head, dev)
     _raise_first_error(table, comm, error)
     _raise_disagreement(table)
     call.settle(_layout(table, comm, call.bounds))
     return call
 
 
-def _exchange_headers(comm: _Comm, ints: dict[str, int], dev: Tensor | None, error: BaseException | None) -> np.ndarray:
-    """One all-gather of every rank's header: ``(size, len(_FIELDS) + _MESSAGE)`` int64 on the host."""
+def _header(ints: dict[str, int], error: BaseException | None) -> np.ndarray:
+    """This rank's header: its fields, or (never failing) the error it found and the start of its message."""
     head = np.zeros(len(_FIELDS) + _MESSAGE, np.int64)
     for name, value in ints.items():
-        head[_FIELDS.index(name)] = value
+        head[_FIELDS.index(name)] = value  # an int beyond int64 raises here, inside _agree's try
     if error is not None:
         head[0] = _error_code(error)
         text = str(error).encode()[: 8 * _MESSAGE]
         head[_FIELDS.index("message_bytes")] = len(text)
         head[len(_FIELDS):] = np.frombuffer(text.ljust(8 * _MESSAGE, b"\0"), "<i8")
+    return head
+
+
+def _exchange_headers(comm: _Comm, head: np.ndarray, dev: Tensor | None) -> np.ndarray:
+    """One all-gather of every rank's header: ``(size, len(_FIELDS) + _MESSAGE)`` int64 on the host."""
     mine = torch.from_numpy(head).to(comm.device)
     if dev is not None:
         mine[[_FIELDS.index(n) for n in _ON_DEVICE]] = dev.to(comm.device)
@@ -845,7 +850,7 @@ class _CE:
 
     comm: _Comm
     rows: D.Rows
-    x: Tensor  # (N, C_r), still attached to the caller's graph
+    x: Tensor  # (N, C_r), still attached to the caller's graph; for _Linear, hidden (its dtype is the call's)
     target: Tensor  # (N,) int64 global classes, or (N, C_r) probabilities
     probs: bool
     weight: Tensor | None  # (V,)
