@@ -33,8 +33,13 @@ What the kernels add to the reference is speed:
   Terms are summed in blocks (inside a block the order is the vector
   lanes'), and the block sums with Neumaier's compensated addition, so the
   error does not grow with the row length.
-* Softmax, log-softmax and the cross-entropy gradient are written by a third
-  sweep over the cached row, rounded once to the output dtype.
+* Softmax, log-softmax and the cross-entropy gradient are written from the
+  cached row and its terms, rounded once to the output dtype. A float32
+  softmax and an unsmoothed gradient are written inside the next row's term
+  loop, where their stores overlap that row's arithmetic (-14% and -17%).
+* A masked row is swept as a copy with ``-inf`` where masked, made while the
+  previous row is swept: a select inside the term loop compiled to code 1.8x
+  slower.
 
 Every kernel drops the GIL. ``threads=n`` splits the rows into ``n`` bands
 run at once; each row is computed exactly as on one thread. It is off by
