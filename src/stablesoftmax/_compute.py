@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import array_api_compat.numpy as npx
 import numpy as np
 
 from . import _reference, _state
@@ -392,16 +393,16 @@ def _kernel_loss(r: Any, x2: np.ndarray, live: np.ndarray, wy: np.ndarray, optio
     a, z = options["smoothing"], options["z_loss"]
     st = _state.State(r.m, r.k, r.s)
     log_rest = np.log1p(r.s)
-    sh = _state.shift(r.x_target[:, None], r.m[:, None], np, exact=x2.dtype == np.float64)
-    neg_lp = -_state.log_probs(sh, st, np)[:, 0]  # L - d_y
+    sh = _state.shift(r.x_target[:, None], r.m[:, None], npx, exact=x2.dtype == np.float64)
+    neg_lp = -_state.log_probs(sh, st, npx)[:, 0]  # L - d_y
     ce = np.where(live & (wy != 0) & (a < 1), (1 - a) * wy * neg_lp, 0.0)  # a = 1: no one-hot part, even at inf
     if a:
         shift_sum = _top_rows_shift_sum(r, x2, mask)
         spread = (a / np.maximum(r.allowed, 1)) * (r.weight_sum * log_rest - shift_sum)
         ce = ce + np.where(live, spread, 0.0)
-    lse = _state.lse(st, np)
+    lse = _state.lse(st, npx)
     zt = np.where(live, z * lse * lse, 0.0) if z else None
-    return _reference.reduce_losses(ce, zt, wy, live, options["reduction"], np)
+    return _reference.reduce_losses(ce, zt, wy, live, options["reduction"], npx)
 
 
 def nll_loss(lp: Array, target: Array, xp: Any, *, weight: Array | None, ignore_index: int, reduction: str,

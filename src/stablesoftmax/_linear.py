@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat.numpy as npx
 import numpy as np
 
 from . import _compute, _losses, _reference, _state
@@ -170,7 +171,7 @@ def _problem(hidden, weight, target, bias, chunk_size, class_weight, ignore_inde
     n, v = h.shape[0], w.shape[0]
     rows = D.Rows.of((n, v), (1,))
     ignore = D.int_option(ignore_index, "ignore_index", "an int (the class index to ignore, -100 by default)")
-    y = _losses.class_target(D.numpy_in(_host_any(target), "target"), rows, (n, v), np, "logits", ignore)
+    y = _losses.class_target(D.numpy_in(_host_any(target), "target"), rows, (n, v), npx, "logits", ignore)
     b = None if bias is None else _host(D.array_in(bias, "bias")[0], "bias").astype(compute)
     if b is not None and b.shape != (v,):
         raise ShapeError(f"bias of shape {b.shape} must have one entry per class: shape ({v},).")
@@ -239,10 +240,10 @@ def _forward(p: _Linear) -> _Sums:
             cw = np.ones(logits.shape[1]) if p.cw is None else p.cw[i:i + logits.shape[1]]
             wx += logits @ cw.astype(logits.dtype)
         with np.errstate(all="ignore"):  # see _backends.plain
-            st = _state.merge(st, _chunk_state(logits, i), np)
+            st = _state.merge(st, _chunk_state(logits, i), npx)
         del logits  # before the next chunk's matmul, so two chunks never coexist
     with np.errstate(all="ignore"):  # see _backends.plain
-        lse = _state.lse(st, np)
+        lse = _state.lse(st, npx)
     live = p.counted & (lse != -np.inf)
     wy = np.where(live, 1.0 if p.cw is None else p.cw[np.where(live, p.y, 0)], 0.0)
     return _Sums(lse, xy, wx, wy, live)
@@ -274,7 +275,7 @@ def _loss(p: _Linear, s: _Sums) -> np.ndarray:
             ce += p.smoothing / p.w.shape[0] * (s.lse * wsum - s.wx)
     ce = np.where(s.live, ce, 0.0)
     zt = np.where(s.live, p.z_loss * s.lse**2, 0.0) if p.z_loss else None
-    return _reference.reduce_losses(ce, zt, s.wy, s.live, p.reduction, np)
+    return _reference.reduce_losses(ce, zt, s.wy, s.live, p.reduction, npx)
 
 
 def _backward(p: _Linear, s: _Sums, g: Any):
@@ -308,7 +309,7 @@ def _scales(p: _Linear, s: _Sums, g: Any) -> tuple[np.ndarray, np.ndarray]:
     fwd = _reference.Forward(None, None, None, s.live, s.wy, None)
     pb = _reference.Problem(np.zeros((len(s.live), 1)), None, False, None, None, None, False, p.reduction, 0.0,
                             0.0, None)
-    return _reference.row_scales(pb, fwd, garr, np)
+    return _reference.row_scales(pb, fwd, garr, npx)
 
 
 def _chunk_grad(p: _Linear, logits: np.ndarray, lse: np.ndarray, coef, ce_scale, onehot, i: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import array_api_compat.numpy as npx
 import numpy as np
 
 from . import _compute, _state
@@ -125,7 +126,7 @@ class LogSumExp:
         if self._m is None:
             return np.float64(-np.inf)
         with np.errstate(invalid="ignore"):  # NaN state stays NaN
-            lse = _state.lse(_state.State(self._m, None, self._s.astype(np.float64)), np)
+            lse = _state.lse(_state.State(self._m, None, self._s.astype(np.float64)), npx)
         out = _compute.round_to(lse, np.zeros(0, self._dtype), D.namespace(lse))
         return _back(out, self._like)
 
@@ -227,7 +228,7 @@ def _combine(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray, s2: np.ndarray) -> 
 
 def _merge_sums(a: _state.State, b: _state.State) -> _state.State:
     k = np.zeros(a.m.shape, np.int64)
-    return _state.merge(_state.State(a.m, k, a.s), _state.State(b.m, k, b.s), np)
+    return _state.merge(_state.State(a.m, k, a.s), _state.State(b.m, k, b.s), npx)
 
 
 def _host(chunk: Any) -> np.ndarray:
