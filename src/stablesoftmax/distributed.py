@@ -886,7 +886,8 @@ class _CE:
                    ignore, red, smoothing, z, cap, _bounds(bounds, comm.size), rows.axes[0])
 
     def header(self) -> dict[str, int]:
-        return {"rows": self.rows.n, "classes": self.rows.k, "call": 0, "dtype": _dtype_code(self.x),
+        return {"rows": self.rows.n, "classes": self.rows.k, "call": _CALLS.index("cross_entropy"),
+                "dtype": _dtype_code(self.x),
                 "shape": _digest(self.rows.batch, self.axis), "axis": self.axis,
                 "reduction": _losses.REDUCTIONS.index(self.reduction), "ignore_index": self.ignore_index,
                 "label_smoothing": _float_bits(self.smoothing), "z_loss": _float_bits(self.z_loss),
