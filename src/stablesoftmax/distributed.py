@@ -1123,7 +1123,7 @@ def _kernel_grad(x: np.ndarray, first: int, gl: _Global, rows: _Loss, y: np.ndar
     """
     p = np.empty(x.shape, np.float64)
     m, s = _compute.kernel_parts(module, np.ascontiguousarray(x), p)
-    sh = _state.shift(m[:, None], gl.m[:, None], np, exact=True)
+    sh = _state.shift(m[:, None], gl.m[:, None], npx, exact=True)
     w = np.exp(sh.d[:, 0]) * (1 + (0 if sh.err is None else sh.err[:, 0]))
     g_ce = rows.wy * scales[0]
     g_z = np.where(rows.alive, 2 * z_loss * rows.lse, 0.0) * scales[1] if z_loss else np.zeros_like(g_ce)
