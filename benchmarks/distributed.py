@@ -81,8 +81,9 @@ def spawn(world: int, part: str, opts: dict) -> dict:
 def _worker(rank: int, world: int, port: int, part: str, opts: dict, out: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=600))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=600)
+    )
     result = PARTS[part](rank, world, opts)
     if rank == 0:
         Path(out).write_text(json.dumps(result))
@@ -100,7 +101,7 @@ def bounds(v: int, world: int) -> list[int]:
 
 def shard(n: int, v: int, rank: int, world: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's block of seeded logits (N, V), made block by block so no rank holds the whole."""
-    lo, hi = bounds(v, world)[rank:rank + 2]
+    lo, hi = bounds(v, world)[rank : rank + 2]
     gen = torch.Generator().manual_seed(1000 + rank)
     x = (torch.randn(n, hi - lo, generator=gen) * 3).to(dtype)
     target = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(7))
@@ -145,6 +146,7 @@ def recorded(call, after_forward: bool = False) -> list[tuple[str, int]]:
             t = a[1] if name == "all_gather" else a[0]
             log.append((name, t.numel() * t.element_size()))
             return originals[name](*a, **k)
+
         return inner
 
     for name in originals:
@@ -163,16 +165,22 @@ def _total(out: dict, name: str) -> int:
 
 def report_bytes(out: dict, sizes: dict) -> str:
     w = out["world"]
-    lines = [f"## Bytes per call, N={out['n']}, V={out['v']}, {w} ranks (float32 logits, float64 exchange)", "",
-             "| call | collectives (bytes each rank hands over) | total per rank |", "|---|---|---|"]
+    lines = [
+        f"## Bytes per call, N={out['n']}, V={out['v']}, {w} ranks (float32 logits, float64 exchange)",
+        "",
+        "| call | collectives (bytes each rank hands over) | total per rank |",
+        "|---|---|---|",
+    ]
     for name, log in out["rows"].items():
         cells = ", ".join(f"{c} {b:,}" for c, b in log)
         lines.append(f"| {name} | {cells} | {sum(b for _, b in log):,} |")
     lines.append("")
-    lines.append(f"An all-reduce of B bytes moves about 2 B (w - 1) / w per rank in a ring; an all-gather of B "
-                 f"bytes from each rank moves B (w - 1). Ratio, all-gather of the logits to cross_entropy: "
-                 f"{_total(out, 'all-gather the logits') / _total(out, 'cross_entropy'):.0f}x of what each rank "
-                 f"hands over.")
+    lines.append(
+        f"An all-reduce of B bytes moves about 2 B (w - 1) / w per rank in a ring; an all-gather of B "
+        f"bytes from each rank moves B (w - 1). Ratio, all-gather of the logits to cross_entropy: "
+        f"{_total(out, 'all-gather the logits') / _total(out, 'cross_entropy'):.0f}x of what each rank "
+        f"hands over."
+    )
     return "\n".join(lines)
 
 
@@ -198,11 +206,15 @@ def part_time(rank: int, world: int, opts: dict) -> dict:
     def gathered_step():
         full = gather_logits(x.clone()).requires_grad_()
         ss.cross_entropy(full, y).backward()
-        lo, hi = bounds(v, world)[rank:rank + 2]
+        lo, hi = bounds(v, world)[rank : rank + 2]
         full.grad[:, lo:hi].clone()  # this rank's block of the gradient
 
-    methods = {"sharded forward": sharded_fwd, "gathered forward": gathered_fwd,
-               "sharded forward+backward": sharded_step, "gathered forward+backward": gathered_step}
+    methods = {
+        "sharded forward": sharded_fwd,
+        "gathered forward": gathered_fwd,
+        "sharded forward+backward": sharded_step,
+        "gathered forward+backward": gathered_step,
+    }
     for fn in methods.values():  # warm-up: kernels loaded, buffers touched
         fn()
     times: dict[str, list[float]] = {k: [] for k in methods}
@@ -220,9 +232,13 @@ def part_time(rank: int, world: int, opts: dict) -> dict:
 
 def report_time(out: dict, sizes: dict) -> str:
     t = out["times"]
-    lines = [f"## Wall time, ({out['n']}, {out['v']}) float32 over {out['world']} ranks "
-             f"({len(next(iter(t.values())))} interleaved rounds, slowest rank per call)", "",
-             "| method | median s | min s | max s |", "|---|---|---|---|"]
+    lines = [
+        f"## Wall time, ({out['n']}, {out['v']}) float32 over {out['world']} ranks "
+        f"({len(next(iter(t.values())))} interleaved rounds, slowest rank per call)",
+        "",
+        "| method | median s | min s | max s |",
+        "|---|---|---|---|",
+    ]
     for name, v in t.items():
         lines.append(f"| {name} | {statistics.median(v):.3f} | {min(v):.3f} | {max(v):.3f} |")
     for what in ("forward", "forward+backward"):
@@ -238,7 +254,7 @@ def report_time(out: dict, sizes: dict) -> str:
 
 def part_memory(rank: int, world: int, opts: dict) -> dict:
     n, v, h = opts["n"], opts["v"], opts["h"]
-    lo, hi = bounds(v, world)[rank:rank + 2]
+    lo, hi = bounds(v, world)[rank : rank + 2]
     hidden = torch.randn(n, h, generator=torch.Generator().manual_seed(3))
     weight = torch.randn(hi - lo, h, generator=torch.Generator().manual_seed(10 + rank)) * 0.05
     y = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(7))
@@ -259,15 +275,24 @@ def part_memory(rank: int, world: int, opts: dict) -> dict:
         ss.cross_entropy(full, y).backward()
 
     out = {}
-    for name, fn in (("linear_cross_entropy", linear), ("local logits + cross_entropy", local_logits),
-                     ("gathered logits + one process", gathered)):
+    for name, fn in (
+        ("linear_cross_entropy", linear),
+        ("local logits + cross_entropy", local_logits),
+        ("gathered logits + one process", gathered),
+    ):
         fn()  # warm-up, so that one-time allocations (kernels, buffers) are not counted
         out[name] = peak_added(fn)
         dist.barrier()
     peaks = torch.tensor([out[k] for k in out], dtype=torch.float64)
     dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
-    return {"n": n, "v": v, "h": h, "world": world, "peaks": dict(zip(out, peaks.tolist(), strict=True)),
-            "local_logits_bytes": n * (hi - lo) * 4}
+    return {
+        "n": n,
+        "v": v,
+        "h": h,
+        "world": world,
+        "peaks": dict(zip(out, peaks.tolist(), strict=True)),
+        "local_logits_bytes": n * (hi - lo) * 4,
+    }
 
 
 def _status(field: str) -> int:
@@ -292,10 +317,15 @@ def peak_added(fn) -> float:
 
 def report_memory(out: dict, sizes: dict) -> str:
     mib = 2**20
-    lines = [f"## Peak memory added per rank, forward+backward, N={out['n']}, H={out['h']}, V={out['v']} float32 "
-             f"over {out['world']} ranks (largest over ranks)", "",
-             f"Local logits would be {out['local_logits_bytes'] / mib:.0f} MiB per rank.", "",
-             "| method | peak added MiB | / local logits |", "|---|---|---|"]
+    lines = [
+        f"## Peak memory added per rank, forward+backward, N={out['n']}, H={out['h']}, V={out['v']} float32 "
+        f"over {out['world']} ranks (largest over ranks)",
+        "",
+        f"Local logits would be {out['local_logits_bytes'] / mib:.0f} MiB per rank.",
+        "",
+        "| method | peak added MiB | / local logits |",
+        "|---|---|---|",
+    ]
     for name, b in out["peaks"].items():
         lines.append(f"| {name} | {b / mib:.0f} | {b / out['local_logits_bytes']:.2f} |")
     return "\n".join(lines)
@@ -305,9 +335,18 @@ def report_memory(out: dict, sizes: dict) -> str:
 # equality: against one process, over 2, 3 and 4 ranks
 # --------------------------------------------------------------------------
 
-EQ_OPTIONS = [{}, {"reduction": "sum"}, {"reduction": "none"}, {"weight": True}, {"label_smoothing": 0.1},
-              {"label_smoothing": 0.2, "weight": True, "where": True}, {"z_loss": 1e-3}, {"softcap": 20.0},
-              {"probs": True}, {"probs": True, "label_smoothing": 0.1, "where": True}]
+EQ_OPTIONS = [
+    {},
+    {"reduction": "sum"},
+    {"reduction": "none"},
+    {"weight": True},
+    {"label_smoothing": 0.1},
+    {"label_smoothing": 0.2, "weight": True, "where": True},
+    {"z_loss": 1e-3},
+    {"softcap": 20.0},
+    {"probs": True},
+    {"probs": True, "label_smoothing": 0.1, "where": True},
+]
 
 
 def part_equality(rank: int, world: int, opts: dict) -> dict:
@@ -319,13 +358,18 @@ def part_equality(rank: int, world: int, opts: dict) -> dict:
         cuts = _uneven(v, w)
         for dtype in ("float64", "float32"):
             for o in EQ_OPTIONS:
-                mine = _eq_case(rank in ranks and ranks.index(rank), cuts, n, v, dtype, o, handles[w],
-                                rank in ranks)
+                mine = _eq_case(rank in ranks and ranks.index(rank), cuts, n, v, dtype, o, handles[w], rank in ranks)
                 got = [None] * world
                 dist.all_gather_object(got, mine)
                 if rank == 0:
-                    rows.append({"world": w, "dtype": dtype, "options": o,
-                                 **_eq_compare([got[r] for r in ranks], cuts, n, v, dtype, o)})
+                    rows.append(
+                        {
+                            "world": w,
+                            "dtype": dtype,
+                            "options": o,
+                            **_eq_compare([got[r] for r in ranks], cuts, n, v, dtype, o),
+                        }
+                    )
     return {"n": n, "v": v, "rows": rows}
 
 
@@ -354,8 +398,13 @@ def _eq_inputs(n: int, v: int, dtype: str, o: dict, seed: int = 5) -> dict:
         q[~where] = 0
     q[np.isneginf(x)] = 0
     q = np.where(q.sum(1, keepdims=True) > 0, q / np.maximum(q.sum(1, keepdims=True), 1e-300), 1.0 / v)
-    return {"x": x.astype(dtype), "y": q.astype(dtype) if o.get("probs") else y, "weight": rng.uniform(0.5, 2, v),
-            "where": where, "g": rng.uniform(0.5, 1.5, n).astype(dtype)}
+    return {
+        "x": x.astype(dtype),
+        "y": q.astype(dtype) if o.get("probs") else y,
+        "weight": rng.uniform(0.5, 2, v),
+        "where": where,
+        "g": rng.uniform(0.5, 1.5, n).astype(dtype),
+    }
 
 
 def _eq_kwargs(o: dict, data: dict, lo: int, hi: int, full: bool) -> dict:
@@ -395,10 +444,18 @@ def _eq_compare(got: list, cuts: list[int], n: int, v: int, dtype: str, o: dict)
         row_err = float(np.nanmax(np.abs(full - grad) / np.abs(grad).max(axis=1, keepdims=True), initial=0))
     exact = _exact_grad(data, o) if dtype == "float64" else None
     vs_exact = None if exact is None else (_grad_err(full, exact, finite=True), _grad_err(grad, exact, finite=True))
-    nan_ok = all(np.isnan(loss).sum() == np.isnan(ref).sum() and np.isnan(gr).sum() == np.isnan(
-        grad[:, cuts[r]:cuts[r + 1]]).sum() for r, (loss, gr) in enumerate(got))
-    return {"loss_ulps": loss_ulps, "grad_err": grad_err, "row_err": row_err, "vs_exact": vs_exact,
-            "nan_where_one_process": bool(nan_ok)}
+    nan_ok = all(
+        np.isnan(loss).sum() == np.isnan(ref).sum()
+        and np.isnan(gr).sum() == np.isnan(grad[:, cuts[r] : cuts[r + 1]]).sum()
+        for r, (loss, gr) in enumerate(got)
+    )
+    return {
+        "loss_ulps": loss_ulps,
+        "grad_err": grad_err,
+        "row_err": row_err,
+        "vs_exact": vs_exact,
+        "nan_where_one_process": bool(nan_ok),
+    }
 
 
 def _exact_grad(data: dict, o: dict) -> np.ndarray | None:
@@ -426,8 +483,11 @@ def _exact_grad(data: dict, o: dict) -> np.ndarray | None:
     q = (1 - alpha) * q + alpha * allowed / allowed.sum(axis=1, keepdims=True)
     a = q * (data["weight"].astype(ld) if o.get("weight") else 1)
     live = counted & (np.max(xm, axis=1) > -np.inf)
-    wy = np.ones(len(x), ld) if o.get("probs") or not o.get("weight") else data["weight"].astype(ld)[np.where(
-        counted, y, 0)]
+    wy = (
+        np.ones(len(x), ld)
+        if o.get("probs") or not o.get("weight")
+        else data["weight"].astype(ld)[np.where(counted, y, 0)]
+    )
     red = o.get("reduction", "mean")
     scale = data["g"].astype(ld) if red == "none" else np.full(len(x), 1 / (wy * live).sum() if red == "mean" else 1)
     big_a = a.sum(axis=1)
@@ -459,20 +519,29 @@ def _grad_err(a: np.ndarray, b: np.ndarray, finite: bool = False) -> float:
 
 
 def report_equality(out: dict, sizes: dict) -> str:
-    lines = [f"## Equality with one process, ({out['n']}, {out['v']}) with contract rows, uneven shards", "",
-             "Gradient: elementwise relative error in float64 (ulps in float32); per row: relative to the row's "
-             "largest entry; exact: elementwise against long double, distributed / one process.", "",
-             "| ranks | dtype | options | loss, ulps | gradient | per row | exact: distributed / one process | "
-             "NaN where one process |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## Equality with one process, ({out['n']}, {out['v']}) with contract rows, uneven shards",
+        "",
+        "Gradient: elementwise relative error in float64 (ulps in float32); per row: relative to the row's "
+        "largest entry; exact: elementwise against long double, distributed / one process.",
+        "",
+        "| ranks | dtype | options | loss, ulps | gradient | per row | exact: distributed / one process | "
+        "NaN where one process |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in out["rows"]:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
         ex = "-" if r["vs_exact"] is None else f"{r['vs_exact'][0]:.2g} / {r['vs_exact'][1]:.2g}"
-        lines.append(f"| {r['world']} | {r['dtype']} | {opts} | {r['loss_ulps']:.0f} | {r['grad_err']:.2g} | "
-                     f"{r['row_err']:.2g} | {ex} | {'yes' if r['nan_where_one_process'] else 'NO'} |")
+        lines.append(
+            f"| {r['world']} | {r['dtype']} | {opts} | {r['loss_ulps']:.0f} | {r['grad_err']:.2g} | "
+            f"{r['row_err']:.2g} | {ex} | {'yes' if r['nan_where_one_process'] else 'NO'} |"
+        )
     for dt in ("float64", "float32"):
         rows = [r for r in out["rows"] if r["dtype"] == dt]
-        lines.append(f"\n{dt}: largest loss error {max(r['loss_ulps'] for r in rows):.0f} ulp, largest gradient "
-                     f"error {max(r['grad_err'] for r in rows):.2g}")
+        lines.append(
+            f"\n{dt}: largest loss error {max(r['loss_ulps'] for r in rows):.0f} ulp, largest gradient "
+            f"error {max(r['grad_err'] for r in rows):.2g}"
+        )
     return "\n".join(lines)
 
 

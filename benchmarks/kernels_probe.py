@@ -61,8 +61,10 @@ def registers() -> str:
 def asm() -> None:
     import llvmlite.binding as ll
 
-    print(f"host: {ll.get_host_cpu_name()}, avx2 {ll.get_host_cpu_features().get('avx2', False)}, "
-          f"avx512f {ll.get_host_cpu_features().get('avx512f', False)}\n")
+    print(
+        f"host: {ll.get_host_cpu_name()}, avx2 {ll.get_host_cpu_features().get('avx2', False)}, "
+        f"avx512f {ll.get_host_cpu_features().get('avx512f', False)}\n"
+    )
     print("| target (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES) | registers in the term loop |\n|---|---|")
     for name, feats in TARGETS:
         env = dict(os.environ)
@@ -125,14 +127,17 @@ def sweep() -> None:
         return t
 
     print("| piece, (1024, 32000) float32 | best ns/entry | median ns/entry |\n|---|---|---|")
-    _compare({
-        "row max only (memory read)": lambda: max_only(x),
-        "term loop, rows from memory": lambda: terms_dram(x, m),
-        "term loop, one row in L2 (x1024)": lambda: terms_cached(row, float(m[0]), 1024),
-        "whole kernel: lse_rows": lambda: k.lse_rows(x),
-        "whole kernel, 30% masked": lambda: k.lse_rows(x, where=mask),
-        "softmax_rows (float32 out)": lambda: k.softmax_rows(x, np.empty_like(x)),
-    }, x.size)
+    _compare(
+        {
+            "row max only (memory read)": lambda: max_only(x),
+            "term loop, rows from memory": lambda: terms_dram(x, m),
+            "term loop, one row in L2 (x1024)": lambda: terms_cached(row, float(m[0]), 1024),
+            "whole kernel: lse_rows": lambda: k.lse_rows(x),
+            "whole kernel, 30% masked": lambda: k.lse_rows(x, where=mask),
+            "softmax_rows (float32 out)": lambda: k.softmax_rows(x, np.empty_like(x)),
+        },
+        x.size,
+    )
 
 
 def _fma_loop(chains: int):

@@ -53,16 +53,20 @@ def main(argv: list[str] | None = None) -> int:
             fn()
             times[name].append(time.perf_counter() - t)
     base = times["bare matmul"]
-    print(f"command: python {' '.join(sys.argv)}  ({args.repeats} interleaved rounds, 1 BLAS thread, wall clock; "
-          f"load average {os.getloadavg()[0]:.2f})")
+    print(
+        f"command: python {' '.join(sys.argv)}  ({args.repeats} interleaved rounds, 1 BLAS thread, wall clock; "
+        f"load average {os.getloadavg()[0]:.2f})"
+    )
     print(f"hidden ({n}, {h}), weight ({v}, {h}), float32; logits would be {n * v * 4 / 2**20:.0f} MiB\n")
     print("| method | median s | / bare matmul, median [quartiles] of per-round ratios | peak extra memory / logits |")
     print("|---|---|---|---|")
     for name, fn in methods.items():
         per_round = np.asarray(times[name]) / np.asarray(base)
         q1, med, q3 = np.percentile(per_round, [25, 50, 75])
-        print(f"| {name} | {np.median(times[name]):.3f} | {med:.3f}x [{q1:.3f} - {q3:.3f}] "
-              f"| {_peak(fn) / (n * v * 4):.4f} |")
+        print(
+            f"| {name} | {np.median(times[name]):.3f} | {med:.3f}x [{q1:.3f} - {q3:.3f}] "
+            f"| {_peak(fn) / (n * v * 4):.4f} |"
+        )
     loss, (d_h, d_w, _) = ss.linear_cross_entropy_with_grad(hidden, weight, target)
     logits = hidden.astype(np.float64) @ weight.T.astype(np.float64)
     ref, g = ss.cross_entropy_with_grad(logits, target)

@@ -103,8 +103,13 @@ def _lse_case(x, libs) -> Case:
     if "torch" in libs:
         t = libs["torch"].from_numpy(x)
         m["torch"] = lambda: libs["torch"].logsumexp(t, -1)
-    goals = [("stablesoftmax", "naive", "<=", 0.35), ("torch", "stablesoftmax", ">=", 8.0),
-             ("kernel", "naive", "<=", 0.35), ("torch", "kernel", ">=", 8.0), ("kernel", "read", "<=", 2.5)]
+    goals = [
+        ("stablesoftmax", "naive", "<=", 0.35),
+        ("torch", "stablesoftmax", ">=", 8.0),
+        ("kernel", "naive", "<=", 0.35),
+        ("torch", "kernel", ">=", 8.0),
+        ("kernel", "read", "<=", 2.5),
+    ]
     return Case(_name("logsumexp", x), m, x.nbytes, goals)
 
 
@@ -151,8 +156,12 @@ def _ce_case(x, y, libs) -> Case:
         torch = libs["torch"]
         t, ty = torch.from_numpy(x), torch.from_numpy(y)
         m["torch"] = lambda: torch.nn.functional.cross_entropy(t, ty)
-    goals = [("stablesoftmax", "naive", "<=", 0.35), ("torch", "stablesoftmax", ">=", 6.0),
-             ("kernel", "naive", "<=", 0.35), ("torch", "kernel", ">=", 6.0)]
+    goals = [
+        ("stablesoftmax", "naive", "<=", 0.35),
+        ("torch", "stablesoftmax", ">=", 6.0),
+        ("kernel", "naive", "<=", 0.35),
+        ("torch", "kernel", ">=", 6.0),
+    ]
     return Case(_name("cross_entropy", x), m, x.nbytes, goals)
 
 
@@ -194,8 +203,11 @@ def _ce_grad_case(x, y, libs) -> Case:
             return loss, t.grad
 
         m["torch"] = step
-    goals = [("stablesoftmax", "stablesoftmax forward", "<=", 1.5), ("kernel", "kernel forward", "<=", 1.5),
-             ("kernel, reused grad buffer", "kernel forward", "<=", 1.5)]
+    goals = [
+        ("stablesoftmax", "stablesoftmax forward", "<=", 1.5),
+        ("kernel", "kernel forward", "<=", 1.5),
+        ("kernel, reused grad buffer", "kernel forward", "<=", 1.5),
+    ]
     return Case(_name("cross_entropy_with_grad", x), m, x.nbytes, goals)
 
 
@@ -273,8 +285,12 @@ def _small_f64_case(x, libs) -> Case:
     if x.ndim == 1:
         goals = [("stablesoftmax", "naive", "<=", 1.5), ("kernel", "naive", "<=", 1.5)]
     else:
-        goals = [("stablesoftmax", "naive", "<=", 0.85), ("scipy", "stablesoftmax", ">=", 6.0),
-                 ("kernel", "naive", "<=", 0.85), ("scipy", "kernel", ">=", 6.0)]
+        goals = [
+            ("stablesoftmax", "naive", "<=", 0.85),
+            ("scipy", "stablesoftmax", ">=", 6.0),
+            ("kernel", "naive", "<=", 0.85),
+            ("scipy", "kernel", ">=", 6.0),
+        ]
     return Case(_name("logsumexp", x), m, x.nbytes, goals)
 
 
@@ -285,10 +301,16 @@ def _torch_ce_case(x, y, torch) -> Case:
         loss.backward()
         return t.grad
 
-    m = {"F.cross_entropy fwd+bwd": lambda: step(torch.nn.functional.cross_entropy),
-         "stablesoftmax fwd+bwd": lambda: step(ss.cross_entropy)}
-    return Case(_name("torch tensor cross_entropy fwd+bwd", x), m, x.nbytes,
-                [("stablesoftmax fwd+bwd", "F.cross_entropy fwd+bwd", "<=", 0.5)])
+    m = {
+        "F.cross_entropy fwd+bwd": lambda: step(torch.nn.functional.cross_entropy),
+        "stablesoftmax fwd+bwd": lambda: step(ss.cross_entropy),
+    }
+    return Case(
+        _name("torch tensor cross_entropy fwd+bwd", x),
+        m,
+        x.nbytes,
+        [("stablesoftmax fwd+bwd", "F.cross_entropy fwd+bwd", "<=", 0.5)],
+    )
 
 
 # --------------------------------------------------------------------------
@@ -326,8 +348,14 @@ def run_case(case: Case, rounds: int, bandwidth: float, slow_s: float) -> dict[s
             for _ in range(n):
                 _quiet(f)
             samples[k].append((clock() - t0) / n)
-    return {"case": case, "samples": samples, "errors": errors, "slow": slow, "order": order,
-            "read": case.nbytes / bandwidth}
+    return {
+        "case": case,
+        "samples": samples,
+        "errors": errors,
+        "slow": slow,
+        "order": order,
+        "read": case.nbytes / bandwidth,
+    }
 
 
 def _quiet(f: Callable[[], Any]) -> Any:
@@ -362,14 +390,19 @@ def _fmt(t: float) -> str:
 def case_table(res: dict[str, Any]) -> str:
     case, s = res["case"], res["samples"]
     base = res["order"][0]
-    lines = [f"#### {case.name}  ({'wall' if case.wall else 'thread CPU'} time, ratios to `{base}`)", "",
-             f"| method | median | quartiles | / {base} [quartiles] | / one read |", "|---|---|---|---|---|"]
+    lines = [
+        f"#### {case.name}  ({'wall' if case.wall else 'thread CPU'} time, ratios to `{base}`)",
+        "",
+        f"| method | median | quartiles | / {base} [quartiles] | / one read |",
+        "|---|---|---|---|---|",
+    ]
     for k, v in s.items():
         q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
         r = ratio(res, k, base) or (math.nan,) * 3
         rr = ratio(res, k, "read")
-        lines.append(f"| {k} | {_fmt(q[1])} | {_fmt(q[0])} - {_fmt(q[2])} | {r[0]:.3f} [{r[1]:.3f} - {r[2]:.3f}] "
-                     f"| {rr[0]:.2f} |")
+        lines.append(
+            f"| {k} | {_fmt(q[1])} | {_fmt(q[0])} - {_fmt(q[2])} | {r[0]:.3f} [{r[1]:.3f} - {r[2]:.3f}] | {rr[0]:.2f} |"
+        )
     for k, v in res["slow"].items():
         r = ratio(res, k, base) or (math.nan,) * 3
         lines.append(f"| {k} | {_fmt(v[1])} (over the slow limit: 2 samples, not in the rounds) | | {r[0]:.3f} | |")
@@ -387,8 +420,10 @@ def goal_rows(res: dict[str, Any]) -> list[str]:
             out.append(f"| {res['case'].name} | {label} {op} {value} | not measured | - |")
             continue
         met = r[0] <= value if op == "<=" else r[0] >= value
-        out.append(f"| {res['case'].name} | {label} {op} {value} | {r[0]:.3f} [{r[1]:.3f} - {r[2]:.3f}] "
-                   f"| {'met' if met else 'NOT met'} |")
+        out.append(
+            f"| {res['case'].name} | {label} {op} {value} | {r[0]:.3f} [{r[1]:.3f} - {r[2]:.3f}] "
+            f"| {'met' if met else 'NOT met'} |"
+        )
     return out
 
 
@@ -413,8 +448,10 @@ def machine() -> str:
         mod = sys.modules.get(name)
         if mod is not None:
             libs.append(f"{name} {mod.__version__}")
-    return (f"CPU: {model}, {os.cpu_count()} cores seen; NumPy SIMD: {numpy_simd or 'none'}; "
-            f"LLVM host {ll.get_host_cpu_name()} ({llvm or 'no avx2'}); {'; '.join(libs)}")
+    return (
+        f"CPU: {model}, {os.cpu_count()} cores seen; NumPy SIMD: {numpy_simd or 'none'}; "
+        f"LLVM host {ll.get_host_cpu_name()} ({llvm or 'no avx2'}); {'; '.join(libs)}"
+    )
 
 
 def read_bandwidth(megabytes: int) -> float:
@@ -442,6 +479,7 @@ def _timed(f, a) -> float:
 
 def import_time(repeats: int = 7) -> tuple[float, float, float]:
     """Median and quartiles of ``python -c "import stablesoftmax"`` minus a bare interpreter start."""
+
     def run(code: str) -> float:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True)
@@ -476,16 +514,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=11, help="interleaved rounds per case (default 11)")
     p.add_argument("--only", default="", help="run only the cases whose name contains this text")
     p.add_argument("--out", default="", help="also write the report (markdown) to this file")
-    p.add_argument("--slow", type=float, default=3.0,
-                   help="seconds a call beyond which a method is timed twice only, outside the rounds (default 3)")
+    p.add_argument(
+        "--slow",
+        type=float,
+        default=3.0,
+        help="seconds a call beyond which a method is timed twice only, outside the rounds (default 3)",
+    )
     args = p.parse_args(argv)
     if not _kernels.available():
         print("numba kernels unavailable (numba missing or STABLESOFTMAX_DISABLE_KERNELS=1)", file=sys.stderr)
         return 2
     libs = _load_baselines()
     big = (1024, 8000) if args.quick else (4096, 32000)
-    head = [f"command: {' '.join(['python'] + sys.argv)}  ({args.rounds} interleaved rounds; load average "
-            f"{os.getloadavg()[0]:.2f} at the start)", machine()]
+    head = [
+        f"command: {' '.join(['python'] + sys.argv)}  ({args.rounds} interleaved rounds; load average "
+        f"{os.getloadavg()[0]:.2f} at the start)",
+        machine(),
+    ]
     bw = read_bandwidth(128 if args.quick else 512)
     head.append(f"single-thread read bandwidth: {bw / 1e9:.1f} GB/s")
     print("\n".join(head), flush=True)
@@ -502,8 +547,10 @@ def main(argv: list[str] | None = None) -> int:
         goals += goal_rows(res)
     if not args.only or "import" in args.only:
         med, lo, hi = import_time()
-        goals.append(f"| import stablesoftmax | seconds <= 0.15 | {med:.3f} [{lo:.3f} - {hi:.3f}] "
-                     f"| {'met' if med <= 0.15 else 'NOT met'} |")
+        goals.append(
+            f"| import stablesoftmax | seconds <= 0.15 | {med:.3f} [{lo:.3f} - {hi:.3f}] "
+            f"| {'met' if med <= 0.15 else 'NOT met'} |"
+        )
     print("\n" + "\n".join(goals))
     if args.out:
         with open(args.out, "w") as fh:

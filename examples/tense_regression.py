@@ -62,7 +62,7 @@ def train_value(X: np.ndarray, y: np.ndarray, *, steps: int, lr: float, scale: f
     for _ in range(steps):
         for p in params:
             p.grad = 0.0
-        terms = [cross_entropy(_logits(W, b, x, scale), int(t)) for x, t in zip(X, y)]
+        terms = [cross_entropy(_logits(W, b, x, scale), int(t)) for x, t in zip(X, y, strict=True)]
         loss = reduce(lambda u, v: u + v, terms) / len(terms)
         loss.backward()
         losses.append(loss.data)
@@ -74,9 +74,9 @@ def train_value(X: np.ndarray, y: np.ndarray, *, steps: int, lr: float, scale: f
 def _logits(W: list[list[Value]], b: list[Value], x: np.ndarray, scale: float) -> list[Value]:
     """``scale * (W x + b)`` for one example, as Values."""
     logits = []
-    for row, bias in zip(W, b):
+    for row, bias in zip(W, b, strict=True):
         z = bias
-        for w, xi in zip(row, x):
+        for w, xi in zip(row, x, strict=True):
             z = z + w * float(xi)
         logits.append(z * scale)
     return logits
@@ -109,10 +109,12 @@ def main(n: int = 40, features: int = 4, steps: int = 12, lr: float = 0.5) -> di
         logits = scale * (X @ array.W.T + array.b)
         with np.errstate(all="ignore"):  # the textbook formula overflows here; that is the point
             naive = stablesoftmax.naive.cross_entropy(logits, y).mean()
-        print(f"scale {scale:g}: at the final weights the largest |logit| is {np.abs(logits).max():.4g}; "
-              f"loss {float(stablesoftmax.cross_entropy(logits, y)):.6g}, textbook -log(softmax) {naive:.6g}")
+        print(
+            f"scale {scale:g}: at the final weights the largest |logit| is {np.abs(logits).max():.4g}; "
+            f"loss {float(stablesoftmax.cross_entropy(logits, y)):.6g}, textbook -log(softmax) {naive:.6g}"
+        )
         print("  step  loss (Value)           loss (arrays)")
-        for i, (lv, la) in enumerate(zip(value.losses, array.losses)):
+        for i, (lv, la) in enumerate(zip(value.losses, array.losses, strict=True)):
             print(f"  {i:4d}  {lv:<22.17g} {la:.17g}")
     return runs
 

@@ -54,17 +54,27 @@ def run(group: dist.ProcessGroup | None = None) -> dict[str, float]:
     loss_one = ss.cross_entropy(hidden @ w_full.T, target, **OPTIONS)
     loss_one.backward()
     ref = w_full.grad[lo:hi]
-    return {"rank": rank, "lo": lo, "hi": hi, "loss": loss.item(), "linear": loss_linear.item(),
-            "one_process": loss_one.item(), "grad_error": float((w_block.grad - ref).abs().max() / ref.abs().max()),
-            "linear_grad_error": float((w_linear.grad - ref).abs().max() / ref.abs().max())}
+    return {
+        "rank": rank,
+        "lo": lo,
+        "hi": hi,
+        "loss": loss.item(),
+        "linear": loss_linear.item(),
+        "one_process": loss_one.item(),
+        "grad_error": float((w_block.grad - ref).abs().max() / ref.abs().max()),
+        "linear_grad_error": float((w_linear.grad - ref).abs().max() / ref.abs().max()),
+    }
 
 
 def main() -> None:
     dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT
     r = run()
-    print(f"rank {r['rank']}: classes [{r['lo']}, {r['hi']}): loss {r['loss']:.17g}, linear {r['linear']:.17g}, "
-          f"one process {r['one_process']:.17g}; d weight within {r['grad_error']:.1e} (linear "
-          f"{r['linear_grad_error']:.1e}) of one process's, relative to its largest entry", flush=True)
+    print(
+        f"rank {r['rank']}: classes [{r['lo']}, {r['hi']}): loss {r['loss']:.17g}, linear {r['linear']:.17g}, "
+        f"one process {r['one_process']:.17g}; d weight within {r['grad_error']:.1e} (linear "
+        f"{r['linear_grad_error']:.1e}) of one process's, relative to its largest entry",
+        flush=True,
+    )
     dist.destroy_process_group()
 
 

@@ -15,12 +15,12 @@ from functools import reduce
 import mpmath
 import numpy as np
 import pytest
+
 try:  # PyTorch is an oracle here, not a requirement: without it only these comparisons skip
     import torch
 except ImportError:
     torch = None
 
-needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,6 +28,8 @@ import stablesoftmax
 from stablesoftmax import ArgumentError, DtypeError, TargetError, autograd
 from stablesoftmax.autograd import Value, cross_entropy, log_softmax, logsumexp, softmax
 from tests.helpers import eps
+
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 
 inf, nan = math.inf, math.nan
 EPS = eps(np.float64)
@@ -86,7 +88,7 @@ def value_vjp(fn, x, w):
     xs = [Value(v) for v in x]
     out = fn(xs)
     outs = out if isinstance(out, list) else [out]
-    loss = reduce(lambda a, b: a + b, [wi * o for wi, o in zip(w, outs)])
+    loss = reduce(lambda a, b: a + b, [wi * o for wi, o in zip(w, outs, strict=True)])
     loss.backward()
     return data(outs), np.array([v.grad for v in xs])
 
@@ -500,7 +502,9 @@ SPECIAL = [
 
 @pytest.mark.parametrize("name", list(FAMILY))
 class TestFamilySpecialValues:
-    @pytest.mark.parametrize("rule", [r for r in stablesoftmax.CONTRACT if set(r.example) == {"x"}], ids=lambda r: r.case)
+    @pytest.mark.parametrize(
+        "rule", [r for r in stablesoftmax.CONTRACT if set(r.example) == {"x"}], ids=lambda r: r.case
+    )
     def test_contract_examples(self, name, rule):
         if name not in rule.expect:
             pytest.skip(f"the rule says nothing about {name}")
@@ -636,7 +640,7 @@ class TestCrossEntropy:
         for _ in range(5):
             x = random_logits(rng, 5, scale, offset)
             t = int(rng.integers(5))
-            _, got = value_vjp(lambda xs: cross_entropy(xs, t), x, [1.0])
+            _, got = value_vjp(lambda xs, t=t: cross_entropy(xs, t), x, [1.0])
             tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
             torch.nn.functional.cross_entropy(tx[None], torch.tensor([t])).backward()
             assert_vjp(got, tx.grad.numpy(), term_scale("cross_entropy", x, [1.0], t))
@@ -653,7 +657,7 @@ class TestCrossEntropy:
         for _ in range(5):
             x = random_logits(rng, 5, scale, offset)
             t = int(rng.integers(5))
-            _, got = value_vjp(lambda xs: cross_entropy(xs, t), x, [1.0])
+            _, got = value_vjp(lambda xs, t=t: cross_entropy(xs, t), x, [1.0])
             ref = stablesoftmax.cross_entropy_grad(np.array(x), np.array(t))
             assert_vjp(got, ref, term_scale("cross_entropy", x, [1.0], t))
 
@@ -670,7 +674,7 @@ class TestCrossEntropy:
     )
     def test_contract_examples(self, rule):
         (x, target), _ = rule.arguments("cross_entropy")
-        got = [cross_entropy(row.tolist(), int(t)).data for row, t in zip(x, target)]
+        got = [cross_entropy(row.tolist(), int(t)).data for row, t in zip(x, target, strict=True)]
         np.testing.assert_array_equal(got, rule.expect["cross_entropy"])
 
     @pytest.mark.parametrize(
@@ -720,7 +724,7 @@ class TestCrossEntropy:
     @given(st.lists(st.floats(-300, 300), min_size=1, max_size=10), st.data())
     def test_gradient_is_softmax_minus_one_hot(self, x, draw):
         t = draw.draw(st.integers(0, len(x) - 1))
-        _, got = value_vjp(lambda xs: cross_entropy(xs, t), x, [1.0])
+        _, got = value_vjp(lambda xs, t=t: cross_entropy(xs, t), x, [1.0])
         ref = stablesoftmax.softmax(np.array(x)) - (np.arange(len(x)) == t)
         assert_vjp(got, ref, term_scale("cross_entropy", x, [1.0], t))
 
@@ -738,6 +742,7 @@ class TestListArguments:
 
     def test_generators_are_accepted(self):
         assert logsumexp(Value(0.0) for _ in range(2)).data == math.log(2.0)
+
 
 def course_softmax(logits):
     """The course page's code, verbatim."""

@@ -69,8 +69,14 @@ class TestTorch:
 
     @pytest.mark.parametrize(
         "options",
-        [{}, {"label_smoothing": 0.1}, {"reduction": "sum"}, {"reduction": "none"}, {"weight": True},
-         {"ignore_index": 2}],
+        [
+            {},
+            {"label_smoothing": 0.1},
+            {"reduction": "sum"},
+            {"reduction": "none"},
+            {"weight": True},
+            {"ignore_index": 2},
+        ],
         ids=lambda o: ",".join(o) or "plain",
     )
     def test_cross_entropy_backward_matches_pytorch(self, options, rng):
@@ -147,8 +153,10 @@ class TestTorch:
             logits = h @ w.T
             if ours:
                 return ss.cross_entropy(logits, y, label_smoothing=0.1) + 1e-3 * ss.logsumexp(logits).pow(2).mean()
-            return (torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
-                    + 1e-3 * torch.logsumexp(logits, -1).pow(2).mean())
+            return (
+                torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
+                + 1e-3 * torch.logsumexp(logits, -1).pow(2).mean()
+            )
 
         # aot_eager traces forward and backward through AOTAutograd, as inductor does, without a C compiler.
         compiled = torch.compile(loss_of, fullgraph=True, backend="aot_eager")
@@ -221,6 +229,7 @@ class TestFloat32Compute:
     @pytest.fixture(autouse=True)
     def _library(self):
         self.jax = pytest.importorskip("jax")  # per test: a missing library skips only these
+
     GOALS = {"logsumexp": 1.0, "log_softmax": 3.0, "softmax": 4.0}
 
     @pytest.mark.parametrize("scale", [1.0, 10.0, 100.0, 1000.0])
@@ -257,8 +266,11 @@ class TestArrayApiStrict:
         monkeypatch.setattr(np, "from_dlpack", refuse)
         out = getattr(ss, fn)(x)
         assert out.device == dev
-        np.testing.assert_allclose(np.asarray(xps.asarray(out, device=xps.Device("CPU_DEVICE")) if False else
-                                              _host(out)), getattr(ss, fn)(_host(x)), rtol=1e-15)
+        np.testing.assert_allclose(
+            np.asarray(xps.asarray(out, device=xps.Device("CPU_DEVICE")) if False else _host(out)),
+            getattr(ss, fn)(_host(x)),
+            rtol=1e-15,
+        )
 
     def test_cross_entropy_on_device(self, rng):
         xps = self.xps
@@ -267,8 +279,11 @@ class TestArrayApiStrict:
         y = xps.asarray([0, 3, 1], device=dev)
         loss = ss.cross_entropy(x, y, label_smoothing=0.2)
         assert loss.device == dev
-        assert math.isclose(float(_host(loss)), float(ss.cross_entropy(_host(x), np.array([0, 3, 1]),
-                                                                           label_smoothing=0.2)), rel_tol=1e-15)
+        assert math.isclose(
+            float(_host(loss)),
+            float(ss.cross_entropy(_host(x), np.array([0, 3, 1]), label_smoothing=0.2)),
+            rel_tol=1e-15,
+        )
 
 
 def _host(a):

@@ -63,8 +63,13 @@ LAB_SAMPLE = {
 def predictions_text(answers: dict, *, explain: dict | None = None, dtype: str = "float32") -> str:
     lines = [f'dtype = "{dtype}"']
     for name, (naive_nan, stable_nan, ce) in answers.items():
-        lines += ["", f'[cases."{name}"]', f"naive_nan = {str(naive_nan).lower()}",
-                  f"stable_nan = {str(stable_nan).lower()}", f"ce = {ce}"]
+        lines += [
+            "",
+            f'[cases."{name}"]',
+            f"naive_nan = {str(naive_nan).lower()}",
+            f"stable_nan = {str(stable_nan).lower()}",
+            f"ce = {ce}",
+        ]
         if explain and name in explain:
             lines.append(f'explain = "{explain[name]}"')
     return "\n".join(lines) + "\n"
@@ -159,10 +164,12 @@ class TestLabFiles:
 
     def test_naive_py_is_lab01_block_a(self):
         text = _results.lab_file("naive.py", dtype="float32", seed=42).decode()
-        for body in ("def naive_softmax(x):\n    e = np.exp(x)\n    return e / e.sum()",
-                     "def naive_log_sum_exp(x):\n    return np.log(np.exp(x).sum())",
-                     "def naive_cross_entropy(x, y):\n    return -np.log(naive_softmax(x)[y])",
-                     "def naive_log_softmax(x):\n    return np.log(np.exp(x) / np.exp(x).sum())"):
+        for body in (
+            "def naive_softmax(x):\n    e = np.exp(x)\n    return e / e.sum()",
+            "def naive_log_sum_exp(x):\n    return np.log(np.exp(x).sum())",
+            "def naive_cross_entropy(x, y):\n    return -np.log(naive_softmax(x)[y])",
+            "def naive_log_softmax(x):\n    return np.log(np.exp(x) / np.exp(x).sum())",
+        ):
             assert body in text
 
     @pytest.mark.parametrize("name", ["naive.py", "stable.py"])
@@ -183,7 +190,8 @@ class TestLabFiles:
         assert [(n, list(z)) for n, z in compare["test_cases"]] == [(c.name, list(c.logits)) for c in SOFTMAX_CASES]
         assert [tuple(z) for z in compare["lab02_inputs"]] == list(LAB02_INPUTS)
         assert [(n, tuple(z), t, s["unfused_ce"], s["stable_ce"]) for n, z, t, s in compare["break_rows"]] == [
-            (r.name, r.logits, r.target, r.seed_unsafe, r.seed_safe) for r in BREAK_ROWS]
+            (r.name, r.logits, r.target, r.seed_unsafe, r.seed_safe) for r in BREAK_ROWS
+        ]
         assert compare["Y"] == 1 and compare["SCHEMA"] == _results.SCHEMA
 
     def test_compare_py_carries_the_runs_dtype_and_seed(self):
@@ -233,8 +241,9 @@ class TestStablePy:
             for i in range(len(x)):
                 np.testing.assert_array_equal(batched[i], fn(x[i]))
         y = np.array([0, 3, 6, 2])
-        np.testing.assert_array_equal(stable.stable_cross_entropy(x, y),
-                                      [stable.stable_cross_entropy(x[i], y[i]) for i in range(4)])
+        np.testing.assert_array_equal(
+            stable.stable_cross_entropy(x, y), [stable.stable_cross_entropy(x[i], y[i]) for i in range(4)]
+        )
 
     def test_neg_inf_entries_get_exactly_zero(self, lab):
         _, stable, _ = lab
@@ -251,8 +260,7 @@ class TestStablePy:
         _, stable, _ = lab
         for x in (rng.normal(0, 3, (16, 5)), rng.normal(0, 1e4, (8, 600)), np.array([1000.0, 1001, 1002])):
             np.testing.assert_allclose(stable.log_sum_exp(x), special.logsumexp(x, axis=-1), rtol=1e-12)
-            np.testing.assert_allclose(stable.log_softmax(x), special.log_softmax(x, axis=-1), rtol=1e-12,
-                                       atol=1e-12)
+            np.testing.assert_allclose(stable.log_softmax(x), special.log_softmax(x, axis=-1), rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(stable.stable_softmax(x), special.softmax(x, axis=-1), rtol=0, atol=1e-15)
 
     def test_fp32_break_within_8_ulp_of_mpmath(self, f32):
@@ -448,10 +456,17 @@ class TestPitfalls:
 
     def test_report_has_a_paragraph_per_pitfall(self, f32):
         text = (f32[0] / "README.md").read_text()
-        section = text[text.index("## 9. The labs' pitfalls"):text.index("## 10.")]
-        for title in ("`-inf` handling", "batched max needs keepdims", "forgetting to add back m",
-                      "the masked label", "the RuntimeWarning is diagnostic", "log(0) · 0 = NaN",
-                      "axis semantics", "cross-entropy is fused"):
+        section = text[text.index("## 9. The labs' pitfalls") : text.index("## 10.")]
+        for title in (
+            "`-inf` handling",
+            "batched max needs keepdims",
+            "forgetting to add back m",
+            "the masked label",
+            "the RuntimeWarning is diagnostic",
+            "log(0) · 0 = NaN",
+            "axis semantics",
+            "cross-entropy is fused",
+        ):
             assert f"{title}.**" in section, title
         assert "large negative" in section and "huge" in section and "[1000, 1001, 1002]" in section
 
@@ -493,14 +508,14 @@ class TestPng:
         import matplotlib.image
 
         img = matplotlib.image.imread(io.BytesIO(png))[..., :3]
-        rgb = np.array([int(color[i: i + 2], 16) / 255 for i in (1, 3, 5)])
+        rgb = np.array([int(color[i : i + 2], 16) / 255 for i in (1, 3, 5)])
         return np.all(np.abs(img - rgb) < 0.02, axis=-1)
 
     def test_naive_half_red_and_stable_half_not(self, f32):
         is_red = self.pixels((f32[0] / "softmax_break.png").read_bytes(), NAN_COLOR)
         h, w = is_red.shape
-        band = is_red[int(0.1 * h): int(0.9 * h)]  # the rows: no titles, no legend
-        naive_side, stable_side = band[:, int(0.16 * w): int(0.52 * w)], band[:, int(0.56 * w): int(0.92 * w)]
+        band = is_red[int(0.1 * h) : int(0.9 * h)]  # the rows: no titles, no legend
+        naive_side, stable_side = band[:, int(0.16 * w) : int(0.52 * w)], band[:, int(0.56 * w) : int(0.92 * w)]
         assert naive_side.sum() > 2000  # the NaN cell and frame of "large positive"
         assert stable_side.sum() == 0
 
@@ -547,8 +562,10 @@ class TestManifest:
     def test_no_absolute_path_when_out_lies_under_the_current_directory(self, tmp_path, monkeypatch, capsys):
         monkeypatch.chdir(tmp_path)
         (tmp_path / "p.toml").write_text(predictions_text(LAB_SAMPLE))
-        assert run(capsys, "battery", "--out", str(tmp_path / "lab"), "-q", "--predictions",
-                   str(tmp_path / "p.toml"))[0] == 0
+        assert (
+            run(capsys, "battery", "--out", str(tmp_path / "lab"), "-q", "--predictions", str(tmp_path / "p.toml"))[0]
+            == 0
+        )
         text = (tmp_path / "lab" / "manifest.json").read_text()
         assert str(tmp_path) not in text and sys.executable not in text
         m = json.loads(text)
@@ -591,8 +608,12 @@ class TestPredictions:
         # small: the seed's ~1.50 misses log(6.82) - 0.2 = 1.72 by more than 5 %
         # large positive: y = 1 is the max logit, CE ~ 0, not 91
         # large negative: exp(-100) is a float32 subnormal, no 0/0; CE = -100 - (-200) = 100, not 0
-        assert found == {("small magnitudes", "CE"), ("large positive", "CE"), ("large negative", "naive NaN?"),
-                         ("large negative", "CE")}
+        assert found == {
+            ("small magnitudes", "CE"),
+            ("large positive", "CE"),
+            ("large negative", "naive NaN?"),
+            ("large negative", "CE"),
+        }
 
     def test_report_leaves_the_explanations_to_the_learner(self, tmp_path, capsys):
         f = tmp_path / "lab.toml"
@@ -601,8 +622,8 @@ class TestPredictions:
         code, stdout, _ = run(capsys, "battery", "--out", str(out), "-q", "--predictions", str(f))
         assert code == 0
         text = (out / "README.md").read_text()
-        section = text[text.index("## 3."):text.index("## 4.")]
-        assert "Your explanation: \"exp(-100) is subnormal, not 0\"" in section
+        section = text[text.index("## 3.") : text.index("## 4.")]
+        assert 'Your explanation: "exp(-100) is subnormal, not 0"' in section
         assert section.count("*Not explained yet.*") == 2  # small magnitudes, large positive
         for automatic in ("lies inside exp's finite range", "the fused CE is logsumexp", "gradual underflow"):
             assert automatic not in text
@@ -615,8 +636,9 @@ class TestPredictions:
         assert _predictions._ce_agrees(math.inf, {"defined": True, "stable": "inf"})
         assert _predictions._ce_agrees("undefined", {"defined": False, "stable": None})
 
-    @pytest.mark.parametrize("nested", ["a = " + "[" * 50_000 + "]" * 50_000,
-                                        "a = " + "{b = " * 20_000 + "1" + "}" * 20_000])
+    @pytest.mark.parametrize(
+        "nested", ["a = " + "[" * 50_000 + "]" * 50_000, "a = " + "{b = " * 20_000 + "1" + "}" * 20_000]
+    )
     def test_deep_nesting_is_one_line(self, tmp_path, capsys, nested):
         f = tmp_path / "deep.toml"
         f.write_text(nested + "\n")
@@ -628,8 +650,21 @@ class TestPredictions:
         os.mkfifo(fifo)
         for path, kind in ((Path("/dev/zero"), "character device"), (fifo, "FIFO")):
             # a new process with a timeout: reading either of these whole would hang or exhaust memory
-            done = subprocess.run([sys.executable, "-m", "stablesoftmax", "battery", "--out", str(tmp_path / "o"),
-                                   "--predictions", str(path)], capture_output=True, text=True, timeout=60)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "stablesoftmax",
+                    "battery",
+                    "--out",
+                    str(tmp_path / "o"),
+                    "--predictions",
+                    str(path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             one_line_error(done.returncode, done.stderr, "--predictions", kind)
 
     def test_large_and_binary_files(self, tmp_path):
@@ -638,7 +673,7 @@ class TestPredictions:
         with pytest.raises(stablesoftmax.InputFileError, match="over the limit"):
             _predictions.load(big, "float32")
         binary = tmp_path / "bin.toml"
-        binary.write_bytes(b"dtype = \"\xff\xfe\"\n")
+        binary.write_bytes(b'dtype = "\xff\xfe"\n')
         with pytest.raises(stablesoftmax.InputFileError, match="not UTF-8"):
             _predictions.load(binary, "float32")
 
@@ -698,8 +733,10 @@ class TestCommandLine:
             subprocess.run(git + args, check=True, capture_output=True)
         monkeypatch.chdir(repo)
         steps = readme_lab_steps()
-        assert [s[:3] for s in steps] == [["stablesoftmax", "battery", "--template"],
-                                          ["stablesoftmax", "battery", "--out"]]
+        assert [s[:3] for s in steps] == [
+            ["stablesoftmax", "battery", "--template"],
+            ["stablesoftmax", "battery", "--out"],
+        ]
         code, stdout, _ = run(capsys, *steps[0][1:])
         assert code == 0
         template = Path(battery.DEFAULT_OUT) / battery.TEMPLATE
@@ -724,7 +761,7 @@ class TestCommandLine:
 def readme_lab_steps() -> list[list[str]]:
     """The battery commands of the README's lab quick start, in order."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("### The lab, step by step"):]
+    section = text[text.index("### The lab, step by step") :]
     block = re.search(r"```console\n(.*?)```", section, re.S).group(1)
     return [shlex.split(line[2:].split("#")[0]) for line in block.splitlines() if line.startswith("$ stablesoftmax")]
 
@@ -733,10 +770,26 @@ def readme_lab_steps() -> list[list[str]]:
 # The committed worked example
 # --------------------------------------------------------------------------
 
-PROBABILITY_KEYS = {"output", "sum", "min", "max", "target_probability", "smallest_probability",
-                    "smallest_probability_per_batch", "batch_softmax", "naive_row_sums", "stable_row_sums"}
-ERROR_KEYS = {"rel_diff", "max_rel_diff", "softmax_max_abs_diff", "logsumexp_rel_diff", "log_softmax_max_rel_diff",
-              "cross_entropy_rel_diff"}
+PROBABILITY_KEYS = {
+    "output",
+    "sum",
+    "min",
+    "max",
+    "target_probability",
+    "smallest_probability",
+    "smallest_probability_per_batch",
+    "batch_softmax",
+    "naive_row_sums",
+    "stable_row_sums",
+}
+ERROR_KEYS = {
+    "rel_diff",
+    "max_rel_diff",
+    "softmax_max_abs_diff",
+    "logsumexp_rel_diff",
+    "log_softmax_max_rel_diff",
+    "cross_entropy_rel_diff",
+}
 EPS_KEYS = {"sum_error_eps", "worst_error_eps"}
 
 
@@ -757,8 +810,11 @@ def results_differences(a, b, dtype: str, path: str = "") -> list[str]:
             a, b = ([w for w in v if "underflow" not in w] for v in (a, b))
         if len(a) != len(b):
             return [f"{path}: {a} != {b}"]
-        return [x for i, (u, v) in enumerate(zip(a, b, strict=True))
-                for x in results_differences(u, v, dtype, f"{path}[{i}]")]
+        return [
+            x
+            for i, (u, v) in enumerate(zip(a, b, strict=True))
+            for x in results_differences(u, v, dtype, f"{path}[{i}]")
+        ]
     if key == "worst_case":  # the argmax of sum_error_eps / n, compared above: close rows may swap
         return []
     if type(a) is not float or type(b) is not float or not (math.isfinite(a) and math.isfinite(b)):
@@ -796,7 +852,6 @@ def committed():
 
 
 class TestWorkedExample:
-
     def test_holds_every_file_and_the_lab_files_are_current(self, committed):
         results, m = committed
         assert {p.name for p in EXAMPLE.iterdir()} == {*battery.FILES, battery.TEMPLATE}
@@ -813,8 +868,9 @@ class TestWorkedExample:
         results, m = committed
         shutil.copy(EXAMPLE / "predictions.toml", tmp_path / "predictions.toml")
         out = tmp_path / "out"
-        fresh = battery_run(out, "--dtype", m["dtype"], "--seed", str(m["seed"]), "--predictions",
-                            str(tmp_path / "predictions.toml"))
+        fresh = battery_run(
+            out, "--dtype", m["dtype"], "--seed", str(m["seed"]), "--predictions", str(tmp_path / "predictions.toml")
+        )
         assert results_differences(results, fresh, m["dtype"]) == []
         if _manifest.cpu()["numpy_simd"] == m["platform"]["cpu"]["numpy_simd"]:
             assert (out / "results.json").read_bytes() == (EXAMPLE / "results.json").read_bytes()
@@ -825,8 +881,9 @@ class TestWorkedExample:
         copy = tmp_path / "copy"
         shutil.copytree(EXAMPLE, copy)
         env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": disabled}
-        done = subprocess.run([sys.executable, "compare.py"], cwd=copy, env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [sys.executable, "compare.py"], cwd=copy, env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0 and "You cannot disable" not in done.stderr, done.stderr
         assert results_differences(results, json.loads((copy / "results.json").read_text()), m["dtype"]) == []
 
@@ -856,6 +913,7 @@ def test_lab_stands_on_the_public_api():
                 assert node.module is None and {a.name for a in node.names} <= public, (name, ast.dump(node))
             if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("stablesoftmax"):
                 assert node.module in ("stablesoftmax", "stablesoftmax.lab") or node.module.startswith(
-                    "stablesoftmax.lab."), (name, node.module)
+                    "stablesoftmax.lab."
+                ), (name, node.module)
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("stablesoftmax._") for a in node.names), name

@@ -45,6 +45,7 @@ class TestTimingsCsv:
 
     def test_versions_are_of_the_code_timed(self, one_run):
         import numpy
+
         import stablesoftmax
 
         _, rows = one_run
@@ -75,11 +76,12 @@ class TestMeasure:
 class TestInterleaved:
     def test_each_round_times_every_implementation_in_a_rotating_order(self):
         calls = []
-        numbers, samples = bench.measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                                     repeats=4)
+        numbers, samples = bench.measure_interleaved(
+            {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4
+        )
         assert all(len(v) == 4 for v in samples.values())
         # after the warm-up and the calibration of each, the rounds: a b, b a, a b, b a (number calls each)
-        rounds = calls[len(calls) - 4 * (numbers["a"] + numbers["b"]):]
+        rounds = calls[len(calls) - 4 * (numbers["a"] + numbers["b"]) :]
         na, nb = numbers["a"], numbers["b"]
         expect = (["a"] * na + ["b"] * nb + ["b"] * nb + ["a"] * na) * 2
         assert rounds == expect
@@ -101,7 +103,11 @@ class TestExtending:
         assert cli.main(["bench", "--out", str(tmp_path), "--repeats", "3", "-q"]) == 0
         rows = read_csv(tmp_path / "timings.csv")
         assert [(r["function"], r["implementation"]) for r in rows] == [
-            ("logsumexp", "stable"), ("logsumexp", "naive"), ("softmax", "stable"), ("softmax", "naive")]
+            ("logsumexp", "stable"),
+            ("logsumexp", "naive"),
+            ("softmax", "stable"),
+            ("softmax", "naive"),
+        ]
         assert [r["ratio_to_naive"] for r in rows if r["implementation"] == "naive"] == ["1.0000", "1.0000"]
 
 

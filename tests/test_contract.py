@@ -9,7 +9,7 @@ import pytest
 
 import stablesoftmax as ss
 from stablesoftmax._contract import CONTRACT, markdown_table, rules_for
-from tests.helpers import FLOAT_DTYPES, DTYPE_IDS
+from tests.helpers import DTYPE_IDS, FLOAT_DTYPES
 
 pytestmark = pytest.mark.usefixtures("each_path")  # every test on the compiled and the NumPy path
 
@@ -54,8 +54,16 @@ def test_special_rows_do_not_touch_their_neighbours(fn):
 def test_every_rule_has_an_exact_example():
     for rule in CONTRACT:
         assert rule.expect, rule.case
-        assert set(rule.expect) <= {"logsumexp", "softmax", "log_softmax", "cross_entropy", "cross_entropy_grad",
-                                    "softmax_grad", "log_softmax_grad", "logsumexp_grad"}
+        assert set(rule.expect) <= {
+            "logsumexp",
+            "softmax",
+            "log_softmax",
+            "cross_entropy",
+            "cross_entropy_grad",
+            "softmax_grad",
+            "log_softmax_grad",
+            "logsumexp_grad",
+        }
 
 
 def test_docstrings_read_the_contract():

@@ -66,8 +66,13 @@ class Case:
     @property
     def name(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in self.options) or "plain"
-        extra = "".join([",probs" if self.probs else "", ",bounds" if self.bounds else "",
-                         f",axis={self.axis}" if self.axis != -1 else ""])
+        extra = "".join(
+            [
+                ",probs" if self.probs else "",
+                ",bounds" if self.bounds else "",
+                f",axis={self.axis}" if self.axis != -1 else "",
+            ]
+        )
         return f"{self.fn}-w{self.world}-{self.dtype}-{self.data}-{opts}{extra}"
 
     @property
@@ -77,13 +82,23 @@ class Case:
 
 def _ce_options() -> list[tuple[tuple, bool]]:
     return [
-        ((), False), ((("reduction", "sum"),), False), ((("reduction", "none"),), False),
-        ((("weight", True),), False), ((("ignore_index", 1),), False), ((("label_smoothing", 0.1),), False),
-        ((("label_smoothing", 0.25), ("weight", True), ("where", True)), False), ((("z_loss", 1e-3),), False),
-        ((("softcap", 5.0),), False), ((("where", True),), False),
-        ((("label_smoothing", 0.1), ("z_loss", 1e-2), ("softcap", 30.0), ("weight", True), ("reduction", "sum")),
-         False),
-        ((), True), ((("label_smoothing", 0.2), ("weight", True)), True), ((("where", True),), True),
+        ((), False),
+        ((("reduction", "sum"),), False),
+        ((("reduction", "none"),), False),
+        ((("weight", True),), False),
+        ((("ignore_index", 1),), False),
+        ((("label_smoothing", 0.1),), False),
+        ((("label_smoothing", 0.25), ("weight", True), ("where", True)), False),
+        ((("z_loss", 1e-3),), False),
+        ((("softcap", 5.0),), False),
+        ((("where", True),), False),
+        (
+            (("label_smoothing", 0.1), ("z_loss", 1e-2), ("softcap", 30.0), ("weight", True), ("reduction", "sum")),
+            False,
+        ),
+        ((), True),
+        ((("label_smoothing", 0.2), ("weight", True)), True),
+        ((("where", True),), True),
         ((("reduction", "none"), ("where", True)), True),
     ]
 
@@ -100,8 +115,13 @@ def _cases() -> list[Case]:
         for fn in ("logsumexp", "log_softmax", "softmax"):
             for data, opts in (("random", ()), ("contract", ()), ("contract", (("where", True),)), ("nan", ())):
                 out.append(Case(fn, world, dtype, data, opts))
-        for opts in ((), (("label_smoothing", 0.2), ("class_weight", True)), (("z_loss", 1e-2), ("reduction", "sum")),
-                     (("softcap", 4.0), ("bias", True), ("chunk_size", 2)), (("ignore_index", 2), ("bias", True))):
+        for opts in (
+            (),
+            (("label_smoothing", 0.2), ("class_weight", True)),
+            (("z_loss", 1e-2), ("reduction", "sum")),
+            (("softcap", 4.0), ("bias", True), ("chunk_size", 2)),
+            (("ignore_index", 2), ("bias", True)),
+        ):
             out.append(Case("linear_cross_entropy", world, dtype, "random", opts))
     out.append(Case("dtensor", 4, "float64", "contract", (("label_smoothing", 0.1),)))
     for opts in ((), (("label_smoothing", 0.1), ("weight", True))):  # 16-bit: computed wide, rounded once
@@ -144,8 +164,13 @@ def inputs(case: Case) -> dict:
         x[10, 0] = 1.5
     if case.data == "contract" and case.reduction == "none" and "where" in opts:
         where[0, y[0]] = False  # the target masked: that element's loss is +inf
-    out = {"x": x.astype(dt), "y": y, "weight": rng.uniform(0.5, 2.0, v), "where": where,
-           "g": rng.uniform(0.5, 1.5, N).astype(dt)}
+    out = {
+        "x": x.astype(dt),
+        "y": y,
+        "weight": rng.uniform(0.5, 2.0, v),
+        "where": where,
+        "g": rng.uniform(0.5, 1.5, N).astype(dt),
+    }
     if case.probs:
         q = rng.uniform(size=(N, v)) * (rng.uniform(size=(N, v)) < 0.7)
         q[:, 0] += 0.1
@@ -192,8 +217,14 @@ def _layer(rng: np.random.Generator, v: int, dt: np.dtype, case: Case) -> dict:
     opts = dict(case.options)
     if opts.get("ignore_index") is not None:
         y[::4] = opts["ignore_index"]
-    return {"hidden": hidden.astype(dt), "w": weight.astype(dt), "bias": bias.astype(dt), "y": y,
-            "weight": rng.uniform(0.5, 2.0, v), "g": rng.uniform(0.5, 1.5, N).astype(dt)}
+    return {
+        "hidden": hidden.astype(dt),
+        "w": weight.astype(dt),
+        "bias": bias.astype(dt),
+        "y": y,
+        "weight": rng.uniform(0.5, 2.0, v),
+        "g": rng.uniform(0.5, 1.5, N).astype(dt),
+    }
 
 
 # --------------------------------------------------------------------------
@@ -204,8 +235,9 @@ def _layer(rng: np.random.Generator, v: int, dt: np.dtype, case: Case) -> dict:
 def _worker(rank: int, port: int, outdir: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
+    )
     groups = {w: (None if w == WORLD else dist.new_group(list(GROUP_RANKS[w]))) for w in GROUP_RANKS}
     results: dict = {}
     for case in CASES:
@@ -214,8 +246,9 @@ def _worker(rank: int, port: int, outdir: str) -> None:
     for case in NATIVE:  # the path CUDA tensors take: torch operations throughout, no NumPy view
         if rank in GROUP_RANKS[case.world]:
             with ss.reference_path():
-                results[case.name + "|native"] = _run_case(case, GROUP_RANKS[case.world].index(rank),
-                                                           groups[case.world])
+                results[case.name + "|native"] = _run_case(
+                    case, GROUP_RANKS[case.world].index(rank), groups[case.world]
+                )
     results["errors"] = _bad_inputs(rank)
     results["example"] = _example().run()
     results["edges"] = _edges(rank)
@@ -227,7 +260,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
 def _edges(rank: int) -> dict:
     """Empty batches, no classes on any rank, and a sharded axis 0 with keepdims, on the default group."""
     k = SHARDS[4][rank]
-    lo, hi = _offsets(4)[rank:rank + 2]
+    lo, hi = _offsets(4)[rank : rank + 2]
     empty = torch.ones(0, k, dtype=torch.float64, requires_grad=True)
     mean = sd.cross_entropy(empty, torch.zeros(0, dtype=torch.int64))
     mean.backward()
@@ -242,9 +275,16 @@ def _edges(rank: int) -> dict:
     col = full[lo:hi].clone().requires_grad_()
     lse = sd.logsumexp(col, axis=0, keepdims=True)
     lse.backward(torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64))
-    return {"mean": mean.item(), "grad_shape": tuple(empty.grad.shape), "none_shape": tuple(none.shape),
-            "lse_classless": sd.logsumexp(classless).numpy(), "softmax_classless": tuple(sd.softmax(classless).shape),
-            "refused": refused, "axis0": lse.detach().numpy(), "axis0_grad": col.grad.numpy()}
+    return {
+        "mean": mean.item(),
+        "grad_shape": tuple(empty.grad.shape),
+        "none_shape": tuple(none.shape),
+        "lse_classless": sd.logsumexp(classless).numpy(),
+        "softmax_classless": tuple(sd.softmax(classless).shape),
+        "refused": refused,
+        "axis0": lse.detach().numpy(),
+        "axis0_grad": col.grad.numpy(),
+    }
 
 
 def _example():
@@ -263,7 +303,7 @@ def _offsets(world: int) -> np.ndarray:
 
 def _run_case(case: Case, r: int, group) -> dict:
     data = inputs(case)
-    lo, hi = _offsets(case.world)[r:r + 2]
+    lo, hi = _offsets(case.world)[r : r + 2]
     if case.fn == "linear_cross_entropy":
         return _run_linear(case, data, lo, hi, group)
     axis = case.axis
@@ -306,8 +346,12 @@ def _run_linear(case: Case, data: dict, lo: int, hi: int, group) -> dict:
         opts["class_weight"] = torch.tensor(data["weight"])
     out = sd.linear_cross_entropy(h, w, torch.tensor(data["y"]), group=group, bias=b, **opts)
     out.backward(torch.tensor(data["g"]) if case.reduction == "none" else None)
-    return {"out": out.detach().numpy(), "grad": w.grad.numpy(), "d_hidden": h.grad.numpy(),
-            "d_bias": None if b is None else b.grad.numpy()}
+    return {
+        "out": out.detach().numpy(),
+        "grad": w.grad.numpy(),
+        "d_hidden": h.grad.numpy(),
+        "d_bias": None if b is None else b.grad.numpy(),
+    }
 
 
 def _run_dtensor(case: Case, data: dict, kwargs: dict) -> dict:
@@ -322,9 +366,21 @@ def _run_dtensor(case: Case, data: dict, kwargs: dict) -> dict:
     return {"out": out.detach().numpy(), "grad": dt.grad.full_tensor().numpy(), "placements": str(dt.grad.placements)}
 
 
-BAD = ["bounds", "target_range", "smoothing_differs", "reduction_on_one_rank", "rows_differ", "targets_differ",
-       "weight_length", "different_functions", "probs_with_ignore", "not_a_tensor_on_one_rank", "negative_weight",
-       "negative_probability_on_one_rank", "replicated_dtensor"]
+BAD = [
+    "bounds",
+    "target_range",
+    "smoothing_differs",
+    "reduction_on_one_rank",
+    "rows_differ",
+    "targets_differ",
+    "weight_length",
+    "different_functions",
+    "probs_with_ignore",
+    "not_a_tensor_on_one_rank",
+    "negative_weight",
+    "negative_probability_on_one_rank",
+    "replicated_dtensor",
+]
 
 
 def _bad_inputs(rank: int) -> dict:
@@ -379,8 +435,7 @@ def runs(tmp_path_factory) -> list[dict]:
     import torch.multiprocessing as mp
 
     outdir = tmp_path_factory.mktemp("distributed")
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(outdir)), nprocs=WORLD, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(_worker, args=(_free_port(), str(outdir)), nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + DEADLINE_S
     while not ctx.join(timeout=2):
         if time.monotonic() > deadline:
@@ -445,12 +500,16 @@ def _reference_linear(case: Case, data: dict) -> dict:
     logits = h @ w.T + (0 if bias is None else bias)  # exact: the inputs are on a dyadic grid
     g = data["g"] if case.reduction == "none" else 1.0
     loss, dlogits = ss.cross_entropy_with_grad(logits, data["y"], g=g, **opts)
-    return {"out": np.asarray(loss), "grad": dlogits.T @ h, "d_hidden": dlogits @ w,
-            "d_bias": None if bias is None else dlogits.sum(axis=0)}
+    return {
+        "out": np.asarray(loss),
+        "grad": dlogits.T @ h,
+        "d_hidden": dlogits @ w,
+        "d_bias": None if bias is None else dlogits.sum(axis=0),
+    }
 
 
 def _slice(case: Case, a: np.ndarray, r: int) -> np.ndarray:
-    lo, hi = _offsets(case.world)[r:r + 2]
+    lo, hi = _offsets(case.world)[r : r + 2]
     return a[lo:hi] if case.fn == "linear_cross_entropy" else (a[:, lo:hi] if case.axis == -1 else a[:, lo:hi, :])
 
 
@@ -502,8 +561,9 @@ class TestCrossEntropy:
 
 
 class TestReductions:
-    @pytest.mark.parametrize("case", [c for c in CASES if c.fn in ("logsumexp", "log_softmax", "softmax")],
-                             ids=lambda c: c.name)
+    @pytest.mark.parametrize(
+        "case", [c for c in CASES if c.fn in ("logsumexp", "log_softmax", "softmax")], ids=lambda c: c.name
+    )
     def test_equals_one_process_on_every_rank(self, runs, case):
         ref = reference(case)
         _check_outputs(case, runs, ref)
@@ -561,15 +621,19 @@ class TestBadInput:
 
     EXPECT = {
         "bounds": ("ShapeError", "bounds=[0, 1, 5, 8, 11]"),
-        "target_range": ("TargetError", "target value 10 at position (1,) is out of range; class indices must be "
-                                        "in [0, 10)"),
+        "target_range": (
+            "TargetError",
+            "target value 10 at position (1,) is out of range; class indices must be in [0, 10)",
+        ),
         "smoothing_differs": ("ArgumentError", "ranks disagree on label_smoothing: rank 0 has 0.0 and rank 2 has 0.1"),
         "reduction_on_one_rank": ("ArgumentError", "reduction='avg' is not one of"),
         "rows_differ": ("ShapeError", "rank 0 holds 2 rows and rank 3 holds 3"),
         "targets_differ": ("ArgumentError", "ranks disagree on target"),
         "weight_length": ("ShapeError", "weight of shape (9,) must have one entry per class of all ranks: shape (10,)"),
-        "different_functions": ("ArgumentError", "ranks disagree on call: rank 0 has 'softmax' and rank 3 has "
-                                                 "'logsumexp'"),
+        "different_functions": (
+            "ArgumentError",
+            "ranks disagree on call: rank 0 has 'softmax' and rank 3 has 'logsumexp'",
+        ),
         "probs_with_ignore": ("ArgumentError", "ignore_index=0 cannot be used with probability targets"),
         "not_a_tensor_on_one_rank": ("ArgumentError", "local_x is a ndarray"),
         "negative_weight": ("ArgumentError", "weight[3] = -1.0 is not allowed"),
@@ -613,7 +677,7 @@ class TestEdges:
             grad = ss.logsumexp_grad(full, g, axis=0, keepdims=True)
         for gr in range(WORLD):
             e = runs[gr]["edges"]
-            lo, hi = _offsets(4)[gr:gr + 2]
+            lo, hi = _offsets(4)[gr : gr + 2]
             assert e["axis0"].shape == (1, 3) and ulps(e["axis0"], ref).max() <= ULP_GOAL["float64"]
             assert grad_error(e["axis0_grad"], grad[lo:hi]) <= GRAD_REL_GOAL
 

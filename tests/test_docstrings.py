@@ -16,7 +16,9 @@ MODULES = [_reductions, _losses, _linear, _sampling, _streaming, autograd]
 def test_docstring_examples(module):
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")  # examples set the naive formula's warnings beside the stable result
-        result = doctest.testmod(module, extraglobs={"stablesoftmax": stablesoftmax}, optionflags=doctest.NORMALIZE_WHITESPACE)
+        result = doctest.testmod(
+            module, extraglobs={"stablesoftmax": stablesoftmax}, optionflags=doctest.NORMALIZE_WHITESPACE
+        )
     assert result.failed == 0
 
 

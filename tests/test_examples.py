@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ class TestTenseRegression:
         _, runs, _, _ = tense_runs
         for run in runs[1.0]:
             assert run.losses[0] == pytest.approx(math.log(5), rel=GOAL)  # zero weights: uniform
-            assert all(later < earlier for earlier, later in zip(run.losses, run.losses[1:]))
+            assert all(later < earlier for earlier, later in itertools.pairwise(run.losses))
             assert run.losses[-1] < 0.6 * run.losses[0]
 
     def test_scaled_run_stays_finite_where_the_textbook_loss_does_not(self, tense_runs):

@@ -41,14 +41,20 @@ class TestReductionGradients:
     def test_logsumexp_grad_fd(self, x, rng, axis, keepdims, use_b):
         b = rng.uniform(0.2, 2, x.shape) if use_b else None
         g = rng.normal(size=np.shape(ss.logsumexp(x, axis=axis, keepdims=keepdims)))
-        f = lambda v: np.sum(g * ss.logsumexp(v, axis=axis, keepdims=keepdims, b=b))
+
+        def f(v):
+            return np.sum(g * ss.logsumexp(v, axis=axis, keepdims=keepdims, b=b))
+
         assert_fd(ss.logsumexp_grad(x, g, axis=axis, keepdims=keepdims, b=b), fd_grad(f, x))
 
     @pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
     @pytest.mark.parametrize(("axis", "temperature"), [(-1, 1.0), (0, 1.0), ((0, 1), 1.0), (-1, 0.7), (0, 3.0)])
     def test_grad_fd(self, x, rng, fn, axis, temperature):
         g = rng.normal(size=x.shape)
-        f = lambda v: np.sum(g * getattr(ss, fn)(v, axis=axis, temperature=temperature))
+
+        def f(v):
+            return np.sum(g * getattr(ss, fn)(v, axis=axis, temperature=temperature))
+
         got = getattr(ss, fn + "_grad")(x, g, axis=axis, temperature=temperature)
         assert_fd(got, fd_grad(f, x))
 
@@ -58,9 +64,14 @@ class TestReductionGradients:
         keep[:, 0] = True
         g = rng.normal(size=x.shape if fn != "logsumexp" else x.shape[:1])
         if fn == "logsumexp":
-            f = lambda v: np.sum(g * ss.logsumexp(v, where=keep))
+
+            def f(v):
+                return np.sum(g * ss.logsumexp(v, where=keep))
         else:  # only unmasked outputs: the masked ones are constant (0 or -inf)
-            f = lambda v: np.sum(g[keep] * getattr(ss, fn)(v, where=keep)[keep])
+
+            def f(v):
+                return np.sum(g[keep] * getattr(ss, fn)(v, where=keep)[keep])
+
         got = getattr(ss, fn + "_grad")(x, np.where(keep, g, 0) if fn != "logsumexp" else g, where=keep)
         assert_fd(got, fd_grad(f, x))
         assert (got[~keep] == 0).all()
@@ -68,12 +79,16 @@ class TestReductionGradients:
     def test_softmax_grad_sums_to_zero(self, rng):
         x, g = rng.normal(0, 10, (5, 7)), rng.normal(size=(5, 7))
         np.testing.assert_allclose(ss.softmax_grad(x, g).sum(axis=-1), 0.0, atol=8 * eps(np.float64) * np.abs(g).max())
-        np.testing.assert_allclose(ss.log_softmax_grad(x, g).sum(axis=-1), 0.0, atol=8 * eps(np.float64) * np.abs(g).sum(-1).max())
+        np.testing.assert_allclose(
+            ss.log_softmax_grad(x, g).sum(axis=-1), 0.0, atol=8 * eps(np.float64) * np.abs(g).sum(-1).max()
+        )
 
     @pytest.mark.parametrize("fn", ["softmax_grad", "log_softmax_grad"])
     def test_shift_invariance(self, rng, fn):
         x, g = rng.uniform(-5, 5, (4, 6)), rng.normal(size=(4, 6))
-        np.testing.assert_allclose(getattr(ss, fn)(x + 64.0, g), getattr(ss, fn)(x, g), rtol=64 * eps(np.float64), atol=64 * eps(np.float64))
+        np.testing.assert_allclose(
+            getattr(ss, fn)(x + 64.0, g), getattr(ss, fn)(x, g), rtol=64 * eps(np.float64), atol=64 * eps(np.float64)
+        )
 
     @pytest.mark.parametrize("fn", ["softmax", "log_softmax", "logsumexp"])
     def test_torch_autograd_parity(self, rng, fn):
@@ -84,7 +99,9 @@ class TestReductionGradients:
             out = torch.logsumexp(t, axis) if fn == "logsumexp" else getattr(torch, fn)(t, dim=axis)
             g = rng.normal(size=tuple(out.shape))
             out.backward(torch.tensor(g))
-            np.testing.assert_allclose(getattr(ss, fn + "_grad")(x, g, axis=axis), t.grad.numpy(), rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(
+                getattr(ss, fn + "_grad")(x, g, axis=axis), t.grad.numpy(), rtol=1e-12, atol=1e-15
+            )
 
     @pytest.mark.parametrize("dtype", [np.float16, np.float32])
     def test_grad_keeps_dtype(self, rng, dtype):
@@ -136,18 +153,30 @@ class TestCrossEntropyGradient:
         x = rng.uniform(-5, 5, (4, 5))
         target, kw = _ce_args(rng, opts)
         g = rng.normal(size=4) if reduction == "none" else 1.7
-        f = lambda v: np.sum(g * ss.cross_entropy(v, target, reduction=reduction, **kw))
+
+        def f(v):
+            return np.sum(g * ss.cross_entropy(v, target, reduction=reduction, **kw))
+
         got = ss.cross_entropy_grad(x, target, g=g, reduction=reduction, **kw)
         assert_fd(got, fd_grad(f, x))
 
     def test_fd_class_axis_one(self, rng):
         x = rng.uniform(-5, 5, (2, 3, 2))
         target, kw = _ce_args(rng, {"weight": "w", "label_smoothing": 0.1}, shape=(2, 3, 2), axis=1)
-        f = lambda v: ss.cross_entropy(v, target, axis=1, **kw)
+
+        def f(v):
+            return ss.cross_entropy(v, target, axis=1, **kw)
+
         assert_fd(ss.cross_entropy_grad(x, target, axis=1, **kw), fd_grad(f, x))
 
-    @pytest.mark.parametrize(("opts", "reduction"), list(itertools.product(
-        [o for o in CE_OPTIONS if not ({"z_loss", "softcap", "where"} & set(o))], ["mean", "sum", "none"])))
+    @pytest.mark.parametrize(
+        ("opts", "reduction"),
+        list(
+            itertools.product(
+                [o for o in CE_OPTIONS if not ({"z_loss", "softcap", "where"} & set(o))], ["mean", "sum", "none"]
+            )
+        ),
+    )
     def test_torch_parity(self, rng, opts, reduction):
         torch = pytest.importorskip("torch")
         x = rng.uniform(-5, 5, (4, 3, 2))
@@ -175,7 +204,9 @@ class TestCrossEntropyGradient:
 
     def test_shift_invariance(self, rng):
         x, y = rng.uniform(-5, 5, (6, 5)), rng.integers(0, 5, 6)
-        np.testing.assert_allclose(ss.cross_entropy_grad(x + 128.0, y), ss.cross_entropy_grad(x, y), atol=64 * eps(np.float64))
+        np.testing.assert_allclose(
+            ss.cross_entropy_grad(x + 128.0, y), ss.cross_entropy_grad(x, y), atol=64 * eps(np.float64)
+        )
 
     def test_masked_nan_and_inf_get_zero_gradient(self):
         x = np.array([[0.0, 0.0, np.nan, np.inf]])

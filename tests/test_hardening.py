@@ -38,15 +38,17 @@ class TestWrongResults:
         want = math.log1p(math.exp(-1.0))  # only the second element counts: lse(1, 2) - 2
         assert ss.cross_entropy(x, y, weight=np.array([0.0, 1.0]), reduction="sum") == pytest.approx(want, rel=1e-15)
         assert ss.nll_loss(ss.log_softmax(x), y, weight=np.array([0.0, 1.0]), reduction="sum") == pytest.approx(
-            want, rel=1e-15)
+            want, rel=1e-15
+        )
 
     def test_infinite_b_gives_inf_without_warning(self):
         with np.errstate(all="raise"):
             assert ss.logsumexp(np.array([1.0, 2.0]), b=np.array([1.0, inf])) == inf
 
     def test_masked_entry_does_not_use_its_b(self):
-        got = ss.logsumexp(np.array([5.0, 1.0, 2.0]), where=np.array([False, True, True]),
-                           b=np.array([math.nan, 1.0, 1.0]))
+        got = ss.logsumexp(
+            np.array([5.0, 1.0, 2.0]), where=np.array([False, True, True]), b=np.array([math.nan, 1.0, 1.0])
+        )
         assert got == pytest.approx(math.log(math.e + math.e**2), rel=1e-15)
 
     @pytest.mark.parametrize("path", ["compiled", "reference"])
@@ -109,8 +111,12 @@ class TestWrongResults:
 class TestUnclearErrors:
     @pytest.mark.parametrize(
         ("b", "match"),
-        [(["a", "b"], "b has dtype <U1"), ([[1.0], [1.0, 2.0]], "b could not be read as an array"),
-         ([1j, 2.0], "b has complex dtype"), ([object(), 1.0], "b has dtype object")],
+        [
+            (["a", "b"], "b has dtype <U1"),
+            ([[1.0], [1.0, 2.0]], "b could not be read as an array"),
+            ([1j, 2.0], "b has complex dtype"),
+            ([object(), 1.0], "b has dtype object"),
+        ],
     )
     def test_bad_b(self, b, match):
         with pytest.raises(StableSoftmaxError, match=match):
@@ -182,8 +188,9 @@ def problems(draw):
     with np.errstate(over="ignore"):
         x = np.array(draw(st.lists(values, min_size=n, max_size=n)), np.float64).reshape(shape).astype(dtype)
     axis = draw(st.integers(-len(shape), len(shape) - 1))
-    where = draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=n, max_size=n).map(
-        lambda m: np.array(m).reshape(shape))))
+    where = draw(
+        st.one_of(st.none(), st.lists(st.booleans(), min_size=n, max_size=n).map(lambda m: np.array(m).reshape(shape)))
+    )
     return x, axis, where
 
 
@@ -207,8 +214,13 @@ def test_no_nan_from_nan_free_input(problem, temperature):
 
 
 @settings(max_examples=40)  # several calls per example; 40 keep the file under a minute
-@given(problems(), st.floats(0, 1), st.floats(0, 1e-2), st.sampled_from([None, 5.0]),
-       st.sampled_from(["none", "mean", "sum"]))
+@given(
+    problems(),
+    st.floats(0, 1),
+    st.floats(0, 1e-2),
+    st.sampled_from([None, 5.0]),
+    st.sampled_from(["none", "mean", "sum"]),
+)
 def test_cross_entropy_no_nan_and_paths_agree(problem, smoothing, z_loss, softcap, reduction):
     x, axis, where = problem
     rng = np.random.default_rng(0)
@@ -238,8 +250,12 @@ def _close(a, b, dtype, floor=0.0):
 
 
 @settings(max_examples=40)  # several calls per example; 40 keep the file under a minute
-@given(st.lists(st.floats(-30, 30), min_size=2, max_size=6), st.floats(0, 0.5), st.floats(0, 0.1),
-       st.sampled_from([None, 10.0]))
+@given(
+    st.lists(st.floats(-30, 30), min_size=2, max_size=6),
+    st.floats(0, 0.5),
+    st.floats(0, 0.1),
+    st.sampled_from([None, 10.0]),
+)
 def test_cross_entropy_gradient_matches_central_differences(row, smoothing, z_loss, softcap):
     x = np.array([row])
     y = np.array([len(row) // 2])

@@ -450,8 +450,9 @@ def reference_ce(x, y, where, weight, smoothing, g, z_loss=0.0):
     xw = x.astype(np.float64)
     if where is not None:
         xw = np.where(where, xw, -np.inf)
-    pb = _reference.Problem(xw, y, False, np.ones(len(y), bool), weight, where, x.dtype == np.float64, "none",
-                            smoothing, z_loss, None)
+    pb = _reference.Problem(
+        xw, y, False, np.ones(len(y), bool), weight, where, x.dtype == np.float64, "none", smoothing, z_loss, None
+    )
     with np.errstate(invalid="ignore", over="ignore"):  # -inf entries: 0 * -inf is dropped by the reference
         fwd = _reference.cross_entropy(pb, np)
         return fwd.loss, _reference.cross_entropy_grad(pb, fwd, g, np), fwd
@@ -510,8 +511,9 @@ class TestCrossEntropyRows:
 def _reference_mass(x, y, where, weight, smoothing):
     from stablesoftmax import _reference
 
-    pb = _reference.Problem(x.astype(np.float64), y, False, np.ones(len(y), bool), weight, where, True, "none",
-                            smoothing, 0.0, None)
+    pb = _reference.Problem(
+        x.astype(np.float64), y, False, np.ones(len(y), bool), weight, where, True, "none", smoothing, 0.0, None
+    )
     return _reference.target_mass(pb, np.ones(len(y), bool), np)
 
 
@@ -629,8 +631,9 @@ class TestCrossEntropyArguments:
 
     def test_rejects_grad_of_another_dtype(self):
         with pytest.raises(DtypeError, match="grad has dtype float16"):
-            _kernels.cross_entropy_rows(np.zeros((2, 5), np.float32), np.array([0, 1]),
-                                        grad=np.empty((2, 5), np.float16), g=np.ones(2))
+            _kernels.cross_entropy_rows(
+                np.zeros((2, 5), np.float32), np.array([0, 1]), grad=np.empty((2, 5), np.float16), g=np.ones(2)
+            )
 
 
 def test_threads_give_the_same_numbers_with_masks_and_cross_entropy(rng):

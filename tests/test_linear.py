@@ -54,7 +54,9 @@ class TestLinearCrossEntropy:
         hidden, weight, bias, target, cw = layer
         ours, theirs = _split(opts, cw)
         g = rng.normal(size=len(target)) if opts.get("reduction") == "none" else 1.3
-        loss, (d_h, d_w, d_b) = ss.linear_cross_entropy_with_grad(hidden, weight, target, bias=bias, chunk_size=37, g=g, **ours)
+        loss, (d_h, d_w, d_b) = ss.linear_cross_entropy_with_grad(
+            hidden, weight, target, bias=bias, chunk_size=37, g=g, **ours
+        )
         dlogits = ss.cross_entropy_grad(hidden @ weight.T + bias, target, g=g, **theirs)
         for got, ref in ((d_h, dlogits @ weight), (d_w, dlogits.T @ hidden), (d_b, dlogits.sum(axis=0))):
             np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13 * np.abs(ref).max())
@@ -104,17 +106,21 @@ class TestLinearCrossEntropy:
         hidden, weight, bias, target, _ = layer
         copies = [a.copy() for a in (hidden, weight, bias, target)]
         ss.linear_cross_entropy_with_grad(hidden, weight, target, bias=bias, softcap=2.0)
-        for a, c in zip((hidden, weight, bias, target), copies):
+        for a, c in zip((hidden, weight, bias, target), copies, strict=True):
             np.testing.assert_array_equal(a, c)
 
 
 class TestLinearCrossEntropyErrors:
     def test_shape_mismatch(self):
-        with pytest.raises(ShapeError, match=r"hidden of shape \(2, 3\) and weight of shape \(5, 4\) must be \[N, H\] and \[V, H\]"):
+        with pytest.raises(
+            ShapeError, match=r"hidden of shape \(2, 3\) and weight of shape \(5, 4\) must be \[N, H\] and \[V, H\]"
+        ):
             ss.linear_cross_entropy(np.zeros((2, 3)), np.zeros((5, 4)), np.array([0, 1]))
 
     def test_target_out_of_range(self):
-        with pytest.raises(TargetError, match=r"target value 5 at position \(1,\) is out of range; class indices must be in \[0, 5\)"):
+        with pytest.raises(
+            TargetError, match=r"target value 5 at position \(1,\) is out of range; class indices must be in \[0, 5\)"
+        ):
             ss.linear_cross_entropy(np.zeros((2, 3)), np.zeros((5, 3)), np.array([0, 5]))
 
     def test_bias_shape(self):

@@ -18,7 +18,9 @@ F = torch.nn.functional
 
 # (logits shape, class axis): PyTorch's (N, C), (N, C, d1, d2) and (C,)
 SHAPES = [((6, 5), -1), ((3, 4, 2, 3), 1), ((5,), 0)]
-GRID = list(itertools.product(SHAPES, ["index", "prob"], [False, True], ["mean", "sum", "none"], [0.0, 0.25], [False, True]))
+GRID = list(
+    itertools.product(SHAPES, ["index", "prob"], [False, True], ["mean", "sum", "none"], [0.0, 0.25], [False, True])
+)
 
 
 def _targets(rng, shape, axis, kind, ignore):
@@ -46,8 +48,13 @@ class TestCrossEntropyParity:
         y = _targets(rng, shape, axis, kind, ignore)
         w = rng.uniform(0.5, 2.0, shape[axis]) if weighted else None
         ours = ss.cross_entropy(x, y, axis=axis, weight=w, reduction=reduction, label_smoothing=smoothing)
-        ref = F.cross_entropy(torch.tensor(x), torch.tensor(y), weight=None if w is None else torch.tensor(w),
-                              reduction=reduction, label_smoothing=smoothing)
+        ref = F.cross_entropy(
+            torch.tensor(x),
+            torch.tensor(y),
+            weight=None if w is None else torch.tensor(w),
+            reduction=reduction,
+            label_smoothing=smoothing,
+        )
         np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-12, atol=0)
 
     @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -57,7 +64,7 @@ class TestCrossEntropyParity:
         ours = np.asarray(ss.cross_entropy(x, y, reduction=reduction))
         ref = F.cross_entropy(torch.tensor(x, dtype=torch.float64), torch.tensor(y), reduction=reduction).numpy()
         assert ours.dtype == np.float32
-        errs = [ulp_error(o, r, np.float32) for o, r in zip(ours.reshape(-1), ref.reshape(-1))]
+        errs = [ulp_error(o, r, np.float32) for o, r in zip(ours.reshape(-1), ref.reshape(-1), strict=True)]
         assert max(errs) <= 2.0
 
     @given(data=st.data())
@@ -68,9 +75,11 @@ class TestCrossEntropyParity:
         x = rng.normal(0, scale, (n, c))
         y = rng.integers(0, c, n)
         y[rng.random(n) < data.draw(st.sampled_from([0.0, 0.3, 1.0]))] = -100
-        opts = {"reduction": data.draw(st.sampled_from(["mean", "sum", "none"])),
-                "label_smoothing": data.draw(st.sampled_from([0.0, 0.1, 1.0])),
-                "weight": data.draw(st.sampled_from([None, rng.uniform(0.1, 3, c)]))}
+        opts = {
+            "reduction": data.draw(st.sampled_from(["mean", "sum", "none"])),
+            "label_smoothing": data.draw(st.sampled_from([0.0, 0.1, 1.0])),
+            "weight": data.draw(st.sampled_from([None, rng.uniform(0.1, 3, c)])),
+        }
         ours = ss.cross_entropy(x, y, **opts)
         tw = None if opts["weight"] is None else torch.tensor(opts["weight"])
         ref = F.cross_entropy(torch.tensor(x), torch.tensor(y), **{**opts, "weight": tw}).numpy()
@@ -101,12 +110,15 @@ class TestCrossEntropy:
 
     def test_seed_safe_case_matches_naive(self):
         small = np.array([1.2, 4.7, 3.1, 0.5, 2.9], dtype=np.float32)
-        assert ss.cross_entropy(small, 2) == pytest.approx(float(ss.naive.cross_entropy(small, 2)), rel=4 * eps(np.float32))
+        assert ss.cross_entropy(small, 2) == pytest.approx(
+            float(ss.naive.cross_entropy(small, 2)), rel=4 * eps(np.float32)
+        )
 
     def test_tiny_loss_keeps_full_precision(self):
         # PyTorch returns a loss 1e15 ulps off here: lse - x[y] cancels 50 digits.
         # Reference: log1p(exp(b - a)) in mpmath, from the exact float64 inputs, no cancellation.
         import mpmath
+
         a, b = 30.20172946, -81.33487437
         with mpmath.workdps(60):
             ref = mpmath.log1p(mpmath.exp(mpmath.mpf(b) - mpmath.mpf(a)))
@@ -120,7 +132,11 @@ class TestCrossEntropy:
         x, y = rng.normal(size=(7, 5)), rng.integers(0, 5, 7)
         onehot = np.eye(5)[y]
         for red in ("mean", "sum", "none"):
-            np.testing.assert_allclose(ss.cross_entropy(x, y, reduction=red), ss.cross_entropy(x, onehot, reduction=red), rtol=4 * eps(np.float64))
+            np.testing.assert_allclose(
+                ss.cross_entropy(x, y, reduction=red),
+                ss.cross_entropy(x, onehot, reduction=red),
+                rtol=4 * eps(np.float64),
+            )
 
     def test_masking_equals_slicing(self, rng):
         x, y = rng.normal(size=(5, 6)), rng.integers(0, 3, 5)
@@ -162,6 +178,7 @@ class TestCrossEntropy:
     @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
     def test_narrow_logits_keep_their_dtype(self, dtype):
         from tests.helpers import BFLOAT16
+
         dt = BFLOAT16 if dtype == "bfloat16" else np.dtype(dtype)
         x = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]]).astype(dt)
         for red in ("mean", "none"):
@@ -192,7 +209,9 @@ class TestCompiledDispatch:
             return
         calls = []
         real = module.cross_entropy_rows
-        monkeypatch.setattr(module, "cross_entropy_rows", lambda x2, *a, **k: calls.append(x2.shape) or real(x2, *a, **k))
+        monkeypatch.setattr(
+            module, "cross_entropy_rows", lambda x2, *a, **k: calls.append(x2.shape) or real(x2, *a, **k)
+        )
         x, y = np.zeros((3, 4)), np.array([0, 1, 2])
         for opts in ({"weight": np.ones(4), "z_loss": 0.1}, {"label_smoothing": 0.1}, {"where": np.ones((3, 4), bool)}):
             ss.cross_entropy(x, y, **opts)
@@ -204,7 +223,13 @@ class TestCompiledDispatch:
 
 class TestCrossEntropyErrors:
     def test_target_out_of_range(self):
-        with pytest.raises(TargetError, match=r"target value 7 at position \(1,\) is out of range; class indices must be in \[0, 3\) or equal ignore_index=-100"):
+        with pytest.raises(
+            TargetError,
+            match=(
+                r"target value 7 at position \(1,\) is out of range; "
+                r"class indices must be in \[0, 3\) or equal ignore_index=-100"
+            ),
+        ):
             ss.cross_entropy(np.zeros((2, 3)), np.array([0, 7]))
 
     def test_negative_target_that_is_not_ignore_index(self):
@@ -216,7 +241,9 @@ class TestCrossEntropyErrors:
             ss.cross_entropy(np.zeros((2, 3)), np.array([0.0, 1.0]))
 
     def test_shape_mismatch_names_both_shapes(self):
-        with pytest.raises(ShapeError, match=r"target of shape \(3,\) does not match logits of shape \(2, 3\).*expected \(2,\)"):
+        with pytest.raises(
+            ShapeError, match=r"target of shape \(3,\) does not match logits of shape \(2, 3\).*expected \(2,\)"
+        ):
             ss.cross_entropy(np.zeros((2, 3)), np.array([0, 1, 2]))
 
     def test_weight_of_wrong_length(self):
@@ -240,7 +267,9 @@ class TestCrossEntropyErrors:
         with pytest.raises(ArgumentError, match=r"negative entry -0.5 at row 1, class 2"):
             ss.cross_entropy(np.zeros((2, 3)), np.array([[1.0, 0, 0], [0.5, 1.0, -0.5]]))
 
-    @pytest.mark.parametrize(("opt", "bad"), [("z_loss", -1.0), ("z_loss", np.inf), ("softcap", 0.0), ("softcap", -3.0)])
+    @pytest.mark.parametrize(
+        ("opt", "bad"), [("z_loss", -1.0), ("z_loss", np.inf), ("softcap", 0.0), ("softcap", -3.0)]
+    )
     def test_bad_z_loss_and_softcap(self, opt, bad):
         with pytest.raises(ArgumentError, match=rf"{opt}="):
             ss.cross_entropy(np.zeros((2, 3)), np.array([0, 1]), **{opt: bad})
@@ -269,7 +298,9 @@ class TestNllLoss:
         y = rng.integers(0, 5, (3, 4))
         y[0, 0] = -100
         w = rng.uniform(0.5, 2, 5) if weighted else None
-        ref = F.nll_loss(torch.tensor(lp), torch.tensor(y), weight=None if w is None else torch.tensor(w), reduction=reduction)
+        ref = F.nll_loss(
+            torch.tensor(lp), torch.tensor(y), weight=None if w is None else torch.tensor(w), reduction=reduction
+        )
         np.testing.assert_allclose(ss.nll_loss(lp, y, axis=1, weight=w, reduction=reduction), ref.numpy(), rtol=1e-12)
 
     def test_equals_cross_entropy_of_log_softmax(self, rng):
@@ -278,13 +309,20 @@ class TestNllLoss:
 
 
 class TestBinaryCrossEntropyWithLogits:
-    @pytest.mark.parametrize(("weighted", "pos", "reduction"), list(itertools.product([False, True], [False, True], ["mean", "sum", "none"])))
+    @pytest.mark.parametrize(
+        ("weighted", "pos", "reduction"), list(itertools.product([False, True], [False, True], ["mean", "sum", "none"]))
+    )
     def test_torch_parity(self, weighted, pos, reduction, rng):
         x, t = rng.normal(0, 5, (6, 3)), rng.random((6, 3))
         w = rng.uniform(0.5, 2, (6, 3)) if weighted else None
         pw = rng.uniform(0.5, 3, 3) if pos else None
-        ref = F.binary_cross_entropy_with_logits(torch.tensor(x), torch.tensor(t), weight=None if w is None else torch.tensor(w),
-                                                 pos_weight=None if pw is None else torch.tensor(pw), reduction=reduction)
+        ref = F.binary_cross_entropy_with_logits(
+            torch.tensor(x),
+            torch.tensor(t),
+            weight=None if w is None else torch.tensor(w),
+            pos_weight=None if pw is None else torch.tensor(pw),
+            reduction=reduction,
+        )
         got = ss.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=pw, reduction=reduction)
         np.testing.assert_allclose(got, ref.numpy(), rtol=1e-12)
 
@@ -304,8 +342,14 @@ class TestBinaryCrossEntropyWithLogits:
 class TestSiblingsAgree:
     """``nll_loss(log_softmax(x), y)`` is ``cross_entropy(x, y)`` on every contract row that has a class target."""
 
-    ROWS = [r for r in CONTRACT if "cross_entropy" in r.expect and "target" in r.example
-            and np.asarray(r.example["target"]).dtype.kind in "iu" and "where" not in r.example]
+    ROWS = [
+        r
+        for r in CONTRACT
+        if "cross_entropy" in r.expect
+        and "target" in r.example
+        and np.asarray(r.example["target"]).dtype.kind in "iu"
+        and "where" not in r.example
+    ]
 
     @pytest.mark.parametrize("rule", ROWS, ids=lambda r: r.case)
     def test_nll_of_log_softmax_equals_cross_entropy(self, rule, each_path):
@@ -315,20 +359,24 @@ class TestSiblingsAgree:
         got = ss.nll_loss(ss.log_softmax(x, axis=-1), y, reduction=reduction)
         np.testing.assert_array_equal(got, want)
 
-    @pytest.mark.parametrize("x", [[[-np.inf, -np.inf], [0.0, 1.0]], [[np.inf, 0.0], [1.0, 2.0]],
-                                   [[np.inf, np.inf], [0.0, -np.inf]]])
+    @pytest.mark.parametrize(
+        "x", [[[-np.inf, -np.inf], [0.0, 1.0]], [[np.inf, 0.0], [1.0, 2.0]], [[np.inf, np.inf], [0.0, -np.inf]]]
+    )
     def test_special_rows(self, x, each_path):
         x = np.array(x)
         y = np.array([0, 1])
         for reduction in ("none", "mean", "sum"):
-            np.testing.assert_array_equal(ss.nll_loss(ss.log_softmax(x), y, reduction=reduction),
-                                          ss.cross_entropy(x, y, reduction=reduction))
+            np.testing.assert_array_equal(
+                ss.nll_loss(ss.log_softmax(x), y, reduction=reduction), ss.cross_entropy(x, y, reduction=reduction)
+            )
 
     def test_same_bad_axis_same_error(self):
         from stablesoftmax import AxisError
 
-        for call in (lambda: ss.softmax(np.ones((2, 3)), axis=1.5),
-                     lambda: ss.cross_entropy(np.ones((2, 3)), np.array([0, 1]), axis=1.5),
-                     lambda: ss.nll_loss(np.ones((2, 3)), np.array([0, 1]), axis=1.5)):
+        for call in (
+            lambda: ss.softmax(np.ones((2, 3)), axis=1.5),
+            lambda: ss.cross_entropy(np.ones((2, 3)), np.array([0, 1]), axis=1.5),
+            lambda: ss.nll_loss(np.ones((2, 3)), np.array([0, 1]), axis=1.5),
+        ):
             with pytest.raises(AxisError, match=r"axis=1.5"):
                 call()

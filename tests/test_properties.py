@@ -84,7 +84,7 @@ class TestPerRowSanity:
             for fn in (ss.log_softmax, ss.softmax, ss.logsumexp):
                 one, two = np.asarray(fn(x)), np.asarray(fn(twice))
                 np.testing.assert_array_equal(two[: len(x)], one)
-                np.testing.assert_array_equal(two[len(x):], one[::-1])
+                np.testing.assert_array_equal(two[len(x) :], one[::-1])
             # lab 02's form, with exact sums (math.fsum) so that only the function can make it fail
             lsm = np.asarray(ss.log_softmax(x), np.float64).ravel()
             assert math.fsum(lsm) == math.fsum(np.asarray(ss.log_softmax(np.stack([x, x])), np.float64).ravel()) / 2
@@ -132,8 +132,10 @@ class TestScipyParity:
     """Within 1e-12, relative to max(1, |value|): absolute for log-probabilities near 0, where SciPy's
     log(1 + s) keeps only an absolute accuracy, and relative above."""
 
-    @pytest.mark.parametrize("name", ["uniform zeros", "uniform random", "peaked", "large", "large lab 02", "small",
-                                      "negative", "negative lab 02"])
+    @pytest.mark.parametrize(
+        "name",
+        ["uniform zeros", "uniform random", "peaked", "large", "large lab 02", "small", "negative", "negative lab 02"],
+    )
     def test_within_1e_12(self, special, name):
         x = parity_inputs(np.random.default_rng(42))[name]
         y = np.arange(len(x)) % x.shape[-1]

@@ -187,8 +187,10 @@ def test_torch_and_jax_round_once_to_16_bits():
     assert t.to(torch.bfloat16).item() == 1.0  # the double rounding this guards against
     assert _compute.round_to(t, torch.zeros(0, dtype=torch.bfloat16), txp).item() == 1 + 2.0**-7
     w = 1 + 2.0**-11 + 2.0**-40  # the same for float16
-    assert _compute.round_to(torch.tensor([w], dtype=torch.float64), torch.zeros(0, dtype=torch.float16),
-                             txp).item() == 1 + 2.0**-10
+    assert (
+        _compute.round_to(torch.tensor([w], dtype=torch.float64), torch.zeros(0, dtype=torch.float16), txp).item()
+        == 1 + 2.0**-10
+    )
 
 
 @pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
@@ -216,8 +218,13 @@ class TestBfloat16Rounding:
         got = _round_to(vals, BFLOAT16).astype(np.float64)
         # Exact: the two bfloat16 neighbours of each value, pick the nearer (ties to even mantissa).
         lo = np.asarray(vals.astype(np.float32).astype(BFLOAT16), np.float64)
-        cands = np.stack([np.nextafter(lo.astype(BFLOAT16), np.array(-np.inf, BFLOAT16)).astype(np.float64),
-                          lo, np.nextafter(lo.astype(BFLOAT16), np.array(np.inf, BFLOAT16)).astype(np.float64)])
+        cands = np.stack(
+            [
+                np.nextafter(lo.astype(BFLOAT16), np.array(-np.inf, BFLOAT16)).astype(np.float64),
+                lo,
+                np.nextafter(lo.astype(BFLOAT16), np.array(np.inf, BFLOAT16)).astype(np.float64),
+            ]
+        )
         best = cands[np.argmin(np.abs(cands - vals), axis=0), np.arange(len(vals))]
         assert (np.abs(got - vals) <= np.abs(best - vals)).all()
 
@@ -236,7 +243,9 @@ class TestTorchTensors:
         out = getattr(ss, fn)(t, axis=1)
         assert isinstance(out, torch.Tensor) and out.dtype == t.dtype and out.device == t.device
         ref = getattr(torch, fn)(t.double(), 1) if fn == "logsumexp" else getattr(torch, fn)(t.double(), dim=1)
-        np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=2 * eps(np.dtype(dtype) if dtype != "bfloat16" else BFLOAT16))
+        np.testing.assert_allclose(
+            out.double().numpy(), ref.numpy(), rtol=2 * eps(np.dtype(dtype) if dtype != "bfloat16" else BFLOAT16)
+        )
 
     def test_tensor_matches_numpy_bit_for_bit(self, rng):
         x = rng.normal(size=(4, 9)).astype(np.float32)
@@ -268,7 +277,9 @@ class TestDispatch:
             pytest.skip("no compiled path here")
         calls = []
         real = module.state_rows
-        monkeypatch.setattr(module, "state_rows", lambda x2, **k: calls.append(k.get("where") is not None) or real(x2, **k))
+        monkeypatch.setattr(
+            module, "state_rows", lambda x2, **k: calls.append(k.get("where") is not None) or real(x2, **k)
+        )
         ss.softmax(np.ones(3), temperature=2.0)
         assert calls == []
         ss.softmax(np.ones(3), where=np.array([True, False, True]))
@@ -307,8 +318,9 @@ def arrays(dtype, min_side=0):
     """Arrays of ``dtype``; bfloat16 ones are drawn as float16 values (exact in bfloat16's range) and cast."""
     shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=min_side, max_side=6)
     if np.dtype(dtype) == BFLOAT16:
-        return hnp.arrays(np.float32, shapes, elements=st.floats(-50, 50, width=16).map(lambda v: float(np.float32(v)))).map(
-            lambda a: a.astype(BFLOAT16))
+        return hnp.arrays(
+            np.float32, shapes, elements=st.floats(-50, 50, width=16).map(lambda v: float(np.float32(v)))
+        ).map(lambda a: a.astype(BFLOAT16))
     return hnp.arrays(dtype, shapes, elements=finite)
 
 
@@ -324,9 +336,15 @@ def test_shift_invariance(data, dtype):
     if not exact:
         return
     tol = rtol(dtype, 4)
-    np.testing.assert_allclose(np.asarray(ss.softmax(shifted), np.float64), np.asarray(ss.softmax(x), np.float64), rtol=tol, atol=tol)
-    np.testing.assert_allclose(np.asarray(ss.logsumexp(shifted), np.float64), np.asarray(ss.logsumexp(x), np.float64) + c,
-                               rtol=tol, atol=tol * (abs(c) + 50))
+    np.testing.assert_allclose(
+        np.asarray(ss.softmax(shifted), np.float64), np.asarray(ss.softmax(x), np.float64), rtol=tol, atol=tol
+    )
+    np.testing.assert_allclose(
+        np.asarray(ss.logsumexp(shifted), np.float64),
+        np.asarray(ss.logsumexp(x), np.float64) + c,
+        rtol=tol,
+        atol=tol * (abs(c) + 50),
+    )
 
 
 @given(x=arrays(np.float64, min_side=1))
@@ -341,7 +359,9 @@ def test_lse_bounds(x):
         assert (lse == -np.inf).all()
         return
     m = x.max(axis=-1)
-    assert (m <= lse).all() and (lse <= m + np.log(x.shape[-1]) * (1 + 4 * eps(np.float64)) + 4 * eps(np.float64) * abs(m)).all()
+    assert (m <= lse).all() and (
+        lse <= m + np.log(x.shape[-1]) * (1 + 4 * eps(np.float64)) + 4 * eps(np.float64) * abs(m)
+    ).all()
 
 
 @given(x=arrays(np.float64, min_side=1))

@@ -60,7 +60,9 @@ class TestSample:
         with pytest.raises(ArgumentError, match=r"temperature=.* (must be|is not)"):
             ss.sample(np.zeros(3), temperature=t)
 
-    @pytest.mark.parametrize(("row", "why"), [([-np.inf, -np.inf], "has no probability mass"), ([0.0, np.nan], "holds NaN")])
+    @pytest.mark.parametrize(
+        ("row", "why"), [([-np.inf, -np.inf], "has no probability mass"), ([0.0, np.nan], "holds NaN")]
+    )
     def test_rows_without_a_distribution(self, row, why):
         with pytest.raises(ArgumentError, match=f"logits slice 1 {why}"):
             ss.sample(np.array([[0.0, 1.0], row]), rng=0)

@@ -122,7 +122,9 @@ class TestMerge:
 
 class TestAccuracy:
     @pytest.mark.skipif(not EXTENDED_LONGDOUBLE, reason="rescaling is exact to 2**-64 only with an x87 longdouble")
-    @pytest.mark.parametrize("x", [np.linspace(0.0, 0.01, 3000), np.linspace(-1.0, 0.0, 3000)], ids=["0..0.01", "-1..0"])
+    @pytest.mark.parametrize(
+        "x", [np.linspace(0.0, 0.01, 3000), np.linspace(-1.0, 0.0, 3000)], ids=["0..0.01", "-1..0"]
+    )
     def test_rising_max_one_term_per_chunk(self, x, backend):
         """3000 changes of max: float64 rescaling drifts by ~60-80 ulp here; the state stays within the goal."""
         state = LogSumExp()

@@ -12,7 +12,9 @@ F = torch.nn.functional
 
 
 class TestTorchAutograd:
-    @pytest.mark.parametrize("opts", [{}, {"label_smoothing": 0.1}, {"weight": [1.0, 2.0, 0.5, 1.0]}, {"reduction": "sum"}])
+    @pytest.mark.parametrize(
+        "opts", [{}, {"label_smoothing": 0.1}, {"weight": [1.0, 2.0, 0.5, 1.0]}, {"reduction": "sum"}]
+    )
     def test_cross_entropy_matches_pytorch(self, rng, opts):
         x = rng.normal(0, 3, (6, 4))
         y = torch.tensor([0, 3, -100, 1, 2, 2])

@@ -224,8 +224,9 @@ def logsumexp_grad(x: Array, g: Array, xp: Any, *, mask: Array | None = None, b:
     return round_to(_reference.logsumexp_grad(xw, xp.astype(g, xw.dtype), xp, exact=exact, b=bw), x, xp)
 
 
-def softmax_grad(x: Array, g: Array, xp: Any, *, mask: Array | None = None, temperature: float = 1.0,
-                 log: bool = False) -> Array:
+def softmax_grad(
+    x: Array, g: Array, xp: Any, *, mask: Array | None = None, temperature: float = 1.0, log: bool = False
+) -> Array:
     xw, exact = widen(x, xp)
     fn = _reference.log_softmax_grad if log else _reference.softmax_grad
     out = fn(masked(xw, mask, xp), xp.astype(g, xw.dtype), xp, exact=exact, temperature=temperature)
@@ -237,8 +238,20 @@ def softmax_grad(x: Array, g: Array, xp: Any, *, mask: Array | None = None, temp
 # --------------------------------------------------------------------------
 
 
-def ce_problem(x: Array, target: Array, xp: Any, *, weight: Array | None, mask: Array | None, ignore_index: int,
-               reduction: str, smoothing: float, z_loss: float, softcap: float | None, probs: bool) -> _reference.Problem:
+def ce_problem(
+    x: Array,
+    target: Array,
+    xp: Any,
+    *,
+    weight: Array | None,
+    mask: Array | None,
+    ignore_index: int,
+    reduction: str,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    probs: bool,
+) -> _reference.Problem:
     """The validated cross-entropy problem in the compute dtype (softcap applied, then the mask)."""
     xw, exact = widen(x, xp)
     if softcap is not None:
@@ -268,8 +281,10 @@ def check_targets(tgt: Array, c: int, ignore_index: int, batch: tuple[int, ...] 
     if bad.any():
         i = int(np.argmax(bad))
         where = tuple(int(v) for v in np.unravel_index(i, batch if batch is not None else flat.shape))
-        raise TargetError(f"target value {int(flat[i])} at position {where} is out of range; class indices must be "
-                          f"in [0, {c}) or equal ignore_index={ignore_index}.")
+        raise TargetError(
+            f"target value {int(flat[i])} at position {where} is out of range; class indices must be "
+            f"in [0, {c}) or equal ignore_index={ignore_index}."
+        )
 
 
 def check_probabilities(q: Array) -> None:
@@ -279,8 +294,10 @@ def check_probabilities(q: Array) -> None:
     neg = arr < 0
     if neg.any():
         i = np.unravel_index(int(np.argmax(neg.reshape(-1))), arr.shape)
-        raise ArgumentError(f"probability target has a negative entry {arr[i]} at row {i[0]}, class {i[1]}; "
-                            f"probabilities must be >= 0 (they need not sum to 1, as in PyTorch).")
+        raise ArgumentError(
+            f"probability target has a negative entry {arr[i]} at row {i[0]}, class {i[1]}; "
+            f"probabilities must be >= 0 (they need not sum to 1, as in PyTorch)."
+        )
 
 
 def check_class_weight(w: Array) -> None:
@@ -294,8 +311,9 @@ def check_class_weight(w: Array) -> None:
         raise ArgumentError(f"weight[{i}] = {arr[i]} is not allowed; class weights must be finite and >= 0.")
 
 
-def cross_entropy(x: Array, target: Array, xp: Any, *, grad: bool, g: Array | None = None,
-                  **options: Any) -> tuple[Array, Array | None]:
+def cross_entropy(
+    x: Array, target: Array, xp: Any, *, grad: bool, g: Array | None = None, **options: Any
+) -> tuple[Array, Array | None]:
     """``(loss, dloss/dx or None)`` in ``x``'s dtype."""
     module = _numpy_ce_kernel(x, xp, options)
     result = None if module is None else _kernel_ce(module, x, target, options, grad, g)
@@ -319,8 +337,9 @@ def _numpy_ce_kernel(x: Array, xp: Any, options: dict[str, Any]) -> Any:
     return kernels()
 
 
-def _kernel_ce(module: Any, x: np.ndarray, target: np.ndarray, options: dict[str, Any], grad: bool,
-               g: Any) -> tuple[Array, Any] | None:
+def _kernel_ce(
+    module: Any, x: np.ndarray, target: np.ndarray, options: dict[str, Any], grad: bool, g: Any
+) -> tuple[Array, Any] | None:
     """The loss (and gradient) from one kernel pass per row: its state and the sums smoothing needs.
 
     ``loss = (1 - a) w_y (L - d_y) + (a / K) (W L - D)`` with ``L = log1p(s)``,
@@ -346,21 +365,40 @@ def _kernel_ce(module: Any, x: np.ndarray, target: np.ndarray, options: dict[str
             return None  # sum_c (x_c - m) overflowed on huge logits: the reference takes the whole batch
     wy = np.where(live, wy, 0.0)  # a slice without mass leaves the mean's denominator
     return round_to(np.asarray(_kernel_loss(r, x2, live, wy, options, mask)), x, np), (
-        None if dx is None else round_to(dx, x, np))
+        None if dx is None else round_to(dx, x, np)
+    )
 
 
-def _ce_pass(module: Any, x2: np.ndarray, y: np.ndarray, mask: Any, weight: Any, live: np.ndarray,
-             options: dict[str, Any], g: Any) -> tuple[Any, Any, np.ndarray]:
+def _ce_pass(
+    module: Any,
+    x2: np.ndarray,
+    y: np.ndarray,
+    mask: Any,
+    weight: Any,
+    live: np.ndarray,
+    options: dict[str, Any],
+    g: Any,
+) -> tuple[Any, Any, np.ndarray]:
     wy = live.astype(np.float64) if weight is None else np.where(live, weight[y], 0.0)
     if g is None:
-        return module.cross_entropy_rows(x2, y, where=mask, weight=weight,
-                                         label_smoothing=options["smoothing"]), None, wy
+        return (
+            module.cross_entropy_rows(x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"]),
+            None,
+            wy,
+        )
     ce_scale, z_scale = _scales(np.asarray(g, np.float64), options["reduction"], wy, live)
     dx = np.empty(x2.shape, x2.dtype)
     z = options["z_loss"]
-    r = module.cross_entropy_rows(x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"], grad=dx,
-                                  g=np.where(live, ce_scale, 0.0),
-                                  z_grad=np.where(live, 2 * z * z_scale, 0.0) if z else None)
+    r = module.cross_entropy_rows(
+        x2,
+        y,
+        where=mask,
+        weight=weight,
+        label_smoothing=options["smoothing"],
+        grad=dx,
+        g=np.where(live, ce_scale, 0.0),
+        z_grad=np.where(live, 2 * z * z_scale, 0.0) if z else None,
+    )
     dx[~live] = 0.0  # ignored and dropped rows move nothing, NaN or not
     return r, dx, wy
 
@@ -378,7 +416,10 @@ def _scales(g: np.ndarray, reduction: str, wy: np.ndarray, live: np.ndarray) -> 
 
 
 def _top_rows_shift_sum(r: Any, x2: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """``sum_c w_c (x_c - m)`` on rows whose max is ``+inf``: by the shift rule, ``-inf`` unless every allowed entry is ``+inf``."""
+    """``sum_c w_c (x_c - m)`` on rows whose max is ``+inf``.
+
+    By the shift rule it is ``-inf`` unless every allowed entry is ``+inf``.
+    """
     top = r.m == np.inf
     if not top.any():
         return r.shift_sum
@@ -388,8 +429,9 @@ def _top_rows_shift_sum(r: Any, x2: np.ndarray, mask: np.ndarray | None) -> np.n
     return out
 
 
-def _kernel_loss(r: Any, x2: np.ndarray, live: np.ndarray, wy: np.ndarray, options: dict[str, Any],
-                 mask: np.ndarray | None = None) -> Any:
+def _kernel_loss(
+    r: Any, x2: np.ndarray, live: np.ndarray, wy: np.ndarray, options: dict[str, Any], mask: np.ndarray | None = None
+) -> Any:
     a, z = options["smoothing"], options["z_loss"]
     st = _state.State(r.m, r.k, r.s)
     log_rest = np.log1p(r.s)
@@ -405,8 +447,17 @@ def _kernel_loss(r: Any, x2: np.ndarray, live: np.ndarray, wy: np.ndarray, optio
     return _reference.reduce_losses(ce, zt, wy, live, options["reduction"], npx)
 
 
-def nll_loss(lp: Array, target: Array, xp: Any, *, weight: Array | None, ignore_index: int, reduction: str,
-             grad: bool = False, g: Array | None = None) -> Array:
+def nll_loss(
+    lp: Array,
+    target: Array,
+    xp: Any,
+    *,
+    weight: Array | None,
+    ignore_index: int,
+    reduction: str,
+    grad: bool = False,
+    g: Array | None = None,
+) -> Array:
     lw, _ = widen(lp, xp)
     tgt = xp.astype(target, xp.int64)
     check_targets(tgt, lp.shape[-1], ignore_index)
@@ -417,8 +468,17 @@ def nll_loss(lp: Array, target: Array, xp: Any, *, weight: Array | None, ignore_
     return round_to(_reference.nll_loss_grad(lw, tgt, counted, w, reduction, xp.astype(g, lw.dtype), xp), lp, xp)
 
 
-def bce(x: Array, t: Array, xp: Any, *, weight: Array | None, pos_weight: Array | None, reduction: str,
-        grad: bool = False, g: Array | None = None) -> Array:
+def bce(
+    x: Array,
+    t: Array,
+    xp: Any,
+    *,
+    weight: Array | None,
+    pos_weight: Array | None,
+    reduction: str,
+    grad: bool = False,
+    g: Array | None = None,
+) -> Array:
     xw, _ = widen(x, xp)
     tw = xp.astype(t, xw.dtype)
     w = None if weight is None else xp.astype(weight, xw.dtype)

@@ -80,7 +80,10 @@ CONTRACT: list[Rule] = [
         {"logsumexp": "`-inf`", "softmax": "all zeros", "log_softmax": "all `-inf`"},
         {"x": [-inf, -inf]},
         {"logsumexp": -inf, "softmax": [0.0, 0.0], "log_softmax": [-inf, -inf]},
-        why="No entry has any mass; zeros (not NaN, not uniform) keep masked rows out of sums (pytorch#55056, jax#6811).",
+        why=(
+            "No entry has any mass; zeros (not NaN, not uniform) keep masked rows out of sums"
+            " (pytorch#55056, jax#6811)."
+        ),
     ),
     Rule(
         "slice all masked by `where`",
@@ -155,7 +158,7 @@ CONTRACT: list[Rule] = [
         {"cross_entropy": [0.0]},
     ),
     Rule(
-        "every element ignored, `reduction=\"mean\"`",
+        'every element ignored, `reduction="mean"`',
         {"cross_entropy": "0.0 with zero gradient, not NaN (pytorch#70348)"},
         {"x": [[1.0, 2.0], [3.0, 4.0]], "target": [-100, -100]},
         {"cross_entropy": 0.0, "cross_entropy_grad": [[0.0, 0.0], [0.0, 0.0]]},
@@ -169,7 +172,7 @@ CONTRACT: list[Rule] = [
     ),
     Rule(
         "empty batch",
-        {"cross_entropy": "`\"mean\"` and `\"sum\"` give 0.0"},
+        {"cross_entropy": '`"mean"` and `"sum"` give 0.0'},
         {"x": np.zeros((0, 3)), "target": [], "target_dtype": "int64"},
         {"cross_entropy": 0.0},
     ),
@@ -178,7 +181,11 @@ CONTRACT: list[Rule] = [
         "gradient at `-inf` and masked entries (even holding NaN)",
         {"gradients": "exactly 0; their cotangents reach nothing"},
         {"x": [0.0, 0.0, -inf, nan], "where": [True, True, True, False], "g": [1.0, 3.0, 5.0, 7.0]},
-        {"softmax_grad": [-0.5, 0.5, 0.0, 0.0], "log_softmax_grad": [-1.0, 1.0, 0.0, 0.0], "logsumexp_grad": [1.0, 1.0, 0.0, 0.0]},
+        {
+            "softmax_grad": [-0.5, 0.5, 0.0, 0.0],
+            "log_softmax_grad": [-1.0, 1.0, 0.0, 0.0],
+            "logsumexp_grad": [1.0, 1.0, 0.0, 0.0],
+        },
         kwargs={"logsumexp_grad": {"g": 2.0}},
         why="A finite change leaves `-inf` at `-inf`, so the output cannot move (jax#19490 needed a double where).",
     ),

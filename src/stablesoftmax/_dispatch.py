@@ -88,8 +88,10 @@ def array_in(x: Any, name: str) -> tuple[Array, Any]:
     if kind in FLOATS:
         return arr, xp
     if "complex" in kind:
-        raise DtypeError(f"{name} has complex dtype {kind}; softmax-family functions are defined for real input "
-                         f"only. Allowed: {ALLOWED}.")
+        raise DtypeError(
+            f"{name} has complex dtype {kind}; softmax-family functions are defined for real input "
+            f"only. Allowed: {ALLOWED}."
+        )
     if kind == "bool" or kind.startswith(("int", "uint")):
         return xp.astype(arr, float_for(arr, xp)), xp
     raise DtypeError(f"{name} has dtype {kind}, which is not supported. Allowed: {ALLOWED}.")
@@ -102,8 +104,10 @@ def torch_checks(x: Any, name: str) -> None:
     if x.layout != torch.strided:
         raise ArgumentError(f"{name} is a {x.layout} tensor; sparse tensors are not supported. Pass {name}.to_dense().")
     if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x):
-        raise ArgumentError(f"{name} is traced by a torch.func transform (grad, vmap, jacrev, ...), which is not "
-                            "supported; use torch.autograd (loss.backward() or torch.autograd.grad) instead.")
+        raise ArgumentError(
+            f"{name} is traced by a torch.func transform (grad, vmap, jacrev, ...), which is not "
+            "supported; use torch.autograd (loss.backward() or torch.autograd.grad) instead."
+        )
 
 
 def float_for(x: Array, xp: Any) -> Any:
@@ -117,8 +121,10 @@ def float_for(x: Array, xp: Any) -> Any:
 
 def numpy_in(x: Any, name: str) -> np.ndarray:
     if isinstance(x, np.ma.MaskedArray):
-        raise ArgumentError(f"{name} is a numpy.ma.MaskedArray; its mask would be lost. Pass {name}.data with "
-                            f"where=~{name}.mask instead.")
+        raise ArgumentError(
+            f"{name} is a numpy.ma.MaskedArray; its mask would be lost. Pass {name}.data with "
+            f"where=~{name}.mask instead."
+        )
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError) as exc:
@@ -170,7 +176,9 @@ def broadcast(a: Array, shape: tuple[int, ...], xp: Any, name: str, what: str) -
         if np.broadcast_shapes(tuple(a.shape), shape) != tuple(shape):
             raise ValueError
     except ValueError:
-        raise ShapeError(f"{name} of shape {tuple(a.shape)} does not broadcast to {what} shape {tuple(shape)}.") from None
+        raise ShapeError(
+            f"{name} of shape {tuple(a.shape)} does not broadcast to {what} shape {tuple(shape)}."
+        ) from None
     return xp.broadcast_to(a, tuple(shape))
 
 
@@ -231,8 +239,9 @@ def normalize_axes(axis: AxisLike, ndim: int, name: str = "axis") -> tuple[int, 
     out = []
     for a in items:
         if not -ndim <= int(a) < ndim:
-            raise AxisError(f"{name}={axis!r} is out of range for an array of {ndim} dimensions; "
-                            f"allowed: [{-ndim}, {ndim}).")
+            raise AxisError(
+                f"{name}={axis!r} is out of range for an array of {ndim} dimensions; allowed: [{-ndim}, {ndim})."
+            )
         out.append(int(a) % ndim)
     if len(set(out)) != len(out):
         raise AxisError(f"{name}={axis!r} repeats an axis; each axis may appear once.")

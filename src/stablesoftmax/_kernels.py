@@ -110,7 +110,12 @@ def available() -> bool:
 
 
 def state_rows(
-    x: np.ndarray, /, *, where: np.ndarray | None = None, out: np.ndarray | None = None, log: bool = False,
+    x: np.ndarray,
+    /,
+    *,
+    where: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    log: bool = False,
     threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The state ``(m, k, s)`` of each row of ``x``; with ``out``, its softmax (or log-softmax) too.
@@ -146,8 +151,9 @@ def lse_rows(x: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1
     return np.asarray(m + np.log1p(s))
 
 
-def lse_parts_rows(x: np.ndarray, *, where: np.ndarray | None = None,
-                   threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def lse_parts_rows(
+    x: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """``(m, s)`` per row, as :func:`state_rows` but with ``s = 0`` on rows whose max is ``+inf``.
 
     The older convention, kept for its callers: rows without mass give
@@ -163,8 +169,9 @@ def softmax_rows(x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = N
     state_rows(x, where=where, out=out, threads=threads)
 
 
-def softmax_parts_rows(x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None,
-                       threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def softmax_parts_rows(
+    x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`softmax_rows`, also returning the ``(m, s)`` of :func:`lse_parts_rows` from the same pass."""
     m, _, s = state_rows(x, where=where, out=out, threads=threads)
     return m, _zero_at_inf(m, s)
@@ -218,9 +225,17 @@ class CrossEntropyRows(NamedTuple):
 
 
 def cross_entropy_rows(
-    x: np.ndarray, target: np.ndarray, /, *, where: np.ndarray | None = None, weight: np.ndarray | None = None,
-    label_smoothing: float = 0.0, grad: np.ndarray | None = None, g: np.ndarray | None = None,
-    z_grad: np.ndarray | None = None, threads: int = 1,
+    x: np.ndarray,
+    target: np.ndarray,
+    /,
+    *,
+    where: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
+    grad: np.ndarray | None = None,
+    g: np.ndarray | None = None,
+    z_grad: np.ndarray | None = None,
+    threads: int = 1,
 ) -> CrossEntropyRows:
     r"""Cross-entropy loss parts of each row and, with ``grad``, its gradient, in one pass of ``exp``.
 
@@ -263,12 +278,14 @@ def cross_entropy_rows(
     x, where = _check_rows(x), _check_where(x, where)
     y, w, alpha, grad, g, z_grad = _check_ce(x, target, weight, label_smoothing, grad, g, z_grad)
     n = x.shape[0]
-    parts = CrossEntropyRows(np.empty(n), np.empty(n, np.int64), np.empty(n), np.empty(n), np.zeros(n),
-                             np.zeros(n, np.int64), np.zeros(n))
+    parts = CrossEntropyRows(
+        np.empty(n), np.empty(n, np.int64), np.empty(n), np.empty(n), np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
+    )
 
     def band(r: slice) -> None:
-        _ce_kernel(x[r], _band(where, r), y[r], w, alpha, _band(grad, r), _band(g, r), _band(z_grad, r),
-                   *(a[r] for a in parts))
+        _ce_kernel(
+            x[r], _band(where, r), y[r], w, alpha, _band(grad, r), _band(g, r), _band(z_grad, r), *(a[r] for a in parts)
+        )
 
     _in_bands(n, threads, band)
     return parts
@@ -285,11 +302,13 @@ def _check_rows(x: np.ndarray) -> np.ndarray:
     if numba is None:
         raise RuntimeError("stablesoftmax kernels need numba (pip install 'stablesoftmax[fast]').")
     if not (isinstance(x, np.ndarray) and x.dtype.char in "fd"):  # float32, float64
-        raise DtypeError(f"x is {type(x).__name__} of dtype {getattr(x, 'dtype', None)}; "
-                         "kernels take float32 or float64 ndarrays.")
+        raise DtypeError(
+            f"x is {type(x).__name__} of dtype {getattr(x, 'dtype', None)}; kernels take float32 or float64 ndarrays."
+        )
     if x.ndim != 2 or not x.flags.c_contiguous:
-        raise ShapeError(f"x has shape {x.shape} (C-contiguous: {x.flags.c_contiguous}); "
-                         "kernels take C-contiguous 2-D rows.")
+        raise ShapeError(
+            f"x has shape {x.shape} (C-contiguous: {x.flags.c_contiguous}); kernels take C-contiguous 2-D rows."
+        )
     return x
 
 
@@ -305,8 +324,9 @@ def _check_where(x: np.ndarray, where: np.ndarray | None) -> np.ndarray | None:
 
 def _check_out(x: np.ndarray, out: np.ndarray, name: str = "out") -> np.ndarray:
     if not (isinstance(out, np.ndarray) and out.shape == x.shape and out.flags.c_contiguous):
-        raise ShapeError(f"{name} has shape {getattr(out, 'shape', None)}; "
-                         f"it must be C-contiguous of x's shape {x.shape}.")
+        raise ShapeError(
+            f"{name} has shape {getattr(out, 'shape', None)}; it must be C-contiguous of x's shape {x.shape}."
+        )
     if out.dtype.char != "d" and out.dtype != x.dtype:
         raise DtypeError(f"{name} has dtype {out.dtype}; allowed: float64 or x's dtype {x.dtype}.")
     return out
@@ -341,8 +361,10 @@ def _check_ce(x, target, weight, alpha, grad, g, z_grad):
 
 def _check_vector(x: np.ndarray) -> np.ndarray:
     if x.dtype.char not in "fd" or x.ndim != 1 or not x.flags.c_contiguous or x.size == 0:
-        raise ShapeError(f"x of shape {x.shape} and dtype {x.dtype}: lse_vector takes a non-empty "
-                         "contiguous 1-D float32/float64 array.")
+        raise ShapeError(
+            f"x of shape {x.shape} and dtype {x.dtype}: lse_vector takes a non-empty "
+            "contiguous 1-D float32/float64 array."
+        )
     return x
 
 
@@ -373,10 +395,12 @@ def _in_bands(n: int, threads: int, run: Callable[[slice], None]) -> None:
     list(_POOLS[bands].map(run, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]))
 
 
-def _run_rows(x: np.ndarray, where: np.ndarray | None, out: np.ndarray, kind: int,
-              threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _run_rows(
+    x: np.ndarray, where: np.ndarray | None, out: np.ndarray, kind: int, threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = x.shape[0]
     m, k, s = np.empty(n), np.empty(n, np.int64), np.empty(n)
+
     def band(r: slice) -> None:
         _rows_kernel(x[r], _band(where, r), out[r] if kind else out, kind, m[r], k[r], s[r])
 
@@ -704,17 +728,47 @@ if numba is not None:
         for lo in range(0, row.size, size):
             hi = min(lo + size, row.size)
             if lo <= km < hi:  # leave the max term out by index: it is exactly 1
-                b1, d1, mx = _block(row[lo:km], nxt[lo:km], _view(nxt_mask, lo, km), _view(nxt_copy, lo, km), m, mx,
-                                    _view(buf, lo, km), _view(dw, lo, km), _view(prev, lo, km),
-                                    _view(prev_out, lo, km), c)
-                b2, d2, mx = _block(row[km + 1 : hi], nxt[km + 1 : hi], _view(nxt_mask, km + 1, hi),
-                                    _view(nxt_copy, km + 1, hi), m, mx, _view(buf, km + 1, hi), _view(dw, km + 1, hi),
-                                    _view(prev, km + 1, hi), _view(prev_out, km + 1, hi), c)
+                b1, d1, mx = _block(
+                    row[lo:km],
+                    nxt[lo:km],
+                    _view(nxt_mask, lo, km),
+                    _view(nxt_copy, lo, km),
+                    m,
+                    mx,
+                    _view(buf, lo, km),
+                    _view(dw, lo, km),
+                    _view(prev, lo, km),
+                    _view(prev_out, lo, km),
+                    c,
+                )
+                b2, d2, mx = _block(
+                    row[km + 1 : hi],
+                    nxt[km + 1 : hi],
+                    _view(nxt_mask, km + 1, hi),
+                    _view(nxt_copy, km + 1, hi),
+                    m,
+                    mx,
+                    _view(buf, km + 1, hi),
+                    _view(dw, km + 1, hi),
+                    _view(prev, km + 1, hi),
+                    _view(prev_out, km + 1, hi),
+                    c,
+                )
                 b, db = b1 + b2, d1 + d2
             else:
-                b, db, mx = _block(row[lo:hi], nxt[lo:hi], _view(nxt_mask, lo, hi), _view(nxt_copy, lo, hi), m, mx,
-                                   _view(buf, lo, hi), _view(dw, lo, hi), _view(prev, lo, hi),
-                                   _view(prev_out, lo, hi), c)
+                b, db, mx = _block(
+                    row[lo:hi],
+                    nxt[lo:hi],
+                    _view(nxt_mask, lo, hi),
+                    _view(nxt_copy, lo, hi),
+                    m,
+                    mx,
+                    _view(buf, lo, hi),
+                    _view(dw, lo, hi),
+                    _view(prev, lo, hi),
+                    _view(prev_out, lo, hi),
+                    c,
+                )
             tot, comp = _neumaier(tot, comp, b)
             dtot, dcomp = _neumaier(dtot, dcomp, db)
         _put(buf, km, 1.0)
@@ -817,8 +871,9 @@ if numba is not None:
         for i in range(n):
             row, nxt, nxt_mask = _rows_of(x, mask, i, cur)
             if pending >= 0:
-                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, prev,
-                                         out[pending], c)
+                k, s, _, m_next = _sweep(
+                    row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, prev, out[pending], c
+                )
             elif kind == _SOFTMAX:
                 k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, None, None, c)
             else:
@@ -905,14 +960,25 @@ if numba is not None:
             yi, cnt, wsum, ds = y[i], 0, 0.0, 0.0
             if alpha > 0.0:  # the shift sum and the allowed classes are wanted
                 cnt, wsum, dead = _allowed_sums(row, _row_of(mask, i), w)
-                k, s, ds, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, _grad_buf(grad, buf),
-                                          _shift_weights(w), None, None, c)
+                k, s, ds, m_next = _sweep(
+                    row,
+                    nxt,
+                    nxt_mask,
+                    _copy_if(mask, nxt_copy),
+                    m,
+                    _grad_buf(grad, buf),
+                    _shift_weights(w),
+                    None,
+                    None,
+                    c,
+                )
                 ds = -np.inf if dead else ds
             elif grad is None:
                 k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None, None, None, c)
             elif pending >= 0:
-                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, prev,
-                                         grad[pending], c)
+                k, s, _, m_next = _sweep(
+                    row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, prev, grad[pending], c
+                )
                 _pending_fixups(pending, w, y, k_out, s_out, m_out, xy_out, g, zg, prev, grad)
             else:
                 k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, None, None, c)
@@ -948,8 +1014,9 @@ if numba is not None:
         """The two special entries of row ``p``'s unsmoothed gradient, once its bulk is written."""
         s, gy = s_out[p], _weight(w, y[p])
         z = zg[p] if zg is not None else 0.0
-        _ce_fixups(w, y[p], k_out[p], s, m_out[p] + math.log1p(s), 0.0, gy, gy, g[p], z, xy_out[p] > -np.inf, prev,
-                   grad[p])
+        _ce_fixups(
+            w, y[p], k_out[p], s, m_out[p] + math.log1p(s), 0.0, gy, gy, g[p], z, xy_out[p] > -np.inf, prev, grad[p]
+        )
 
     def _grad_buf(grad, buf):
         """The term buffer when a gradient is wanted, else None (no stores in the sweep)."""

@@ -81,8 +81,16 @@ def linear_cross_entropy(
     --------
     linear_cross_entropy_with_grad, cross_entropy
     """
-    options = dict(bias=bias, chunk_size=chunk_size, class_weight=class_weight, ignore_index=ignore_index,
-                   reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+    options = dict(
+        bias=bias,
+        chunk_size=chunk_size,
+        class_weight=class_weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
     if D.library(hidden) == "torch":
         return _torch_autograd(hidden, weight, target, options)
     prob = _problem(hidden, weight, target, **options)
@@ -102,8 +110,9 @@ def _torch_autograd(hidden: Any, weight: Any, target: Any, options: dict[str, An
         return _restore(prob, _loss(prob, _forward(prob)))
 
     def vjp(g: Any, h: Any, w: Any, b: Any) -> tuple[Any, Any, Any]:
-        _, grads = linear_cross_entropy_with_grad(h.detach(), w.detach(), target, g=g.detach(),
-                                                  bias=None if b is None else b.detach(), **options)
+        _, grads = linear_cross_entropy_with_grad(
+            h.detach(), w.detach(), target, g=g.detach(), bias=None if b is None else b.detach(), **options
+        )
         return grads
 
     return D.backend(hidden).host_loss(loss, vjp, hidden, weight, bias)
@@ -159,14 +168,16 @@ class _Sums:
     live: np.ndarray
 
 
-def _problem(hidden, weight, target, bias, chunk_size, class_weight, ignore_index, reduction, label_smoothing,
-             z_loss, softcap) -> _Linear:
+def _problem(
+    hidden, weight, target, bias, chunk_size, class_weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+) -> _Linear:
     h0, xp = D.array_in(hidden, "hidden")
     h = _host(h0, "hidden")
     w = _host(D.array_in(weight, "weight")[0], "weight")
     if h.ndim != 2 or w.ndim != 2 or h.shape[1] != w.shape[1]:
-        raise ShapeError(f"hidden of shape {h.shape} and weight of shape {w.shape} must be [N, H] and [V, H] "
-                         f"with the same H.")
+        raise ShapeError(
+            f"hidden of shape {h.shape} and weight of shape {w.shape} must be [N, H] and [V, H] with the same H."
+        )
     compute = np.float64 if h.dtype == np.float64 else np.float32
     n, v = h.shape[0], w.shape[0]
     rows = D.Rows.of((n, v), (1,))
@@ -179,8 +190,19 @@ def _problem(hidden, weight, target, bias, chunk_size, class_weight, ignore_inde
     opts = _losses.check_options(label_smoothing, z_loss, softcap)
     cw = _losses.check_class_weight(class_weight, v, np.zeros(1), D.namespace(np.zeros(1)))
     red = D.choice(reduction, "reduction", _losses.REDUCTIONS)
-    return _Linear(h.astype(compute, copy=False), w.astype(compute, copy=False), b, y, y != ignore,
-                   None if cw is None else np.asarray(cw, np.float64), chunk, h0, xp, red, *opts)
+    return _Linear(
+        h.astype(compute, copy=False),
+        w.astype(compute, copy=False),
+        b,
+        y,
+        y != ignore,
+        None if cw is None else np.asarray(cw, np.float64),
+        chunk,
+        h0,
+        xp,
+        red,
+        *opts,
+    )
 
 
 def _chunk_size(value: Any) -> int:
@@ -217,9 +239,9 @@ def _starts(p: _Linear) -> range:
 
 def _chunk_logits(p: _Linear, i: int) -> np.ndarray:
     """Logits of classes ``i : i + chunk``, softcap applied: the only block ever held."""
-    logits = p.h @ p.w[i:i + p.chunk].T
+    logits = p.h @ p.w[i : i + p.chunk].T
     if p.b is not None:
-        logits += p.b[i:i + p.chunk]
+        logits += p.b[i : i + p.chunk]
     if p.softcap is not None:
         np.divide(logits, p.softcap, out=logits)
         np.tanh(logits, out=logits)
@@ -237,7 +259,7 @@ def _forward(p: _Linear) -> _Sums:
         inside = p.counted & (p.y >= i) & (p.y < i + logits.shape[1])
         xy[inside] = logits[inside, p.y[inside] - i]
         if wx is not None:
-            cw = np.ones(logits.shape[1]) if p.cw is None else p.cw[i:i + logits.shape[1]]
+            cw = np.ones(logits.shape[1]) if p.cw is None else p.cw[i : i + logits.shape[1]]
             wx += logits @ cw.astype(logits.dtype)
         with np.errstate(all="ignore"):  # see _backends.plain
             st = _state.merge(st, _chunk_state(logits, i), npx)
@@ -259,10 +281,10 @@ def _chunk_state(logits: np.ndarray, start: int) -> _state.State:
     m, k, s = np.empty(n), np.empty(n, np.int64), np.empty(n)
     step = max(1, n // 32)  # the reference's temporaries are several chunks' worth: bound them by row blocks
     for r in range(0, n, step):
-        x = logits[r:r + step].astype(np.float64)
+        x = logits[r : r + step].astype(np.float64)
         with np.errstate(all="ignore"):  # see _backends.plain
             st = _state.state(x, D.namespace(x), exact=logits.dtype == np.float64)[0]
-        m[r:r + step], k[r:r + step], s[r:r + step] = st.m, st.k, st.s
+        m[r : r + step], k[r : r + step], s[r : r + step] = st.m, st.k, st.s
     return _state.State(m, k + start, s)
 
 
@@ -290,10 +312,10 @@ def _backward(p: _Linear, s: _Sums, g: Any):
     lse = np.where(s.live, s.lse, 0.0).astype(p.h.dtype)[:, None]
     for i in _starts(p):
         grad = _chunk_grad(p, _chunk_logits(p, i), lse, coef, ce_scale, onehot, i)
-        d_h += grad @ p.w[i:i + grad.shape[1]]
-        d_w[i:i + grad.shape[1]] = grad.T @ p.h
+        d_h += grad @ p.w[i : i + grad.shape[1]]
+        d_w[i : i + grad.shape[1]] = grad.T @ p.h
         if d_b is not None:
-            d_b[i:i + grad.shape[1]] = grad.sum(axis=0)
+            d_b[i : i + grad.shape[1]] = grad.sum(axis=0)
         del grad
     return d_h, d_w, d_b
 
@@ -307,8 +329,9 @@ def _scales(p: _Linear, s: _Sums, g: Any) -> tuple[np.ndarray, np.ndarray]:
     else:
         garr = garr.reshape(())
     fwd = _reference.Forward(None, None, None, s.live, s.wy, None)
-    pb = _reference.Problem(np.zeros((len(s.live), 1)), None, False, None, None, None, False, p.reduction, 0.0,
-                            0.0, None)
+    pb = _reference.Problem(
+        np.zeros((len(s.live), 1)), None, False, None, None, None, False, p.reduction, 0.0, 0.0, None
+    )
     return _reference.row_scales(pb, fwd, garr, npx)
 
 
@@ -319,7 +342,7 @@ def _chunk_grad(p: _Linear, logits: np.ndarray, lse: np.ndarray, coef, ce_scale,
         grad = np.exp(logits - lse)
     grad *= coef.astype(grad.dtype)[:, None]
     if p.smoothing:
-        cw = np.ones(width) if p.cw is None else p.cw[i:i + width]
+        cw = np.ones(width) if p.cw is None else p.cw[i : i + width]
         grad -= (ce_scale[:, None] * (p.smoothing / p.w.shape[0]) * cw[None, :]).astype(grad.dtype)
     inside = (p.y >= i) & (p.y < i + width)
     grad[inside, p.y[inside] - i] -= onehot[inside].astype(grad.dtype)

@@ -117,8 +117,10 @@ def cross_entropy(
     inf
     """
 
-    return _run(_problem(logits, target, axis, weight, ignore_index, reduction, label_smoothing, where, z_loss,
-                         softcap), grad=False)[0]
+    return _run(
+        _problem(logits, target, axis, weight, ignore_index, reduction, label_smoothing, where, z_loss, softcap),
+        grad=False,
+    )[0]
 
 
 def cross_entropy_grad(
@@ -196,8 +198,18 @@ def options_of(fn: Any, options: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **options}
 
 
-def _problem(logits: Any, target: Any, axis: Any, weight: Any, ignore_index: Any, reduction: Any,
-             label_smoothing: Any, where: Any, z_loss: Any, softcap: Any) -> _Problem:
+def _problem(
+    logits: Any,
+    target: Any,
+    axis: Any,
+    weight: Any,
+    ignore_index: Any,
+    reduction: Any,
+    label_smoothing: Any,
+    where: Any,
+    z_loss: Any,
+    softcap: Any,
+) -> _Problem:
     arr, xp = D.array_in(logits, "logits")
     rows = _class_rows(arr, axis, "logits")
     red = D.choice(reduction, "reduction", REDUCTIONS)
@@ -208,15 +220,17 @@ def _problem(logits: Any, target: Any, axis: Any, weight: Any, ignore_index: Any
     probs = D.dtype_name(tgt.dtype) in D.FLOATS and tuple(tgt.shape) == tuple(arr.shape)
     if probs:
         if ignore != -100:
-            raise ArgumentError(f"ignore_index={ignore} cannot be used with probability targets; mask classes with "
-                                f"where= instead.")
+            raise ArgumentError(
+                f"ignore_index={ignore} cannot be used with probability targets; mask classes with where= instead."
+            )
         tgt = rows.split(tgt, xp)
     else:
         tgt = class_target(tgt, rows, tuple(arr.shape), xp, "logits", ignore)
     w = check_class_weight(weight, rows.k, arr, xp)
     options = dict(ignore_index=ignore, reduction=red, smoothing=smoothing, z_loss=z, softcap=cap, probs=probs)
-    return _Problem(rows.split(arr, xp), xp, rows, tgt, probs, w, None if mask is None else rows.split(mask, xp),
-                    options)
+    return _Problem(
+        rows.split(arr, xp), xp, rows, tgt, probs, w, None if mask is None else rows.split(mask, xp), options
+    )
 
 
 def _run(pb: _Problem, *, grad: bool, g: Any = 1.0) -> tuple[Any, Any]:
@@ -225,8 +239,9 @@ def _run(pb: _Problem, *, grad: bool, g: Any = 1.0) -> tuple[Any, Any]:
     if rows.n == 0:
         return _empty(pb, grad)
     gg = _loss_cotangent(g, pb) if grad else None
-    loss, dx = D.backend(pb.x).cross_entropy(pb.x, pb.target, xp, grad=grad, g=gg, weight=pb.weight, mask=pb.mask,
-                                             **pb.options)
+    loss, dx = D.backend(pb.x).cross_entropy(
+        pb.x, pb.target, xp, grad=grad, g=gg, weight=pb.weight, mask=pb.mask, **pb.options
+    )
     if pb.options["reduction"] == "none":
         loss = xp.reshape(loss, rows.batch)
     return D.out(loss, xp), (None if dx is None else rows.join(dx, xp))
@@ -272,15 +287,21 @@ def class_target(tgt: Any, rows: D.Rows, shape: tuple[int, ...], xp: Any, name: 
     kind = D.dtype_name(tgt.dtype)
     if kind in D.FLOATS:
         if tuple(tgt.shape) == rows.batch:
-            raise TargetError(f"target holds float class indices (dtype {kind}); class indices must be integers, "
-                              f"or give probabilities of the {name}' shape {shape}.")
-        raise ShapeError(f"target of shape {tuple(tgt.shape)} matches neither {name} {shape} (probabilities) "
-                         f"nor {rows.batch} (class indices).")
+            raise TargetError(
+                f"target holds float class indices (dtype {kind}); class indices must be integers, "
+                f"or give probabilities of the {name}' shape {shape}."
+            )
+        raise ShapeError(
+            f"target of shape {tuple(tgt.shape)} matches neither {name} {shape} (probabilities) "
+            f"nor {rows.batch} (class indices)."
+        )
     if not kind.startswith(("int", "uint")):
         raise DtypeError(f"target has dtype {kind}; give integer class indices or float probabilities.")
     if tuple(tgt.shape) != rows.batch:
-        raise ShapeError(f"target of shape {tuple(tgt.shape)} does not match {name} of shape {shape} without its "
-                         f"class axis {rows.axes[0]}: expected {rows.batch}.")
+        raise ShapeError(
+            f"target of shape {tuple(tgt.shape)} does not match {name} of shape {shape} without its "
+            f"class axis {rows.axes[0]}: expected {rows.batch}."
+        )
     if kind == "uint64" and _compute._concrete_host(tgt):
         big = int(xp.max(tgt)) if rows.n else 0
         if big >= 2**63:
@@ -325,8 +346,9 @@ def nll_loss(
     ignore = D.int_option(ignore_index, "ignore_index", "an int (the class index to ignore, -100 by default)")
     tgt = D.like(target, arr, xp, "target")
     if D.dtype_name(tgt.dtype) in D.FLOATS and tuple(tgt.shape) == tuple(arr.shape):
-        raise TargetError("nll_loss takes class-index targets only, as in PyTorch; use cross_entropy for "
-                          "probability targets.")
+        raise TargetError(
+            "nll_loss takes class-index targets only, as in PyTorch; use cross_entropy for probability targets."
+        )
     tgt = class_target(tgt, rows, tuple(arr.shape), xp, "log_probs", ignore)
     w = check_class_weight(weight, rows.k, arr, xp)
     if rows.n == 0:
@@ -369,7 +391,9 @@ def binary_cross_entropy_with_logits(
     if pw is not None:
         last = shape[-1:] if shape else ()
         if pw.ndim > 1 or (pw.ndim == 1 and tuple(pw.shape) not in ((1,), last)):
-            raise ShapeError(f"pos_weight of shape {tuple(pw.shape)} must be a scalar or have one entry per class "
-                             f"along the last axis: shape {last}.")
+            raise ShapeError(
+                f"pos_weight of shape {tuple(pw.shape)} must be a scalar or have one entry per class "
+                f"along the last axis: shape {last}."
+            )
         pw = D.broadcast(pw, shape, xp, "pos_weight", "the logits'")
     return D.out(D.backend(arr).bce(arr, t, xp, weight=w, pos_weight=pw, reduction=red), xp)

@@ -28,8 +28,15 @@ from ._compute import kernels, reference_path
 from ._contract import documented
 from ._dispatch import AxisLike
 
-__all__ = ["logsumexp", "softmax", "log_softmax", "logsumexp_grad", "softmax_grad", "log_softmax_grad",
-           "reference_path"]
+__all__ = [
+    "logsumexp",
+    "softmax",
+    "log_softmax",
+    "logsumexp_grad",
+    "softmax_grad",
+    "log_softmax_grad",
+    "reference_path",
+]
 
 
 @documented("logsumexp")
@@ -105,8 +112,9 @@ def logsumexp(
         lse = xp.full(rows.batch, -xp.inf, dtype=arr.dtype, device=D.device(arr))
         sign = xp.zeros_like(lse)
     else:
-        lse, sign = D.backend(arr).logsumexp(rows.split(arr, xp), xp, mask=_split(rows, mask, xp),
-                                              b=_split(rows, bb, xp))
+        lse, sign = D.backend(arr).logsumexp(
+            rows.split(arr, xp), xp, mask=_split(rows, mask, xp), b=_split(rows, bb, xp)
+        )
         if sign is None:
             sign = _sign_of(lse, xp)
         elif not return_sign:  # the log of a negative sum has no real value (as SciPy)
@@ -181,8 +189,9 @@ def logsumexp_grad(
     gg = rows.cotangent(D.like(g, arr, xp, "g"), xp, keepdims)
     if rows.k == 0:
         return xp.zeros_like(arr)
-    out = D.backend(arr).logsumexp_grad(rows.split(arr, xp), gg, xp, mask=_split(rows, mask, xp),
-                                         b=_split(rows, bb, xp))
+    out = D.backend(arr).logsumexp_grad(
+        rows.split(arr, xp), gg, xp, mask=_split(rows, mask, xp), b=_split(rows, bb, xp)
+    )
     return rows.join(out, xp)
 
 
@@ -251,8 +260,9 @@ def _elementwise_grad(x: Any, g: Any, axis: AxisLike, where: Any, temperature: A
     gg = D.broadcast(D.like(g, arr, xp, "g"), tuple(arr.shape), xp, "g", "x's")
     if rows.k == 0 or rows.n == 0:
         return xp.zeros_like(arr)
-    out = D.backend(arr).softmax_grad(rows.split(arr, xp), rows.split(gg, xp), xp, mask=_split(rows, mask, xp),
-                                      temperature=t, log=log)
+    out = D.backend(arr).softmax_grad(
+        rows.split(arr, xp), rows.split(gg, xp), xp, mask=_split(rows, mask, xp), temperature=t, log=log
+    )
     return rows.join(out, xp)
 
 

@@ -185,8 +185,9 @@ def target_mass(pb: Problem, alive: Array, xp: Any) -> tuple[Array, Array]:
     elif pb.weight is None:
         wy = xp.astype(alive, dt)
     else:
-        wy = xp.where(alive, xp.take(pb.weight, xp.where(alive, pb.target, xp.zeros_like(pb.target))),
-                      xp.zeros_like(pb.x[:, 0]))
+        wy = xp.where(
+            alive, xp.take(pb.weight, xp.where(alive, pb.target, xp.zeros_like(pb.target))), xp.zeros_like(pb.x[:, 0])
+        )
     return a, wy
 
 
@@ -263,8 +264,9 @@ def nll_loss(lp: Array, target: Array, counted: Array, weight: Array | None, red
     return reduce_losses(ce, None, wy, alive, reduction, xp)
 
 
-def nll_loss_grad(lp: Array, target: Array, counted: Array, weight: Array | None, reduction: str,
-                  g: Array, xp: Any) -> Array:
+def nll_loss_grad(
+    lp: Array, target: Array, counted: Array, weight: Array | None, reduction: str, g: Array, xp: Any
+) -> Array:
     """``-w_y g_scaled`` at each element's target, 0 elsewhere."""
     alive = counted & (xp.max(lp, axis=-1) != -xp.inf)
     y = xp.where(alive, target, xp.zeros_like(target))

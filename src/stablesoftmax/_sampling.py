@@ -64,8 +64,9 @@ def sample(
     (ax,) = D.normalize_axes(axis, max(arr.ndim, 1)) if arr.ndim else (0,)
     x = np.moveaxis(np.atleast_1d(arr).astype(np.float64), ax, -1)
     if x.shape[-1] == 0:
-        raise ArgumentError(f"logits of shape {arr.shape} have no classes along axis {axis}; sampling needs at "
-                            "least one.")
+        raise ArgumentError(
+            f"logits of shape {arr.shape} have no classes along axis {axis}; sampling needs at least one."
+        )
     _check_rows(x)
     generator = _generator(rng)
     if t == 0.0:

@@ -182,8 +182,9 @@ def logsumexp_chunks(chunks: Iterable[Any] | np.ndarray, /, *, axis: AxisLike = 
     """
     state = LogSumExp()
     if not isinstance(chunks, np.ndarray) and not hasattr(chunks, "__iter__"):
-        raise ArgumentError(f"chunks={chunks!r} is not an iterable of arrays nor an array; give e.g. a list of "
-                            "arrays or an np.memmap.")
+        raise ArgumentError(
+            f"chunks={chunks!r} is not an iterable of arrays nor an array; give e.g. a list of arrays or an np.memmap."
+        )
     if isinstance(chunks, np.ndarray):
         return state.update(chunks, axis=axis).result()
     for chunk in chunks:

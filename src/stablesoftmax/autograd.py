@@ -90,7 +90,7 @@ from ._errors import ArgumentError, DtypeError, TargetError
 
 __all__ = ["Value", "logsumexp", "softmax", "log_softmax", "cross_entropy"]
 
-Number = Union[int, float]
+Number = int | float
 Operand = Union["Value", int, float]
 _Backward = Callable[[float], None]
 
@@ -420,7 +420,7 @@ def log_softmax(values: Iterable[Operand], /) -> list[Value]:
         return [Value(_log(p)) for p in _contract_probs(xs, m)]
     shifted = [x - m for x in xs]
     lse = _log_sum_exp(shifted, k)  # computed once, shared by every output
-    return [Value(-math.inf) if _dead(x) else s - lse for x, s in zip(xs, shifted)]
+    return [Value(-math.inf) if _dead(x) else s - lse for x, s in zip(xs, shifted, strict=True)]
 
 
 def cross_entropy(values: Iterable[Operand], target: int, /) -> Value:
@@ -603,7 +603,9 @@ def _as_float(x: object, name: str) -> float:
 
 def _exponent(c: object) -> float:
     if isinstance(c, Value):
-        msg = "the exponent of Value ** c must be a constant real number, got a Value; for x ** y use (x.log() * y).exp()"
+        msg = (
+            "the exponent of Value ** c must be a constant real number, got a Value; for x ** y use (x.log() * y).exp()"
+        )
         raise DtypeError(msg)
     return _as_float(c, "exponent")
 

@@ -161,8 +161,12 @@ def cross_entropy(
         loss.backward()                                       # x.grad: this rank's block
     """
     x, comm = _unwrap(local_logits, group, axis)
-    call = _agree(comm, lambda: _CE.build(comm, x, target, axis, weight, ignore_index, reduction, label_smoothing,
-                                          where, z_loss, softcap, bounds))
+    call = _agree(
+        comm,
+        lambda: _CE.build(
+            comm, x, target, axis, weight, ignore_index, reduction, label_smoothing, where, z_loss, softcap, bounds
+        ),
+    )
     loss = _apply(_CrossEntropy, call.x, call)
     return tx.reshape(loss, call.rows.batch) if call.reduction == "none" else loss
 
@@ -323,8 +327,24 @@ def linear_cross_entropy(
     matmul dtype), the sum of every rank's ``G_r W_r``.
     """
     comm = _comm(group)
-    call = _agree(comm, lambda: _Linear.build(comm, hidden, local_weight, target, bias, chunk_size, class_weight,
-                                              ignore_index, reduction, label_smoothing, z_loss, softcap, bounds))
+    call = _agree(
+        comm,
+        lambda: _Linear.build(
+            comm,
+            hidden,
+            local_weight,
+            target,
+            bias,
+            chunk_size,
+            class_weight,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            z_loss,
+            softcap,
+            bounds,
+        ),
+    )
     return _apply(_LinearCrossEntropy, call.h, call.w, call.b, call)
 
 
@@ -353,8 +373,10 @@ def _comm(group: Any) -> _Comm:
     if not dist.is_available():
         raise ArgumentError("group: this PyTorch build has no torch.distributed; the distributed functions need it.")
     if not dist.is_initialized():
-        raise ArgumentError(f"group={group!r}: the default process group is not initialised; call "
-                            f"torch.distributed.init_process_group first.")
+        raise ArgumentError(
+            f"group={group!r}: the default process group is not initialised; call "
+            f"torch.distributed.init_process_group first."
+        )
     g = dist.group.WORLD if group is None else group
     try:
         rank, size, backend = dist.get_rank(g), dist.get_world_size(g), str(dist.get_backend(g))
@@ -374,8 +396,10 @@ def _unwrap(x: Any, group: Any, axis: Any) -> tuple[Any, _Comm]:
     place = x.placements
     ok = x.device_mesh.ndim == 1 and isinstance(place[0], dtensor.Shard) and D.is_int(axis)
     if not ok or getattr(place[0], "dim", 0) % x.ndim != int(axis) % x.ndim:
-        raise ArgumentError(f"local_logits is a DTensor placed {tuple(place)} on a {x.device_mesh.ndim}-D mesh; it "
-                            f"must be Shard({axis}) over a 1-D mesh, or pass its .to_local() block and the group.")
+        raise ArgumentError(
+            f"local_logits is a DTensor placed {tuple(place)} on a {x.device_mesh.ndim}-D mesh; it "
+            f"must be Shard({axis}) over a 1-D mesh, or pass its .to_local() block and the group."
+        )
     if group is not None and group is not x.device_mesh.get_group():
         raise ArgumentError("group differs from the DTensor's mesh group; pass group=None with a DTensor.")
     return x.to_local(), _comm(x.device_mesh.get_group())
@@ -392,12 +416,34 @@ def _local(a: Any) -> Any:
 
 
 _FIELDS = (
-    "error", "rows", "classes", "target_low", "target_high", "message_bytes",
+    "error",
+    "rows",
+    "classes",
+    "target_low",
+    "target_high",
+    "message_bytes",
     # every rank must agree on the fields below
-    "call", "dtype", "shape", "axis", "reduction", "ignore_index", "label_smoothing", "z_loss", "softcap",
-    "target_kind", "target", "weight", "weight_length", "where", "bounds", "chunk_size", "hidden", "bias", "keepdims",
+    "call",
+    "dtype",
+    "shape",
+    "axis",
+    "reduction",
+    "ignore_index",
+    "label_smoothing",
+    "z_loss",
+    "softcap",
+    "target_kind",
+    "target",
+    "weight",
+    "weight_length",
+    "where",
+    "bounds",
+    "chunk_size",
+    "hidden",
+    "bias",
+    "keepdims",
 )
-_AGREED = _FIELDS[_FIELDS.index("call"):]
+_AGREED = _FIELDS[_FIELDS.index("call") :]
 _MESSAGE = 64  # int64 slots (512 bytes) of the first error's message
 _ON_DEVICE = ("target_low", "target_high", "target", "weight")  # computed where the arrays live: no sync
 _CALLS = ("cross_entropy", "logsumexp", "log_softmax", "softmax", "linear_cross_entropy")
@@ -405,9 +451,13 @@ _KINDS = ("class indices", "probabilities")
 _ERRORS = (StableSoftmaxError, ArgumentError, AxisError, ShapeError, TargetError, DtypeError)
 _NONE = -(2**63)  # an option that is None
 _NAMES = {
-    "shape": "the shape outside the class axis", "target": "target (class indices must be the same on every rank)",
-    "weight": "the class weights (the full vector, the same on every rank)", "hidden": "the hidden size H",
-    "where": "whether where= is given", "bias": "whether bias= is given", "target_kind": "the kind of target",
+    "shape": "the shape outside the class axis",
+    "target": "target (class indices must be the same on every rank)",
+    "weight": "the class weights (the full vector, the same on every rank)",
+    "hidden": "the hidden size H",
+    "where": "whether where= is given",
+    "bias": "whether bias= is given",
+    "target_kind": "the kind of target",
 }
 
 
@@ -460,7 +510,7 @@ def _header(ints: dict[str, int], error: BaseException | None) -> np.ndarray:
         head[0] = _error_code(error)
         text = str(error).encode()[: 8 * _MESSAGE]
         head[_FIELDS.index("message_bytes")] = len(text)
-        head[len(_FIELDS):] = np.frombuffer(text.ljust(8 * _MESSAGE, b"\0"), "<i8")
+        head[len(_FIELDS) :] = np.frombuffer(text.ljust(8 * _MESSAGE, b"\0"), "<i8")
     return head
 
 
@@ -490,7 +540,7 @@ def _raise_first_error(table: np.ndarray, comm: _Comm, own: BaseException | None
         return
     r = int(bad[0])
     code, size = int(table[r, 0]), int(table[r, _FIELDS.index("message_bytes")])
-    text = table[r, len(_FIELDS):].astype("<i8").tobytes()[:size].decode(errors="ignore")
+    text = table[r, len(_FIELDS) :].astype("<i8").tobytes()[:size].decode(errors="ignore")
     if code <= len(_ERRORS):
         raise _ERRORS[code - 1](f"{text} (on rank {r} of the group)")
     raise ArgumentError(f"rank {r} of the group failed before the exchange: {text}")
@@ -501,18 +551,24 @@ def _raise_disagreement(table: np.ndarray) -> None:
     rows = table[:, _FIELDS.index("rows")]
     if (rows != rows[0]).any():
         r = int(np.argmax(rows != rows[0]))
-        raise ShapeError(f"rank 0 holds {rows[0]} rows and rank {r} holds {rows[r]}; every rank holds the same rows "
-                         f"(only the class axis is sharded).")
+        raise ShapeError(
+            f"rank 0 holds {rows[0]} rows and rank {r} holds {rows[r]}; every rank holds the same rows "
+            f"(only the class axis is sharded)."
+        )
     for name in _AGREED:
         col = table[:, _FIELDS.index(name)]
         if (col != col[0]).any():
             r = int(np.argmax(col != col[0]))
             what = _NAMES.get(name, name)
             if name in ("shape", "target", "weight", "bounds"):
-                raise ArgumentError(f"ranks disagree on {what}: rank 0 and rank {r} pass different values; every "
-                                    f"rank of the group must pass the same.")
-            raise ArgumentError(f"ranks disagree on {what}: rank 0 has {_decode(name, col[0])} and rank {r} has "
-                                f"{_decode(name, col[r])}; every rank of the group must pass the same.")
+                raise ArgumentError(
+                    f"ranks disagree on {what}: rank 0 and rank {r} pass different values; every "
+                    f"rank of the group must pass the same."
+                )
+            raise ArgumentError(
+                f"ranks disagree on {what}: rank 0 has {_decode(name, col[0])} and rank {r} has "
+                f"{_decode(name, col[r])}; every rank of the group must pass the same."
+            )
 
 
 def _decode(name: str, v: int) -> Any:
@@ -529,8 +585,10 @@ def _layout(table: np.ndarray, comm: _Comm, bounds: tuple[int, ...] | None) -> _
     offsets = (0, *(int(v) for v in np.cumsum(sizes)))
     if bounds is not None and bounds != offsets:
         r = next(i for i in range(comm.size) if bounds[i + 1] - bounds[i] != sizes[i])
-        raise ShapeError(f"bounds={list(bounds)} give rank {r} {bounds[r + 1] - bounds[r]} classes, but it holds "
-                         f"{sizes[r]}; the blocks' sizes give the offsets {list(offsets)}.")
+        raise ShapeError(
+            f"bounds={list(bounds)} give rank {r} {bounds[r + 1] - bounds[r]} classes, but it holds "
+            f"{sizes[r]}; the blocks' sizes give the offsets {list(offsets)}."
+        )
     low, high = (int(table[0, _FIELDS.index(n)]) for n in ("target_low", "target_high"))
     return _Layout(offsets, comm.rank, low, high)
 
@@ -540,8 +598,10 @@ def _bounds(bounds: Any, size: int) -> tuple[int, ...] | None:
         return None
     ok = isinstance(bounds, Sequence) and len(bounds) == size + 1 and all(D.is_int(b) for b in bounds)
     if not ok or bounds[0] != 0 or any(b > c for b, c in zip(bounds[:-1], bounds[1:], strict=True)):
-        raise ArgumentError(f"bounds={bounds!r} must be {size + 1} non-decreasing ints starting at 0: the class "
-                            f"offsets [0, v_1, ..., V] of the {size} ranks.")
+        raise ArgumentError(
+            f"bounds={bounds!r} must be {size + 1} non-decreasing ints starting at 0: the class "
+            f"offsets [0, v_1, ..., V] of the {size} ranks."
+        )
     return tuple(int(b) for b in bounds)
 
 
@@ -619,8 +679,18 @@ class _Global:
     k: Array
 
 
-def _part(x: Array, first: int, xp: Any, exact: bool, *, y: Array | None = None, q: Array | None = None,
-          w: Array | None = None, allowed: Array | None = None, smoothing: bool = False) -> _Part:
+def _part(
+    x: Array,
+    first: int,
+    xp: Any,
+    exact: bool,
+    *,
+    y: Array | None = None,
+    q: Array | None = None,
+    w: Array | None = None,
+    allowed: Array | None = None,
+    smoothing: bool = False,
+) -> _Part:
     """The part of rows ``x`` (B, K), classes ``first : first + K``, in the compute dtype.
 
     ``y`` (B,) global class targets, ``q`` (B, K) probabilities, ``w`` (K,)
@@ -653,9 +723,15 @@ def _empty_part(n: int, xp: Any, like: Array, class_target: bool, probs: bool, s
     """A rank without classes: no mass (``m = -inf, s = 0``) and zero sums."""
     zero = xp.zeros((n,), dtype=like.dtype, device=_state._device(like))
     sums = _Sums(zero, zero, zero)
-    return _Part(zero - xp.inf, xp.zeros((n,), dtype=xp.int64, device=_state._device(like)), zero,
-                 zero if class_target else None, sums if probs else None, sums if smoothing else None,
-                 zero if smoothing else None)
+    return _Part(
+        zero - xp.inf,
+        xp.zeros((n,), dtype=xp.int64, device=_state._device(like)),
+        zero,
+        zero if class_target else None,
+        sums if probs else None,
+        sums if smoothing else None,
+        zero if smoothing else None,
+    )
 
 
 def _pick(x: Array, j: Array, xp: Any) -> Array:
@@ -833,8 +909,19 @@ def _sub(a: Array | None, r: slice) -> Array | None:
 def _scales(reduction: str, alive: Array, wy: Array, g: Array, xp: Any) -> tuple[Array, Array]:
     """:func:`._reference.row_scales`: the reduction's factors of the cotangent, per row."""
     n = alive.shape[0]
-    pb = _reference.Problem(xp.zeros((n, 1), dtype=wy.dtype, device=_state._device(wy)), None, False, None, None, None,
-                            False, reduction, 0.0, 0.0, None)
+    pb = _reference.Problem(
+        xp.zeros((n, 1), dtype=wy.dtype, device=_state._device(wy)),
+        None,
+        False,
+        None,
+        None,
+        None,
+        False,
+        reduction,
+        0.0,
+        0.0,
+        None,
+    )
     fwd = _reference.Forward(None, None, None, alive, wy, None)  # type: ignore[arg-type]  # it reads wy, live
     return _reference.row_scales(pb, fwd, g, xp)
 
@@ -865,8 +952,21 @@ class _CE:
     layout: _Layout = field(default_factory=lambda: _UNPLACED)  # set by settle, once the group agreed
 
     @classmethod
-    def build(cls, comm: _Comm, logits: Any, target: Any, axis: Any, weight: Any, ignore_index: Any, reduction: Any,
-              label_smoothing: Any, where: Any, z_loss: Any, softcap: Any, bounds: Any) -> _CE:
+    def build(
+        cls,
+        comm: _Comm,
+        logits: Any,
+        target: Any,
+        axis: Any,
+        weight: Any,
+        ignore_index: Any,
+        reduction: Any,
+        label_smoothing: Any,
+        where: Any,
+        z_loss: Any,
+        softcap: Any,
+        bounds: Any,
+    ) -> _CE:
         arr, xp = _torch_in(logits, "local_logits")
         rows = D.Rows.of(tuple(arr.shape), D.class_axis(axis, arr.ndim, "local_logits"))
         red = D.choice(reduction, "reduction", _losses.REDUCTIONS)
@@ -876,24 +976,48 @@ class _CE:
         tgt = D.like(_local(target), arr, xp, "target")
         probs = D.dtype_name(tgt.dtype) in D.FLOATS and tuple(tgt.shape) == tuple(arr.shape)
         if probs and ignore != -100:
-            raise ArgumentError(f"ignore_index={ignore} cannot be used with probability targets; mask classes with "
-                                f"where= instead.")
+            raise ArgumentError(
+                f"ignore_index={ignore} cannot be used with probability targets; mask classes with where= instead."
+            )
         if probs:
             _compute.check_probabilities(_host_values(rows.split(tgt, xp)))
         tgt = rows.split(tgt, xp) if probs else _class_indices(tgt, rows, tuple(arr.shape), xp)
         w = _class_weight(weight, arr, xp, "weight")
-        return cls(comm, rows, rows.split(arr, xp), tgt, probs, w, None if mask is None else rows.split(mask, xp),
-                   ignore, red, smoothing, z, cap, _bounds(bounds, comm.size), rows.axes[0])
+        return cls(
+            comm,
+            rows,
+            rows.split(arr, xp),
+            tgt,
+            probs,
+            w,
+            None if mask is None else rows.split(mask, xp),
+            ignore,
+            red,
+            smoothing,
+            z,
+            cap,
+            _bounds(bounds, comm.size),
+            rows.axes[0],
+        )
 
     def header(self) -> dict[str, int]:
-        return {"rows": self.rows.n, "classes": self.rows.k, "call": _CALLS.index("cross_entropy"),
-                "dtype": _dtype_code(self.x),
-                "shape": _digest(self.rows.batch, self.axis), "axis": self.axis,
-                "reduction": _losses.REDUCTIONS.index(self.reduction), "ignore_index": self.ignore_index,
-                "label_smoothing": _float_bits(self.smoothing), "z_loss": _float_bits(self.z_loss),
-                "softcap": _float_bits(self.softcap), "target_kind": int(self.probs),
-                "weight_length": _NONE if self.weight is None else self.weight.shape[0],
-                "where": int(self.mask is not None), "bounds": _NONE if self.bounds is None else _digest(self.bounds)}
+        return {
+            "rows": self.rows.n,
+            "classes": self.rows.k,
+            "call": _CALLS.index("cross_entropy"),
+            "dtype": _dtype_code(self.x),
+            "shape": _digest(self.rows.batch, self.axis),
+            "axis": self.axis,
+            "reduction": _losses.REDUCTIONS.index(self.reduction),
+            "ignore_index": self.ignore_index,
+            "label_smoothing": _float_bits(self.smoothing),
+            "z_loss": _float_bits(self.z_loss),
+            "softcap": _float_bits(self.softcap),
+            "target_kind": int(self.probs),
+            "weight_length": _NONE if self.weight is None else self.weight.shape[0],
+            "where": int(self.mask is not None),
+            "bounds": _NONE if self.bounds is None else _digest(self.bounds),
+        }
 
     def device_header(self) -> Tensor:
         return _target_header(None if self.probs else self.target, self.ignore_index, self.weight)
@@ -902,10 +1026,13 @@ class _CE:
         """The checks that need the global class count; their inputs agree on every rank, so do their errors."""
         self.layout = layout
         if layout.total == 0 and self.rows.n:
-            raise ShapeError(f"local_logits of shape {self.rows.shape} hold no classes on any rank; cross_entropy "
-                             f"needs at least one.")
-        _settle_targets(self.weight, "weight", None if self.probs else self.target, self.ignore_index, layout,
-                        self.rows.batch)
+            raise ShapeError(
+                f"local_logits of shape {self.rows.shape} hold no classes on any rank; cross_entropy "
+                f"needs at least one."
+            )
+        _settle_targets(
+            self.weight, "weight", None if self.probs else self.target, self.ignore_index, layout, self.rows.batch
+        )
 
 
 def _torch_in(x: Any, name: str) -> tuple[Tensor, Any]:
@@ -922,11 +1049,15 @@ def _class_indices(tgt: Tensor, rows: D.Rows, shape: tuple[int, ...], xp: Any) -
     """Integer class indices of the batch's shape as ``(N,)`` int64; their range is checked once ``V`` is known."""
     kind = D.dtype_name(tgt.dtype)
     if kind in D.FLOATS or not kind.startswith(("int", "uint")):
-        raise DtypeError(f"target has dtype {kind} and shape {tuple(tgt.shape)}; give integer class indices of "
-                         f"shape {rows.batch}, or float probabilities of local_logits' shape {shape}.")
+        raise DtypeError(
+            f"target has dtype {kind} and shape {tuple(tgt.shape)}; give integer class indices of "
+            f"shape {rows.batch}, or float probabilities of local_logits' shape {shape}."
+        )
     if tuple(tgt.shape) != rows.batch:
-        raise ShapeError(f"target of shape {tuple(tgt.shape)} does not match local_logits of shape {shape} without "
-                         f"its class axis {rows.axes[0]}: expected {rows.batch}.")
+        raise ShapeError(
+            f"target of shape {tuple(tgt.shape)} does not match local_logits of shape {shape} without "
+            f"its class axis {rows.axes[0]}: expected {rows.batch}."
+        )
     flat: Tensor = xp.reshape(xp.astype(tgt, xp.int64), (rows.n,))
     return flat
 
@@ -958,11 +1089,14 @@ def _target_header(target: Tensor | None, ignore_index: int, weight: Tensor | No
     return torch.stack([low, high, _fingerprint(target).to(dev), _fingerprint(weight).to(dev)])
 
 
-def _settle_targets(weight: Tensor | None, name: str, target: Tensor | None, ignore_index: int, layout: _Layout,
-                    batch: tuple[int, ...]) -> None:
+def _settle_targets(
+    weight: Tensor | None, name: str, target: Tensor | None, ignore_index: int, layout: _Layout, batch: tuple[int, ...]
+) -> None:
     if weight is not None and weight.shape[0] != layout.total:
-        raise ShapeError(f"{name} of shape {tuple(weight.shape)} must have one entry per class of all ranks: shape "
-                         f"({layout.total},).")
+        raise ShapeError(
+            f"{name} of shape {tuple(weight.shape)} must have one entry per class of all ranks: shape "
+            f"({layout.total},)."
+        )
     if target is None or target.numel() == 0:
         return
     if layout.target_low < 0 or layout.target_high >= layout.total:  # the header saw it; find where, for the message
@@ -1002,9 +1136,19 @@ def _ce_part(call: _CE, x: Array, aux: _Aux, xp: Any) -> _Part:
     parts = []
     for r in _row_blocks(n, k):
         xw, exact = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
-        parts.append(_part(xw, first, xp, exact, y=None if call.probs else aux.target[r],
-                           q=_sub(aux.target, r) if call.probs else None, w=aux.local_weight,
-                           allowed=_sub(aux.mask, r), smoothing=bool(call.smoothing)))
+        parts.append(
+            _part(
+                xw,
+                first,
+                xp,
+                exact,
+                y=None if call.probs else aux.target[r],
+                q=_sub(aux.target, r) if call.probs else None,
+                w=aux.local_weight,
+                allowed=_sub(aux.mask, r),
+                smoothing=bool(call.smoothing),
+            )
+        )
     return _concat(parts, xp)
 
 
@@ -1031,8 +1175,11 @@ def _ce_rows(call: _CE, gl: _Global, aux: _Aux, xp: Any, exact: bool) -> tuple[_
         wy, q = xp.astype(alive, gl.m.dtype), cast(_Sums, gl.q)  # the exchange sends it for probabilities
     else:
         y = xp.where(alive, aux.target, xp.zeros_like(aux.target))
-        wy = xp.astype(alive, gl.m.dtype) if aux.weight is None else xp.where(alive, xp.take(aux.weight, y),
-                                                                               xp.zeros_like(gl.m))
+        wy = (
+            xp.astype(alive, gl.m.dtype)
+            if aux.weight is None
+            else xp.where(alive, xp.take(aux.weight, y), xp.zeros_like(gl.m))
+        )
         xy = gl.xy if gl.xy is not None else xp.zeros_like(gl.m)  # class targets: the exchange sent it
         sh = _state.shift(xy[:, None], gl.m[:, None], xp, exact=exact)
         err = xp.zeros_like(wy) if sh.err is None else sh.err[:, 0]
@@ -1090,16 +1237,24 @@ def _ce_backward(call: _CE, saved: Any, x: Tensor, g: Tensor) -> Tensor:
         return _tensor(out, x.device)
 
 
-def _grad_rows(call: _CE, x: Array, first: int, w: Array | None, gl: _Global, rows: _Loss, aux: _Aux,
-               scales: tuple[Array, Array], xp: Any) -> Array:
+def _grad_rows(
+    call: _CE,
+    x: Array,
+    first: int,
+    w: Array | None,
+    gl: _Global,
+    rows: _Loss,
+    aux: _Aux,
+    scales: tuple[Array, Array],
+    xp: Any,
+) -> Array:
     """``d loss / d x`` for a block of classes ``first : first + K`` (weights ``w``), by row blocks, in x's dtype."""
     out = xp.empty(x.shape, dtype=x.dtype, device=_state._device(x))
     module = _compute.kernels() if _compute.is_numpy(xp) and _plain(call) else None
     for r in _row_blocks(*x.shape):
         sc = tuple(s[r] for s in scales)
         if module is not None:
-            grad = _kernel_grad(x[r], first, _rows_of(gl, r), _rows_of(rows, r), aux.target[r], sc, call.z_loss,
-                                module)
+            grad = _kernel_grad(x[r], first, _rows_of(gl, r), _rows_of(rows, r), aux.target[r], sc, call.z_loss, module)
         else:
             xw, exact = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
             grad = _ce_grad_block(call, xw, exact, _rows_of(gl, r), _rows_of(rows, r), aux, r, sc, xp, first, w)
@@ -1112,8 +1267,16 @@ def _plain(call: _CE) -> bool:
     return not (call.probs or call.smoothing or call.mask is not None or call.softcap is not None)
 
 
-def _kernel_grad(x: np.ndarray, first: int, gl: _Global, rows: _Loss, y: np.ndarray, scales: tuple[Array, Array],
-                 z_loss: float, module: Any) -> np.ndarray:
+def _kernel_grad(
+    x: np.ndarray,
+    first: int,
+    gl: _Global,
+    rows: _Loss,
+    y: np.ndarray,
+    scales: tuple[Array, Array],
+    z_loss: float,
+    module: Any,
+) -> np.ndarray:
     r""":func:`_ce_grad_block` for the kernels' case, in place on one float64 block.
 
     The kernels write the block's own softmax ``exp(x - m_r) / (1 + s_r)``;
@@ -1148,8 +1311,19 @@ def _rows_of(obj: Any, r: slice) -> Any:
     return replace(obj, **out)
 
 
-def _ce_grad_block(call: _CE, x: Array, exact: bool, gl: _Global, rows: _Loss, aux: _Aux, r: slice,
-                   scales: tuple[Array, Array], xp: Any, first: int, w: Array | None) -> Array:
+def _ce_grad_block(
+    call: _CE,
+    x: Array,
+    exact: bool,
+    gl: _Global,
+    rows: _Loss,
+    aux: _Aux,
+    r: slice,
+    scales: tuple[Array, Array],
+    xp: Any,
+    first: int,
+    w: Array | None,
+) -> Array:
     r"""``(A p_c - a_c) g_ce + 2 z lse p_c g_z`` on a block, as :func:`._reference.cross_entropy_grad`.
 
     ``A`` is the row's global mass. At this rank's own first max, when it is
@@ -1173,8 +1347,9 @@ def _ce_grad_block(call: _CE, x: Array, exact: bool, gl: _Global, rows: _Loss, a
     return xp.where(nan_row[:, None], xp.full_like(grad, xp.nan), grad)
 
 
-def _mass_block(call: _CE, x: Array, first: int, gl: _Global, rows: _Loss, aux: _Aux, r: slice, w: Array | None,
-                xp: Any) -> Array:
+def _mass_block(
+    call: _CE, x: Array, first: int, gl: _Global, rows: _Loss, aux: _Aux, r: slice, w: Array | None, xp: Any
+) -> Array:
     """``a_c`` on a block, in :func:`._reference.target_mass`'s order, with the global allowed count."""
     dt = x.dtype
     if call.probs:
@@ -1232,14 +1407,28 @@ class _Reduction:
         if not isinstance(keepdims, bool):
             raise ArgumentError(f"keepdims={keepdims!r} must be True or False.")
         mask = D.mask_in(_local(where), arr, xp, tuple(arr.shape))
-        return cls(comm, name, rows, rows.split(arr, xp), None if mask is None else rows.split(mask, xp),
-                   _bounds(bounds, comm.size), keepdims)
+        return cls(
+            comm,
+            name,
+            rows,
+            rows.split(arr, xp),
+            None if mask is None else rows.split(mask, xp),
+            _bounds(bounds, comm.size),
+            keepdims,
+        )
 
     def header(self) -> dict[str, int]:
-        return {"rows": self.rows.n, "classes": self.rows.k, "call": _CALLS.index(self.name),
-                "dtype": _dtype_code(self.x), "axis": self.rows.axes[0], "where": int(self.mask is not None),
-                "shape": _digest(self.rows.batch, self.rows.axes), "keepdims": int(self.keepdims),
-                "bounds": _NONE if self.bounds is None else _digest(self.bounds)}
+        return {
+            "rows": self.rows.n,
+            "classes": self.rows.k,
+            "call": _CALLS.index(self.name),
+            "dtype": _dtype_code(self.x),
+            "axis": self.rows.axes[0],
+            "where": int(self.mask is not None),
+            "shape": _digest(self.rows.batch, self.rows.axes),
+            "keepdims": int(self.keepdims),
+            "bounds": _NONE if self.bounds is None else _digest(self.bounds),
+        }
 
     def device_header(self) -> Tensor:
         return _target_header(None, 0, None)
@@ -1265,8 +1454,11 @@ class _LogSumExp(torch.autograd.Function):
         host = _on_host(x)
         with _quiet(host):
             xp, xa, _, gl, _ = _reduce_forward(call, x, host)
-            out = xp.zeros((0,), dtype=xa.dtype) if gl is None else _compute.round_to(
-                _state.lse(State(gl.m, gl.k, gl.s), xp), xa, xp)
+            out = (
+                xp.zeros((0,), dtype=xa.dtype)
+                if gl is None
+                else _compute.round_to(_state.lse(State(gl.m, gl.k, gl.s), xp), xa, xp)
+            )
         ctx.call, ctx.gl = call, gl
         ctx.save_for_backward(x)
         return _tensor(out, x.device)
@@ -1341,14 +1533,29 @@ class _Linear(_CE):
     chunk: int = 1
 
     @classmethod
-    def build(cls, comm: _Comm, hidden: Any, weight: Any, target: Any, bias: Any, chunk_size: Any,  # type: ignore[override]
-              class_weight: Any, ignore_index: Any, reduction: Any, label_smoothing: Any, z_loss: Any, softcap: Any,
-              bounds: Any) -> _Linear:
+    def build(
+        cls,
+        comm: _Comm,
+        hidden: Any,
+        weight: Any,
+        target: Any,
+        bias: Any,
+        chunk_size: Any,  # type: ignore[override]
+        class_weight: Any,
+        ignore_index: Any,
+        reduction: Any,
+        label_smoothing: Any,
+        z_loss: Any,
+        softcap: Any,
+        bounds: Any,
+    ) -> _Linear:
         h, xp = _torch_in(hidden, "hidden")
         w, _ = _torch_in(weight, "local_weight")
         if h.ndim != 2 or w.ndim != 2 or h.shape[1] != w.shape[1]:
-            raise ShapeError(f"hidden of shape {tuple(h.shape)} and local_weight of shape {tuple(w.shape)} must be "
-                             f"[N, H] and [V_r, H] with the same H.")
+            raise ShapeError(
+                f"hidden of shape {tuple(h.shape)} and local_weight of shape {tuple(w.shape)} must be "
+                f"[N, H] and [V_r, H] with the same H."
+            )
         b = None if bias is None else _torch_in(bias, "bias")[0]
         if b is not None and tuple(b.shape) != (w.shape[0],):
             raise ShapeError(f"bias of shape {tuple(b.shape)} must have one entry per local class: ({w.shape[0]},).")
@@ -1358,13 +1565,37 @@ class _Linear(_CE):
         ignore = D.int_option(ignore_index, "ignore_index", "an int (the class index to ignore, -100 by default)")
         tgt = _class_indices(D.like(_local(target), h, xp, "target"), rows, (h.shape[0], w.shape[0]), xp)
         chunk = max(1, -(-w.shape[0] // 32)) if chunk_size is None else _chunk_size(chunk_size)
-        return cls(comm, rows, h, tgt, False, _class_weight(class_weight, h, xp, "class_weight"), None, ignore, red,
-                   smoothing, z, cap, _bounds(bounds, comm.size), 1, h=h, w=w, b=b, chunk=chunk)
+        return cls(
+            comm,
+            rows,
+            h,
+            tgt,
+            False,
+            _class_weight(class_weight, h, xp, "class_weight"),
+            None,
+            ignore,
+            red,
+            smoothing,
+            z,
+            cap,
+            _bounds(bounds, comm.size),
+            1,
+            h=h,
+            w=w,
+            b=b,
+            chunk=chunk,
+        )
 
     def header(self) -> dict[str, int]:
         out = super().header()
-        out.update(call=_CALLS.index("linear_cross_entropy"), dtype=_dtype_code(self.h), hidden=self.h.shape[1],
-                   bias=int(self.b is not None), chunk_size=self.chunk, shape=_digest(self.h.shape[0]))
+        out.update(
+            call=_CALLS.index("linear_cross_entropy"),
+            dtype=_dtype_code(self.h),
+            hidden=self.h.shape[1],
+            bias=int(self.b is not None),
+            chunk_size=self.chunk,
+            shape=_digest(self.h.shape[0]),
+        )
         return out
 
     def settle(self, layout: _Layout) -> None:
@@ -1408,8 +1639,9 @@ def _linear_forward(call: _Linear, *layer: Tensor | None) -> tuple[Tensor, Any]:
             piece = _linear_part(call, _chunk_logits(h, w, b, c, xp), call.layout.start + c.start, aux, c, xp)
             part = piece if part is None else _merge(part, piece, xp)
         if part is None:
-            part = _empty_part(n, xp, xp.zeros((1,), dtype=_compute.compute_dtype(h, xp)), True, False,
-                               bool(call.smoothing))
+            part = _empty_part(
+                n, xp, xp.zeros((1,), dtype=_compute.compute_dtype(h, xp)), True, False, bool(call.smoothing)
+            )
         gl = _exchange(part, call.comm, xp)
         rows, ce, zt = _ce_rows(call, gl, aux, xp, h.dtype == xp.float64 and call.softcap is None)
         loss = _reference.reduce_losses(ce, zt, rows.wy, rows.alive, call.reduction, xp)
@@ -1434,8 +1666,9 @@ def _linear_part(call: _Linear, logits: Array, first: int, aux: _Aux, c: slice, 
     return _concat(parts, xp)
 
 
-def _linear_backward(call: _Linear, saved: Any, g: Tensor, *layer: Tensor | None) -> tuple[Tensor, Tensor,
-                                                                                           Tensor | None]:
+def _linear_backward(
+    call: _Linear, saved: Any, g: Tensor, *layer: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Each chunk's ``G = d loss / d logits`` (float64), then ``d h += G W_c``, ``d W_c = G^T h``, ``d b_c = sum G``.
 
     ``d h`` is summed over the ranks by one all-reduce: ``hidden`` feeds every
@@ -1465,8 +1698,9 @@ def _linear_backward(call: _Linear, saved: Any, g: Tensor, *layer: Tensor | None
         return d_h, d_w, None if d_b is None else _tensor(_compute.round_to(d_b, like[2], xp), dev)
 
 
-def _linear_grad(call: _Linear, logits: Array, c: slice, gl: _Global, rows: _Loss, aux: _Aux,
-                 scales: tuple[Array, Array], xp: Any) -> Array:
+def _linear_grad(
+    call: _Linear, logits: Array, c: slice, gl: _Global, rows: _Loss, aux: _Aux, scales: tuple[Array, Array], xp: Any
+) -> Array:
     """``d loss / d logits`` of one chunk, rounded once to the matmul dtype."""
     return _grad_rows(call, logits, call.layout.start + c.start, _sub(aux.local_weight, c), gl, rows, aux, scales, xp)
 

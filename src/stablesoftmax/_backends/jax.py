@@ -84,14 +84,16 @@ _CE_KEYS = ("ignore_index", "reduction", "smoothing", "z_loss", "softcap", "prob
 
 def _ce_forward(x: Any, aux: Any, static: tuple[Any, ...]) -> Any:
     target, weight, mask = aux
-    return _compute.cross_entropy(x, target, jnp, grad=False, weight=weight, mask=mask,
-                                  **dict(zip(_CE_KEYS, static)))[0]
+    return _compute.cross_entropy(
+        x, target, jnp, grad=False, weight=weight, mask=mask, **dict(zip(_CE_KEYS, static, strict=True))
+    )[0]
 
 
 def _ce_backward(x: Any, aux: Any, static: tuple[Any, ...], g: Any) -> Any:
     target, weight, mask = aux
-    return _compute.cross_entropy(x, target, jnp, grad=True, g=g, weight=weight, mask=mask,
-                                  **dict(zip(_CE_KEYS, static)))[1]
+    return _compute.cross_entropy(
+        x, target, jnp, grad=True, g=g, weight=weight, mask=mask, **dict(zip(_CE_KEYS, static, strict=True))
+    )[1]
 
 
 def _nll_forward(lp: Any, aux: Any, static: tuple[Any, ...]) -> Any:
@@ -101,8 +103,9 @@ def _nll_forward(lp: Any, aux: Any, static: tuple[Any, ...]) -> Any:
 
 def _nll_backward(lp: Any, aux: Any, static: tuple[Any, ...], g: Any) -> Any:
     target, weight = aux
-    return _compute.nll_loss(lp, target, jnp, weight=weight, ignore_index=static[0], reduction=static[1],
-                             grad=True, g=g)
+    return _compute.nll_loss(
+        lp, target, jnp, weight=weight, ignore_index=static[0], reduction=static[1], grad=True, g=g
+    )
 
 
 def _bce_forward(x: Any, aux: Any, static: tuple[Any, ...]) -> Any:
@@ -154,15 +157,17 @@ def cross_entropy(x: Any, target: Any, xp: Any, *, grad: bool, g: Any = None, **
     return loss, _ce_backward(x, (target, weight, mask), static, g)
 
 
-def nll_loss(lp: Any, target: Any, xp: Any, *, weight: Any, ignore_index: int, reduction: str,
-             grad: bool = False, g: Any = None) -> Any:
+def nll_loss(
+    lp: Any, target: Any, xp: Any, *, weight: Any, ignore_index: int, reduction: str, grad: bool = False, g: Any = None
+) -> Any:
     if grad:
         return _nll_backward(lp, (target, weight), (ignore_index, reduction), g)
     return _nll(lp, (target, weight), (ignore_index, reduction))
 
 
-def bce(x: Any, t: Any, xp: Any, *, weight: Any, pos_weight: Any, reduction: str, grad: bool = False,
-        g: Any = None) -> Any:
+def bce(
+    x: Any, t: Any, xp: Any, *, weight: Any, pos_weight: Any, reduction: str, grad: bool = False, g: Any = None
+) -> Any:
     if grad:
         return _bce_backward(x, (t, weight, pos_weight), (reduction,), g)
     return _bce(x, (t, weight, pos_weight), (reduction,))

@@ -127,8 +127,9 @@ def _(x: Tensor, mask: Tensor | None, temperature: float, log: bool) -> Tensor:
 
 @torch.library.custom_op(f"{_LIB}::softmax_grad", mutates_args=())
 def _softmax_grad(x: Tensor, g: Tensor, mask: Tensor | None, temperature: float, log: bool) -> Tensor:
-    return _run(lambda x_, g_, m_, ns: _compute.softmax_grad(x_, g_, ns, mask=m_, temperature=temperature, log=log),
-                x, g, mask)
+    return _run(
+        lambda x_, g_, m_, ns: _compute.softmax_grad(x_, g_, ns, mask=m_, temperature=temperature, log=log), x, g, mask
+    )
 
 
 @_softmax_grad.register_fake
@@ -156,34 +157,89 @@ _softmax.register_autograd(_softmax_backward, setup_context=_softmax_setup)
 
 
 @torch.library.custom_op(f"{_LIB}::cross_entropy", mutates_args=())
-def _cross_entropy(x: Tensor, target: Tensor, weight: Tensor | None, mask: Tensor | None, ignore_index: int,
-                   reduction: str, smoothing: float, z_loss: float, softcap: float | None, probs: bool) -> Tensor:
-    opts = dict(ignore_index=ignore_index, reduction=reduction, smoothing=smoothing, z_loss=z_loss, softcap=softcap,
-                probs=probs)
-    return _run(lambda x_, t_, w_, m_, ns: _compute.cross_entropy(x_, t_, ns, grad=False, weight=w_, mask=m_, **opts)[0],
-                x, target, weight, mask)
+def _cross_entropy(
+    x: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    probs: bool,
+) -> Tensor:
+    opts = dict(
+        ignore_index=ignore_index, reduction=reduction, smoothing=smoothing, z_loss=z_loss, softcap=softcap, probs=probs
+    )
+    return _run(
+        lambda x_, t_, w_, m_, ns: _compute.cross_entropy(x_, t_, ns, grad=False, weight=w_, mask=m_, **opts)[0],
+        x,
+        target,
+        weight,
+        mask,
+    )
 
 
 @_cross_entropy.register_fake
-def _(x: Tensor, target: Tensor, weight: Tensor | None, mask: Tensor | None, ignore_index: int, reduction: str,
-      smoothing: float, z_loss: float, softcap: float | None, probs: bool) -> Tensor:
+def _(
+    x: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    probs: bool,
+) -> Tensor:
     return x.new_empty(x.shape[:1] if reduction == "none" else ())
 
 
 @torch.library.custom_op(f"{_LIB}::cross_entropy_grad", mutates_args=())
-def _cross_entropy_grad(x: Tensor, target: Tensor, g: Tensor, weight: Tensor | None, mask: Tensor | None,
-                        ignore_index: int, reduction: str, smoothing: float, z_loss: float, softcap: float | None,
-                        probs: bool) -> Tensor:
-    opts = dict(ignore_index=ignore_index, reduction=reduction, smoothing=smoothing, z_loss=z_loss, softcap=softcap,
-                probs=probs)
-    return _run(lambda x_, t_, g_, w_, m_, ns: _compute.cross_entropy(x_, t_, ns, grad=True, g=g_, weight=w_,
-                                                                      mask=m_, **opts)[1],
-                x, target, g, weight, mask)
+def _cross_entropy_grad(
+    x: Tensor,
+    target: Tensor,
+    g: Tensor,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    probs: bool,
+) -> Tensor:
+    opts = dict(
+        ignore_index=ignore_index, reduction=reduction, smoothing=smoothing, z_loss=z_loss, softcap=softcap, probs=probs
+    )
+    return _run(
+        lambda x_, t_, g_, w_, m_, ns: _compute.cross_entropy(x_, t_, ns, grad=True, g=g_, weight=w_, mask=m_, **opts)[
+            1
+        ],
+        x,
+        target,
+        g,
+        weight,
+        mask,
+    )
 
 
 @_cross_entropy_grad.register_fake
-def _(x: Tensor, target: Tensor, g: Tensor, weight: Tensor | None, mask: Tensor | None, ignore_index: int,
-      reduction: str, smoothing: float, z_loss: float, softcap: float | None, probs: bool) -> Tensor:
+def _(
+    x: Tensor,
+    target: Tensor,
+    g: Tensor,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    probs: bool,
+) -> Tensor:
     return torch.empty_like(x)
 
 
@@ -203,8 +259,12 @@ _cross_entropy.register_autograd(_ce_backward, setup_context=_ce_setup)
 
 @torch.library.custom_op(f"{_LIB}::nll_loss", mutates_args=())
 def _nll_loss(lp: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, reduction: str) -> Tensor:
-    return _run(lambda l_, t_, w_, ns: _compute.nll_loss(l_, t_, ns, weight=w_, ignore_index=ignore_index,
-                                                         reduction=reduction), lp, target, weight)
+    return _run(
+        lambda l_, t_, w_, ns: _compute.nll_loss(l_, t_, ns, weight=w_, ignore_index=ignore_index, reduction=reduction),
+        lp,
+        target,
+        weight,
+    )
 
 
 @_nll_loss.register_fake
@@ -213,11 +273,18 @@ def _(lp: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, redu
 
 
 @torch.library.custom_op(f"{_LIB}::nll_loss_grad", mutates_args=())
-def _nll_loss_grad(lp: Tensor, target: Tensor, g: Tensor, weight: Tensor | None, ignore_index: int,
-                   reduction: str) -> Tensor:
-    return _run(lambda l_, t_, g_, w_, ns: _compute.nll_loss(l_, t_, ns, weight=w_, ignore_index=ignore_index,
-                                                             reduction=reduction, grad=True, g=g_),
-                lp, target, g, weight)
+def _nll_loss_grad(
+    lp: Tensor, target: Tensor, g: Tensor, weight: Tensor | None, ignore_index: int, reduction: str
+) -> Tensor:
+    return _run(
+        lambda l_, t_, g_, w_, ns: _compute.nll_loss(
+            l_, t_, ns, weight=w_, ignore_index=ignore_index, reduction=reduction, grad=True, g=g_
+        ),
+        lp,
+        target,
+        g,
+        weight,
+    )
 
 
 @_nll_loss_grad.register_fake
@@ -241,8 +308,13 @@ _nll_loss.register_autograd(_nll_backward, setup_context=_nll_setup)
 
 @torch.library.custom_op(f"{_LIB}::bce", mutates_args=())
 def _bce(x: Tensor, t: Tensor, weight: Tensor | None, pos_weight: Tensor | None, reduction: str) -> Tensor:
-    return _run(lambda x_, t_, w_, p_, ns: _compute.bce(x_, t_, ns, weight=w_, pos_weight=p_, reduction=reduction),
-                x, t, weight, pos_weight)
+    return _run(
+        lambda x_, t_, w_, p_, ns: _compute.bce(x_, t_, ns, weight=w_, pos_weight=p_, reduction=reduction),
+        x,
+        t,
+        weight,
+        pos_weight,
+    )
 
 
 @_bce.register_fake
@@ -251,10 +323,19 @@ def _(x: Tensor, t: Tensor, weight: Tensor | None, pos_weight: Tensor | None, re
 
 
 @torch.library.custom_op(f"{_LIB}::bce_grad", mutates_args=())
-def _bce_grad(x: Tensor, t: Tensor, g: Tensor, weight: Tensor | None, pos_weight: Tensor | None,
-              reduction: str) -> Tensor:
-    return _run(lambda x_, t_, g_, w_, p_, ns: _compute.bce(x_, t_, ns, weight=w_, pos_weight=p_, reduction=reduction,
-                                                            grad=True, g=g_), x, t, g, weight, pos_weight)
+def _bce_grad(
+    x: Tensor, t: Tensor, g: Tensor, weight: Tensor | None, pos_weight: Tensor | None, reduction: str
+) -> Tensor:
+    return _run(
+        lambda x_, t_, g_, w_, p_, ns: _compute.bce(
+            x_, t_, ns, weight=w_, pos_weight=p_, reduction=reduction, grad=True, g=g_
+        ),
+        x,
+        t,
+        g,
+        weight,
+        pos_weight,
+    )
 
 
 @_bce_grad.register_fake
@@ -294,15 +375,36 @@ def logsumexp_grad(x: Tensor, g: Tensor, xp_: Any, *, mask: Tensor | None = None
     return _logsumexp_grad(x, g, mask, b)
 
 
-def softmax_grad(x: Tensor, g: Tensor, xp_: Any, *, mask: Tensor | None = None, temperature: float = 1.0,
-                 log: bool = False) -> Tensor:
+def softmax_grad(
+    x: Tensor, g: Tensor, xp_: Any, *, mask: Tensor | None = None, temperature: float = 1.0, log: bool = False
+) -> Tensor:
     return _softmax_grad(x, g, mask, float(temperature), bool(log))
 
 
-def cross_entropy(x: Tensor, target: Tensor, xp_: Any, *, grad: bool, g: Any = None, weight: Tensor | None,
-                  mask: Tensor | None, ignore_index: int, reduction: str, smoothing: float, z_loss: float,
-                  softcap: float | None, probs: bool) -> tuple[Tensor, Tensor | None]:
-    opts = (ignore_index, reduction, float(smoothing), float(z_loss), None if softcap is None else float(softcap), probs)
+def cross_entropy(
+    x: Tensor,
+    target: Tensor,
+    xp_: Any,
+    *,
+    grad: bool,
+    g: Any = None,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    probs: bool,
+) -> tuple[Tensor, Tensor | None]:
+    opts = (
+        ignore_index,
+        reduction,
+        float(smoothing),
+        float(z_loss),
+        None if softcap is None else float(softcap),
+        probs,
+    )
     loss = _cross_entropy(x, target, weight, mask, *opts)
     if not grad:
         return loss, None
@@ -310,15 +412,33 @@ def cross_entropy(x: Tensor, target: Tensor, xp_: Any, *, grad: bool, g: Any = N
     return loss, _cross_entropy_grad(x.detach(), target, gt, weight, mask, *opts)
 
 
-def nll_loss(lp: Tensor, target: Tensor, xp_: Any, *, weight: Tensor | None, ignore_index: int, reduction: str,
-             grad: bool = False, g: Any = None) -> Tensor:
+def nll_loss(
+    lp: Tensor,
+    target: Tensor,
+    xp_: Any,
+    *,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    grad: bool = False,
+    g: Any = None,
+) -> Tensor:
     if grad:
         return _nll_loss_grad(lp, target, g, weight, ignore_index, reduction)
     return _nll_loss(lp, target, weight, ignore_index, reduction)
 
 
-def bce(x: Tensor, t: Tensor, xp_: Any, *, weight: Tensor | None, pos_weight: Tensor | None, reduction: str,
-        grad: bool = False, g: Any = None) -> Tensor:
+def bce(
+    x: Tensor,
+    t: Tensor,
+    xp_: Any,
+    *,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduction: str,
+    grad: bool = False,
+    g: Any = None,
+) -> Tensor:
     if grad:
         return _bce_grad(x, t, g, weight, pos_weight, reduction)
     return _bce(x, t, weight, pos_weight, reduction)

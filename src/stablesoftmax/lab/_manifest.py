@@ -102,11 +102,33 @@ def _git_out(where: Path, *args: str) -> str | None:
 # --------------------------------------------------------------------------
 
 # /proc/cpuinfo flag names, in the order they are shown.
-VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_bf16",
-                "avx512_fp16", "amx_tile", "asimd", "sve")
+VECTOR_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512dq",
+    "avx512bw",
+    "avx512vl",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "asimd",
+    "sve",
+)
 # NumPy's own names for the same features, used where /proc/cpuinfo is missing (macOS, Windows).
-NUMPY_FLAGS = {"SSE42": "sse4_2", "AVX": "avx", "AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f",
-               "AVX512_SKX": "avx512bw", "AVX512_SPR": "avx512_fp16", "ASIMD": "asimd", "SVE": "sve"}
+NUMPY_FLAGS = {
+    "SSE42": "sse4_2",
+    "AVX": "avx",
+    "AVX2": "avx2",
+    "FMA3": "fma",
+    "AVX512F": "avx512f",
+    "AVX512_SKX": "avx512bw",
+    "AVX512_SPR": "avx512_fp16",
+    "ASIMD": "asimd",
+    "SVE": "sve",
+}
 
 
 def cpu() -> dict[str, Any]:
@@ -122,9 +144,13 @@ def cpu() -> dict[str, Any]:
     if flags is None:
         source = "unknown"
     features = None if flags is None else [f for f in VECTOR_FLAGS if f in flags]
-    return {"model": model or platform.processor() or None, "vector_features": features,
-            "avx512": None if flags is None else "avx512f" in flags, "source": source,
-            "numpy_simd": _numpy_simd()}
+    return {
+        "model": model or platform.processor() or None,
+        "vector_features": features,
+        "avx512": None if flags is None else "avx512f" in flags,
+        "source": source,
+        "numpy_simd": _numpy_simd(),
+    }
 
 
 def cpu_line(info: dict[str, Any] | None = None) -> str:
@@ -133,9 +159,11 @@ def cpu_line(info: dict[str, Any] | None = None) -> str:
     feats = info["vector_features"]
     avx512 = {True: "yes", False: "no", None: "unknown"}[info["avx512"]]
     simd = " ".join(info["numpy_simd"]) if info["numpy_simd"] else "unknown"
-    return (f"cpu: {info['model'] or 'unknown model'}; vector features: "
-            f"{' '.join(feats) if feats else 'unknown'} (from {info['source']}); AVX-512: {avx512}; "
-            f"NumPy SIMD targets: {simd}")
+    return (
+        f"cpu: {info['model'] or 'unknown model'}; vector features: "
+        f"{' '.join(feats) if feats else 'unknown'} (from {info['source']}); AVX-512: {avx512}; "
+        f"NumPy SIMD targets: {simd}"
+    )
 
 
 def versions_line() -> str:

@@ -57,16 +57,17 @@ def prepare(out: Path, names: list[str], *, force: bool, elsewhere: str) -> None
     if existing and not force:
         kept = tracked(out, existing)
         if kept:
-            raise ArgumentError(f"--out {out} holds {', '.join(kept)}, which git tracks (a committed example); "
-                                f"write your run to another directory, e.g. --out {elsewhere}")
+            raise ArgumentError(
+                f"--out {out} holds {', '.join(kept)}, which git tracks (a committed example); "
+                f"write your run to another directory, e.g. --out {elsewhere}"
+            )
         raise ArgumentError(f"--out {out} already holds {', '.join(existing)}; pass --force to overwrite them")
 
 
 def tracked(out: Path, names: list[str]) -> list[str]:
     """Those of ``names`` in ``out`` that git tracks; none when ``out`` is in no repository or git is missing."""
     try:
-        done = subprocess.run(["git", "-C", str(out), "ls-files", "-z", "--", *names], capture_output=True,
-                              timeout=30)
+        done = subprocess.run(["git", "-C", str(out), "ls-files", "-z", "--", *names], capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return []
     if done.returncode != 0:

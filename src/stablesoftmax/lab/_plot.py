@@ -74,14 +74,25 @@ def _draw_side(ax: Any, cases: list[dict[str, Any]], kind: str, drawn: set[str])
         p, wide = _row_values(c[kind], c["n"])
         edges = np.linspace(0.0, 1.0, p.size + 1)
         finite = np.where(np.isfinite(p), p, np.nan)
-        mesh = ax.pcolormesh(edges, [i, i + 1], finite[None, :], cmap=cmap, vmin=0.0, vmax=1.0,
-                             edgecolors="face" if wide else "white", linewidth=0 if wide else 1.5)
+        mesh = ax.pcolormesh(
+            edges,
+            [i, i + 1],
+            finite[None, :],
+            cmap=cmap,
+            vmin=0.0,
+            vmax=1.0,
+            edgecolors="face" if wide else "white",
+            linewidth=0 if wide else 1.5,
+        )
         drawn |= _bad_cells(ax, p, edges, i)
         _labels(ax, p, edges, i, c[kind] if wide else None)
-    marks = {"nan_row": [i for i, c in enumerate(cases) if c[kind]["has_nan"]],
-             "wrong_sum": _silently_wrong(cases, kind),
-             "valid": [i for i, c in enumerate(cases) if kind == "stable" and c["naive"]["has_nan"]
-                       and not c["stable"]["has_nan"]]}
+    marks = {
+        "nan_row": [i for i, c in enumerate(cases) if c[kind]["has_nan"]],
+        "wrong_sum": _silently_wrong(cases, kind),
+        "valid": [
+            i for i, c in enumerate(cases) if kind == "stable" and c["naive"]["has_nan"] and not c["stable"]["has_nan"]
+        ],
+    }
     for mark, rows in marks.items():
         for i in rows:
             ax.add_patch(_frame(i, FRAME_COLORS[mark]))
@@ -105,8 +116,17 @@ def _bad_cells(ax: Any, p: np.ndarray, edges: np.ndarray, i: int) -> set[str]:
     for j in np.flatnonzero(~np.isfinite(p)):
         kind = "nan" if math.isnan(p[j]) else "inf"
         kinds.add(kind)
-        ax.add_patch(Rectangle((edges[j], i), edges[j + 1] - edges[j], 1, facecolor=NAN_COLOR if kind == "nan"
-                               else INF_COLOR, edgecolor="white", linewidth=1.5, hatch="//"))
+        ax.add_patch(
+            Rectangle(
+                (edges[j], i),
+                edges[j + 1] - edges[j],
+                1,
+                facecolor=NAN_COLOR if kind == "nan" else INF_COLOR,
+                edgecolor="white",
+                linewidth=1.5,
+                hatch="//",
+            )
+        )
     return kinds
 
 
@@ -126,14 +146,29 @@ def _labels(ax: Any, p: np.ndarray, edges: np.ndarray, i: int, wide: dict[str, A
         lo, hi = float(wide["min"]), float(wide["max"])
         text = f"{p.size} cells, all {_short(lo)}" if lo == hi else f"{p.size} cells, {_short(lo)} to {_short(hi)}"
         text += f" (sum {_short(float(wide['sum']))})"
-        ax.text(0.5, i + 0.5, text, ha="center", va="center", fontsize=10, color="white",
-                bbox={"facecolor": "black", "alpha": 0.55, "edgecolor": "none", "pad": 2})
+        ax.text(
+            0.5,
+            i + 0.5,
+            text,
+            ha="center",
+            va="center",
+            fontsize=10,
+            color="white",
+            bbox={"facecolor": "black", "alpha": 0.55, "edgecolor": "none", "pad": 2},
+        )
         return
     for j, v in enumerate(p):
         bad = not math.isfinite(v)
-        ax.text((edges[j] + edges[j + 1]) / 2, i + 0.5, _short(v), ha="center", va="center",
-                fontsize=11 if bad else 9.5, fontweight="bold" if bad else "normal",
-                color="white" if bad or v < 0.6 else "black")
+        ax.text(
+            (edges[j] + edges[j + 1]) / 2,
+            i + 0.5,
+            _short(v),
+            ha="center",
+            va="center",
+            fontsize=11 if bad else 9.5,
+            fontweight="bold" if bad else "normal",
+            color="white" if bad or v < 0.6 else "black",
+        )
 
 
 def _short(v: float) -> str:
@@ -154,8 +189,9 @@ def _legend(fig: Any, drawn: set[str]) -> None:
         "inf": Patch(facecolor=INF_COLOR, hatch="//", edgecolor="white", label="inf"),
         "nan_row": Patch(facecolor="none", edgecolor=NAN_COLOR, linewidth=3, label="row holds a NaN"),
         "valid": Patch(facecolor="none", edgecolor=VALID_COLOR, linewidth=3, label="naive broke, stable valid"),
-        "wrong_sum": Patch(facecolor="none", edgecolor=WRONG_COLOR, linewidth=3,
-                           label="no NaN, but the sum is off by > 1%"),
+        "wrong_sum": Patch(
+            facecolor="none", edgecolor=WRONG_COLOR, linewidth=3, label="no NaN, but the sum is off by > 1%"
+        ),
     }
     handles = [h for key, h in entries.items() if key in drawn]
     if handles:
@@ -185,16 +221,24 @@ def timings_chart(rows: list[dict[str, Any]], title: str, machine: list[str] | N
         FigureCanvasAgg(fig)
         ax = fig.subplots()
         one_case = len({(r["function"], r["shape"], r["dtype"]) for r in rows}) == 1
-        labels = [r["implementation"] if one_case
-                  else f"{r['implementation']}\n{r['function']} {r['shape']} {r['dtype']}" for r in rows]
+        labels = [
+            r["implementation"] if one_case else f"{r['implementation']}\n{r['function']} {r['shape']} {r['dtype']}"
+            for r in rows
+        ]
         med = np.array([r["median_s"] for r in rows]) * 1e6
         lo = med - np.array([r["min_s"] for r in rows]) * 1e6
         hi = np.array([r["max_s"] for r in rows]) * 1e6 - med
         colors = ["#8c8c8c" if r["implementation"] == "naive" else "#4c72b0" for r in rows]
         ax.bar(range(len(rows)), med, yerr=[lo, hi], capsize=6, color=colors, width=0.6)
         for i, (m, r) in enumerate(zip(med, rows, strict=True)):
-            ax.annotate(f"{m:.0f} us\n{r['ratio_to_naive']:.2f}x naive", (i + 0.06, m), ha="left", va="center",
-                        fontsize=9.5, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5})
+            ax.annotate(
+                f"{m:.0f} us\n{r['ratio_to_naive']:.2f}x naive",
+                (i + 0.06, m),
+                ha="left",
+                va="center",
+                fontsize=9.5,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5},
+            )
         ax.set_yscale("log")
         ax.set_xticks(range(len(rows)), labels, fontsize=10)
         ax.set_ylabel("time per call, microseconds (log)\nbar: median; whiskers: min to max")
@@ -220,8 +264,13 @@ def scaling_chart(rows: list[dict[str, Any]], bandwidth: float, machine: list[st
         ax = fig.subplots()
         for impl in dict.fromkeys(r["implementation"] for r in rows):
             mine = sorted((r for r in rows if r["implementation"] == impl), key=lambda r: r["nbytes"])
-            ax.plot([r["nbytes"] for r in mine], [r["median_s"] for r in mine], marker="o", label=impl,
-                    linewidth=2.5 if impl == "stable" else 1.5)
+            ax.plot(
+                [r["nbytes"] for r in mine],
+                [r["median_s"] for r in mine],
+                marker="o",
+                label=impl,
+                linewidth=2.5 if impl == "stable" else 1.5,
+            )
         sizes = np.array(sorted({r["nbytes"] for r in rows}), dtype=float)
         ax.plot(sizes, sizes / bandwidth, "k--", label=f"one read at {bandwidth / 1e9:.1f} GB/s")
         ax.set_xscale("log")

@@ -31,8 +31,18 @@ from typing import Any
 from .. import InputFileError
 from ._cases import CE_TARGET, SOFTMAX_CASES
 
-__all__ = ["Prediction", "Predictions", "Divergence", "load", "template", "divergences", "CE_ABS", "CE_REL",
-           "MAX_BYTES", "ANSWERS"]
+__all__ = [
+    "Prediction",
+    "Predictions",
+    "Divergence",
+    "load",
+    "template",
+    "divergences",
+    "CE_ABS",
+    "CE_REL",
+    "MAX_BYTES",
+    "ANSWERS",
+]
 
 ANSWERS = ("naive_nan", "stable_nan", "ce")  # what every case must answer
 FIELDS = (*ANSWERS, "why", "explain")
@@ -95,7 +105,7 @@ def load(path: Path, run_dtype: str) -> Predictions:
         raise _err(path, text, "dtype", None, msg)
     cases = data.get("cases", {})
     if not isinstance(cases, dict):
-        raise _err(path, text, "cases", None, "cases must be a table of [cases.\"NAME\"] tables")
+        raise _err(path, text, "cases", None, 'cases must be a table of [cases."NAME"] tables')
     raw = {name: _check_case(path, text, name, v) for name, v in cases.items()}
     _require_complete(path, raw)
     return Predictions(path, dtype, {name: _prediction(v) for name, v in raw.items()})
@@ -109,8 +119,10 @@ def _read(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputFileError(f"--predictions {path}: is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                             "expected the TOML file the template shows") from None
+        raise InputFileError(
+            f"--predictions {path}: is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "expected the TOML file the template shows"
+        ) from None
 
 
 def _parse(path: Path, text: str) -> dict[str, Any]:
@@ -124,8 +136,10 @@ def _parse(path: Path, text: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise InputFileError(f"--predictions {path}: not valid TOML: {exc}") from None
     except RecursionError:  # tomllib recurses once per level of [[[...]]] or {a = {b = ...}}
-        raise InputFileError(f"--predictions {path}: nests arrays or tables too deeply to be read; "
-                             "expected the flat [cases.\"NAME\"] tables the template shows") from None
+        raise InputFileError(
+            f"--predictions {path}: nests arrays or tables too deeply to be read; "
+            'expected the flat [cases."NAME"] tables the template shows'
+        ) from None
 
 
 def _check_case(path: Path, text: str, name: str, raw: Any) -> dict[str, Any]:
@@ -143,7 +157,7 @@ def _check_case(path: Path, text: str, name: str, raw: Any) -> dict[str, Any]:
         if field.endswith("_nan") and not isinstance(value, bool):
             raise _err(path, text, name, field, f"cases.{name!r}.{field} = {value!r} must be true or false")
         if field == "ce" and not _ce_ok(value):
-            msg = f"cases.{name!r}.ce = {value!r} must be a number, inf, nan or \"undefined\""
+            msg = f'cases.{name!r}.ce = {value!r} must be a number, inf, nan or "undefined"'
             raise _err(path, text, name, field, msg)
         if field in ("why", "explain") and not isinstance(value, str):
             raise _err(path, text, name, field, f"cases.{name!r}.{field} = {value!r} must be a string")
@@ -160,13 +174,19 @@ def _require_complete(path: Path, raw: dict[str, dict[str, Any]]) -> None:
         raise InputFileError(
             f"--predictions {path}: {len(missing)} of {len(CASE_NAMES)} cases are not filled in: {'; '.join(missing)}. "
             "Predict every case before the run: naive_nan and stable_nan true or false, ce a number, inf, nan "
-            "or \"undefined\"")
+            'or "undefined"'
+        )
 
 
 def _prediction(raw: dict[str, Any]) -> Prediction:
     ce = raw["ce"]
-    return Prediction(raw["naive_nan"], raw["stable_nan"], ce if isinstance(ce, str) else float(ce),
-                      raw.get("why", ""), raw.get("explain", ""))
+    return Prediction(
+        raw["naive_nan"],
+        raw["stable_nan"],
+        ce if isinstance(ce, str) else float(ce),
+        raw.get("why", ""),
+        raw.get("explain", ""),
+    )
 
 
 def _ce_ok(value: Any) -> bool:
@@ -205,10 +225,10 @@ def template(dtype: str, run_command: str) -> str:
         f"#   {run_command}",
         "# naive_nan, stable_nan: true or false. Will softmax(x) hold a NaN?",
         f"# ce: the cross-entropy with y = {CE_TARGET}, logsumexp(x) - x[{CE_TARGET}]: "
-        "a number, inf, nan or \"undefined\".",
+        'a number, inf, nan or "undefined".',
         "# why: your reasoning, one line (optional).",
         "# explain: after the run, for a prediction that missed: why it missed (optional).",
-        "# The battery refuses this file while any naive_nan, stable_nan or ce is still \"\".",
+        '# The battery refuses this file while any naive_nan, stable_nan or ce is still "".',
         "",
         f'dtype = "{dtype}"',
     ]

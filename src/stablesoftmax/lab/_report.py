@@ -38,8 +38,14 @@ MASKED_LABEL = (
 LABELS = {c.name: c.label for c in SOFTMAX_CASES}
 
 
-def render(results: dict[str, Any], preds: Predictions | None, library: dict[str, Any], *,
-           lab_state: dict[str, str], rerun: str) -> str:
+def render(
+    results: dict[str, Any],
+    preds: Predictions | None,
+    library: dict[str, Any],
+    *,
+    lab_state: dict[str, str],
+    rerun: str,
+) -> str:
     """The whole report as Markdown; ``rerun`` is the battery command the hints show."""
     parts = [
         _intro(results, lab_state),
@@ -89,8 +95,9 @@ def _case(r: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _intro(r: dict[str, Any], lab_state: dict[str, str]) -> str:
     yours = [n for n, s in lab_state.items() if s == "yours"]
-    whose = (f" This run used **your own {' and '.join(yours)}**, which differ from the lab's model answer."
-             if yours else "")
+    whose = (
+        f" This run used **your own {' and '.join(yours)}**, which differ from the lab's model answer." if yours else ""
+    )
     return (
         f"# Softmax stability: the naive formulas break, the stable ones do not\n\n"
         f"Written by `stablesoftmax battery` (stablesoftmax {__version__}) at dtype **{r['dtype']}**, "
@@ -98,8 +105,7 @@ def _intro(r: dict[str, Any], lab_state: dict[str, str]) -> str:
         f"(the textbook `exp(x) / sum(exp(x))`) and to `stable.py` (the max trick, pure NumPy), and writes "
         f"`results.json`; this report and `softmax_break.png` are drawn from it. The cross-entropy uses the "
         f"true label y = {CE_TARGET}. Edit `stable.py` and run `python compare.py` here to see what changes; "
-        f"`manifest.json` holds the seed, versions, platform, command and the SHA-256 of every file."
-        + whose
+        f"`manifest.json` holds the seed, versions, platform, command and the SHA-256 of every file." + whose
     )
 
 
@@ -127,25 +133,54 @@ def _prediction_row(name: str, label: str, preds: Predictions) -> list[str]:
 
 
 def _results_tables(r: dict[str, Any]) -> str:
-    head = ["case", "n", "naive NaN?", "stable NaN?", "naive sum", "stable sum", "stable abs(sum-1)/eps",
-            "naive max", "stable max", "max rel. diff (finite naive)", "naive warnings"]
+    head = [
+        "case",
+        "n",
+        "naive NaN?",
+        "stable NaN?",
+        "naive sum",
+        "stable sum",
+        "stable abs(sum-1)/eps",
+        "naive max",
+        "stable max",
+        "max rel. diff (finite naive)",
+        "naive warnings",
+    ]
     rows = [
-        [c["name"], str(c["n"]), _yes(c["naive"]["has_nan"]), _yes(c["stable"]["has_nan"]),
-         _fmt(c["naive"]["sum"], 10), _fmt(c["stable"]["sum"], 10), _fmt(c["sum_error_eps"], 3),
-         _fmt(c["naive"]["max"]), _fmt(c["stable"]["max"]),
-         f"{_fmt(c['max_rel_diff'], 3)} ({c['rel_diff_compared']} of {c['n']})", _warn(c["naive"]["warnings"])]
+        [
+            c["name"],
+            str(c["n"]),
+            _yes(c["naive"]["has_nan"]),
+            _yes(c["stable"]["has_nan"]),
+            _fmt(c["naive"]["sum"], 10),
+            _fmt(c["stable"]["sum"], 10),
+            _fmt(c["sum_error_eps"], 3),
+            _fmt(c["naive"]["max"]),
+            _fmt(c["stable"]["max"]),
+            f"{_fmt(c['max_rel_diff'], 3)} ({c['rel_diff_compared']} of {c['n']})",
+            _warn(c["naive"]["warnings"]),
+        ]
         for c in r["softmax"]
     ]
     ce_head = ["case", "naive CE", "stable CE", "naive logsumexp", "stable logsumexp", "naive warnings (CE)"]
     ce_rows = [
-        [c["name"], _fmt(c["cross_entropy"]["naive"]), _fmt(c["cross_entropy"]["stable"]),
-         _fmt(c["logsumexp"]["naive"]), _fmt(c["logsumexp"]["stable"]),
-         _warn(c["cross_entropy"]["naive_warnings"]) if c["cross_entropy"]["defined"] else c["cross_entropy"]["note"]]
+        [
+            c["name"],
+            _fmt(c["cross_entropy"]["naive"]),
+            _fmt(c["cross_entropy"]["stable"]),
+            _fmt(c["logsumexp"]["naive"]),
+            _fmt(c["logsumexp"]["stable"]),
+            _warn(c["cross_entropy"]["naive_warnings"])
+            if c["cross_entropy"]["defined"]
+            else c["cross_entropy"]["note"],
+        ]
         for c in r["softmax"]
     ]
     return (
-        f"## 2. Results ({r['dtype']}): naive.py against stable.py\n\n### Softmax\n\n" + _table(head, rows)
-        + f"\n\n### Cross-entropy (y = {CE_TARGET}) and logsumexp\n\n" + _table(ce_head, ce_rows)
+        f"## 2. Results ({r['dtype']}): naive.py against stable.py\n\n### Softmax\n\n"
+        + _table(head, rows)
+        + f"\n\n### Cross-entropy (y = {CE_TARGET}) and logsumexp\n\n"
+        + _table(ce_head, ce_rows)
         + "\n\n![naive and stable softmax, case by case](softmax_break.png)"
     )
 
@@ -162,14 +197,19 @@ def _comparison(r: dict[str, Any], preds: Predictions | None, rerun: str) -> str
     lines = []
     for d in found:
         explain = preds.cases[d.case].explain
-        said = (f"Your explanation: \"{explain}\"" if explain else
-                f"*Not explained yet.* Write why it missed as `explain = \"...\"` under `[cases.\"{d.case}\"]` "
-                f"in `{preds.source}`.")
+        said = (
+            f'Your explanation: "{explain}"'
+            if explain
+            else f'*Not explained yet.* Write why it missed as `explain = "..."` under `[cases."{d.case}"]` '
+            f"in `{preds.source}`."
+        )
         lines.append(f"- **{d.case}**, {d.field} predicted {d.predicted}, got {d.actual}. {said}")
     todo = [d for d in found if not preds.cases[d.case].explain]
     after = f"\n\nThen run again:\n\n```text\n{rerun}\n```" if todo else ""
-    return (title + f"{len(found)} divergence(s). {rule} Lab 01: \"where prediction and reality diverged, write "
-            "a sentence explaining why\"; section 9 (the pitfalls) may help.\n\n" + "\n".join(lines) + after)
+    return (
+        title + f'{len(found)} divergence(s). {rule} Lab 01: "where prediction and reality diverged, write '
+        'a sentence explaining why"; section 9 (the pitfalls) may help.\n\n' + "\n".join(lines) + after
+    )
 
 
 def _stop_conditions(r: dict[str, Any]) -> str:
@@ -183,11 +223,15 @@ def _stop_conditions(r: dict[str, Any]) -> str:
         f"{ss['worst_case']} at {_fmt(ss['worst_error_eps'], 3)} eps",
         "- [x] this report puts the predictions table before the results table",
     ]
-    by = [[d, ", ".join(f["naive_nan"]) or "none", ", ".join(f["stable_nan"]) or "none"]
-          for d, f in r["nan_by_dtype"].items()]
+    by = [
+        [d, ", ".join(f["naive_nan"]) or "none", ", ".join(f["stable_nan"]) or "none"]
+        for d, f in r["nan_by_dtype"].items()
+    ]
     why = "" if nn["met"] else "\n\n" + _naive_nan_unmet(r)
     return (
-        "## 4. Stop conditions (lab 01)\n\n" + "\n".join(lines) + why
+        "## 4. Stop conditions (lab 01)\n\n"
+        + "\n".join(lines)
+        + why
         + "\n\nHow the sum is measured: the exact sum (math.fsum) of the returned probabilities' float64 values. "
         "A row passes when |sum - 1| <= n * eps: each of the n probabilities is within one ulp of 1 (eps) of its "
         "exact value once rounded. The bound is generous (a correctly rounded softmax stays near eps/2 whatever "
@@ -225,8 +269,15 @@ def _lab02(r: dict[str, Any]) -> str:
         x = "`[" + ", ".join(_fmt(v) for v in row["input"]) + "]`"
         for fn in ("logsumexp", "log_softmax", "cross_entropy"):
             f = row[fn]
-            rows.append([x, f"`{fn}`" + (f" (y = {CE_TARGET})" if fn == "cross_entropy" else ""),
-                         _vec(f["naive"]), _vec(f["stable"]), _warn(f["naive_warnings"])])
+            rows.append(
+                [
+                    x,
+                    f"`{fn}`" + (f" (y = {CE_TARGET})" if fn == "cross_entropy" else ""),
+                    _vec(f["naive"]),
+                    _vec(f["stable"]),
+                    _warn(f["naive_warnings"]),
+                ]
+            )
     return (
         f"## 5. Lab 02: logsumexp, log_softmax and cross-entropy ({r['dtype']})\n\n"
         "The naive RuntimeWarnings are recorded, not suppressed (underflow included, which NumPy "
@@ -236,13 +287,31 @@ def _lab02(r: dict[str, Any]) -> str:
 
 def _fp32_break(r: dict[str, Any]) -> str:
     b = r["fp32_break"]
-    head = ["row", "logits", "target", "-log(softmax(x))[t]", "naive CE", "fused CE", "seed expects (unsafe / fused)",
-            "p[target]", "smallest p", "argmin logit"]
+    head = [
+        "row",
+        "logits",
+        "target",
+        "-log(softmax(x))[t]",
+        "naive CE",
+        "fused CE",
+        "seed expects (unsafe / fused)",
+        "p[target]",
+        "smallest p",
+        "argmin logit",
+    ]
     rows = [
-        [x["name"], "`[" + ", ".join(_fmt(v) for v in x["logits"]) + "]`", str(x["target"]), _fmt(x["unfused_ce"]),
-         _fmt(x["naive_ce"]), _fmt(x["stable_ce"]),
-         f"{_fmt(x['seed_expected']['unfused_ce'])} / {_fmt(x['seed_expected']['stable_ce'])}",
-         _fmt(x["target_probability"], 3), _fmt(x["smallest_probability"], 3), str(x["argmin_logit"])]
+        [
+            x["name"],
+            "`[" + ", ".join(_fmt(v) for v in x["logits"]) + "]`",
+            str(x["target"]),
+            _fmt(x["unfused_ce"]),
+            _fmt(x["naive_ce"]),
+            _fmt(x["stable_ce"]),
+            f"{_fmt(x['seed_expected']['unfused_ce'])} / {_fmt(x['seed_expected']['stable_ce'])}",
+            _fmt(x["target_probability"], 3),
+            _fmt(x["smallest_probability"], 3),
+            str(x["argmin_logit"]),
+        ]
         for x in b["rows"]
     ]
     failing = [x for x in b["rows"] if x["fails"]]
@@ -250,17 +319,30 @@ def _fp32_break(r: dict[str, Any]) -> str:
     diag = (
         f"Smallest softmax probability in the batch: {_fmt(smallest, 3)}"
         + (" (exactly 0: one underflow away from an infinite loss). " if float(smallest) == 0 else ". ")
-        + ("Failing rows and the argmin of their logits: "
-           + ", ".join(f"{x['name']} (argmin {x['argmin_logit']}, the target is {x['target']})" for x in failing) + "."
-           if failing else "No row fails.")
+        + (
+            "Failing rows and the argmin of their logits: "
+            + ", ".join(f"{x['name']} (argmin {x['argmin_logit']}, the target is {x['target']})" for x in failing)
+            + "."
+            if failing
+            else "No row fails."
+        )
     )
-    scipy = "SciPy is not installed: no cross-check." if b["scipy_ce"] is None else (
-        "Cross-check, `-scipy.special.log_softmax(x, axis=-1)[t]`: " + ", ".join(_fmt(v) for v in b["scipy_ce"]) + ".")
+    scipy = (
+        "SciPy is not installed: no cross-check."
+        if b["scipy_ce"] is None
+        else (
+            "Cross-check, `-scipy.special.log_softmax(x, axis=-1)[t]`: "
+            + ", ".join(_fmt(v) for v in b["scipy_ce"])
+            + "."
+        )
+    )
     warns = "; ".join(f"{x['name']}: {_warn(x['warnings']['unfused'])}" for x in b["rows"])
     return (
         f"## 6. The {b['dtype']} break: -log(softmax(x)) against the fused form\n\n"
         "`-log(softmax(x)[t])` uses stable.py's *stable* softmax; it still fails once p[t] underflows to 0.\n\n"
-        + _table(head, rows) + f"\n\n{diag} {scipy} Warnings of the unfused route: {warns}." + _seed_check(b)
+        + _table(head, rows)
+        + f"\n\n{diag} {scipy} Warnings of the unfused route: {warns}."
+        + _seed_check(b)
     )
 
 
@@ -269,8 +351,11 @@ def _seed_check(b: dict[str, Any]) -> str:
     off = [x for x in b["rows"] if _differs(x["seed_expected"]["stable_ce"], x["stable_ce"])]
     if not off:
         return ""
-    items = ", ".join(f"{x['name']}: the seed prints {_fmt(x['seed_expected']['stable_ce'])}, "
-                      f"the fused form (and SciPy) give {_fmt(x['stable_ce'])}" for x in off)
+    items = ", ".join(
+        f"{x['name']}: the seed prints {_fmt(x['seed_expected']['stable_ce'])}, "
+        f"the fused form (and SciPy) give {_fmt(x['stable_ce'])}"
+        for x in off
+    )
     return f"\n\nThe seed's expected output disagrees with its own formula on: {items}."
 
 
@@ -295,18 +380,21 @@ def _library(r: dict[str, Any], lib: dict[str, Any]) -> str:
     extra = ""
     if huge is not None and lib_huge is not None:
         i = max(range(len(lib_huge)), key=lambda k: float(lib_huge[k]))
-        extra = (f"\n\nThe same happens to log_softmax near probability 1. On the float32 break row `huge`, entry {i} "
-                 f"(the largest logit) has log-probability {_fmt(huge['log_softmax'][i], 9)} in stable.py and "
-                 f"{_fmt(lib_huge[i], 9)} in stablesoftmax: the exact value is minus the sum of the other terms "
-                 "exp(x_j - m), which stable.py's log(1 + s) rounds away, since 1 + s rounds to 1 in float32. "
-                 "stablesoftmax keeps s apart from the 1 and takes log1p(s).")
+        extra = (
+            f"\n\nThe same happens to log_softmax near probability 1. On the float32 break row `huge`, entry {i} "
+            f"(the largest logit) has log-probability {_fmt(huge['log_softmax'][i], 9)} in stable.py and "
+            f"{_fmt(lib_huge[i], 9)} in stablesoftmax: the exact value is minus the sum of the other terms "
+            "exp(x_j - m), which stable.py's log(1 + s) rounds away, since 1 + s rounds to 1 in float32. "
+            "stablesoftmax keeps s apart from the 1 and takes log1p(s)."
+        )
     same = sum(row[-1] == "same" for row in rows)
     return (
         f"## 7. stable.py beside the library ({r['dtype']})\n\n"
         "stable.py sums and takes logs in the input's dtype; stablesoftmax computes each result in a wider type "
         f"and rounds once, so its {r['dtype']} results are correctly rounded. {same} of {len(rows)} values below are "
         f"the same number; the others are apart by the given units in the last place of {r['dtype']}:\n\n"
-        + _table(["case", "function", "stable.py", "stablesoftmax", "apart"], rows) + extra
+        + _table(["case", "function", "stable.py", "stablesoftmax", "apart"], rows)
+        + extra
     )
 
 
@@ -322,24 +410,47 @@ def _parity(r: dict[str, Any]) -> str:
     title = "## 8. SciPy parity (lab 01 block F, float64): stable.py against scipy.special\n\n"
     if not p["available"]:
         return f"{title}{p['reason']}."
-    rows = [[x["input"], _fmt(x["softmax_max_abs_diff"], 3), _fmt(x["logsumexp_rel_diff"], 3),
-             _fmt(x["log_softmax_max_rel_diff"], 3), _fmt(x["cross_entropy_rel_diff"], 3),
-             "yes" if x["passed"] else "**no**"] for x in p["rows"]]
-    head = ["input", "softmax max abs. diff", "logsumexp rel. diff", "log_softmax max rel. diff",
-            f"CE (y = {CE_TARGET}) rel. diff", "pass"]
+    rows = [
+        [
+            x["input"],
+            _fmt(x["softmax_max_abs_diff"], 3),
+            _fmt(x["logsumexp_rel_diff"], 3),
+            _fmt(x["log_softmax_max_rel_diff"], 3),
+            _fmt(x["cross_entropy_rel_diff"], 3),
+            "yes" if x["passed"] else "**no**",
+        ]
+        for x in p["rows"]
+    ]
+    head = [
+        "input",
+        "softmax max abs. diff",
+        "logsumexp rel. diff",
+        "log_softmax max rel. diff",
+        f"CE (y = {CE_TARGET}) rel. diff",
+        "pass",
+    ]
     verdict = "All pass." if p["passed"] else "**Some rows fail.**"
-    return (title + f"Against `scipy.special` (axis=-1): softmax within {p['softmax_tol']:g} absolute, "
-            f"logsumexp, log_softmax and CE within {p['logsumexp_tol']:g} relative. {verdict} These differences "
-            "are rounding in the last bit or two of float64, and move with the CPU's exp and log (NumPy's AVX-512 "
-            "and AVX2 builds round differently), far below the tolerances.\n\n" + _table(head, rows))
+    return (
+        title + f"Against `scipy.special` (axis=-1): softmax within {p['softmax_tol']:g} absolute, "
+        f"logsumexp, log_softmax and CE within {p['logsumexp_tol']:g} relative. {verdict} These differences "
+        "are rounding in the last bit or two of float64, and move with the CPU's exp and log (NumPy's AVX-512 "
+        "and AVX2 builds round differently), far below the tolerances.\n\n" + _table(head, rows)
+    )
 
 
 def _pitfalls(r: dict[str, Any]) -> str:
     """One paragraph per pitfall the labs name, each with the battery case that shows it."""
     p = r["pitfalls"]
-    items = [_pit_all_neg_inf(r), _pit_batched_max(r, p["batched_max"]), _pit_add_back_m(p["add_back_m"]),
-             f"**Lab 01: the masked label.** {MASKED_LABEL}", _pit_warnings(r), _pit_log0(p["log0_times_0"]),
-             _pit_axis(p["axis"]), _pit_fused(r)]
+    items = [
+        _pit_all_neg_inf(r),
+        _pit_batched_max(r, p["batched_max"]),
+        _pit_add_back_m(p["add_back_m"]),
+        f"**Lab 01: the masked label.** {MASKED_LABEL}",
+        _pit_warnings(r),
+        _pit_log0(p["log0_times_0"]),
+        _pit_axis(p["axis"]),
+        _pit_fused(r),
+    ]
     return "## 9. The labs' pitfalls, each on a battery case\n\n" + "\n\n".join(items)
 
 
@@ -359,12 +470,17 @@ def _pit_all_neg_inf(r: dict[str, Any]) -> str:
 
 def _pit_batched_max(r: dict[str, Any], b: dict[str, Any]) -> str:
     broke = ", ".join(b["one_max_nan"])
-    what = (f"leaves {broke} with every exp(x - {_fmt(b['batch_max'])}) rounded to 0 in {r['dtype']}, so "
-            f"{'that row is' if len(b['one_max_nan']) == 1 else 'those rows are'} 0/0 = NaN"
-            if b["one_max_nan"] else
-            f"breaks no row at {r['dtype']}, whose range still holds exp(-592): the bug is there, hidden")
-    same = "each row equals the same row run alone" if b["keepdims_equals_rows_alone"] else \
-        "**the batched rows differ from the rows run alone**"
+    what = (
+        f"leaves {broke} with every exp(x - {_fmt(b['batch_max'])}) rounded to 0 in {r['dtype']}, so "
+        f"{'that row is' if len(b['one_max_nan']) == 1 else 'those rows are'} 0/0 = NaN"
+        if b["one_max_nan"]
+        else f"breaks no row at {r['dtype']}, whose range still holds exp(-592): the bug is there, hidden"
+    )
+    same = (
+        "each row equals the same row run alone"
+        if b["keepdims_equals_rows_alone"]
+        else "**the batched rows differ from the rows run alone**"
+    )
     return (
         "**Lab 01: batched max needs keepdims.** `x.max()` over a (B, K) batch is one number for the whole batch. "
         f"Stacking the six five-wide cases ({', '.join(b['cases'])}) into one batch, that one max is "
@@ -377,8 +493,11 @@ def _pit_batched_max(r: dict[str, Any], b: dict[str, Any]) -> str:
 
 
 def _pit_add_back_m(rows: list[dict[str, Any]]) -> str:
-    said = "; ".join(f"on {x['case']}, `log(sum(exp(x - m)))` gives {_fmt(x['without_m'])} where log_sum_exp gives "
-                     f"{_fmt(x['stable'])}, off by m = {_fmt(x['m'])}" for x in rows)
+    said = "; ".join(
+        f"on {x['case']}, `log(sum(exp(x - m)))` gives {_fmt(x['without_m'])} where log_sum_exp gives "
+        f"{_fmt(x['stable'])}, off by m = {_fmt(x['m'])}"
+        for x in rows
+    )
     return (
         "**Lab 01: forgetting to add back m.** After the shift the sum holds exp(0) = 1, so its log is >= 0 and small; "
         f"the answer is m plus that log, and without m it is wrong by exactly m: {said}."
@@ -390,7 +509,7 @@ def _pit_warnings(r: dict[str, Any]) -> str:
     return (
         "**Lab 02: the RuntimeWarning is diagnostic.** `np.exp(1002)` overflows: on lab 02's "
         f"`{_vec(row['input'])}` the naive logsumexp is {_fmt(row['logsumexp']['naive'])} and NumPy warns "
-        f"\"{_warn(row['logsumexp']['naive_warnings'])}\". compare.py records every such warning in results.json "
+        f'"{_warn(row["logsumexp"]["naive_warnings"])}". compare.py records every such warning in results.json '
         "and the tables above show them; it never suppresses one. stable.py raised none on any case."
     )
 
@@ -428,8 +547,12 @@ def _pit_axis(a: dict[str, Any]) -> str:
 
 def _pit_fused(r: dict[str, Any]) -> str:
     huge = next((x for x in r["fp32_break"]["rows"] if x["name"] == "huge"), None)
-    shown = (f" The float32 break (section 6) is the proof: on `huge` the route through the softmax gives "
-             f"{_fmt(huge['unfused_ce'])}, the fused form {_fmt(huge['stable_ce'])}." if huge else "")
+    shown = (
+        f" The float32 break (section 6) is the proof: on `huge` the route through the softmax gives "
+        f"{_fmt(huge['unfused_ce'])}, the fused form {_fmt(huge['stable_ce'])}."
+        if huge
+        else ""
+    )
     return (
         "**Lab 02: cross-entropy is fused.** Compute `-log_softmax(z)[y]`, or log_sum_exp(z) - z[y] as "
         "stable.py does, never `-log(softmax(z)[y])`: the two are equal in exact arithmetic, but the second goes "

@@ -36,8 +36,18 @@ import numpy as np
 from .. import InputFileError, cross_entropy, log_softmax, logsumexp, reference_path
 from ._cases import BREAK_ROWS, CE_TARGET, DTYPES, SOFTMAX_CASES
 
-__all__ = ["SCHEMA", "LAB_FILES", "KEPT", "lab_file", "write_lab_files", "run_compare", "library_view", "ulps_apart",
-           "num", "eps"]
+__all__ = [
+    "SCHEMA",
+    "LAB_FILES",
+    "KEPT",
+    "lab_file",
+    "write_lab_files",
+    "run_compare",
+    "library_view",
+    "ulps_apart",
+    "num",
+    "eps",
+]
 
 SCHEMA = "stablesoftmax.battery/2"
 LAB_FILES = ("naive.py", "stable.py", "compare.py")
@@ -79,15 +89,27 @@ def run_compare(out: Path) -> tuple[dict[str, Any], str]:
     """Run ``out/compare.py`` as ``python compare.py`` would; its results.json and its printed table."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
     try:
-        done = subprocess.run([sys.executable, "compare.py"], cwd=out, env=env, capture_output=True, text=True,
-                              encoding="utf-8", errors="replace", timeout=COMPARE_TIMEOUT_S)
+        done = subprocess.run(
+            [sys.executable, "compare.py"],
+            cwd=out,
+            env=env,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=COMPARE_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
-        raise InputFileError(f"--out {out}: compare.py ran for more than {COMPARE_TIMEOUT_S} s and was stopped; "
-                             "run `python compare.py` there to see where it hangs") from None
+        raise InputFileError(
+            f"--out {out}: compare.py ran for more than {COMPARE_TIMEOUT_S} s and was stopped; "
+            "run `python compare.py` there to see where it hangs"
+        ) from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise InputFileError(f"--out {out}: compare.py failed ({last}); run `python compare.py` there for the "
-                             "traceback, or delete naive.py and stable.py to get the lab's own back")
+        raise InputFileError(
+            f"--out {out}: compare.py failed ({last}); run `python compare.py` there for the "
+            "traceback, or delete naive.py and stable.py to get the lab's own back"
+        )
     return _load(out / "results.json"), done.stdout.rstrip("\n")
 
 
@@ -133,8 +155,10 @@ def library_view(results: dict[str, Any]) -> dict[str, Any]:
     dtype = DTYPES[results["dtype"]]
     with reference_path():
         cases = {c.name: _library_case(np.asarray(c.logits).astype(dtype)) for c in SOFTMAX_CASES}
-        rows = {r.name: [num(v) for v in np.asarray(log_softmax(np.asarray(r.logits, np.float32)), np.float64)]
-                for r in BREAK_ROWS}
+        rows = {
+            r.name: [num(v) for v in np.asarray(log_softmax(np.asarray(r.logits, np.float32)), np.float64)]
+            for r in BREAK_ROWS
+        }
     return {"dtype": dtype.name, "cases": cases, "break_log_softmax": rows}
 
 

@@ -58,15 +58,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"directory to write (default: {DEFAULT_OUT}/)")
-    p.add_argument("--template", action="store_true",
-                   help=f"only write an empty DIR/{TEMPLATE} to fill in before the run, and stop")
+    p.add_argument(
+        "--template",
+        action="store_true",
+        help=f"only write an empty DIR/{TEMPLATE} to fill in before the run, and stop",
+    )
     p.add_argument("--predictions", metavar="FILE", help="your filled-in predictions (see --template)")
-    p.add_argument("--dtype", default=DEFAULT_DTYPE, metavar="DTYPE",
-                   help="dtype the inputs are cast to: float32 (default), float64, float16, bfloat16")
-    p.add_argument("--seed", default=str(DEFAULT_SEED), metavar="N",
-                   help=f"seed of the random batch (default: {DEFAULT_SEED})")
-    p.add_argument("--force", action="store_true",
-                   help="overwrite results an earlier run left in --out (never naive.py, stable.py or predictions)")
+    p.add_argument(
+        "--dtype",
+        default=DEFAULT_DTYPE,
+        metavar="DTYPE",
+        help="dtype the inputs are cast to: float32 (default), float64, float16, bfloat16",
+    )
+    p.add_argument(
+        "--seed", default=str(DEFAULT_SEED), metavar="N", help=f"seed of the random batch (default: {DEFAULT_SEED})"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite results an earlier run left in --out (never naive.py, stable.py or predictions)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=run)
     return p
@@ -132,8 +143,10 @@ def _refuse_overwriting(predictions: Path, out: Path) -> None:
     for name in OUTPUTS:
         target = out / name
         if target.exists() and target.resolve() == predictions.resolve():
-            raise ArgumentError(f"--predictions {predictions} is the {name} this run writes; "
-                                f"keep your predictions in {out / TEMPLATE} or another file")
+            raise ArgumentError(
+                f"--predictions {predictions} is the {name} this run writes; "
+                f"keep your predictions in {out / TEMPLATE} or another file"
+            )
 
 
 def _template_only(out: Path, dtype: str, seed: int) -> int:
@@ -142,13 +155,17 @@ def _template_only(out: Path, dtype: str, seed: int) -> int:
 
     path = out / TEMPLATE
     if path.exists():
-        raise ArgumentError(f"--template: {_outdir.shown(path)} already exists and may hold your predictions; "
-                            "edit it, or delete it to start again from an empty one")
+        raise ArgumentError(
+            f"--template: {_outdir.shown(path)} already exists and may hold your predictions; "
+            "edit it, or delete it to start again from an empty one"
+        )
     _outdir.prepare(out, [], force=False, elsewhere=DEFAULT_OUT)
     command = rerun_command(out, dtype, seed, path)
     _outdir.write(path, _predictions.template(dtype, command).encode())
-    print(f"wrote {_outdir.shown(path)}: an empty prediction for each of the lab's 8 cases.\n"
-          f"Fill in every answer before you look at any result, then run:\n  {command}")
+    print(
+        f"wrote {_outdir.shown(path)}: an empty prediction for each of the lab's 8 cases.\n"
+        f"Fill in every answer before you look at any result, then run:\n  {command}"
+    )
     return 0
 
 
@@ -173,8 +190,9 @@ def rerun_command(out: Path, dtype: str, seed: int, predictions: Path | None) ->
     return shlex.join(parts)
 
 
-def _write_outputs(out: Path, results: dict[str, Any], preds: Any, lab_state: dict[str, str],
-                   seed: int) -> dict[str, str]:
+def _write_outputs(
+    out: Path, results: dict[str, Any], preds: Any, lab_state: dict[str, str], seed: int
+) -> dict[str, str]:
     """README.md, the PNG and (when absent, without predictions) the template; the SHA-256 of every file."""
     from . import _outdir, _plot, _predictions, _report, _results
 
@@ -191,8 +209,15 @@ def _write_outputs(out: Path, results: dict[str, Any], preds: Any, lab_state: di
     return files
 
 
-def _write_manifest(args: argparse.Namespace, out: Path, dtype: str, seed: int, preds: Any, files: dict[str, str],
-                    lab_state: dict[str, str]) -> None:
+def _write_manifest(
+    args: argparse.Namespace,
+    out: Path,
+    dtype: str,
+    seed: int,
+    preds: Any,
+    files: dict[str, str],
+    lab_state: dict[str, str],
+) -> None:
     from . import _manifest, _outdir
 
     parts = ["stablesoftmax", "battery", "--out", _outdir.shown(out), "--dtype", dtype, "--seed", str(seed)]
@@ -203,8 +228,12 @@ def _write_manifest(args: argparse.Namespace, out: Path, dtype: str, seed: int, 
         inputs["predictions"] = {"path": where, "sha256": _outdir.sha256(preds.path)}
     if args.force:
         parts.append("--force")
-    manifest = _manifest.build(command=shlex.join(parts), settings={"seed": seed, "dtype": dtype,
-                               "lab_files": lab_state}, files=files, inputs=inputs)
+    manifest = _manifest.build(
+        command=shlex.join(parts),
+        settings={"seed": seed, "dtype": dtype, "lab_files": lab_state},
+        files=files,
+        inputs=inputs,
+    )
     _outdir.write(out / "manifest.json", _manifest.dumps(manifest))
 
 
@@ -223,8 +252,17 @@ def _relative_to(path: Path, out: Path) -> str:
 # --------------------------------------------------------------------------
 
 
-def summary(table: str, results: dict[str, Any], preds: Any, out: Path, lab_state: dict[str, str], seed: int,
-            written: list[str], *, wrote_template: bool) -> str:
+def summary(
+    table: str,
+    results: dict[str, Any],
+    preds: Any,
+    out: Path,
+    lab_state: dict[str, str],
+    seed: int,
+    written: list[str],
+    *,
+    wrote_template: bool,
+) -> str:
     """compare.py's table, then what became of the predictions and the lab's files, and what was written."""
     from . import _outdir
 
@@ -243,9 +281,10 @@ def _predictions_line(results: dict[str, Any], preds: Any, out: Path, seed: int,
     dtype = results["dtype"]
     if preds is None:
         note = " (an empty one is written there)" if wrote_template else " (the one already there was left as it is)"
-        return (f"predictions: none given. To do the lab, fill in {TEMPLATE} in {_outdir.shown(out)}/{note} before "
-                "you read the results, then run:\n  "
-                + rerun_command(out, dtype, seed, out / TEMPLATE))
+        return (
+            f"predictions: none given. To do the lab, fill in {TEMPLATE} in {_outdir.shown(out)}/{note} before "
+            "you read the results, then run:\n  " + rerun_command(out, dtype, seed, out / TEMPLATE)
+        )
     found = divergences(preds, results)
     if not found:
         return f"predictions: every prediction in {preds.source} matched the result"
@@ -254,5 +293,7 @@ def _predictions_line(results: dict[str, Any], preds: Any, out: Path, seed: int,
     line = f"predictions: {len(found)} answer(s) in {preds.source} missed: {misses}. README.md section 3 lists them"
     if not unexplained:
         return line + ", each with your explanation"
-    return (line + f"; write why each missed as `explain = \"...\"` under its case in {_outdir.shown(preds.path)} "
-            f"(not yet: {', '.join(unexplained)}), then run:\n  " + rerun_command(out, dtype, seed, preds.path))
+    return (
+        line + f'; write why each missed as `explain = "..."` under its case in {_outdir.shown(preds.path)} '
+        f"(not yet: {', '.join(unexplained)}), then run:\n  " + rerun_command(out, dtype, seed, preds.path)
+    )

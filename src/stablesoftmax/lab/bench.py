@@ -50,8 +50,22 @@ from .. import ArgumentError
 __all__ = ["add_parser", "run", "BenchCase", "CASES", "BINDERS", "COLUMNS", "measure", "measure_interleaved"]
 
 FILES = ("timings.csv", "timings.png", "manifest.json")
-COLUMNS = ("function", "shape", "dtype", "implementation", "version", "repeats", "calls_per_repeat",
-           "median_s", "min_s", "max_s", "ratio_to_naive", "ratio_q1", "ratio_q3", "ratio_to_one_read")
+COLUMNS = (
+    "function",
+    "shape",
+    "dtype",
+    "implementation",
+    "version",
+    "repeats",
+    "calls_per_repeat",
+    "median_s",
+    "min_s",
+    "max_s",
+    "ratio_to_naive",
+    "ratio_q1",
+    "ratio_q3",
+    "ratio_to_one_read",
+)
 MIN_REPEAT_S = 1e-3  # one repeat lasts at least this long, so the timer's resolution does not matter
 MIN_REPEATS, MAX_REPEATS = 3, 10_000  # a median needs three; ten thousand repeats of the lab case take minutes
 LAB02_DIR = "phase-05-logsumexp"  # lab 02: experiments/<date>-phase-05-logsumexp/timings.csv
@@ -64,7 +78,6 @@ class BenchCase:
     function: str
     shape: tuple[int, ...]
     dtype: str = "float64"
-
 
     @property
     def nbytes(self) -> int:
@@ -90,7 +103,8 @@ SUITES: dict[str, tuple[BenchCase, ...]] = {
         BenchCase("logsumexp", MID, "float64"),
         BenchCase("logsumexp", (64, 600), "float64"),
         BenchCase("logsumexp", (600,), "float64"),
-    ) + SCALING,
+    )
+    + SCALING,
 }
 CASES = SUITES["lab"]
 
@@ -132,14 +146,18 @@ def _naive_ce_with_grad(x: np.ndarray, y: np.ndarray) -> tuple[Any, np.ndarray]:
 def _bind_textbook(function: str, x: np.ndarray, y: np.ndarray) -> Thunk | None:
     """The max-shifted NumPy formula every tutorial writes."""
     if function == "logsumexp":
+
         def lse() -> Any:
             m = x.max(axis=-1, keepdims=True)
             return np.log(np.exp(x - m).sum(axis=-1)) + m[..., 0]
+
         return lse
     if function == "softmax":
+
         def sm() -> Any:
             e = np.exp(x - x.max(axis=-1, keepdims=True))
             return e / e.sum(axis=-1, keepdims=True)
+
         return sm
     return None
 
@@ -169,11 +187,13 @@ def _bind_torch(function: str, x: np.ndarray, y: np.ndarray) -> Thunk | None:
     if function == "cross_entropy":
         return lambda: torch.nn.functional.cross_entropy(t, ty)
     if function == "cross_entropy_with_grad":
+
         def step() -> tuple[Any, Any]:
             leaf = t.detach().requires_grad_()
             loss = torch.nn.functional.cross_entropy(leaf, ty)
             loss.backward()  # type: ignore[no-untyped-call]
             return loss.detach(), leaf.grad
+
         return step
     f = getattr(torch, function)
     return lambda: f(t, dim=-1)
@@ -214,13 +234,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", metavar="DIR",
-                   help=f"directory to write (default: out/<date>-{LAB02_DIR}/, or out/<date>-perf/ for --suite perf)")
-    p.add_argument("--repeats", default="200", metavar="N",
-                   help=f"timed repeats per implementation, {MIN_REPEATS} to {MAX_REPEATS} (default: 200)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help=f"directory to write (default: out/<date>-{LAB02_DIR}/, or out/<date>-perf/ for --suite perf)",
+    )
+    p.add_argument(
+        "--repeats",
+        default="200",
+        metavar="N",
+        help=f"timed repeats per implementation, {MIN_REPEATS} to {MAX_REPEATS} (default: 200)",
+    )
     p.add_argument("--seed", default="42", metavar="N", help="seed of the random logits (default: 42)")
-    p.add_argument("--suite", choices=sorted(SUITES), default="lab",
-                   help="lab: logsumexp on (64, 600) (default); perf: the performance table and scaling.png")
+    p.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default="lab",
+        help="lab: logsumexp on (64, 600) (default); perf: the performance table and scaling.png",
+    )
     p.add_argument("--only", default="", metavar="TEXT", help="time only the cases whose description contains TEXT")
     p.add_argument("--force", action="store_true", help="overwrite files an earlier run left in --out")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
@@ -236,8 +267,10 @@ def run(args: argparse.Namespace) -> int:
     seed = _bounded_int("--seed", args.seed, minimum=0)
     cases = [c for c in SUITES[args.suite] if args.only in describe(c)]
     if not cases:
-        raise ArgumentError(f"--only {args.only!r} matches no case of suite {args.suite!r}; cases: "
-                            + "; ".join(describe(c) for c in SUITES[args.suite]))
+        raise ArgumentError(
+            f"--only {args.only!r} matches no case of suite {args.suite!r}; cases: "
+            + "; ".join(describe(c) for c in SUITES[args.suite])
+        )
     files = _files(cases)
     _outdir.prepare(out, files, force=args.force, elsewhere=str(default_out(args.suite)))
     say = progress(args.quiet)
@@ -255,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
 
 def progress(quiet: bool) -> Callable[[str], None]:
     """Where progress lines go: stderr, or nowhere with -q."""
+
     def say(msg: str) -> None:
         if not quiet:
             print(msg, file=sys.stderr, flush=True)
@@ -343,8 +377,9 @@ def _timed(thunk: Thunk, number: int) -> float:
     return time.perf_counter() - start
 
 
-def time_case(case: BenchCase, *, repeats: int, seed: int, say: Callable[[str], None],
-              bandwidth: float | None = None) -> list[dict[str, Any]]:
+def time_case(
+    case: BenchCase, *, repeats: int, seed: int, say: Callable[[str], None], bandwidth: float | None = None
+) -> list[dict[str, Any]]:
     """One row per installed implementation, each with its ratio to naive (and to one read of the input)."""
     from ._cases import parse_dtype
 
@@ -415,20 +450,30 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({**r, **{k: f"{r[k]:.6e}" for k in ("median_s", "min_s", "max_s")},
-                    "ratio_to_naive": f"{r['ratio_to_naive']:.4f}", "ratio_q1": f"{r['ratio_q1']:.4f}",
-                    "ratio_q3": f"{r['ratio_q3']:.4f}",
-                    "ratio_to_one_read": f"{r['ratio_to_one_read']:.3f}"})
+        w.writerow(
+            {
+                **r,
+                **{k: f"{r[k]:.6e}" for k in ("median_s", "min_s", "max_s")},
+                "ratio_to_naive": f"{r['ratio_to_naive']:.4f}",
+                "ratio_q1": f"{r['ratio_q1']:.4f}",
+                "ratio_q3": f"{r['ratio_q3']:.4f}",
+                "ratio_to_one_read": f"{r['ratio_to_one_read']:.3f}",
+            }
+        )
     return buf.getvalue()
 
 
-def _write(out: Path, rows: list[dict[str, Any]], cases: list[BenchCase], bandwidth: float,
-           machine: list[str]) -> dict[str, str]:
+def _write(
+    out: Path, rows: list[dict[str, Any]], cases: list[BenchCase], bandwidth: float, machine: list[str]
+) -> dict[str, str]:
     from . import _outdir, _plot
 
     table = [r for r in rows if not r["sweep"]] or rows
-    title = "Time per call, lower is better (" + ", ".join(sorted({describe(c) for c in cases if c not in SCALING}) or
-                                                         [describe(cases[0])]) + ")"
+    title = (
+        "Time per call, lower is better ("
+        + ", ".join(sorted({describe(c) for c in cases if c not in SCALING}) or [describe(cases[0])])
+        + ")"
+    )
     written = {
         "timings.csv": _outdir.write(out / "timings.csv", to_csv(rows).encode()),
         "timings.png": _outdir.write(out / "timings.png", _plot.timings_chart(table, title, machine)),
@@ -439,28 +484,57 @@ def _write(out: Path, rows: list[dict[str, Any]], cases: list[BenchCase], bandwi
     return written
 
 
-def _write_manifest(args: argparse.Namespace, out: Path, repeats: int, seed: int, cases: list[BenchCase],
-                    bandwidth: float, files: dict[str, str]) -> None:
+def _write_manifest(
+    args: argparse.Namespace,
+    out: Path,
+    repeats: int,
+    seed: int,
+    cases: list[BenchCase],
+    bandwidth: float,
+    files: dict[str, str],
+) -> None:
     from . import _manifest, _outdir
 
-    parts = ["stablesoftmax", "bench", "--out", _outdir.shown(out), "--repeats", str(repeats), "--seed", str(seed),
-             "--suite", args.suite] + (["--only", args.only] if args.only else [])
+    parts = [
+        "stablesoftmax",
+        "bench",
+        "--out",
+        _outdir.shown(out),
+        "--repeats",
+        str(repeats),
+        "--seed",
+        str(seed),
+        "--suite",
+        args.suite,
+    ] + (["--only", args.only] if args.only else [])
     if args.force:
         parts.append("--force")
-    settings = {"seed": seed, "repeats": repeats, "min_repeat_s": MIN_REPEAT_S, "suite": args.suite,
-                "read_bandwidth_bytes_per_s": bandwidth,
-                "cases": [{"function": c.function, "shape": list(c.shape), "dtype": c.dtype} for c in cases]}
+    settings = {
+        "seed": seed,
+        "repeats": repeats,
+        "min_repeat_s": MIN_REPEAT_S,
+        "suite": args.suite,
+        "read_bandwidth_bytes_per_s": bandwidth,
+        "cases": [{"function": c.function, "shape": list(c.shape), "dtype": c.dtype} for c in cases],
+    }
     manifest = _manifest.build(command=shlex.join(parts), settings=settings, files=files, inputs={})
     _outdir.write(out / "manifest.json", _manifest.dumps(manifest))
 
 
-def summary(rows: list[dict[str, Any]], out: Path, bandwidth: float | None = None,
-            files: list[str] | None = None, machine: list[str] | None = None) -> str:
+def summary(
+    rows: list[dict[str, Any]],
+    out: Path,
+    bandwidth: float | None = None,
+    files: list[str] | None = None,
+    machine: list[str] | None = None,
+) -> str:
     """The table, under the machine it was measured on (the CPU's vector features, the versions)."""
     from . import _outdir
 
-    head = (f"{'function':<24}{'shape':<11}{'dtype':<9}{'impl':<9}{'median us':>12}{'min us':>11}{'max us':>11}"
-            f"{'vs naive':>10}{'per round, q1-q3':>18}{'vs 1 read':>11}")
+    head = (
+        f"{'function':<24}{'shape':<11}{'dtype':<9}{'impl':<9}{'median us':>12}{'min us':>11}{'max us':>11}"
+        f"{'vs naive':>10}{'per round, q1-q3':>18}{'vs 1 read':>11}"
+    )
     lines = [*(machine or []), head] + [
         f"{r['function']:<24}{r['shape']:<11}{r['dtype']:<9}{r['implementation']:<9}{r['median_s'] * 1e6:>12.1f}"
         f"{r['min_s'] * 1e6:>11.1f}{r['max_s'] * 1e6:>11.1f}{r['ratio_to_naive']:>9.2f}x"
@@ -468,6 +542,7 @@ def summary(rows: list[dict[str, Any]], out: Path, bandwidth: float | None = Non
         for r in rows
     ]
     if bandwidth:
-        lines.append(f"single-thread read bandwidth: {bandwidth / 1e9:.1f} GB/s "
-                     "('vs 1 read' divides by one read of the input)")
+        lines.append(
+            f"single-thread read bandwidth: {bandwidth / 1e9:.1f} GB/s ('vs 1 read' divides by one read of the input)"
+        )
     return "\n".join(lines + [f"wrote {_outdir.shown(out)}/: {' '.join(files or FILES)}"])
