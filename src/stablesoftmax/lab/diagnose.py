@@ -57,7 +57,7 @@ Fortran-order files with classes on the last axis, are read whole, as are
 ``top`` worst slices are kept with their details.
 
 JSON schema (``Report.to_json``; ``"schema": "stablesoftmax.diagnose/1"``)
--------------------------------------------------------------------------
+--------------------------------------------------------------------------
 Floats that are not finite are written as the strings ``"inf"``, ``"-inf"``
 and ``"nan"``, so the output is strict JSON. ``null`` means "not defined"
 (no target, or a slice with no finite entry)::
