@@ -84,13 +84,15 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable
-from typing import Union
+from typing import TypeGuard, Union
 
 from ._errors import ArgumentError, DtypeError, TargetError
 
 __all__ = ["Value", "logsumexp", "softmax", "log_softmax", "cross_entropy"]
 
 Number = int | float
+# What _is_real accepts: Python's int and float, and any other numbers.Real (NumPy's scalars, Fraction).
+_Real = int | float | numbers.Real
 Operand = Union["Value", int, float]
 _Backward = Callable[[float], None]
 
@@ -127,7 +129,7 @@ class Value:
 
     __slots__ = ("data", "grad", "_children", "_backward", "__weakref__")
 
-    def __init__(self, data: Number) -> None:
+    def __init__(self, data: _Real) -> None:
         self.data = _as_float(data, "data")
         self.grad = 0.0
         self._children: tuple[Value, ...] = ()
@@ -585,7 +587,7 @@ def _odd_integer(c: float) -> bool:
     return c.is_integer() and c % 2 == 1
 
 
-def _is_real(x: object) -> bool:
+def _is_real(x: object) -> TypeGuard[_Real]:
     if type(x) is float or type(x) is int:  # the common case, without the slow ABC check
         return True
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
@@ -595,9 +597,9 @@ def _as_float(x: object, name: str) -> float:
     if not _is_real(x):
         raise DtypeError(f"{name} must be a real number (int or float), got {type(x).__name__} {x!r}")
     try:
-        return float(x)  # type: ignore[arg-type]
-    except OverflowError:  # only an int can be too big for a float
-        bits = int(x).bit_length()  # type: ignore[call-overload]
+        return float(x)
+    except OverflowError:  # an int, or a Fraction, too big for a float
+        bits = int(math.trunc(x)).bit_length()  # trunc: numbers.Real promises __trunc__, not __int__
         raise ArgumentError(f"{name} must fit in a float64, got an integer of {bits} bits") from None
 
 
@@ -614,7 +616,7 @@ def _lift(x: object) -> Value:
     """``x`` as a Value: itself, or a constant for a real number; else NotImplemented."""
     if isinstance(x, Value):
         return x
-    return Value(x) if _is_real(x) else NotImplemented  # type: ignore[arg-type,return-value]
+    return Value(x) if _is_real(x) else NotImplemented
 
 
 def _as_values(values: Iterable[Operand]) -> list[Value]:
@@ -629,8 +631,9 @@ def _as_values(values: Iterable[Operand]) -> list[Value]:
 
 
 def _check_target(target: object, k: int) -> int:
-    if not isinstance(target, numbers.Integral) or isinstance(target, bool):
+    if isinstance(target, bool) or not isinstance(target, (int, numbers.Integral)):
         raise TargetError(f"target must be an integer class index in [0, {k}), got {type(target).__name__} {target!r}")
-    if not 0 <= target < k:
+    t = int(target)
+    if not 0 <= t < k:
         raise TargetError(f"target must be in [0, {k}) for {k} values, got {target}")
-    return int(target)
+    return t
