@@ -26,7 +26,9 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import NoReturn
 
 from . import StableSoftmaxError, __version__
 
@@ -76,7 +78,7 @@ def _parser_class(json_errors: bool) -> type[argparse.ArgumentParser]:
     class Parser(argparse.ArgumentParser):
         """argparse's parser; under ``--json`` a refused command line is a JSON error too."""
 
-        def error(self, message: str):
+        def error(self, message: str) -> NoReturn:
             if not json_errors:
                 super().error(message)
             command = self.prog.split(" ", 1)[1] if " " in self.prog else None
@@ -86,7 +88,7 @@ def _parser_class(json_errors: bool) -> type[argparse.ArgumentParser]:
     return Parser
 
 
-def _load(name: str):
+def _load(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(f"stablesoftmax.lab.{name}")
     except ModuleNotFoundError as exc:
@@ -128,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _reporter(command: str, json_errors: bool):
+def _reporter(command: str, json_errors: bool) -> Callable[[BaseException, str], int]:
     """A function that prints one error line (text or JSON) and returns exit code 2."""
 
     def fail(exc: BaseException, message: str) -> int:
