@@ -34,14 +34,17 @@ import sys
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import ml_dtypes
 import numpy as np
 
 from .. import InputFileError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "EXTENSIONS",
@@ -221,7 +224,9 @@ def _read_at_most(fp: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def open_regular_file(path: str | os.PathLike[str], *, what: str, max_bytes: int, raise_with: str = ""):
+def open_regular_file(
+    path: str | os.PathLike[str], *, what: str, max_bytes: int, raise_with: str = ""
+) -> io.BufferedReader:
     """``path`` opened for binary reading, once it is known to be a regular file of at most ``max_bytes``.
 
     The same checks and messages as :func:`read_regular_file`, for readers that
@@ -267,12 +272,13 @@ def _check_kind(info: os.stat_result, path: Any, what: str) -> None:
 def _os_error(path: Any, what: str, exc: OSError) -> InputFileError:
     import errno
 
-    reason = {
+    reasons: dict[int | None, str] = {
         errno.ENOENT: "no such file",
         errno.EACCES: "permission denied",
         errno.ENOTDIR: "a part of the path is not a directory",
         errno.ELOOP: "too many levels of symbolic links",
-    }.get(exc.errno, exc.strerror or str(exc))
+    }
+    reason = reasons.get(exc.errno, exc.strerror or str(exc))
     return InputFileError(f"{what} {path}: {reason}; expected a readable regular file.")
 
 
@@ -344,7 +350,7 @@ def _pick(label: str, keys: list[str], key: str | None, role: str) -> str:
     )
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException | str) -> str:
     text = " ".join(str(exc).split())
     return (text[:120] + "...") if len(text) > 120 else (text or type(exc).__name__)
 
@@ -395,7 +401,9 @@ def _npy(f: _File, key: str | None, role: str) -> Array:
     return Array(path, shape, dtype, axis, read, streamed=True)
 
 
-def _memmap_windows(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, axis: int, order: str):
+def _memmap_windows(
+    path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, axis: int, order: Literal["C", "F"]
+) -> Callable[[int, int], np.ndarray]:
     """A ``read(start, stop)`` that maps only the window asked for (``shape`` has no zero)."""
     step = math.prod(shape) // shape[axis] * dtype.itemsize
 
@@ -457,7 +465,7 @@ def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, f: _File) -> np.ndar
         if too_big:
             raise too_big
         buf = np.empty(need, dtype=np.uint8)
-        got = _read_into(fp, memoryview(buf))
+        got = _read_into(fp, buf.data)
     if got != need:
         raise _bad(f.label, f"is truncated: {got} of {need} bytes could be read", "a complete array")
     return buf.view(dtype).reshape(shape, order="F" if fortran else "C")
@@ -611,7 +619,7 @@ def _torch_reason(exc: BaseException) -> str:
     return _short(found.group(1)) if found else _short(exc)
 
 
-def _tensor_to_numpy(t: Any, f: _File) -> np.ndarray:
+def _tensor_to_numpy(t: torch.Tensor, f: _File) -> np.ndarray:
     import torch
 
     label = f.label
@@ -716,7 +724,7 @@ def _drop_header(label: str, text: str, sep: str) -> str:
     return text[: found.start()] + text[found.end() :]
 
 
-def _pieces(text: str):
+def _pieces(text: str) -> Iterator[tuple[int, str]]:
     """``(offset, piece)`` pairs covering ``text``, each about ``_TEXT_PIECE`` long and ending at a newline."""
     pos = 0
     while pos < len(text):
@@ -744,7 +752,7 @@ def _load_piece(piece: str, sep: str) -> np.ndarray | None:
     return None
 
 
-def _explain(label: str, piece: str, lineno: int, sep: str, width: int | None) -> None:
+def _explain(label: str, piece: str, lineno: int, sep: str, width: int | None) -> NoReturn:
     """Raise the error for the first line of ``piece`` that is not a row of ``width`` numbers."""
     for n, line in enumerate(piece.split("\n"), lineno):
         if _BLANK_OR_COMMENT.fullmatch(line):
@@ -873,7 +881,7 @@ def _as_array(label: str, nested: Any) -> np.ndarray:
         raise _bad(label, "holds an integer too large for float64", "logits within float64's range") from None
 
 
-def _flatten(nested: Any) -> list:
+def _flatten(nested: Any) -> list[Any]:
     out, stack = [], [nested]
     while stack:
         item = stack.pop()
