@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
+
+import numpy.typing as npt
 
 from . import _compute
 from . import _dispatch as D
 from ._contract import documented
 from ._errors import ArgumentError, DtypeError, ShapeError, TargetError
+from ._typing import ArrayIn, ArrayT, NumpyArray, NumpyIn, NumpyResult
 
 __all__ = [
     "cross_entropy",
@@ -47,18 +50,69 @@ __all__ = [
 REDUCTIONS = ("none", "mean", "sum")
 
 
-@documented("cross_entropy")
+@overload
 def cross_entropy(
-    logits: Any,
-    target: Any,
+    logits: NumpyIn,
+    target: ArrayIn,
     /,
     *,
     axis: int = -1,
-    weight: Any = None,
+    weight: ArrayIn | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-    where: Any = None,
+    where: ArrayIn | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> NumpyResult: ...
+
+
+@overload
+def cross_entropy(
+    logits: ArrayT,
+    target: ArrayIn,
+    /,
+    *,
+    axis: int = -1,
+    weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    where: ArrayIn | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> ArrayT: ...
+
+
+@overload
+def cross_entropy(
+    logits: npt.ArrayLike,
+    target: ArrayIn,
+    /,
+    *,
+    axis: int = -1,
+    weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    where: ArrayIn | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> NumpyResult: ...
+
+
+@documented("cross_entropy")
+def cross_entropy(
+    logits: Any,
+    target: ArrayIn,
+    /,
+    *,
+    axis: int = -1,
+    weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    where: ArrayIn | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
 ) -> Any:
@@ -123,18 +177,72 @@ def cross_entropy(
     )[0]
 
 
+@overload
 def cross_entropy_grad(
-    logits: Any,
-    target: Any,
+    logits: NumpyIn,
+    target: ArrayIn,
     /,
     *,
-    g: Any = 1.0,
+    g: ArrayIn = 1.0,
     axis: int = -1,
-    weight: Any = None,
+    weight: ArrayIn | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-    where: Any = None,
+    where: ArrayIn | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> NumpyArray: ...
+
+
+@overload
+def cross_entropy_grad(
+    logits: ArrayT,
+    target: ArrayIn,
+    /,
+    *,
+    g: ArrayIn = 1.0,
+    axis: int = -1,
+    weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    where: ArrayIn | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> ArrayT: ...
+
+
+@overload
+def cross_entropy_grad(
+    logits: npt.ArrayLike,
+    target: ArrayIn,
+    /,
+    *,
+    g: ArrayIn = 1.0,
+    axis: int = -1,
+    weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    where: ArrayIn | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> NumpyArray: ...
+
+
+def cross_entropy_grad(
+    logits: Any,
+    target: ArrayIn,
+    /,
+    *,
+    g: ArrayIn = 1.0,
+    axis: int = -1,
+    weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    where: ArrayIn | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
 ) -> Any:
@@ -158,7 +266,25 @@ def cross_entropy_grad(
     return _run(pb, grad=True, g=g)[1]
 
 
-def cross_entropy_with_grad(logits: Any, target: Any, /, *, g: Any = 1.0, **options: Any) -> tuple[Any, Any]:
+@overload
+def cross_entropy_with_grad(
+    logits: NumpyIn, target: ArrayIn, /, *, g: ArrayIn = 1.0, **options: Any
+) -> tuple[NumpyResult, NumpyArray]: ...
+
+
+@overload
+def cross_entropy_with_grad(
+    logits: ArrayT, target: ArrayIn, /, *, g: ArrayIn = 1.0, **options: Any
+) -> tuple[ArrayT, ArrayT]: ...
+
+
+@overload
+def cross_entropy_with_grad(
+    logits: npt.ArrayLike, target: ArrayIn, /, *, g: ArrayIn = 1.0, **options: Any
+) -> tuple[NumpyResult, NumpyArray]: ...
+
+
+def cross_entropy_with_grad(logits: Any, target: ArrayIn, /, *, g: ArrayIn = 1.0, **options: Any) -> tuple[Any, Any]:
     """``(cross_entropy(...), cross_entropy_grad(...))`` with the softmax computed once.
 
     Takes every option of :func:`cross_entropy`. This is the fused step a
@@ -321,13 +447,52 @@ def check_class_weight(weight: Any, c: int, x: Any, xp: Any) -> Any:
     return w
 
 
+@overload
 def nll_loss(
-    log_probs: Any,
-    target: Any,
+    log_probs: NumpyIn,
+    target: ArrayIn,
     /,
     *,
     axis: int = -1,
-    weight: Any = None,
+    weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> NumpyResult: ...
+
+
+@overload
+def nll_loss(
+    log_probs: ArrayT,
+    target: ArrayIn,
+    /,
+    *,
+    axis: int = -1,
+    weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> ArrayT: ...
+
+
+@overload
+def nll_loss(
+    log_probs: npt.ArrayLike,
+    target: ArrayIn,
+    /,
+    *,
+    axis: int = -1,
+    weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> NumpyResult: ...
+
+
+def nll_loss(
+    log_probs: Any,
+    target: ArrayIn,
+    /,
+    *,
+    axis: int = -1,
+    weight: ArrayIn | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> Any:
@@ -357,13 +522,49 @@ def nll_loss(
     return D.out(xp.reshape(loss, rows.batch) if red == "none" else loss, xp)
 
 
+@overload
 def binary_cross_entropy_with_logits(
-    logits: Any,
-    target: Any,
+    logits: NumpyIn,
+    target: ArrayIn,
     /,
     *,
-    weight: Any = None,
-    pos_weight: Any = None,
+    weight: ArrayIn | None = None,
+    pos_weight: ArrayIn | None = None,
+    reduction: str = "mean",
+) -> NumpyResult: ...
+
+
+@overload
+def binary_cross_entropy_with_logits(
+    logits: ArrayT,
+    target: ArrayIn,
+    /,
+    *,
+    weight: ArrayIn | None = None,
+    pos_weight: ArrayIn | None = None,
+    reduction: str = "mean",
+) -> ArrayT: ...
+
+
+@overload
+def binary_cross_entropy_with_logits(
+    logits: npt.ArrayLike,
+    target: ArrayIn,
+    /,
+    *,
+    weight: ArrayIn | None = None,
+    pos_weight: ArrayIn | None = None,
+    reduction: str = "mean",
+) -> NumpyResult: ...
+
+
+def binary_cross_entropy_with_logits(
+    logits: Any,
+    target: ArrayIn,
+    /,
+    *,
+    weight: ArrayIn | None = None,
+    pos_weight: ArrayIn | None = None,
     reduction: str = "mean",
 ) -> Any:
     r"""Binary cross-entropy on logits, never through ``log(sigmoid(x))``.

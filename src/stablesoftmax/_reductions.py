@@ -19,14 +19,17 @@ single table in :mod:`stablesoftmax._contract`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _dispatch as D
 from ._compute import kernels, reference_path
 from ._contract import documented
 from ._dispatch import AxisLike
+from ._errors import ShapeError
+from ._typing import ArrayIn, ArrayT, NumpyArray, NumpyIn, NumpyResult
 
 __all__ = [
     "logsumexp",
@@ -39,6 +42,123 @@ __all__ = [
 ]
 
 
+@overload
+def logsumexp(
+    x: NumpyIn,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+    return_sign: Literal[False] = ...,
+) -> NumpyResult: ...
+
+
+@overload
+def logsumexp(
+    x: NumpyIn,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+    return_sign: Literal[True],
+) -> tuple[NumpyResult, NumpyResult]: ...
+
+
+@overload
+def logsumexp(
+    x: NumpyIn,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+    return_sign: bool,
+) -> NumpyResult | tuple[NumpyResult, NumpyResult]: ...
+
+
+@overload
+def logsumexp(
+    x: ArrayT,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+    return_sign: Literal[False] = ...,
+) -> ArrayT: ...
+
+
+@overload
+def logsumexp(
+    x: ArrayT,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+    return_sign: Literal[True],
+) -> tuple[ArrayT, ArrayT]: ...
+
+
+@overload
+def logsumexp(
+    x: ArrayT,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+    return_sign: bool,
+) -> ArrayT | tuple[ArrayT, ArrayT]: ...
+
+
+@overload
+def logsumexp(
+    x: npt.ArrayLike,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+    return_sign: Literal[False] = ...,
+) -> NumpyResult: ...
+
+
+@overload
+def logsumexp(
+    x: npt.ArrayLike,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+    return_sign: Literal[True],
+) -> tuple[NumpyResult, NumpyResult]: ...
+
+
+@overload
+def logsumexp(
+    x: npt.ArrayLike,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+    return_sign: bool,
+) -> NumpyResult | tuple[NumpyResult, NumpyResult]: ...
+
+
 @documented("logsumexp")
 def logsumexp(
     x: Any,
@@ -46,8 +166,8 @@ def logsumexp(
     *,
     axis: AxisLike = -1,
     keepdims: bool = False,
-    where: Any = None,
-    b: Any = None,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
     return_sign: bool = False,
 ) -> Any:
     r"""Log of the sum of exponentials, ``log(sum(b * exp(x)))``, computed stably.
@@ -143,7 +263,7 @@ def _broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]
     try:
         return tuple(np.broadcast_shapes(a, b))
     except ValueError:
-        raise D.ShapeError(f"b of shape {b} does not broadcast with x of shape {a}.") from None
+        raise ShapeError(f"b of shape {b} does not broadcast with x of shape {a}.") from None
 
 
 def _split(rows: D.Rows, a: Any, xp: Any) -> Any:
@@ -169,8 +289,54 @@ def _short_vector(x: Any, axis: AxisLike, where: Any, b: Any, keepdims: bool, re
     return x.dtype.type(module.lse_vector(x))  # float64 -> float32 rounds once, as astype does
 
 
+@overload
 def logsumexp_grad(
-    x: Any, g: Any, /, *, axis: AxisLike = -1, keepdims: bool = False, where: Any = None, b: Any = None
+    x: NumpyIn,
+    g: ArrayIn,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+) -> NumpyArray: ...
+
+
+@overload
+def logsumexp_grad(
+    x: ArrayT,
+    g: ArrayIn,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+) -> ArrayT: ...
+
+
+@overload
+def logsumexp_grad(
+    x: npt.ArrayLike,
+    g: ArrayIn,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
+) -> NumpyArray: ...
+
+
+def logsumexp_grad(
+    x: Any,
+    g: ArrayIn,
+    /,
+    *,
+    axis: AxisLike = -1,
+    keepdims: bool = False,
+    where: ArrayIn | None = None,
+    b: ArrayIn | None = None,
 ) -> Any:
     r"""Vector-Jacobian product of :func:`logsumexp` with respect to ``x``.
 
@@ -195,8 +361,24 @@ def logsumexp_grad(
     return rows.join(out, xp)
 
 
+@overload
+def softmax(
+    x: NumpyIn, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> NumpyResult: ...
+
+
+@overload
+def softmax(x: ArrayT, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0) -> ArrayT: ...
+
+
+@overload
+def softmax(
+    x: npt.ArrayLike, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> NumpyResult: ...
+
+
 @documented("softmax")
-def softmax(x: Any, /, *, axis: AxisLike = -1, where: Any = None, temperature: float = 1.0) -> Any:
+def softmax(x: Any, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0) -> Any:
     r"""Softmax along ``axis``: ``exp(x / T) / sum(exp(x / T))``, computed stably.
 
     .. math:: \sigma(x)_i = \frac{e^{x_i - m}}{1 + \sum_{j \ne k} e^{x_j - m}}
@@ -266,7 +448,27 @@ def _elementwise_grad(x: Any, g: Any, axis: AxisLike, where: Any, temperature: A
     return rows.join(out, xp)
 
 
-def softmax_grad(x: Any, g: Any, /, *, axis: AxisLike = -1, where: Any = None, temperature: float = 1.0) -> Any:
+@overload
+def softmax_grad(
+    x: NumpyIn, g: ArrayIn, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> NumpyArray: ...
+
+
+@overload
+def softmax_grad(
+    x: ArrayT, g: ArrayIn, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> ArrayT: ...
+
+
+@overload
+def softmax_grad(
+    x: npt.ArrayLike, g: ArrayIn, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> NumpyArray: ...
+
+
+def softmax_grad(
+    x: Any, g: ArrayIn, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> Any:
     r"""Vector-Jacobian product of :func:`softmax` with respect to ``x``.
 
     .. math:: \bar x = \frac{1}{T}\, p \odot \big(g - \langle g, p \rangle\big),
@@ -280,8 +482,26 @@ def softmax_grad(x: Any, g: Any, /, *, axis: AxisLike = -1, where: Any = None, t
     return _elementwise_grad(x, g, axis, where, temperature, log=False)
 
 
+@overload
+def log_softmax(
+    x: NumpyIn, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> NumpyResult: ...
+
+
+@overload
+def log_softmax(
+    x: ArrayT, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> ArrayT: ...
+
+
+@overload
+def log_softmax(
+    x: npt.ArrayLike, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> NumpyResult: ...
+
+
 @documented("log_softmax")
-def log_softmax(x: Any, /, *, axis: AxisLike = -1, where: Any = None, temperature: float = 1.0) -> Any:
+def log_softmax(x: Any, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0) -> Any:
     r"""Log of the softmax along ``axis``, computed without ever forming ``softmax``.
 
     .. math:: \log\sigma(x)_i = (x_i - m) - \operatorname{log1p}\Big(\sum_{j \ne k} e^{x_j - m}\Big)
@@ -324,7 +544,27 @@ def log_softmax(x: Any, /, *, axis: AxisLike = -1, where: Any = None, temperatur
     return _elementwise(x, axis, where, temperature, log=True)
 
 
-def log_softmax_grad(x: Any, g: Any, /, *, axis: AxisLike = -1, where: Any = None, temperature: float = 1.0) -> Any:
+@overload
+def log_softmax_grad(
+    x: NumpyIn, g: ArrayIn, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> NumpyArray: ...
+
+
+@overload
+def log_softmax_grad(
+    x: ArrayT, g: ArrayIn, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> ArrayT: ...
+
+
+@overload
+def log_softmax_grad(
+    x: npt.ArrayLike, g: ArrayIn, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> NumpyArray: ...
+
+
+def log_softmax_grad(
+    x: Any, g: ArrayIn, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, temperature: float = 1.0
+) -> Any:
     r"""Vector-Jacobian product of :func:`log_softmax` with respect to ``x``.
 
     .. math:: \bar x = \frac{1}{T}\big(g - p \textstyle\sum_j g_j\big),

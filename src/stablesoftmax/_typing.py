@@ -1,0 +1,58 @@
+"""The types the public signatures are written in.
+
+Every public function takes an array of some library and answers in that
+library. Three kinds of input, in the order an overload tries them:
+
+* a NumPy array or NumPy scalar: the answer is NumPy's. A result with no
+  axes left is a NumPy scalar, as NumPy's own reductions give (``float64``,
+  ``float32``, ``float16``, or ml_dtypes' ``bfloat16``, whose scalar type
+  ml_dtypes declares only as a ``numpy.generic``); any other result is an
+  ``ndarray``. Which of the two depends on the shape, which the types do not
+  carry, so the result is typed as either: :data:`NumpyResult`.
+* any other array (PyTorch tensor, JAX array, array-api-strict or CuPy
+  array): the answer is an array of the same type, :data:`ArrayT`.
+* a Python scalar or (nested) sequence: read by NumPy, so the answer is
+  NumPy's, as for the first kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Array", "ArrayT", "ArrayIn", "NumpyIn", "NumpyResult", "NumpyArray"]
+
+
+class Array(Protocol):
+    """What NumPy arrays, ``torch.Tensor``, ``jax.Array`` and array-API arrays all have.
+
+    ``shape`` is the array API's ``tuple[int | None, ...]`` (an unknown
+    length is ``None`` there); a ``torch.Size`` is a ``tuple[int, ...]``.
+    """
+
+    @property
+    def shape(self) -> tuple[int | None, ...]: ...
+
+    @property
+    def ndim(self) -> int: ...
+
+    @property
+    def dtype(self) -> Any: ...  # a numpy.dtype, torch.dtype or the namespace's own dtype object
+
+
+#: An array of any library; the result of a public function has the input's type.
+ArrayT = TypeVar("ArrayT", bound=Array)
+
+#: NumPy input proper: an ndarray or a NumPy scalar.
+NumpyIn = npt.NDArray[Any] | np.generic
+
+#: A NumPy array, as the gradients give it (they keep the input's shape, so never a scalar).
+NumpyArray = npt.NDArray[Any]
+
+#: What a function answers for NumPy input: an ndarray, or a NumPy scalar where no axis is left.
+NumpyResult = npt.NDArray[Any] | np.generic
+
+#: An auxiliary argument (``where``, ``b``, ``target``, ``weight``, ``g``): any array or anything NumPy reads.
+ArrayIn = Array | npt.ArrayLike
