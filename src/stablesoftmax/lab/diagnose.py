@@ -113,7 +113,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -331,10 +331,12 @@ def _as_numpy(x: Any, name: str) -> np.ndarray:
         if str(t.dtype) == "torch.bfloat16":
             import torch
 
-            return t.contiguous().view(torch.int16).numpy().view(BFLOAT16)
+            bits: np.ndarray = t.contiguous().view(torch.int16).numpy()  # Tensor.numpy gives an ndarray
+            return bits.view(BFLOAT16)
         if t.is_complex() or (t.dtype.is_floating_point and t.element_size() == 1):
             raise DtypeError(f"{name} has dtype {t.dtype}; allowed: {_readers.EXPECTED_DTYPES}.")
-        return t.numpy()
+        arr: np.ndarray = t.numpy()
+        return arr
     if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
         try:
             x = np.from_dlpack(x)
@@ -429,7 +431,9 @@ def _dtype_name(dtype: np.dtype) -> str:
     return "bfloat16" if dtype == BFLOAT16 else str(dtype)
 
 
-def _blocks(src: _readers.Array, axis: int, progress: _Progress | None, max_bytes: int | None = None):
+def _blocks(
+    src: _readers.Array, axis: int, progress: _Progress | None, max_bytes: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """Windows of the array along its stream axis; the whole array when that axis holds the classes."""
     n = src.shape[src.stream_axis]
     if len(src.shape) < 2 or src.stream_axis == axis:
@@ -483,7 +487,8 @@ def _exp_shifted(v: np.ndarray, m: np.ndarray, d: np.dtype) -> np.ndarray:
     """``exp(v - m)`` in D, each operation rounded to D; ``v`` and ``m`` already in D."""
     w = _work(d)
     diff = (v.astype(w) - m.astype(w)).astype(d)
-    return np.exp(diff.astype(w)).astype(d)
+    e: np.ndarray = np.exp(diff.astype(w)).astype(d)
+    return e
 
 
 def _naive_probs(x: np.ndarray, d: np.dtype) -> np.ndarray:
@@ -492,7 +497,8 @@ def _naive_probs(x: np.ndarray, d: np.dtype) -> np.ndarray:
     m = x.astype(w).max(axis=-1, keepdims=True).astype(d)
     e = _exp_shifted(x, m, d)
     s = e.astype(w).sum(axis=-1, keepdims=True).astype(d)
-    return (e.astype(w) / s.astype(w)).astype(d)
+    p: np.ndarray = (e.astype(w) / s.astype(w)).astype(d)
+    return p
 
 
 def _naive_unshifted_probs(x: np.ndarray, d: np.dtype) -> np.ndarray:
@@ -500,7 +506,8 @@ def _naive_unshifted_probs(x: np.ndarray, d: np.dtype) -> np.ndarray:
     w = _work(d)
     e = np.exp(x.astype(w)).astype(d)
     s = e.astype(w).sum(axis=-1, keepdims=True).astype(d)
-    return (e.astype(w) / s.astype(w)).astype(d)
+    p: np.ndarray = (e.astype(w) / s.astype(w)).astype(d)
+    return p
 
 
 def _naive_loss(p: np.ndarray, d: np.dtype) -> float:
@@ -510,13 +517,24 @@ def _naive_loss(p: np.ndarray, d: np.dtype) -> float:
 
 def _limits(name: str) -> tuple[float, float]:
     """``(log(finfo.max), log(smallest_subnormal / 2))`` of a dtype."""
-    fi = ml_dtypes.finfo(_NUMPY_DTYPES[name])
+    fi = _finfo(_NUMPY_DTYPES[name])
     return math.log(float(fi.max)), math.log(float(fi.smallest_subnormal)) - math.log(2.0)
+
+
+def _finfo(d: np.dtype) -> np.finfo[np.floating[Any]]:
+    """``ml_dtypes.finfo(d)``, which knows bfloat16 too: a subclass of ``numpy.finfo``, typed as one here
+    because ml_dtypes leaves its constructor unannotated."""
+    finfo: Callable[[np.dtype], np.finfo[np.floating[Any]]] = ml_dtypes.finfo
+    return finfo(d)
 
 
 # --------------------------------------------------------------------------
 # The scanner: counts every slice, keeps details of the worst few
 # --------------------------------------------------------------------------
+
+
+# Where the scanner's i-th slice of a window sits in the logits: its index among the batch axes.
+_Locate = Callable[[int], tuple[int, ...]]
 
 
 class _Scanner:
@@ -526,7 +544,7 @@ class _Scanner:
         self.data = DataReport()
         self.best: dict[str, list[tuple[float, tuple[int, ...], SliceReport]]] = {n: [] for n in dtypes}
 
-    def add(self, x: np.ndarray, t: np.ndarray | None, locate) -> None:
+    def add(self, x: np.ndarray, t: np.ndarray | None, locate: _Locate) -> None:
         if x.dtype == BFLOAT16:
             x = x.astype(np.float32)  # exact; NumPy reductions on bfloat16 are slow and warn on NaN
         elif x.dtype.kind in "iub":
@@ -544,7 +562,7 @@ class _Scanner:
             rep.failing += int(fail.sum())
             self._keep(name, x, t, np.flatnonzero(fail), _margin(st, f.over, f.under, rep), f.over, f.under, locate)
 
-    def _data(self, x, t, st, locate) -> None:
+    def _data(self, x: np.ndarray, t: np.ndarray | None, st: _Stats, locate: _Locate) -> None:
         d = self.data
         flags = {"nan": st.nan, "posinf": st.posinf, "masked": st.masked, "target_masked": st.tmask}
         for key, f in flags.items():
@@ -561,7 +579,17 @@ class _Scanner:
                 _details(x[i], None if t is None else int(t[i]), None, locate(int(i)), problems, self.ignore)
             )
 
-    def _keep(self, name, x, t, idx, margin, over, under, locate) -> None:
+    def _keep(
+        self,
+        name: str,
+        x: np.ndarray,
+        t: np.ndarray | None,
+        idx: np.ndarray,
+        margin: np.ndarray,
+        over: np.ndarray,
+        under: np.ndarray,
+        locate: _Locate,
+    ) -> None:
         """Details of the chunk's failing slices that enter the ``top`` worst, furthest past the cliff first."""
         if not idx.size or not self.top:
             return
@@ -685,7 +713,7 @@ def _second_stage(f: _Flags, s_ref: np.ndarray, size: np.ndarray, d: np.dtype, k
     """
     idx = np.flatnonzero(f.unsure)
     ud, u32 = 2.0 ** -_PRECISION[_dtype_name(d)], 2.0**-24
-    fi = ml_dtypes.finfo(d)
+    fi = _finfo(d)
     tiny, big = float(fi.smallest_subnormal), float(fi.max)
     log_r = 4.1 * (ud + u32) * size[idx] + 4 * ud + 2 * (math.log2(k) + 16) * u32
     trust = log_r < 30.0  # past this the bound says nothing (and exp would overflow): simulate those slices
@@ -769,7 +797,7 @@ def _details(
         s.min, s.argmin = float(x[j]), j
         s.spread = s.max - s.min
         with reference_path():  # a few slices: no kernels to compile, and the same bytes with or without numba
-            s.min_log_prob = float(log_softmax(x)[keep].min())
+            s.min_log_prob = float(np.asarray(log_softmax(x))[keep].min())  # 1-d x: an array already
         s.min_prob = math.exp(s.min_log_prob) if not math.isnan(s.min_log_prob) else math.nan
     if t is not None and t == ignore:
         s.target = t
@@ -962,7 +990,7 @@ With --json, errors are one JSON object on one line of stderr.
 """
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add the ``diagnose`` subcommand to the ``stablesoftmax`` command."""
     p = subparsers.add_parser(
         "diagnose",
