@@ -47,8 +47,8 @@ to rewrite results.json. naive.py and stable.py are yours: no rerun overwrites t
 """
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = subparsers.add_parser(
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
         "battery",
         help="write and run the lab's experiment directory (naive.py, stable.py, compare.py, results, report)",
         description="Write the lab's naive.py, stable.py and compare.py, run compare.py on the labs'\n"
