@@ -15,7 +15,7 @@ through a zero-copy NumPy view instead, which is faster there.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import array_api_compat.numpy as npx
 import array_api_compat.torch as xp
@@ -46,13 +46,21 @@ _compute.CONCRETE["torch"] = _concrete
 
 
 def _run(fn: Callable[..., Any], x: Tensor, *arrays: Tensor | None, **options: Any) -> Any:
-    """``fn(x, *arrays, xp, **options)`` on the kernels' NumPy view (CPU float32/64) or natively."""
+    """``fn(x, *arrays, xp, **options)`` on the kernels' NumPy view (CPU float32/64) or natively.
+
+    ``fn`` is array-API code, typed ``Any``; what it gives comes back as tensors, in ``fn``'s structure.
+    """
     if _viewable(x, *arrays) and _compute.kernels() is not None:
         host = [None if a is None else a.detach().numpy() for a in (x, *arrays)]
         with np.errstate(all="ignore"):  # see _backends.plain
             result = fn(*host, npx, **options)
         return _to_torch(result, x.device)
     return fn(x, *arrays, xp, **options)
+
+
+def _run1(fn: Callable[..., Any], x: Tensor, *arrays: Tensor | None, **options: Any) -> Tensor:
+    """:func:`_run` of an ``fn`` that gives one array, so one tensor."""
+    return cast(Tensor, _run(fn, x, *arrays, **options))
 
 
 def _viewable(x: Tensor, *arrays: Tensor | None) -> bool:
@@ -94,7 +102,7 @@ def _(x: Tensor, mask: Tensor | None, b: Tensor | None) -> tuple[Tensor, Tensor]
 
 @torch.library.custom_op(f"{_LIB}::logsumexp_grad", mutates_args=())
 def _logsumexp_grad(x: Tensor, g: Tensor, mask: Tensor | None, b: Tensor | None) -> Tensor:
-    return _run(lambda x_, g_, m_, b_, ns: _compute.logsumexp_grad(x_, g_, ns, mask=m_, b=b_), x, g, mask, b)
+    return _run1(lambda x_, g_, m_, b_, ns: _compute.logsumexp_grad(x_, g_, ns, mask=m_, b=b_), x, g, mask, b)
 
 
 @_logsumexp_grad.register_fake
@@ -117,7 +125,7 @@ _logsumexp.register_autograd(_lse_backward, setup_context=_lse_setup)
 
 @torch.library.custom_op(f"{_LIB}::softmax", mutates_args=())
 def _softmax(x: Tensor, mask: Tensor | None, temperature: float, log: bool) -> Tensor:
-    return _run(lambda x_, m_, ns: _compute.softmax(x_, ns, mask=m_, temperature=temperature, log=log), x, mask)
+    return _run1(lambda x_, m_, ns: _compute.softmax(x_, ns, mask=m_, temperature=temperature, log=log), x, mask)
 
 
 @_softmax.register_fake
@@ -127,7 +135,7 @@ def _(x: Tensor, mask: Tensor | None, temperature: float, log: bool) -> Tensor:
 
 @torch.library.custom_op(f"{_LIB}::softmax_grad", mutates_args=())
 def _softmax_grad(x: Tensor, g: Tensor, mask: Tensor | None, temperature: float, log: bool) -> Tensor:
-    return _run(
+    return _run1(
         lambda x_, g_, m_, ns: _compute.softmax_grad(x_, g_, ns, mask=m_, temperature=temperature, log=log), x, g, mask
     )
 
@@ -172,7 +180,7 @@ def _cross_entropy(
     opts = dict(
         ignore_index=ignore_index, reduction=reduction, smoothing=smoothing, z_loss=z_loss, softcap=softcap, probs=probs
     )
-    return _run(
+    return _run1(
         lambda x_, t_, w_, m_, ns: _compute.cross_entropy(x_, t_, ns, grad=False, weight=w_, mask=m_, **opts)[0],
         x,
         target,
@@ -214,7 +222,7 @@ def _cross_entropy_grad(
     opts = dict(
         ignore_index=ignore_index, reduction=reduction, smoothing=smoothing, z_loss=z_loss, softcap=softcap, probs=probs
     )
-    return _run(
+    return _run1(
         lambda x_, t_, g_, w_, m_, ns: _compute.cross_entropy(x_, t_, ns, grad=True, g=g_, weight=w_, mask=m_, **opts)[
             1
         ],
@@ -259,7 +267,7 @@ _cross_entropy.register_autograd(_ce_backward, setup_context=_ce_setup)
 
 @torch.library.custom_op(f"{_LIB}::nll_loss", mutates_args=())
 def _nll_loss(lp: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, reduction: str) -> Tensor:
-    return _run(
+    return _run1(
         lambda l_, t_, w_, ns: _compute.nll_loss(l_, t_, ns, weight=w_, ignore_index=ignore_index, reduction=reduction),
         lp,
         target,
@@ -276,7 +284,7 @@ def _(lp: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, redu
 def _nll_loss_grad(
     lp: Tensor, target: Tensor, g: Tensor, weight: Tensor | None, ignore_index: int, reduction: str
 ) -> Tensor:
-    return _run(
+    return _run1(
         lambda l_, t_, g_, w_, ns: _compute.nll_loss(
             l_, t_, ns, weight=w_, ignore_index=ignore_index, reduction=reduction, grad=True, g=g_
         ),
@@ -308,7 +316,7 @@ _nll_loss.register_autograd(_nll_backward, setup_context=_nll_setup)
 
 @torch.library.custom_op(f"{_LIB}::bce", mutates_args=())
 def _bce(x: Tensor, t: Tensor, weight: Tensor | None, pos_weight: Tensor | None, reduction: str) -> Tensor:
-    return _run(
+    return _run1(
         lambda x_, t_, w_, p_, ns: _compute.bce(x_, t_, ns, weight=w_, pos_weight=p_, reduction=reduction),
         x,
         t,
@@ -326,7 +334,7 @@ def _(x: Tensor, t: Tensor, weight: Tensor | None, pos_weight: Tensor | None, re
 def _bce_grad(
     x: Tensor, t: Tensor, g: Tensor, weight: Tensor | None, pos_weight: Tensor | None, reduction: str
 ) -> Tensor:
-    return _run(
+    return _run1(
         lambda x_, t_, g_, w_, p_, ns: _compute.bce(
             x_, t_, ns, weight=w_, pos_weight=p_, reduction=reduction, grad=True, g=g_
         ),
@@ -362,23 +370,29 @@ _bce.register_autograd(_bce_backward, setup_context=_bce_setup)
 # --------------------------------------------------------------------------
 
 
+def _tensor(result: Any) -> Tensor:
+    """A custom op's result, typed: torch types an op's call as ``Any`` (``CustomOpDef.__call__`` is
+    unannotated), while the op's schema, read from its annotations above, says it returns a Tensor."""
+    return cast(Tensor, result)
+
+
 def logsumexp(x: Tensor, xp_: Any, *, mask: Tensor | None = None, b: Tensor | None = None) -> tuple[Tensor, Any]:
     lse, sign = _logsumexp(x, mask, b)
     return lse, (None if b is None else sign)
 
 
 def softmax(x: Tensor, xp_: Any, *, mask: Tensor | None = None, temperature: float = 1.0, log: bool = False) -> Tensor:
-    return _softmax(x, mask, float(temperature), bool(log))
+    return _tensor(_softmax(x, mask, float(temperature), bool(log)))
 
 
 def logsumexp_grad(x: Tensor, g: Tensor, xp_: Any, *, mask: Tensor | None = None, b: Tensor | None = None) -> Tensor:
-    return _logsumexp_grad(x, g, mask, b)
+    return _tensor(_logsumexp_grad(x, g, mask, b))
 
 
 def softmax_grad(
     x: Tensor, g: Tensor, xp_: Any, *, mask: Tensor | None = None, temperature: float = 1.0, log: bool = False
 ) -> Tensor:
-    return _softmax_grad(x, g, mask, float(temperature), bool(log))
+    return _tensor(_softmax_grad(x, g, mask, float(temperature), bool(log)))
 
 
 def cross_entropy(
@@ -424,8 +438,8 @@ def nll_loss(
     g: Any = None,
 ) -> Tensor:
     if grad:
-        return _nll_loss_grad(lp, target, g, weight, ignore_index, reduction)
-    return _nll_loss(lp, target, weight, ignore_index, reduction)
+        return _tensor(_nll_loss_grad(lp, target, g, weight, ignore_index, reduction))
+    return _tensor(_nll_loss(lp, target, weight, ignore_index, reduction))
 
 
 def bce(
@@ -440,13 +454,19 @@ def bce(
     g: Any = None,
 ) -> Tensor:
     if grad:
-        return _bce_grad(x, t, g, weight, pos_weight, reduction)
-    return _bce(x, t, weight, pos_weight, reduction)
+        return _tensor(_bce_grad(x, t, g, weight, pos_weight, reduction))
+    return _tensor(_bce(x, t, weight, pos_weight, reduction))
 
 
 # --------------------------------------------------------------------------
 # Losses computed on the host in one piece (the linear cross-entropy)
 # --------------------------------------------------------------------------
+
+
+HostFn = Callable[..., Tensor]
+"""A host loss: ``loss(*inputs)``, a tensor."""
+HostVjp = Callable[..., tuple[Tensor | None, ...]]
+"""Its VJP: ``vjp(g, *inputs)``, one gradient per input (None where an input was None)."""
 
 
 class _HostLoss(torch.autograd.Function):
@@ -457,7 +477,7 @@ class _HostLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, fns: tuple[Any, Any], *inputs: Tensor | None) -> Tensor:
+    def forward(ctx: Any, fns: tuple[HostFn, HostVjp], *inputs: Tensor | None) -> Tensor:
         ctx.fns = fns
         ctx.save_for_backward(*inputs)
         return fns[0](*inputs)
@@ -468,8 +488,12 @@ class _HostLoss(torch.autograd.Function):
         return (None, *ctx.fns[1](g, *ctx.saved_tensors))
 
 
-def host_loss(loss: Any, vjp: Any, *inputs: Tensor | None) -> Tensor:
+def host_loss(loss: HostFn, vjp: HostVjp, *inputs: Tensor | None) -> Tensor:
     """``loss(*inputs)`` with autograd through ``vjp`` when any input requires grad."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return _HostLoss.apply((loss, vjp), *inputs)
+        return _apply_host_loss((loss, vjp), *inputs)
     return loss(*inputs)
+
+
+# torch leaves ``Function.apply`` unannotated; it returns what ``forward`` returns.
+_apply_host_loss = cast("Callable[..., Tensor]", _HostLoss.apply)
