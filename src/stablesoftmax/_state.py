@@ -79,14 +79,19 @@ def shift(x: Array, m: Array, xp: Any, *, exact: bool, scale: float = 1.0) -> Sh
     logits means ``x / T`` can never overflow (the max entry's shift is 0 for
     any ``T``), and the shift stays exact.
     """
-    raw = x - m
-    d = xp.where(x == m, xp.zeros_like(raw), raw)
-    d = xp.where(m == -xp.inf, xp.full_like(d, -xp.inf), d)
+    d = _rounded_shift(x, m, xp)
     err = twosum_error(x, -m, d, xp) if exact else None
     if scale != 1.0:
         d = d / scale
         err = None if err is None else err / scale
     return Shift(d, err)
+
+
+def _rounded_shift(x: Array, m: Array, xp: Any) -> Array:
+    """``x - m`` rounded, elementwise: 0 wherever ``x == m``, ``-inf`` wherever ``m = -inf``."""
+    raw = x - m
+    d = xp.where(x == m, xp.zeros_like(raw), raw)
+    return xp.where(m == -xp.inf, xp.full_like(d, -xp.inf), d)
 
 
 def state(x: Array, xp: Any, *, exact: bool, scale: float = 1.0) -> tuple[State, Shift, Array]:
@@ -131,8 +136,8 @@ def merge(a: State, b: State, xp: Any) -> State:
     m_small = xp.where(a_large, b.m, a.m)
     s_large = xp.where(a_large, a.s, b.s)
     s_small = xp.where(a_large, b.s, a.s)
-    sh = shift(m_small[:, None], m[:, None], xp, exact=True)
-    d, e = sh.d[:, 0], sh.err[:, 0]
+    d = _rounded_shift(m_small, m, xp)  # shift's rule, on the two maxima
+    e = twosum_error(m_small, -m, d, xp)
     s = s_large + (1 + s_small) * _corrected(xp.exp(d), e, xp)
     s = xp.where(m == -xp.inf, xp.zeros_like(s), s)
     s = xp.where(xp.isnan(a.m) | xp.isnan(b.m), xp.full_like(s, xp.nan), s)
