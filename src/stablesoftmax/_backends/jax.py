@@ -22,7 +22,8 @@ from .. import _compute
 
 
 def _compute_dtype(x: Any, xp: Any) -> Any:
-    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
+    x64 = jax.config.read("jax_enable_x64")  # type: ignore[no-untyped-call]  # jax leaves Config.read unannotated
+    return jnp.float64 if x64 else jnp.float32
 
 
 _compute.COMPUTE_DTYPE["jax"] = _compute_dtype
