@@ -26,6 +26,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -136,9 +137,14 @@ def num(v: Any) -> float | str:
     return f if math.isfinite(f) else ("inf" if f > 0 else "-inf")
 
 
-def finfo(dtype: Any) -> Any:
-    """``ml_dtypes.finfo``, which knows bfloat16 as well as NumPy's own types."""
-    return ml_dtypes.finfo(dtype)  # type: ignore[no-untyped-call]
+def finfo(dtype: np.dtype) -> np.finfo[np.floating[Any]]:
+    """``ml_dtypes.finfo``, which knows bfloat16 as well as NumPy's own types.
+
+    It is a subclass of ``numpy.finfo`` whose constructor ml_dtypes leaves unannotated: typed here as
+    the ``numpy.finfo`` it is.
+    """
+    make: Callable[[np.dtype], np.finfo[np.floating[Any]]] = ml_dtypes.finfo
+    return make(dtype)
 
 
 def eps(dtype: np.dtype) -> float:
