@@ -22,7 +22,8 @@ Chunks are reduced with the compiled kernels when they are available
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat.numpy as npx
 import numpy as np
@@ -31,8 +32,21 @@ from . import _compute, _state
 from . import _dispatch as D
 from ._dispatch import AxisLike, Rows
 from ._errors import ArgumentError, ShapeError
+from ._typing import ArrayIn, NumpyResult
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["LogSumExp", "logsumexp_chunks"]
+
+
+@dataclass
+class _Sums:
+    """The state of every output entry, from the first chunk on."""
+
+    m: np.ndarray  # float64, shape = the result's shape
+    s: np.ndarray  # np.longdouble, same shape
+    dtype: np.dtype  # the result's: the chunks' float dtype, promoted
 
 
 class LogSumExp:
@@ -73,22 +87,20 @@ class LogSumExp:
     block_bytes: int = 64 << 20  # largest block of an ndarray chunk reduced at once
 
     def __init__(self) -> None:
-        self._m: np.ndarray | None = None  # float64, shape = the result's shape
-        self._s: np.ndarray | None = None  # np.longdouble, same shape
-        self._dtype: np.dtype | None = None
+        self._sums: _Sums | None = None  # None before the first chunk
         self._like: Any = None  # the first chunk: results go back to its library and device
 
     @property
     def shape(self) -> tuple[int, ...] | None:
         """Shape of :meth:`result`; None before the first chunk."""
-        return None if self._m is None else self._m.shape
+        return None if self._sums is None else self._sums.m.shape
 
     @property
     def dtype(self) -> np.dtype | None:
         """Dtype of :meth:`result`: the chunks' float dtype (promoted if they differ)."""
-        return self._dtype
+        return None if self._sums is None else self._sums.dtype
 
-    def update(self, chunk: Any, /, *, axis: AxisLike = -1) -> LogSumExp:
+    def update(self, chunk: ArrayIn, /, *, axis: AxisLike = -1) -> LogSumExp:
         """Add the terms of ``chunk`` along ``axis``; returns ``self``.
 
         Parameters
@@ -107,53 +119,54 @@ class LogSumExp:
             self._like = chunk
         axes = D.normalize_axes(axis, arr.ndim)
         batch = Rows.of(arr.shape, axes).batch
-        self._ensure(batch, dtype)
-        self._feed(arr, axes, 0, [slice(None)] * len(batch))
+        self._feed(self._ensure(batch, dtype), arr, axes, 0, [slice(None)] * len(batch))
         return self
 
     def merge(self, other: LogSumExp, /) -> LogSumExp:
         """Fold the state ``other`` (of the same shape) into this one; returns ``self``."""
         if not isinstance(other, LogSumExp):
             raise TypeError(f"merge takes a LogSumExp, got {type(other).__name__}.")
-        if other._m is None:
+        if other._sums is None:
             return self
-        self._ensure(other._m.shape, other._dtype)
-        self._m, self._s = _combine(self._m, self._s, other._m, other._s)
+        sums = self._ensure(other._sums.m.shape, other._sums.dtype)
+        sums.m, sums.s = _combine(sums.m, sums.s, other._sums.m, other._sums.s)
         return self
 
-    def result(self) -> Any:
+    def result(self) -> NumpyResult | Tensor:
         """The logsumexp so far, rounded once to the chunks' dtype (``-inf`` before any chunk)."""
-        if self._m is None:
-            return np.float64(-np.inf)
+        sums = self._sums
+        if sums is None:
+            empty: np.float64 = np.float64(-np.inf)  # NumPy's stubs type this constructor's result as Any
+            return empty
         with np.errstate(invalid="ignore"):  # NaN state stays NaN
-            lse = _state.lse(_state.State(self._m, None, self._s.astype(np.float64)), npx)
-        out = _compute.round_to(lse, np.zeros(0, self._dtype), D.namespace(lse))
+            lse = _state.lse(_state.State(sums.m, None, sums.s.astype(np.float64)), npx)
+        out = _compute.round_to(lse, np.zeros(0, sums.dtype), D.namespace(lse))
         return _back(out, self._like)
 
     def __repr__(self) -> str:
-        return f"LogSumExp(shape={self.shape}, dtype={self._dtype})"
+        return f"LogSumExp(shape={self.shape}, dtype={self.dtype})"
 
     # ----------------------------------------------------------------------
 
-    def _ensure(self, batch: tuple[int, ...], dtype: np.dtype) -> None:
-        if self._m is None:
-            self._m = np.full(batch, -np.inf)
-            self._s = np.zeros(batch, dtype=np.longdouble)
-            self._dtype = dtype
-            return
-        if tuple(batch) != self._m.shape:
+    def _ensure(self, batch: tuple[int, ...], dtype: np.dtype) -> _Sums:
+        """The state, made for ``batch`` by the first chunk; a later chunk must match it."""
+        if self._sums is None:
+            self._sums = _Sums(np.full(batch, -np.inf), np.zeros(batch, dtype=np.longdouble), dtype)
+            return self._sums
+        if tuple(batch) != self._sums.m.shape:
             raise ShapeError(
-                f"chunk reduces to shape {tuple(batch)}, but this LogSumExp holds shape {self._m.shape}; "
+                f"chunk reduces to shape {tuple(batch)}, but this LogSumExp holds shape {self._sums.m.shape}; "
                 "every chunk must have the same shape once the reduced axes are taken out."
             )
-        self._dtype = _promote(self._dtype, dtype)
+        self._sums.dtype = _promote(self._sums.dtype, dtype)
+        return self._sums
 
-    def _feed(self, a: np.ndarray, axes: tuple[int, ...], dim: int, index: list) -> None:
-        """Reduce ``a`` block by block along axes ``dim, dim+1, ...``; merge into ``state[index]``."""
+    def _feed(self, sums: _Sums, a: np.ndarray, axes: tuple[int, ...], dim: int, index: list[slice]) -> None:
+        """Reduce ``a`` block by block along axes ``dim, dim+1, ...``; merge into ``sums[index]``."""
         if a.nbytes <= self.block_bytes or dim == a.ndim:
             m, s = _parts(a, axes)
             at = tuple(index)
-            self._m[at], self._s[at] = _combine(self._m[at], self._s[at], m, s)
+            sums.m[at], sums.s[at] = _combine(sums.m[at], sums.s[at], m, s)
             return
         step = max(1, self.block_bytes // (a.nbytes // a.shape[dim]))
         batch_pos = sum(1 for d in range(dim) if d not in axes)
@@ -163,10 +176,10 @@ class LogSumExp:
             sub_index = list(index)
             if dim not in axes:  # a block of output entries; a reduced axis splits terms instead
                 sub_index[batch_pos] = slice(i, i + step)
-            self._feed(a[tuple(cut)], axes, dim + 1, sub_index)
+            self._feed(sums, a[tuple(cut)], axes, dim + 1, sub_index)
 
 
-def logsumexp_chunks(chunks: Iterable[Any] | np.ndarray, /, *, axis: AxisLike = -1) -> Any:
+def logsumexp_chunks(chunks: Iterable[ArrayIn] | np.ndarray, /, *, axis: AxisLike = -1) -> NumpyResult | Tensor:
     """logsumexp over an iterable of chunks, each reduced along ``axis``.
 
     An ndarray (an ``np.memmap`` too) counts as one chunk, read block by
@@ -236,7 +249,8 @@ def _host(chunk: Any) -> np.ndarray:
     """A chunk as NumPy: this state lives on the host (a torch CPU tensor is viewed, not copied)."""
     if D.library(chunk) == "torch":
         t = chunk.detach().cpu()
-        return t.float().numpy() if str(t.dtype) == "torch.bfloat16" else t.numpy()
+        view: np.ndarray = t.float().numpy() if str(t.dtype) == "torch.bfloat16" else t.numpy()
+        return view
     return D.numpy_in(np.asarray(chunk) if D.library(chunk) != "numpy" else chunk, "chunk")
 
 
@@ -248,13 +262,16 @@ def _float_dtype(arr: np.ndarray, name: str) -> np.dtype:
     raise ArgumentError(f"{name} has dtype {arr.dtype}; it must hold real numbers.")
 
 
-def _back(out: np.ndarray, like: Any) -> Any:
+def _back(out: np.ndarray, like: Any) -> NumpyResult | Tensor:
     """A result in the first chunk's library (a torch tensor for torch chunks), a scalar for 0-d NumPy."""
     if like is not None and D.library(like) == "torch":
         import torch
 
         return torch.as_tensor(np.asarray(out, np.float64)).to(dtype=like.dtype, device=like.device)
-    return out[()] if out.ndim == 0 else out
+    if out.ndim:
+        return out
+    scalar: NumpyResult = out[()]  # a 0-d array indexed by () gives its NumPy scalar
+    return scalar
 
 
 def _promote(a: np.dtype, b: np.dtype) -> np.dtype:
