@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _dispatch as D
 from ._errors import ArgumentError
 from ._reductions import softmax
+from ._typing import Array
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["sample"]
+
+
+Indices = npt.NDArray[np.int64] | np.int64
+"""What :func:`sample` gives outside PyTorch: int64 indices, a NumPy scalar for one slice."""
+
+
+@overload
+def sample(
+    logits: Tensor, /, *, temperature: float = 1.0, axis: int = -1, rng: np.random.Generator | int | None = None
+) -> Tensor: ...
+
+
+@overload
+def sample(
+    logits: Array | npt.ArrayLike,
+    /,
+    *,
+    temperature: float = 1.0,
+    axis: int = -1,
+    rng: np.random.Generator | int | None = None,
+) -> Indices: ...
 
 
 def sample(
@@ -109,7 +135,8 @@ def _inverse_cdf(x: np.ndarray, t: float, rng: np.random.Generator) -> np.ndarra
     cdf = np.cumsum(softmax(shifted), axis=-1)
     u = rng.random(x.shape[:-1] + (1,)) * cdf[..., -1:]
     idx = (cdf <= u).sum(axis=-1)  # first index whose cumulative mass exceeds u
-    return np.minimum(idx, x.shape[-1] - 1)
+    draws: np.ndarray = np.minimum(idx, x.shape[-1] - 1)  # NumPy's stubs type a ufunc of unknown dtype as Any
+    return draws
 
 
 def _like(out: np.ndarray, logits: Any) -> Any:
