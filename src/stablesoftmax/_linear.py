@@ -23,27 +23,86 @@ both would need an ``(N, V)`` array, which is what this function avoids.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import array_api_compat.numpy as npx
 import numpy as np
+import numpy.typing as npt
 
 from . import _compute, _losses, _reference, _state
 from . import _dispatch as D
 from ._errors import ShapeError
+from ._typing import ArrayIn, NumpyArray, NumpyIn, NumpyResult
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
+
+
+@overload
+def linear_cross_entropy(
+    hidden: NumpyIn,
+    weight: NumpyIn,
+    target: ArrayIn,
+    /,
+    *,
+    bias: ArrayIn | None = None,
+    chunk_size: int | None = None,
+    class_weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> NumpyResult: ...
+
+
+@overload
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    target: ArrayIn,
+    /,
+    *,
+    bias: ArrayIn | None = None,
+    chunk_size: int | None = None,
+    class_weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> Tensor: ...
+
+
+@overload
+def linear_cross_entropy(
+    hidden: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    target: ArrayIn,
+    /,
+    *,
+    bias: ArrayIn | None = None,
+    chunk_size: int | None = None,
+    class_weight: ArrayIn | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> NumpyResult: ...
 
 
 def linear_cross_entropy(
     hidden: Any,
     weight: Any,
-    target: Any,
+    target: ArrayIn,
     /,
     *,
-    bias: Any = None,
+    bias: ArrayIn | None = None,
     chunk_size: int | None = None,
-    class_weight: Any = None,
+    class_weight: ArrayIn | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
@@ -109,7 +168,7 @@ def _torch_autograd(hidden: Any, weight: Any, target: Any, options: dict[str, An
         prob = _problem(h.detach(), w.detach(), target, None if b is None else b.detach(), **options)
         return _restore(prob, _loss(prob, _forward(prob)))
 
-    def vjp(g: Any, h: Any, w: Any, b: Any) -> tuple[Any, Any, Any]:
+    def vjp(g: Tensor, h: Tensor, w: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         _, grads = linear_cross_entropy_with_grad(
             h.detach(), w.detach(), target, g=g.detach(), bias=None if b is None else b.detach(), **options
         )
@@ -118,8 +177,26 @@ def _torch_autograd(hidden: Any, weight: Any, target: Any, options: dict[str, An
     return D.backend(hidden).host_loss(loss, vjp, hidden, weight, bias)
 
 
+@overload
 def linear_cross_entropy_with_grad(
-    hidden: Any, weight: Any, target: Any, /, *, g: Any = 1.0, **options: Any
+    hidden: NumpyIn, weight: NumpyIn, target: ArrayIn, /, *, g: ArrayIn = 1.0, **options: Any
+) -> tuple[NumpyResult, tuple[NumpyArray, NumpyArray, NumpyArray | None]]: ...
+
+
+@overload
+def linear_cross_entropy_with_grad(
+    hidden: Tensor, weight: Tensor, target: ArrayIn, /, *, g: ArrayIn = 1.0, **options: Any
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor | None]]: ...
+
+
+@overload
+def linear_cross_entropy_with_grad(
+    hidden: npt.ArrayLike, weight: npt.ArrayLike, target: ArrayIn, /, *, g: ArrayIn = 1.0, **options: Any
+) -> tuple[NumpyResult, tuple[NumpyArray, NumpyArray, NumpyArray | None]]: ...
+
+
+def linear_cross_entropy_with_grad(
+    hidden: Any, weight: Any, target: ArrayIn, /, *, g: ArrayIn = 1.0, **options: Any
 ) -> tuple[Any, tuple[Any, Any, Any]]:
     r"""The loss of :func:`linear_cross_entropy` and its gradients, in two passes over the vocabulary.
 
@@ -169,7 +246,17 @@ class _Sums:
 
 
 def _problem(
-    hidden, weight, target, bias, chunk_size, class_weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+    hidden: Any,
+    weight: Any,
+    target: Any,
+    bias: Any,
+    chunk_size: Any,
+    class_weight: Any,
+    ignore_index: Any,
+    reduction: Any,
+    label_smoothing: Any,
+    z_loss: Any,
+    softcap: Any,
 ) -> _Linear:
     h0, xp = D.array_in(hidden, "hidden")
     h = _host(h0, "hidden")
@@ -224,7 +311,7 @@ def _host_any(a: Any) -> Any:
     return a
 
 
-def _restore(p: _Linear, a: np.ndarray) -> Any:
+def _restore(p: _Linear, a: np.ndarray | np.generic) -> Any:
     """A float64/float32 host result as hidden's library and dtype, rounded once."""
     if D.library(p.like) == "numpy":
         return D.out(_compute.round_to(np.asarray(a, np.float64), p.like, D.namespace(p.like)), p.xp)
@@ -239,7 +326,7 @@ def _starts(p: _Linear) -> range:
 
 def _chunk_logits(p: _Linear, i: int) -> np.ndarray:
     """Logits of classes ``i : i + chunk``, softcap applied: the only block ever held."""
-    logits = p.h @ p.w[i : i + p.chunk].T
+    logits: np.ndarray = p.h @ p.w[i : i + p.chunk].T  # NumPy's stubs give Any for a matmul of unknown dtypes
     if p.b is not None:
         logits += p.b[i : i + p.chunk]
     if p.softcap is not None:
@@ -288,8 +375,8 @@ def _chunk_state(logits: np.ndarray, start: int) -> _state.State:
     return _state.State(m, k + start, s)
 
 
-def _loss(p: _Linear, s: _Sums) -> np.ndarray:
-    """The reduced loss, by the rules of :func:`cross_entropy`."""
+def _loss(p: _Linear, s: _Sums) -> np.ndarray | np.generic:
+    """The reduced loss, by the rules of :func:`cross_entropy`: per row, or a 0-d array or scalar."""
     with np.errstate(invalid="ignore", over="ignore"):  # lse - xy on dropped rows; zeroed below
         ce = (1 - p.smoothing) * s.wy * (s.lse - s.xy)
         if s.wx is not None:
@@ -297,10 +384,11 @@ def _loss(p: _Linear, s: _Sums) -> np.ndarray:
             ce += p.smoothing / p.w.shape[0] * (s.lse * wsum - s.wx)
     ce = np.where(s.live, ce, 0.0)
     zt = np.where(s.live, p.z_loss * s.lse**2, 0.0) if p.z_loss else None
-    return _reference.reduce_losses(ce, zt, s.wy, s.live, p.reduction, npx)
+    loss: np.ndarray | np.generic = _reference.reduce_losses(ce, zt, s.wy, s.live, p.reduction, npx)
+    return loss
 
 
-def _backward(p: _Linear, s: _Sums, g: Any):
+def _backward(p: _Linear, s: _Sums, g: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     ce_scale, z_scale = (np.where(s.live, f, 0.0) for f in _scales(p, s, g))
     k = p.w.shape[0]
     total = (1 - p.smoothing) * s.wy + (p.smoothing / k * (k if p.cw is None else p.cw.sum()) if p.smoothing else 0.0)
@@ -328,18 +416,22 @@ def _scales(p: _Linear, s: _Sums, g: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ShapeError(f"g of shape {garr.shape} must be a scalar for reduction={p.reduction!r}.")
     else:
         garr = garr.reshape(())
-    fwd = _reference.Forward(None, None, None, s.live, s.wy, None)
-    pb = _reference.Problem(
-        np.zeros((len(s.live), 1)), None, False, None, None, None, False, p.reduction, 0.0, 0.0, None
-    )
-    return _reference.row_scales(pb, fwd, garr, npx)
+    return _reference.row_scales(p.reduction, s.live, s.wy, garr, npx, dtype=np.float64)
 
 
-def _chunk_grad(p: _Linear, logits: np.ndarray, lse: np.ndarray, coef, ce_scale, onehot, i: int) -> np.ndarray:
+def _chunk_grad(
+    p: _Linear,
+    logits: np.ndarray,
+    lse: np.ndarray,
+    coef: np.ndarray,
+    ce_scale: np.ndarray,
+    onehot: np.ndarray,
+    i: int,
+) -> np.ndarray:
     """``d loss / d logits`` for one chunk, through the softcap."""
     width = logits.shape[1]
     with np.errstate(under="ignore"):  # probabilities below the subnormals are 0
-        grad = np.exp(logits - lse)
+        grad: np.ndarray = np.exp(logits - lse)
     grad *= coef.astype(grad.dtype)[:, None]
     if p.smoothing:
         cw = np.ones(width) if p.cw is None else p.cw[i : i + width]

@@ -207,16 +207,19 @@ def reduce_losses(ce: Array, zt: Array | None, wy: Array, alive: Array, reductio
     return out
 
 
-def row_scales(pb: Problem, fwd: Forward, g: Array, xp: Any) -> tuple[Array, Array]:
-    """Per-element factors of the cotangent ``g`` for the CE part and the z part."""
-    n = pb.x.shape[0]
-    if pb.reduction == "none":
+def row_scales(reduction: str, live: Array, wy: Array, g: Array, xp: Any, *, dtype: Any) -> tuple[Array, Array]:
+    """Per-element factors of the cotangent ``g`` for the CE part and the z part, of ``dtype``.
+
+    ``live`` and ``wy`` are :class:`Forward`'s (B,) rows; they are all the reduction reads.
+    """
+    n = live.shape[0]
+    if reduction == "none":
         return g, g
-    ones = xp.ones((n,), dtype=pb.x.dtype, device=_device(pb.x))
-    if pb.reduction == "sum":
+    ones = xp.ones((n,), dtype=dtype, device=_device(live))
+    if reduction == "sum":
         return g * ones, g * ones
-    denom = xp.sum(fwd.wy)
-    count = xp.sum(xp.astype(fwd.live, pb.x.dtype))
+    denom = xp.sum(wy)
+    count = xp.sum(xp.astype(live, dtype))
     ce = xp.where(denom != 0, g / xp.where(denom != 0, denom, xp.ones_like(denom)), xp.zeros_like(denom))
     z = xp.where(count != 0, g / xp.maximum(count, xp.ones_like(count)), xp.zeros_like(count))
     return ce * ones, z * ones
@@ -230,7 +233,7 @@ def cross_entropy_grad(pb: Problem, fwd: Forward, g: Array, xp: Any) -> Array:
     cancel to 0, where the gradient is ``-a_k s / (1 + s)``.
     """
     st = fwd.st
-    ce_scale, z_scale = row_scales(pb, fwd, g, xp)
+    ce_scale, z_scale = row_scales(pb.reduction, fwd.live, fwd.wy, g, xp, dtype=pb.x.dtype)
     p = _state.probs(fwd.terms, st, xp)
     a, _ = target_mass(pb, fwd.live, xp)
     big_a = xp.sum(a, axis=-1, keepdims=True)

@@ -329,7 +329,7 @@ def linear_cross_entropy(
     comm = _comm(group)
     call = _agree(
         comm,
-        lambda: _Linear.build(
+        lambda: _Linear.build_layer(
             comm,
             hidden,
             local_weight,
@@ -908,22 +908,7 @@ def _sub(a: Array | None, r: slice) -> Array | None:
 
 def _scales(reduction: str, alive: Array, wy: Array, g: Array, xp: Any) -> tuple[Array, Array]:
     """:func:`._reference.row_scales`: the reduction's factors of the cotangent, per row."""
-    n = alive.shape[0]
-    pb = _reference.Problem(
-        xp.zeros((n, 1), dtype=wy.dtype, device=_state._device(wy)),
-        None,
-        False,
-        None,
-        None,
-        None,
-        False,
-        reduction,
-        0.0,
-        0.0,
-        None,
-    )
-    fwd = _reference.Forward(None, None, None, alive, wy, None)  # type: ignore[arg-type]  # it reads wy, live
-    return _reference.row_scales(pb, fwd, g, xp)
+    return _reference.row_scales(reduction, alive, wy, g, xp, dtype=wy.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -1527,20 +1512,20 @@ class _Softmax(torch.autograd.Function):
 class _Linear(_CE):
     """A linear cross-entropy call: the :class:`_CE` options, and the layer."""
 
-    h: Tensor = field(default=None)  # type: ignore[assignment]
-    w: Tensor = field(default=None)  # type: ignore[assignment]
+    h: Tensor = field(kw_only=True)  # keyword-only: _CE's fields before them have defaults
+    w: Tensor = field(kw_only=True)
     b: Tensor | None = None
     chunk: int = 1
 
     @classmethod
-    def build(
+    def build_layer(
         cls,
         comm: _Comm,
         hidden: Any,
         weight: Any,
         target: Any,
         bias: Any,
-        chunk_size: Any,  # type: ignore[override]
+        chunk_size: Any,
         class_weight: Any,
         ignore_index: Any,
         reduction: Any,
