@@ -73,6 +73,7 @@ from . import _dispatch as D
 from ._contract import documented
 from ._errors import ArgumentError, AxisError, DtypeError, ShapeError, StableSoftmaxError, TargetError
 from ._state import State
+from ._typing import ArrayIn
 
 __all__ = ["cross_entropy", "logsumexp", "log_softmax", "softmax", "linear_cross_entropy"]
 
@@ -87,17 +88,17 @@ Array = Any  # a NumPy array or a torch tensor, in the namespace ``xp`` beside i
 @documented("cross_entropy")
 def cross_entropy(
     local_logits: Tensor,
-    target: Any,
+    target: ArrayIn,
     /,
     *,
-    group: Any = None,
+    group: dist.ProcessGroup | None = None,
     bounds: Sequence[int] | None = None,
     axis: int = -1,
-    weight: Any = None,
+    weight: ArrayIn | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-    where: Any = None,
+    where: ArrayIn | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
 ) -> Tensor:
@@ -175,11 +176,11 @@ def logsumexp(
     local_x: Tensor,
     /,
     *,
-    group: Any = None,
+    group: dist.ProcessGroup | None = None,
     bounds: Sequence[int] | None = None,
     axis: int = -1,
     keepdims: bool = False,
-    where: Any = None,
+    where: ArrayIn | None = None,
 ) -> Tensor:
     r"""``log(sum(exp(x)))`` over a class axis sharded over a process group, the same on every rank.
 
@@ -221,7 +222,13 @@ def logsumexp(
 
 @documented("log_softmax")
 def log_softmax(
-    local_x: Tensor, /, *, group: Any = None, bounds: Sequence[int] | None = None, axis: int = -1, where: Any = None
+    local_x: Tensor,
+    /,
+    *,
+    group: dist.ProcessGroup | None = None,
+    bounds: Sequence[int] | None = None,
+    axis: int = -1,
+    where: ArrayIn | None = None,
 ) -> Tensor:
     r"""This rank's block of the global ``log_softmax`` over a sharded class axis.
 
@@ -245,7 +252,13 @@ def log_softmax(
 
 @documented("softmax")
 def softmax(
-    local_x: Tensor, /, *, group: Any = None, bounds: Sequence[int] | None = None, axis: int = -1, where: Any = None
+    local_x: Tensor,
+    /,
+    *,
+    group: dist.ProcessGroup | None = None,
+    bounds: Sequence[int] | None = None,
+    axis: int = -1,
+    where: ArrayIn | None = None,
 ) -> Tensor:
     r"""This rank's block of the global ``softmax`` over a sharded class axis.
 
@@ -269,14 +282,14 @@ def softmax(
 def linear_cross_entropy(
     hidden: Tensor,
     local_weight: Tensor,
-    target: Any,
+    target: ArrayIn,
     /,
     *,
-    group: Any = None,
+    group: dist.ProcessGroup | None = None,
     bounds: Sequence[int] | None = None,
     bias: Tensor | None = None,
     chunk_size: int | None = None,
-    class_weight: Any = None,
+    class_weight: ArrayIn | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
