@@ -51,6 +51,7 @@ CASES = [
     ("cross_entropy_with_grad(np.ones((2, 3)), [0, 1])", f"tuple[{NUMPY_RESULT}, {NUMPY_ARRAY}]"),
     ("nll_loss(xps.ones((2, 3)), xps.asarray([0, 1]))", STRICT),
     ("binary_cross_entropy_with_logits([0.5], [1.0])", NUMPY_RESULT),
+    ("softmax(Frame())", NUMPY_RESULT),
     ("sample(torch.ones(2, 3), rng=0)", TENSOR),
     ("sample(np.ones((2, 3)), rng=0)", "npt.NDArray[np.int64] | np.int64"),
     ("linear_cross_entropy(torch.ones(2, 3), torch.ones(4, 3), [0, 1])", TENSOR),
@@ -69,7 +70,19 @@ REFUSED = [
     "cross_entropy(np.ones((2, 3)), [0, 1], label_smoothing='0.1')",
 ]
 
-HEADER = """\
+# Has what the array protocol asks but __dlpack__: typed, and run, as input NumPy reads.
+FRAME = """\
+class Frame:  # a shape and a dtype but no __dlpack__, as a pandas Series: NumPy reads it
+    shape: tuple[int, ...] = (2,)
+    ndim: int = 1
+    dtype: Any = np.dtype(np.float64)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> npt.NDArray[np.float64]:
+        return np.array([1.0, 2.0])
+"""
+
+HEADER = (
+    """\
 from typing import Any
 import array_api_strict as xps
 import array_api_strict._array_object
@@ -86,6 +99,8 @@ from stablesoftmax import (
 def expected(x: Any) -> Any: ...
 flag: bool = bool(np.random.default_rng(0).integers(2))
 """
+    + FRAME
+)
 
 
 def _program():
@@ -159,7 +174,19 @@ def _conforms(value, tp):
     return isinstance(value, tp)
 
 
-NAMES = {"np": np, "npt": npt, "torch": torch, "jax": jax, "jnp": jnp, "xps": xps, "Any": typing.Any}
+_frame: dict[str, typing.Any] = {"Any": typing.Any, "np": np, "npt": npt}
+exec(FRAME, _frame)
+
+NAMES = {
+    "Frame": _frame["Frame"],
+    "np": np,
+    "npt": npt,
+    "torch": torch,
+    "jax": jax,
+    "jnp": jnp,
+    "xps": xps,
+    "Any": typing.Any,
+}
 
 
 @pytest.mark.parametrize(("expr", "want"), CASES, ids=[c[0] for c in CASES])

@@ -17,6 +17,7 @@ library. Three kinds of input, in the order an overload tries them:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -30,6 +31,9 @@ class Array(Protocol):
 
     ``shape`` is the array API's ``tuple[int | None, ...]`` (an unknown
     length is ``None`` there); a ``torch.Size`` is a ``tuple[int, ...]``.
+    ``__dlpack__`` is what tells an array library's array from a container
+    that only has a shape and a dtype (a pandas ``Series``): such input is
+    read by NumPy and answered in NumPy, so it must not match here.
     """
 
     @property
@@ -40,6 +44,9 @@ class Array(Protocol):
 
     @property
     def dtype(self) -> Any: ...  # a numpy.dtype, torch.dtype or the namespace's own dtype object
+
+    @property
+    def __dlpack__(self) -> Callable[..., Any]: ...  # a property: each library's method has its own parameters
 
 
 #: An array of any library; the result of a public function has the input's type.
