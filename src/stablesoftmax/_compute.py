@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -55,6 +58,7 @@ def kernels() -> Any:
     if _REFERENCE.get() or os.environ.get("STABLESOFTMAX_DISABLE_KERNELS", "") == "1":
         return None
     if _KERNELS is False:
+        module: Any
         try:
             from . import _kernels as module
         except ImportError:  # numba missing or broken: the reference serves
@@ -184,6 +188,50 @@ def _kernel_rows(x: Array) -> np.ndarray:
     return x2.astype(np.float32) if x2.dtype.itemsize == 2 else x2  # exact: 16-bit values are float32 values
 
 
+def numpy_rows(x: Any, axis: Any) -> tuple[np.ndarray, tuple[int, ...], int] | None:
+    """``(rows, moved shape, axis)`` of a plain float32/float64 ndarray reduced along one int axis.
+
+    The fast path of the public functions for their commonest call: a NumPy
+    array, one in-range axis, no options. None when anything else is asked,
+    or the input is empty, or the kernels cannot run: the general path then
+    validates (and raises) as always. Both paths give the same bytes.
+    """
+    if type(x) is not np.ndarray or type(axis) is not int or x.dtype.char not in "fd":
+        return None
+    ndim = x.ndim
+    if not -ndim <= axis < ndim or x.size == 0 or kernels() is None:
+        return None
+    ax = axis % ndim
+    moved = x if ax == ndim - 1 else np.moveaxis(x, ax, -1)
+    return np.ascontiguousarray(moved).reshape(-1, moved.shape[-1]), moved.shape, ax
+
+
+def fast_logsumexp(x: Any, axis: Any, keepdims: bool) -> Any:
+    """:func:`logsumexp` of a plain NumPy array by one kernel call, or None (see :func:`numpy_rows`)."""
+    found = numpy_rows(x, axis)
+    if found is None:
+        return None
+    rows, moved, ax = found
+    lse = kernels().lse_rows(rows).astype(x.dtype, copy=False).reshape(moved[:-1])  # rounded once, as round_to
+    if keepdims:
+        lse = np.expand_dims(lse, ax)
+    return lse[()] if lse.ndim == 0 else lse
+
+
+def fast_softmax(x: Any, axis: Any, temperature: Any, log: bool) -> Any:
+    """softmax (log-softmax) of a plain NumPy array by one kernel call, or None (see :func:`numpy_rows`)."""
+    if type(temperature) not in (int, float) or temperature != 1:
+        return None
+    found = numpy_rows(x, axis)
+    if found is None:
+        return None
+    rows, moved, ax = found
+    out = np.empty(rows.shape, x.dtype)
+    kernels().state_rows(rows, out=out, log=log)
+    out = out.reshape(moved)
+    return out if ax == x.ndim - 1 else np.moveaxis(out, -1, ax)
+
+
 def logsumexp(x: Array, xp: Any, *, mask: Array | None = None, b: Array | None = None) -> tuple[Array, Array | None]:
     """Per-row ``(lse, sign)`` (sign None without ``b``), in ``x``'s dtype."""
     module = _numpy_kernel(x, xp, mask, 1.0) if b is None else None
@@ -231,6 +279,50 @@ def softmax_grad(
     fn = _reference.log_softmax_grad if log else _reference.softmax_grad
     out = fn(masked(xw, mask, xp), xp.astype(g, xw.dtype), xp, exact=exact, temperature=temperature)
     return round_to(out, x, xp)
+
+
+# --------------------------------------------------------------------------
+# Large outputs: memory handed back by the caller is used again
+# --------------------------------------------------------------------------
+
+# A fresh array of hundreds of MB costs the operating system's zeroing of every new
+# page (60 ms to 0.9 s for 524 MB on the project's machine, depending on how easily
+# it finds huge pages), more than a third of the cross-entropy kernel that fills it.
+# glibc hands such blocks straight back to the system when they are freed, so a
+# training loop pays it on every step. Large gradients are therefore carved from a
+# few kept blocks; a block is used again once nothing refers to it any more, which
+# in a loop is as soon as the previous step's gradient is dropped.
+_RECYCLE_MIN_BYTES = 16 << 20
+_RECYCLE_SLOTS = 2  # a loop rebinding its gradient holds two at once, during the call
+_RECYCLED: list[np.ndarray] = []
+_RECYCLE_LOCK = threading.Lock()
+_FREE_REFS = 2  # sys.getrefcount of a block held by the list alone (the list, the argument)
+
+
+def recycled_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``np.empty(shape, dtype)``; for a large array, from a kept block nothing refers to any more.
+
+    A block is free when its reference count is the list's own: every NumPy
+    view of it (the returned array, its reshapes, a PyTorch tensor made by
+    ``torch.from_numpy``) holds a reference to it. At most
+    ``_RECYCLE_SLOTS`` blocks are kept, so what stays allocated after the
+    last call is at most what a loop held at its peak.
+    """
+    dt = np.dtype(dtype)
+    nbytes = math.prod(shape) * dt.itemsize
+    if nbytes < _RECYCLE_MIN_BYTES:
+        return np.empty(shape, dt)
+    with _RECYCLE_LOCK:
+        free = [i for i in range(len(_RECYCLED)) if sys.getrefcount(_RECYCLED[i]) == _FREE_REFS]
+        block = next((_RECYCLED[i] for i in free if _RECYCLED[i].nbytes == nbytes), None)
+        if block is None:
+            if len(_RECYCLED) >= _RECYCLE_SLOTS and free:  # a kept block of another size makes room
+                del _RECYCLED[free[0]]
+            block = np.empty(nbytes, np.uint8)
+            if len(_RECYCLED) < _RECYCLE_SLOTS:
+                _RECYCLED.append(block)
+        out: np.ndarray = block.view(dt).reshape(shape)
+        return out
 
 
 # --------------------------------------------------------------------------
@@ -387,7 +479,7 @@ def _ce_pass(
             wy,
         )
     ce_scale, z_scale = _scales(np.asarray(g, np.float64), options["reduction"], wy, live)
-    dx = np.empty(x2.shape, x2.dtype)
+    dx = recycled_empty(x2.shape, x2.dtype)
     z = options["z_loss"]
     r = module.cross_entropy_rows(
         x2,
@@ -421,10 +513,11 @@ def _top_rows_shift_sum(r: Any, x2: np.ndarray, mask: np.ndarray | None) -> np.n
     By the shift rule it is ``-inf`` unless every allowed entry is ``+inf``.
     """
     top = r.m == np.inf
+    shift_sum: np.ndarray = r.shift_sum
     if not top.any():
-        return r.shift_sum
+        return shift_sum
     allowed = np.ones(x2[top].shape, bool) if mask is None else mask[top]
-    out = r.shift_sum.copy()
+    out: np.ndarray = shift_sum.copy()
     out[top] = np.where(((x2[top] == np.inf) | ~allowed).all(axis=1), 0.0, -np.inf)
     return out
 

@@ -18,6 +18,7 @@ except the one backend file for that library.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ArgumentError, AxisError, DtypeError, ShapeError
+from ._errors import ArgumentError as ArgumentError
+from ._errors import AxisError as AxisError
+from ._errors import DtypeError as DtypeError
+from ._errors import ShapeError as ShapeError
 
 Array = Any
 AxisLike = int | Sequence[int] | None
@@ -40,6 +44,8 @@ FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 def library(x: Any) -> str:
     """``"torch"``, ``"jax"``, ``"numpy"`` (NumPy arrays, scalars, sequences) or ``"array_api"``."""
+    if type(x) is np.ndarray:  # the common case first: every call asks, several times
+        return "numpy"
     mod = type(x).__module__
     if mod.startswith("torch") and hasattr(x, "detach"):
         return "torch"
@@ -51,8 +57,14 @@ def library(x: Any) -> str:
 
 
 def namespace(x: Any) -> Any:
-    """The array-API namespace of ``x``; PyTorch's and JAX's named directly, so that compilers trace it."""
+    """The array-API namespace of ``x``; PyTorch's and JAX's named directly, so that compilers trace it.
+
+    NumPy's is named directly too: ``array_api_compat.array_namespace`` of a
+    NumPy array is that module, and asking it costs more than a small call's kernel.
+    """
     lib = library(x)
+    if lib == "numpy" and isinstance(x, (np.ndarray, np.generic)):
+        return _numpy_namespace()
     if lib == "torch":
         import array_api_compat.torch as xp
 
@@ -66,7 +78,17 @@ def namespace(x: Any) -> Any:
     return array_api_compat.array_namespace(x)
 
 
+@functools.cache
+def _numpy_namespace() -> Any:
+    import array_api_compat.numpy as npx
+
+    return npx
+
+
 def dtype_name(dtype: Any) -> str:
+    """``"float32"``, ``"bfloat16"``, ...: the dtype's name whatever its library (``torch.float32`` too)."""
+    if isinstance(dtype, np.dtype):  # formatting a NumPy dtype as text is slower than its name
+        return str(dtype.name)
     return str(dtype).split(".")[-1]
 
 
@@ -115,7 +137,8 @@ def float_for(x: Array, xp: Any) -> Any:
     if library(x) == "jax":
         import jax
 
-        return xp.float64 if jax.config.read("jax_enable_x64") else xp.float32
+        x64 = jax.config.read("jax_enable_x64")  # type: ignore[no-untyped-call]  # jax leaves Config.read unannotated
+        return xp.float64 if x64 else xp.float32
     return xp.float64
 
 
@@ -227,6 +250,8 @@ def normalize_axes(axis: AxisLike, ndim: int, name: str = "axis") -> tuple[int, 
     A 0-d array accepts ``-1``, ``0`` and ``()`` and treats its one element
     as the slice, as PyTorch does.
     """
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case, without the general checks
+        return (axis % ndim,)
     if axis is None:
         return tuple(range(ndim))
     items = (axis,) if is_int(axis) else axis
@@ -278,10 +303,14 @@ class Rows:
 
     @classmethod
     def of(cls, shape: tuple[int, ...], axes: tuple[int, ...]) -> Rows:
+        shape = tuple(shape)
+        if len(axes) == 1 and axes[0] == len(shape) - 1:  # the last axis: most calls, no list work
+            batch = shape[:-1]
+            return cls(shape, axes, batch, shape, shape[-1], math.prod(batch))
         keep = [d for d in range(len(shape)) if d not in axes]
         batch = tuple(shape[d] for d in keep)
         reduced = tuple(shape[d] for d in axes)
-        return cls(tuple(shape), axes, batch, batch + reduced, math.prod(reduced), math.prod(batch))
+        return cls(shape, axes, batch, batch + reduced, math.prod(reduced), math.prod(batch))
 
     @property
     def trailing(self) -> bool:
@@ -335,13 +364,13 @@ def backend(x: Array) -> Any:
     """The module that computes on ``x``: a library adapter, or :mod:`._compute` itself."""
     lib = library(x)
     if lib == "torch":
-        from ._backends import torch as adapter
+        from ._backends import torch as torch_adapter
 
-        return adapter
+        return torch_adapter
     if lib == "jax":
-        from ._backends import jax as adapter
+        from ._backends import jax as jax_adapter
 
-        return adapter
+        return jax_adapter
     from ._backends import plain
 
     return plain

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _dispatch as D
-from ._compute import kernels, reference_path
+from ._compute import fast_logsumexp, fast_softmax, kernels, reference_path
 from ._contract import documented
 from ._dispatch import AxisLike
 from ._errors import ShapeError
@@ -227,6 +227,10 @@ def logsumexp(
     short = _short_vector(x, axis, where, b, keepdims, return_sign)
     if short is not None:
         return short
+    if where is None and b is None and not return_sign:  # a plain ndarray: one kernel call, same bytes
+        fast = fast_logsumexp(x, axis, keepdims)
+        if fast is not None:
+            return fast
     arr, xp, rows, mask, bb = _lse_inputs(x, axis, where, b)
     if rows.k == 0:
         lse = xp.full(rows.batch, -xp.inf, dtype=arr.dtype, device=D.device(arr))
@@ -236,7 +240,7 @@ def logsumexp(
             rows.split(arr, xp), xp, mask=_split(rows, mask, xp), b=_split(rows, bb, xp)
         )
         if sign is None:
-            sign = _sign_of(lse, xp)
+            sign = _sign_of(lse, xp) if return_sign else lse  # no sign asked: none is computed
         elif not return_sign:  # the log of a negative sum has no real value (as SciPy)
             lse = xp.where(sign < 0, xp.full_like(lse, xp.nan), lse)
         lse, sign = rows.reduced(lse, xp, False), rows.reduced(sign, xp, False)
@@ -424,6 +428,9 @@ def softmax(x: Any, /, *, axis: AxisLike = -1, where: ArrayIn | None = None, tem
 
 
 def _elementwise(x: Any, axis: AxisLike, where: Any, temperature: Any, *, log: bool) -> Any:
+    fast = fast_softmax(x, axis, temperature, log) if where is None else None
+    if fast is not None:  # a plain ndarray: one kernel call, same bytes
+        return fast
     t = D.temperature(temperature)
     arr, xp = D.array_in(x, "x")
     rows = D.Rows.of(tuple(arr.shape), D.normalize_axes(axis, arr.ndim))

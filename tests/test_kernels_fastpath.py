@@ -1,0 +1,129 @@
+"""The plain-ndarray fast path of the public functions gives the same bytes as the general path.
+
+``logsumexp``, ``softmax`` and ``log_softmax`` of a plain float32/float64
+NumPy array over one int axis skip the dispatch layers and call the kernels
+once (``_compute.numpy_rows``). An ndarray subclass takes the general path,
+so comparing the two on the same values checks the fast path against the
+path every other input takes, special rows of the contract included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import stablesoftmax as ss
+from stablesoftmax import _compute
+from stablesoftmax._errors import AxisError
+
+pytestmark = pytest.mark.skipif(_compute.kernels() is None, reason="the fast path needs the kernels")
+
+DTYPES = [np.float32, np.float64]
+
+
+class General(np.ndarray):
+    """An ndarray subclass: the public functions take the general path for it."""
+
+
+def _general(x: np.ndarray) -> np.ndarray:
+    return x.view(General)
+
+
+def _same_bytes(got: object, want: object) -> None:
+    """Equal values, dtypes, shapes and signs of zero (NaN equal to NaN)."""
+    g, w = np.asarray(got), np.asarray(want)
+    assert type(got) is not General
+    assert g.dtype == w.dtype and g.shape == w.shape
+    assert g.tobytes() == np.ascontiguousarray(w).view(np.ndarray).tobytes()
+
+
+def _special_rows(dtype: type, rng: np.random.Generator) -> np.ndarray:
+    """Ordinary rows and the contract's special ones: -inf, +inf, NaN, one huge entry, ties."""
+    x = (rng.standard_normal((9, 37)) * 4).astype(dtype)
+    x[1] = -np.inf
+    x[2, 3] = np.inf
+    x[3, [4, 9]] = np.inf
+    x[4, 5] = np.nan
+    x[5, 0] = 1e30
+    x[6] = 2.5
+    x[7, ::2] = -np.inf
+    x[8] = np.finfo(dtype).max
+    return x
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261202)
+
+
+class TestFastLogsumexp:
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_special_rows_match_general_path(self, dtype, rng):
+        x = _special_rows(dtype, rng)
+        assert _compute.fast_logsumexp(x, -1, False) is not None
+        _same_bytes(ss.logsumexp(x), ss.logsumexp(_general(x)))
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("axis", [0, 1, -1, 2, -3])
+    @pytest.mark.parametrize("keepdims", [False, True])
+    def test_axes_and_keepdims(self, dtype, axis, keepdims, rng):
+        x = (rng.standard_normal((4, 6, 5)) * 3).astype(dtype)
+        got = ss.logsumexp(x, axis=axis, keepdims=keepdims)
+        _same_bytes(got, ss.logsumexp(_general(x), axis=axis, keepdims=keepdims))
+
+    def test_non_contiguous_input(self, rng):
+        x = rng.standard_normal((8, 40))[:, ::3]
+        _same_bytes(ss.logsumexp(x), ss.logsumexp(_general(x)))
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_strided_vector_gives_a_numpy_scalar(self, dtype, rng):
+        x = rng.standard_normal(100).astype(dtype)[::2]  # not contiguous: not the 1-D kernel's
+        got = ss.logsumexp(x)
+        assert type(got) is dtype
+        _same_bytes(got, ss.logsumexp(_general(x)))
+
+    def test_declines_what_it_does_not_take(self, rng):
+        x = rng.standard_normal((3, 4))
+        assert _compute.fast_logsumexp(x.astype(np.float16), -1, False) is None
+        assert _compute.fast_logsumexp(x, (0, 1), False) is None
+        assert _compute.fast_logsumexp(x, 2, False) is None  # the general path raises
+        assert _compute.fast_logsumexp(np.zeros((3, 0)), -1, False) is None
+        assert _compute.fast_logsumexp(x.tolist(), -1, False) is None
+        with _compute.reference_path():
+            assert _compute.fast_logsumexp(x, -1, False) is None
+
+    def test_bad_axis_still_named(self, rng):
+        with pytest.raises(AxisError, match="axis=2"):
+            ss.logsumexp(rng.standard_normal((3, 4)), axis=2)
+
+    def test_input_not_modified(self, rng):
+        x = _special_rows(np.float64, rng)
+        before = x.copy()
+        ss.logsumexp(x)
+        ss.softmax(x)
+        np.testing.assert_array_equal(x, before)
+
+
+class TestFastSoftmax:
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
+    def test_special_rows_match_general_path(self, dtype, fn, rng):
+        x = _special_rows(dtype, rng)
+        assert _compute.fast_softmax(x, -1, 1.0, fn == "log_softmax") is not None
+        _same_bytes(getattr(ss, fn)(x), getattr(ss, fn)(_general(x)))
+
+    @pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
+    @pytest.mark.parametrize("axis", [0, 1, -1])
+    def test_axes(self, fn, axis, rng):
+        x = (rng.standard_normal((4, 6, 5)) * 3).astype(np.float32)
+        _same_bytes(getattr(ss, fn)(x, axis=axis), getattr(ss, fn)(_general(x), axis=axis))
+
+    def test_one_dimensional(self, rng):
+        x = rng.standard_normal(33)
+        _same_bytes(ss.softmax(x), ss.softmax(_general(x)))
+
+    def test_temperature_other_than_one_declines(self, rng):
+        x = rng.standard_normal((3, 4))
+        assert _compute.fast_softmax(x, -1, 2.0, False) is None
+        assert _compute.fast_softmax(x, -1, True, False) is None  # a bool is refused by the general path
+        assert _compute.fast_softmax(x, -1, 1, False) is not None
