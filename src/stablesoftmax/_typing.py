@@ -11,7 +11,8 @@ library. Three kinds of input, in the order an overload tries them:
   carry, so the result is typed as either: :data:`NumpyResult`.
 * any other array (PyTorch tensor, JAX array, array-api-strict or CuPy
   array): the answer is an array of the same type, :data:`ArrayT`.
-* a Python scalar or (nested) sequence: read by NumPy, so the answer is
+* a Python scalar, a (nested) sequence, or anything else NumPy reads (an
+  object with ``__array__``, such as a pandas ``Series``): the answer is
   NumPy's, as for the first kind.
 """
 
