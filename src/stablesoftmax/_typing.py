@@ -1,7 +1,9 @@
 """The types the public signatures are written in.
 
-Every public function takes an array of some library and answers in that
-library. Three kinds of input, in the order an overload tries them:
+A public function takes an array of some library and answers in that
+library (``sample`` and ``linear_cross_entropy``, which compute on the host,
+overload PyTorch and NumPy only). Three kinds of input, in the order an
+overload tries them:
 
 * a NumPy array or NumPy scalar: the answer is NumPy's. A result with no
   axes left is a NumPy scalar, as NumPy's own reductions give (``float64``,
