@@ -1,8 +1,9 @@
 """The plain-ndarray fast path of the public functions gives the same bytes as the general path.
 
 ``logsumexp``, ``softmax`` and ``log_softmax`` of a plain float32/float64
-NumPy array over one int axis skip the dispatch layers and call the kernels
-once (``_compute.numpy_rows``). An ndarray subclass takes the general path,
+NumPy array over one int axis, and ``cross_entropy`` of ``[N, C]`` logits
+with int targets and no options, skip the dispatch layers and call the
+kernels once (``_compute.numpy_rows``, ``fast_cross_entropy``). An ndarray subclass takes the general path,
 so comparing the two on the same values checks the fast path against the
 path every other input takes, special rows of the contract included.
 """
@@ -14,7 +15,7 @@ import pytest
 
 import stablesoftmax as ss
 from stablesoftmax import _compute
-from stablesoftmax._errors import AxisError
+from stablesoftmax._errors import ArgumentError, AxisError, TargetError
 
 pytestmark = pytest.mark.skipif(_compute.kernels() is None, reason="the fast path needs the kernels")
 
@@ -127,3 +128,49 @@ class TestFastSoftmax:
         assert _compute.fast_softmax(x, -1, 2.0, False) is None
         assert _compute.fast_softmax(x, -1, True, False) is None  # a bool is refused by the general path
         assert _compute.fast_softmax(x, -1, 1, False) is not None
+
+
+class TestFastCrossEntropy:
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+    def test_special_rows_match_general_path(self, dtype, reduction, rng):
+        x = _special_rows(dtype, rng)
+        y = rng.integers(0, x.shape[1], x.shape[0])
+        y[2], y[7] = 3, 1  # the +inf entry, and a -inf logit as target
+        y[0] = -100  # ignored
+        assert _compute.fast_cross_entropy(x, y, -1, reduction, -100, True)[0]
+        _same_bytes(ss.cross_entropy(x, y, reduction=reduction), ss.cross_entropy(_general(x), y, reduction=reduction))
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_ordinary_rows_and_axis_one(self, dtype, rng):
+        x = (rng.standard_normal((64, 600)) * 3).astype(dtype)
+        y = rng.integers(0, 600, 64)
+        _same_bytes(ss.cross_entropy(x, y, axis=1), ss.cross_entropy(_general(x), y, axis=1))
+        _same_bytes(ss.cross_entropy(x, y, ignore_index=5), ss.cross_entropy(_general(x), y, ignore_index=5))
+
+    def test_all_ignored_mean(self, rng):
+        x = rng.standard_normal((3, 5))
+        y = np.full(3, -100)
+        _same_bytes(ss.cross_entropy(x, y), ss.cross_entropy(_general(x), y))
+
+    def test_target_out_of_range_is_named(self, rng):
+        x = rng.standard_normal((3, 5))
+        with pytest.raises(TargetError, match=r"target value 5 at position \(1,\)"):
+            ss.cross_entropy(x, np.array([0, 5, 1]))
+
+    def test_declines_what_it_does_not_take(self, rng):
+        x = rng.standard_normal((3, 5))
+        y = np.array([0, 1, 2])
+        assert not _compute.fast_cross_entropy(x, y, -1, "mean", -100, False)[0]  # an option is set
+        assert not _compute.fast_cross_entropy(x, y, 0, "mean", -100, True)[0]
+        assert not _compute.fast_cross_entropy(x, y.astype(np.uint8), -1, "mean", -100, True)[0]
+        assert not _compute.fast_cross_entropy(x, y.astype(float), -1, "mean", -100, True)[0]
+        assert not _compute.fast_cross_entropy(x, y[:2], -1, "mean", -100, True)[0]
+        assert not _compute.fast_cross_entropy(x, y, -1, "avg", -100, True)[0]
+        assert not _compute.fast_cross_entropy(x[:, :0], y, -1, "mean", -100, True)[0]
+        assert not _compute.fast_cross_entropy(x.astype(np.float16), y, -1, "mean", -100, True)[0]
+
+    def test_options_still_validated(self, rng):
+        x = rng.standard_normal((3, 5))
+        with pytest.raises(ArgumentError, match="reduction"):
+            ss.cross_entropy(x, np.array([0, 1, 2]), reduction="avg")

@@ -420,6 +420,35 @@ def cross_entropy(
     return loss, round_to(_reference.cross_entropy_grad(pb, fwd, gw, xp), x, xp)
 
 
+def fast_cross_entropy(
+    x: Any, target: Any, axis: Any, reduction: Any, ignore_index: Any, plain: bool
+) -> tuple[bool, Any]:
+    """``(True, loss)`` of ``[N, C]`` NumPy logits and int targets by the kernels, or ``(False, None)``.
+
+    The fast path of :func:`cross_entropy` for its commonest call: a plain
+    float32/float64 ndarray with the classes last, a signed-integer ndarray
+    of ``N`` class indices, and ``plain`` (no weight, mask, smoothing, z-loss
+    or softcap). Anything else, or an empty batch, takes the general path,
+    which validates (and raises) as always; the two give the same bytes.
+    """
+    if not plain or type(x) is not np.ndarray or type(target) is not np.ndarray or x.ndim != 2:
+        return False, None
+    if x.dtype.char not in "fd" or target.dtype.kind != "i" or target.shape != x.shape[:1] or 0 in x.shape:
+        return False, None
+    if type(axis) is not int or axis not in (-1, 1) or type(ignore_index) is not int:
+        return False, None
+    module = kernels()
+    if module is None or reduction not in ("mean", "sum", "none"):
+        return False, None
+    options = dict(ignore_index=ignore_index, reduction=reduction, smoothing=0.0, z_loss=0.0, softcap=None, probs=False)
+    with np.errstate(all="ignore"):  # as at the NumPy backend's boundary (see _backends.plain)
+        result = _kernel_ce(module, x, target, dict(options, weight=None, mask=None), False, None)
+    if result is None:
+        return False, None
+    loss = result[0]
+    return True, loss[()] if loss.ndim == 0 else loss
+
+
 def _numpy_ce_kernel(x: Array, xp: Any, options: dict[str, Any]) -> Any:
     """The kernels, for NumPy logits with class targets and no softcap (masks, smoothing, weights welcome)."""
     if not is_numpy(xp) or options["probs"] or options["softcap"] is not None:

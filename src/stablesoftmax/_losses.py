@@ -171,6 +171,10 @@ def cross_entropy(
     inf
     """
 
+    plain = weight is None and where is None and softcap is None and _zero(label_smoothing) and _zero(z_loss)
+    done, loss = _compute.fast_cross_entropy(logits, target, axis, reduction, ignore_index, plain)
+    if done:  # plain ndarrays: the kernels at once, same bytes
+        return loss
     return _run(
         _problem(logits, target, axis, weight, ignore_index, reduction, label_smoothing, where, z_loss, softcap),
         grad=False,
@@ -322,6 +326,11 @@ def options_of(fn: Any, options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ArgumentError(f"unknown option(s) {unknown}; {fn.__name__} takes {list(defaults)}.")
     return {**defaults, **options}
+
+
+def _zero(value: Any) -> bool:
+    """``value`` is the option's default 0 as a Python int or float (anything else is validated by the general path)."""
+    return type(value) in (int, float) and value == 0
 
 
 def _problem(
