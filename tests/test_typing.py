@@ -125,7 +125,8 @@ def mypy_run(tmp_path_factory, request):
     program.write_text(text)
     config = folder / "mypy.ini"
     config.write_text("[mypy]\nstrict = True\n")
-    cache = request.config.cache.mkdir("mypy") if request.config.cache else folder / "cache"
+    pytest_cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    cache = folder / "cache" if pytest_cache is None else pytest_cache.mkdir("mypy")
     stdout, _, _ = mypy_api.run(["--config-file", str(config), "--cache-dir", str(cache), str(program)])
     assert "Cannot find implementation or library stub" not in stdout, stdout
     return stdout, program, lines
