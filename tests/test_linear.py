@@ -135,3 +135,48 @@ class TestLinearCrossEntropyErrors:
     def test_unknown_option(self):
         with pytest.raises(ArgumentError, match=r"unknown option\(s\) \['weight'\]"):
             ss.linear_cross_entropy_with_grad(np.zeros((2, 3)), np.zeros((5, 3)), np.array([0, 1]), weight=np.ones(5))
+
+
+class TestOtherArrayLibraries:
+    """JAX and array-API arrays: computed on the host, returned in their own library, dtype and device."""
+
+    def test_jax_arrays_give_jax_arrays_equal_to_numpy(self, layer):
+        jnp = pytest.importorskip("jax.numpy")
+        hidden, weight, bias, target, _ = layer
+        h32, w32 = hidden.astype(np.float32), weight.astype(np.float32)
+        ref, (ref_h, ref_w, _) = ss.linear_cross_entropy_with_grad(h32, w32, target, reduction="none")
+        got, (d_h, d_w, _) = ss.linear_cross_entropy_with_grad(
+            jnp.asarray(h32), jnp.asarray(w32), jnp.asarray(target), reduction="none"
+        )
+        for ours, theirs in ((got, ref), (d_h, ref_h), (d_w, ref_w)):
+            assert type(ours).__module__.startswith("jax") and ours.dtype == jnp.float32
+            np.testing.assert_array_equal(np.asarray(ours), theirs)
+
+    def test_array_api_strict_stays_on_its_device(self, layer):
+        xps = pytest.importorskip("array_api_strict")
+        hidden, weight, _, target, _ = layer
+        dev = xps.Device("device1")
+        got = ss.linear_cross_entropy(
+            xps.asarray(hidden, device=dev), xps.asarray(weight, device=dev), xps.asarray(target, device=dev)
+        )
+        assert isinstance(got, type(xps.asarray(1.0))) and got.device == dev and got.dtype == xps.float64
+        assert float(got) == ss.linear_cross_entropy(hidden, weight, target)
+
+    def test_under_jax_jit_a_named_error(self, layer):
+        jax = pytest.importorskip("jax")
+        hidden, weight, _, target, _ = layer
+        with pytest.raises(ArgumentError, match=r"traced by a JAX transformation .* use cross_entropy on the logits"):
+            jax.jit(lambda h: ss.linear_cross_entropy(h, weight, target))(hidden.astype(np.float32))
+
+    def test_torch_bfloat16_rounds_once(self, layer):
+        torch = pytest.importorskip("torch")
+        hidden, weight, _, target, _ = layer
+        h, w = torch.tensor(hidden, dtype=torch.bfloat16), torch.tensor(weight, dtype=torch.bfloat16)
+        got = ss.linear_cross_entropy(h, w, torch.tensor(target), reduction="none")
+        # the numpy bfloat16 path rounds once from float64 (round-to-odd through float32): the same bits
+        import ml_dtypes
+
+        bf = np.asarray(h.float().numpy(), ml_dtypes.bfloat16), np.asarray(w.float().numpy(), ml_dtypes.bfloat16)
+        ref = ss.linear_cross_entropy(*bf, target, reduction="none")
+        assert got.dtype == torch.bfloat16
+        np.testing.assert_array_equal(got.float().numpy(), np.asarray(ref, np.float32))

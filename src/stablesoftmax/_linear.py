@@ -32,7 +32,7 @@ import numpy.typing as npt
 from . import _compute, _losses, _reference, _state
 from . import _dispatch as D
 from ._errors import ShapeError
-from ._typing import ArrayIn, NumpyArray, NumpyIn, NumpyResult
+from ._typing import ArrayIn, ArrayT, NumpyArray, NumpyIn, NumpyResult
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -60,8 +60,8 @@ def linear_cross_entropy(
 
 @overload
 def linear_cross_entropy(
-    hidden: Tensor,
-    weight: Tensor,
+    hidden: ArrayT,
+    weight: ArrayT,
     target: ArrayIn,
     /,
     *,
@@ -73,7 +73,7 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
-) -> Tensor: ...
+) -> ArrayT: ...
 
 
 @overload
@@ -132,9 +132,17 @@ def linear_cross_entropy(
     Returns
     -------
     array
-        The loss, in ``hidden``'s array type and dtype. The matmul runs in
-        float32 for 16-bit and float32 input, float64 for float64 input; the
-        logsumexp merge runs in float64.
+        The loss, in ``hidden``'s array type, device and dtype. The matmul
+        runs in float32 for 16-bit and float32 input, float64 for float64
+        input; the logsumexp merge runs in float64.
+
+    Notes
+    -----
+    The chunks are computed on the host: CPU tensors through zero-copy views,
+    other arrays (JAX, array-API libraries, accelerator devices) copied there
+    and back. PyTorch's autograd reaches ``hidden``, ``weight`` and ``bias``;
+    under a JAX transformation (``jit``, ``grad``) the call is refused with a
+    named error, since a host computation cannot be traced.
 
     See Also
     --------
@@ -185,8 +193,8 @@ def linear_cross_entropy_with_grad(
 
 @overload
 def linear_cross_entropy_with_grad(
-    hidden: Tensor, weight: Tensor, target: ArrayIn, /, *, g: ArrayIn = 1.0, **options: Any
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor | None]]: ...
+    hidden: ArrayT, weight: ArrayT, target: ArrayIn, /, *, g: ArrayIn = 1.0, **options: Any
+) -> tuple[ArrayT, tuple[ArrayT, ArrayT, ArrayT | None]]: ...
 
 
 @overload
@@ -304,20 +312,33 @@ def _host(a: Any, name: str) -> np.ndarray:
 
 
 def _host_any(a: Any) -> Any:
-    if D.library(a) == "torch":
+    lib = D.library(a)
+    if lib == "torch":
         return a.detach().cpu().numpy() if str(a.dtype) != "torch.bfloat16" else a.detach().float().cpu().numpy()
-    if D.library(a) != "numpy":
+    if lib == "numpy":
+        return a
+    if lib == "array_api" and hasattr(a, "__dlpack__"):
+        # DLPack copies from any device to the host, where np.asarray may refuse a non-CPU device
+        return np.from_dlpack(a, device="cpu")
+    try:  # JAX arrays reach the host through NumPy's protocols
         return np.asarray(a)
-    return a
+    except Exception as err:  # a JAX tracer refuses (TracerArrayConversionError): name why
+        if "Tracer" not in type(err).__name__:
+            raise
+        raise D.ArgumentError(
+            f"linear_cross_entropy got a {type(a).__name__} traced by a JAX transformation (jit, grad, vmap); "
+            "it computes on the host and cannot be traced: call it outside the transformation, or use "
+            "cross_entropy on the logits, which JAX traces."
+        ) from None
 
 
 def _restore(p: _Linear, a: np.ndarray | np.generic) -> Any:
-    """A float64/float32 host result as hidden's library and dtype, rounded once."""
+    """A float64/float32 host result as hidden's library, device and dtype, rounded once."""
+    a64 = np.asarray(a, np.float64)
     if D.library(p.like) == "numpy":
-        return D.out(_compute.round_to(np.asarray(a, np.float64), p.like, D.namespace(p.like)), p.xp)
-    import torch
-
-    return torch.as_tensor(np.asarray(a, np.float64)).to(dtype=p.like.dtype, device=p.like.device)
+        return D.out(_compute.round_to(a64, p.like, D.namespace(p.like)), p.xp)
+    # The library's own array, then round_to: a plain float64 -> 16-bit cast rounds twice.
+    return _compute.round_to(p.xp.asarray(a64, device=D.device(p.like)), p.like, p.xp)
 
 
 def _starts(p: _Linear) -> range:
