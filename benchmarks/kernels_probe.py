@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/kernels_probe.py asm      # registers in the term loop, this CPU and cross-compiled targets
     python benchmarks/kernels_probe.py sweep    # (1024, 32000) float32: the pieces of a logsumexp, ns per entry
+    python benchmarks/kernels_probe.py terms    # the float32 term loop as its polynomial varies
     python benchmarks/kernels_probe.py fma      # this core's FMA latency and throughput, for scale
 
 ``asm`` compiles the term loop (``_block``) for float32 and float64 rows
@@ -140,6 +141,96 @@ def sweep() -> None:
     )
 
 
+def _term_variants() -> dict:
+    """The float32 term ``exp(x - m)`` with its polynomial varied, each in the kernels' summing loop.
+
+    Only for timing: the reduction-only and degree-5 variants are not accurate. ``kernel``
+    is the kernels' own term; ``even/odd`` and ``Estrin`` evaluate the same
+    degree-9 polynomial with shorter dependency chains; ``2 streams`` sums
+    two halves of the row in one loop (more independent work per iteration).
+    """
+    import numba
+
+    from stablesoftmax import _kernels as k
+
+    f0, f1, f2, f3, f4, f5, f6, f7, f8, f9 = k._F
+    log2e, shifter, ln2 = k._LOG2E, k._SHIFTER, k._LN2
+    fb, bf = k._f64_from_bits, k._bits_from_f64
+    jit = numba.njit(fastmath={"contract"})
+
+    @jit
+    def reduced(d):
+        d = -709.0 if d < -709.0 else d
+        z = d * log2e + shifter
+        return z, d - (z - shifter) * ln2
+
+    @jit
+    def scaled(p, z):
+        return p * fb((bf(z) + 1023) << 52)
+
+    def reduction_only(d):
+        z, r = reduced(d)
+        return scaled(r, z)
+
+    def degree5(d):
+        z, r = reduced(d)
+        return scaled(((((f5 * r + f4) * r + f3) * r + f2) * r + f1) * r + f0, z)
+
+    def even_odd(d):
+        z, r = reduced(d)
+        r2 = r * r
+        e = (((f8 * r2 + f6) * r2 + f4) * r2 + f2) * r2 + f0
+        o = (((f9 * r2 + f7) * r2 + f5) * r2 + f3) * r2 + f1
+        return scaled(e + r * o, z)
+
+    def estrin(d):
+        z, r = reduced(d)
+        r2 = r * r
+        r4 = r2 * r2
+        lo = (f0 + f1 * r) + r2 * (f2 + f3 * r)
+        hi = (f4 + f5 * r) + r2 * (f6 + f7 * r) + r4 * (f8 + f9 * r)
+        return scaled(lo + r4 * hi, z)
+
+    terms = {"kernel (degree 9, Horner)": k._exp_narrow}
+    terms["reduction and scale only (timing only)"] = jit(reduction_only)
+    terms["degree 5 (timing only)"] = jit(degree5)
+    terms["degree 9, even/odd"] = jit(even_odd)
+    terms["degree 9, Estrin"] = jit(estrin)
+
+    def summing(term):
+        @numba.njit(nogil=True)
+        def run(row, m, reps):
+            t = 0.0
+            for _ in range(reps):
+                for i in range(row.size):
+                    t = k._lane_add(t, term(np.float64(row[i]) - m))
+            return t
+
+        return run
+
+    @numba.njit(nogil=True)
+    def two_streams(row, m, reps):
+        t, u, h = 0.0, 0.0, row.size // 2
+        for _ in range(reps):
+            for i in range(h):
+                t = k._lane_add(t, k._exp_narrow(np.float64(row[i]) - m))
+                u = k._lane_add(u, k._exp_narrow(np.float64(row[i + h]) - m))
+        return t + u
+
+    out = {name: summing(term) for name, term in terms.items()}
+    out["kernel term, 2 streams"] = two_streams
+    return out
+
+
+def terms() -> None:
+    """ns per entry of the float32 term loop, one 32000-entry row in L2, as the polynomial varies."""
+    rng = np.random.default_rng(0)
+    row = (rng.standard_normal(32000) * 3).astype(np.float32)
+    m, reps = float(row.max()), 64
+    print("| float32 term loop, 32000 entries x 64 | best ns/entry | median ns/entry |\n|---|---|---|")
+    _compare({k: (lambda f=f: f(row, m, reps)) for k, f in _term_variants().items()}, row.size * reps, samples=11)
+
+
 def _fma_loop(chains: int):
     """A compiled loop of ``chains`` independent dependent chains of 4-wide float64 FMAs (LLVM IR, no memory)."""
     import numba
@@ -182,9 +273,9 @@ def fma() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("probe", choices=["asm", "sweep", "fma"])
+    p.add_argument("probe", choices=["asm", "sweep", "terms", "fma"])
     args = p.parse_args(argv)
-    {"asm": asm, "sweep": sweep, "fma": fma}[args.probe]()
+    {"asm": asm, "sweep": sweep, "terms": terms, "fma": fma}[args.probe]()
     return 0
 
 
