@@ -1,6 +1,34 @@
+import importlib.metadata
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+
+def _numba_cache_per_worker() -> None:
+    """Give each pytest-xdist worker its own numba cache, one per numba version.
+
+    numba's on-disk cache is not safe for processes that compile different
+    signatures of one function at the same time: on a cold cache two workers
+    numbered their entries apart and one then loaded the other's code ("LLVM
+    bitcode parsing error", seen in CI's run on the oldest releases). Set here,
+    before anything imports numba, which reads it once. A NUMBA_CACHE_DIR set
+    by the caller is left as it is.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None or "NUMBA_CACHE_DIR" in os.environ:
+        return
+    try:
+        version = importlib.metadata.version("numba")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    root = Path(__file__).resolve().parents[1] / "build" / "numba-cache"
+    os.environ["NUMBA_CACHE_DIR"] = str(root / f"numba-{version}" / worker)
+
+
+_numba_cache_per_worker()
 
 # Deterministic property tests: the same examples on every run and machine.
 settings.register_profile(
