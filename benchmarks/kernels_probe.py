@@ -6,6 +6,8 @@ Run from the repository root::
     python benchmarks/kernels_probe.py sweep    # (1024, 32000) float32: the pieces of a logsumexp, ns per entry
     python benchmarks/kernels_probe.py terms    # the float32 term loop as its polynomial varies
     python benchmarks/kernels_probe.py fma      # this core's FMA latency and throughput, for scale
+    python benchmarks/kernels_probe.py terms --llvm-option=-force-vector-interleave=4
+                                                # the same loops, LLVM's loop vectoriser told otherwise
 
 ``asm`` compiles the term loop (``_block``) for float32 and float64 rows
 and counts the xmm/ymm/zmm registers in its machine code. The other
@@ -13,6 +15,9 @@ targets are compiled in subprocesses with ``NUMBA_CPU_NAME`` and
 ``NUMBA_CPU_FEATURES`` (and a scratch cache), so they need no such CPU:
 nothing is run, only compiled. ``sweep`` and ``fma`` time on this machine,
 one thread, best and median of interleaved samples of CPU time.
+``--llvm-option`` passes an LLVM command-line option (``llvmlite.binding.set_option``)
+before anything compiles; run it with a scratch ``NUMBA_CACHE_DIR`` so that no cached
+kernel compiled without it is reused.
 """
 
 from __future__ import annotations
@@ -262,8 +267,12 @@ def _fma_loop(chains: int):
 
 
 def fma() -> None:
-    """Latency (one chain) and throughput (8 chains) of 4-wide float64 FMAs: the ceiling of the term loop."""
-    for chains in (1, 8):
+    """Latency (one chain) and throughput (8 and 12 chains) of 4-wide float64 FMAs: the ceiling of the term loop.
+
+    Eight chains of a 4-cycle FMA already fill two pipes; twelve show whether
+    more independent work goes any faster (it does not when two per cycle is the peak).
+    """
+    for chains in (1, 8, 12):
         f = _fma_loop(chains)
         f(10, 0.9999999)
         n = 10_000_000
@@ -274,7 +283,13 @@ def fma() -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("probe", choices=["asm", "sweep", "terms", "fma"])
+    p.add_argument("--llvm-option", action="append", default=[], help="an LLVM option, set before compiling")
     args = p.parse_args(argv)
+    if args.llvm_option:
+        import llvmlite.binding as ll
+
+        for option in args.llvm_option:
+            ll.set_option("", option)
     {"asm": asm, "sweep": sweep, "terms": terms, "fma": fma}[args.probe]()
     return 0
 
