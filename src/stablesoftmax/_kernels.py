@@ -730,6 +730,8 @@ if numba is not None:
         size = _block_size(row)
         for lo in range(0, row.size, size):
             hi = min(lo + size, row.size)
+            # The three _block calls are spelled out: a helper taking (lo, hi) and making the views,
+            # even inlined by numba, made the unmasked float32 sweep about 20% slower.
             if lo <= km < hi:  # leave the max term out by index: it is exactly 1
                 b1, d1, mx = _block(
                     row[lo:km],
