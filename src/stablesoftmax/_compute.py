@@ -19,13 +19,13 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import array_api_compat.numpy as npx
 import numpy as np
 
-from . import _reference, _state
+from . import _arrays, _reference, _state
 from ._errors import ArgumentError, TargetError
 
 Array = Any
@@ -76,22 +76,9 @@ def is_numpy(xp: Any) -> bool:
     return getattr(xp, "__name__", "") in ("numpy", "array_api_compat.numpy")
 
 
-# What a library adapter in _backends tells this module about its arrays, keyed by the
-# array type's top-level module: the compute dtype (where float64 may be missing) and
-# whether values can be read without tracing or a device sync. Registered at the
-# adapter's import; an array of a library with no adapter gets float64 and no reads.
-COMPUTE_DTYPE: dict[str, Callable[[Any, Any], Any]] = {}
-CONCRETE: dict[str, Callable[[Any], bool]] = {}
-
-
-def _library_key(x: Any) -> str:
-    return type(x).__module__.split(".")[0]
-
-
 def compute_dtype(x: Array, xp: Any) -> Any:
-    """float64, unless the device has none (an adapter says so: Apple MPS, JAX without x64): then float32."""
-    rule = COMPUTE_DTYPE.get(_library_key(x))
-    return xp.float64 if rule is None else rule(x, xp)
+    """float64, unless the device has none (Apple MPS, JAX without x64): then float32."""
+    return _arrays.compute_dtype(x, xp)
 
 
 def widen(x: Array, xp: Any) -> tuple[Array, bool]:
@@ -138,12 +125,7 @@ def _itemsize(dtype: Any) -> int:
     return {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}.get(name, 8)
 
 
-def _concrete_host(a: Array) -> bool:
-    """True for arrays whose values can be read without tracing or a device sync."""
-    if isinstance(a, np.ndarray):
-        return True
-    rule = CONCRETE.get(_library_key(a))
-    return False if rule is None else rule(a)
+_concrete_host = _arrays.concrete_host
 
 
 # --------------------------------------------------------------------------

@@ -21,15 +21,6 @@ import numpy as np
 from .. import _compute
 
 
-def _compute_dtype(x: Any, xp: Any) -> Any:
-    x64 = jax.config.read("jax_enable_x64")  # type: ignore[no-untyped-call]  # jax leaves Config.read unannotated
-    return jnp.float64 if x64 else jnp.float32
-
-
-_compute.COMPUTE_DTYPE["jax"] = _compute_dtype
-_compute.COMPUTE_DTYPE["jaxlib"] = _compute_dtype
-
-
 def _zeros_for(aux: Any) -> Any:
     def zero(a: Any) -> Any:
         if jnp.issubdtype(a.dtype, jnp.inexact):

@@ -28,23 +28,6 @@ from .. import _compute
 _LIB = "stablesoftmax"
 
 
-def _compute_dtype(x: Tensor, xp_: Any) -> Any:
-    return torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
-
-
-def _concrete(a: Tensor) -> bool:
-    """Values readable now: a CPU tensor with storage, outside tracing (never a fake or functorch tensor)."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    if a.device.type != "cpu" or isinstance(a, FakeTensor) or torch.compiler.is_compiling():
-        return False
-    return not torch._C._functorch.is_functorch_wrapped_tensor(a)
-
-
-_compute.COMPUTE_DTYPE["torch"] = _compute_dtype
-_compute.CONCRETE["torch"] = _concrete
-
-
 def _run(fn: Callable[..., Any], x: Tensor, *arrays: Tensor | None, **options: Any) -> Any:
     """``fn(x, *arrays, xp, **options)`` on the kernels' NumPy view (CPU float32/64) or natively.
 
@@ -55,7 +38,14 @@ def _run(fn: Callable[..., Any], x: Tensor, *arrays: Tensor | None, **options: A
         with np.errstate(all="ignore"):  # see _backends.plain
             result = fn(*host, npx, **options)
         return _to_torch(result, x.device)
-    return fn(x, *arrays, xp, **options)
+    return _contiguous(fn(x, *arrays, xp, **options))
+
+
+def _contiguous(result: Any) -> Any:
+    """Outputs in row-major layout, as the fakes promise: an elementwise op keeps its input's strides."""
+    if isinstance(result, tuple):
+        return tuple(_contiguous(r) for r in result)
+    return result if result is None else result.contiguous()
 
 
 def _run1(fn: Callable[..., Any], x: Tensor, *arrays: Tensor | None, **options: Any) -> Tensor:
@@ -107,7 +97,7 @@ def _logsumexp_grad(x: Tensor, g: Tensor, mask: Tensor | None, b: Tensor | None)
 
 @_logsumexp_grad.register_fake
 def _(x: Tensor, g: Tensor, mask: Tensor | None, b: Tensor | None) -> Tensor:
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as the real op returns
 
 
 def _lse_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -130,7 +120,7 @@ def _softmax(x: Tensor, mask: Tensor | None, temperature: float, log: bool) -> T
 
 @_softmax.register_fake
 def _(x: Tensor, mask: Tensor | None, temperature: float, log: bool) -> Tensor:
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as the real op returns
 
 
 @torch.library.custom_op(f"{_LIB}::softmax_grad", mutates_args=())
@@ -142,7 +132,7 @@ def _softmax_grad(x: Tensor, g: Tensor, mask: Tensor | None, temperature: float,
 
 @_softmax_grad.register_fake
 def _(x: Tensor, g: Tensor, mask: Tensor | None, temperature: float, log: bool) -> Tensor:
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as the real op returns
 
 
 def _softmax_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -248,7 +238,7 @@ def _(
     softcap: float | None,
     probs: bool,
 ) -> Tensor:
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as the real op returns
 
 
 def _ce_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -297,7 +287,7 @@ def _nll_loss_grad(
 
 @_nll_loss_grad.register_fake
 def _(lp: Tensor, target: Tensor, g: Tensor, weight: Tensor | None, ignore_index: int, reduction: str) -> Tensor:
-    return torch.empty_like(lp)
+    return lp.new_empty(lp.shape)  # contiguous, as the real op returns
 
 
 def _nll_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -348,7 +338,7 @@ def _bce_grad(
 
 @_bce_grad.register_fake
 def _(x: Tensor, t: Tensor, g: Tensor, weight: Tensor | None, pos_weight: Tensor | None, reduction: str) -> Tensor:
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as the real op returns
 
 
 def _bce_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
