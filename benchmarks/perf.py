@@ -46,7 +46,7 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLA
 import numpy as np  # noqa: E402
 
 import stablesoftmax as ss  # noqa: E402
-from stablesoftmax import _kernels  # noqa: E402
+from stablesoftmax._kernels import cpu as _kernels  # noqa: E402
 
 MIN_SAMPLE_S = 2e-3
 

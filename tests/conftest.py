@@ -50,10 +50,10 @@ def rng():
 @pytest.fixture(params=["compiled", "numpy"])
 def each_path(request, monkeypatch):
     """Run a test on the compiled (numba) path and on the pure-NumPy fallback."""
-    from stablesoftmax import _compute
+    from stablesoftmax import _kernels
 
     if request.param == "numpy":
         monkeypatch.setenv("STABLESOFTMAX_DISABLE_KERNELS", "1")
-    elif _compute.kernels() is None:
+    elif _kernels.host_kernels() is None:
         pytest.skip("the compiled path is unavailable (numba missing)")
     return request.param

@@ -19,7 +19,7 @@ import stablesoftmax as ss
 from stablesoftmax import CONTRACT, ArgumentError, DtypeError, ShapeError, TargetError
 
 pytest.importorskip("numba")
-from stablesoftmax import _kernels  # noqa: E402
+from stablesoftmax._kernels import cpu as _kernels  # noqa: E402
 
 if not _kernels.available():
     pytest.skip("kernels disabled by STABLESOFTMAX_DISABLE_KERNELS", allow_module_level=True)
@@ -221,7 +221,7 @@ class TestSpecialRows:
     def test_parts_are_max_and_rest(self, dtype):
         inf, nan = math.inf, math.nan
         x = np.asarray([[1.0, 0.0, 1.0], [-inf, 0.0, -inf], [1.0, nan, 0.0], [-inf, nan, inf]], dtype=dtype)
-        m, s = _kernels.lse_parts_rows(x)
+        m, _, s = _kernels.state_rows(x)
         _expect_equal(m, [1.0, 0.0, math.nan, math.nan])
         assert s[0] == pytest.approx(1.0 + math.exp(-1.0), rel=2e-14)  # the tie counts as 1
         _expect_equal(s[1:], [0.0, math.nan, math.nan])
@@ -455,7 +455,7 @@ def reference_ce(x, y, where, weight, smoothing, g, z_loss=0.0):
     )
     with np.errstate(invalid="ignore", over="ignore"):  # -inf entries: 0 * -inf is dropped by the reference
         fwd = _reference.cross_entropy(pb, np)
-        return fwd.loss, _reference.cross_entropy_grad(pb, fwd, g, np), fwd
+        return fwd.loss, _reference.cross_entropy_grad(pb, fwd, g, np), fwd, xw
 
 
 def loss_from_parts(p, y, weight, smoothing):
@@ -476,16 +476,17 @@ class TestCrossEntropyRows:
         x, y, where, weight, g = ce_case(rng, dtype, masked=masked, weighted=weighted)
         grad = np.empty(x.shape)
         p = _kernels.cross_entropy_rows(x, y, where=where, weight=weight, label_smoothing=smoothing, grad=grad, g=g)
-        loss, rgrad, fwd = reference_ce(x, y, where, weight, smoothing, g)
-        assert_state_matches((p.m, p.k, p.s), fwd.st, dtype)
+        loss, rgrad, fwd, xw = reference_ce(x, y, where, weight, smoothing, g)
+        assert_state_matches((p.m, p.k, p.s), fwd.parts.state, dtype)
         # the loss is a sum of terms >= 0, each within S_RTOL or a few eps of the reference's
         rtol = S_RTOL[np.dtype(dtype)] + 8 * EPS64
         np.testing.assert_allclose(loss_from_parts(p, y, weight, smoothing), loss, rtol=rtol)
         # A p_c - a_c may cancel: the error is relative to the size of its two terms
         from stablesoftmax import _state
 
-        a, _ = _reference_mass(x, y, where, weight, smoothing)
-        probs = _state.probs(fwd.terms, fwd.st, np)
+        a = _reference_mass(x, y, where, weight, smoothing)
+        with np.errstate(invalid="ignore"):  # masked entries: -inf - m
+            probs = _state.block_probs(xw, fwd.parts.m, fwd.parts.s, np, exact=x.dtype == np.float64)
         size = g[:, None] * (a.sum(-1, keepdims=True) * probs + a)
         assert np.all(np.abs(grad - rgrad) <= 4 * S_RTOL[np.dtype(dtype)] * size + 1e-300)
 
@@ -509,12 +510,13 @@ class TestCrossEntropyRows:
 
 
 def _reference_mass(x, y, where, weight, smoothing):
-    from stablesoftmax import _reference
+    from stablesoftmax import _state
 
-    pb = _reference.Problem(
-        x.astype(np.float64), y, False, np.ones(len(y), bool), weight, where, True, "none", smoothing, 0.0, None
+    alive = np.ones(len(y), bool)
+    x64 = x.astype(np.float64)
+    return _state.target_mass(
+        x64, 0, np, target=y, probs=False, alive=alive, smoothing=smoothing, allowed=where, count=None, w=weight
     )
-    return _reference.target_mass(pb, np.ones(len(y), bool), np)
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)

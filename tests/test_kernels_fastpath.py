@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import stablesoftmax as ss
-from stablesoftmax import _compute
+from stablesoftmax import _compute, _kernels
 from stablesoftmax._errors import ArgumentError, AxisError, TargetError
 
-pytestmark = pytest.mark.skipif(_compute.kernels() is None, reason="the fast path needs the kernels")
+pytestmark = pytest.mark.skipif(_kernels.host_kernels() is None, reason="the fast path needs the kernels")
 
 DTYPES = [np.float32, np.float64]
 

@@ -258,9 +258,9 @@ class TestTorchTensors:
 
 class TestDispatch:
     def test_numpy_input_reaches_the_kernels(self, each_path, monkeypatch):
-        from stablesoftmax import _compute
+        from stablesoftmax import _kernels
 
-        module = _compute.kernels()
+        module = _kernels.host_kernels()
         if module is None:
             assert each_path == "numpy"
             return
@@ -270,9 +270,9 @@ class TestDispatch:
         assert calls == [(4, 3)]
 
     def test_temperature_takes_the_reference_and_where_the_kernels(self, monkeypatch):
-        from stablesoftmax import _compute
+        from stablesoftmax import _kernels
 
-        module = _compute.kernels()
+        module = _kernels.host_kernels()
         if module is None:
             pytest.skip("no compiled path here")
         calls = []

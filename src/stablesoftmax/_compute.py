@@ -1,164 +1,93 @@
-"""Rows in, rows out: widen, pick the kernels or the reference, round once.
+"""Rows in, rows out: widen, let the chosen accelerator compute the parts, finish once, round once.
 
 Every backend adapter (NumPy directly, the PyTorch custom ops, the JAX
 ``custom_vjp`` rules) calls these functions with rows ``(B, K)`` of the
-caller's array library and dtype. Each one widens to the compute dtype
-(float64 where the device has it), runs the compiled kernels when the rows
-are NumPy and the options are ones the kernels take, else the array-API
-reference (:mod:`._reference`), and rounds the result once back to the
-input's dtype. Value checks that need concrete data (a target out of range)
-are made here too, only on concrete host arrays: a tracer, a fake tensor or
-an accelerator array is never synchronised for a check.
+caller's array library and dtype. Each one asks :func:`._kernels.select`
+who computes (this module is the only one that asks), widens to the compute
+dtype (:mod:`._precision`), lets the accelerator or the array-API reference
+(:mod:`._reference`) produce the per-row parts, finishes them with
+:mod:`._state` (one finish and one gradient for every loss), and rounds the
+result once back to the input's dtype. Value checks that need concrete data
+are :mod:`._checks`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import math
-import os
-import sys
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import array_api_compat.numpy as npx
 import numpy as np
 
-from . import _arrays, _reference, _state
-from ._errors import ArgumentError, TargetError
+from . import _reference, _state
+from ._buffers import recycled_empty
+from ._checks import check_class_weight, check_probabilities, check_targets
+from ._kernels import host_kernels, reference_path, select
+from ._precision import compute_dtype, is_numpy, masked, masked_weights, round_to, widen
+
+__all__ = [
+    "reference_path",
+    "compute_dtype",
+    "round_to",
+    "widen",
+    "host_kernels_serve",
+    "host_state",
+    "logsumexp",
+    "softmax",
+    "logsumexp_grad",
+    "softmax_grad",
+    "cross_entropy",
+    "nll_loss",
+    "bce",
+    "fast_logsumexp",
+    "fast_softmax",
+    "fast_vector_logsumexp",
+    "fast_cross_entropy",
+    "ce_block_grad",
+    "check_targets",
+    "check_class_weight",
+]
 
 Array = Any
-
-_REFERENCE = contextvars.ContextVar("stablesoftmax_reference_path", default=False)
-_KERNELS: Any = False  # the kernels module once looked up; None when it cannot load
-
-
-@contextlib.contextmanager
-def reference_path() -> Iterator[None]:
-    """Within this block every function takes the array-API reference path, never the kernels.
-
-    The lab uses it so that its results are the same bytes with or without
-    numba (the two paths agree within the ulp goals, not bit for bit).
-    """
-    token = _REFERENCE.set(True)
-    try:
-        yield
-    finally:
-        _REFERENCE.reset(token)
-
-
-def kernels() -> Any:
-    """The compiled kernels module when it can run here, else None.
-
-    Imported on first use, so ``import stablesoftmax`` does not import numba.
-    ``STABLESOFTMAX_DISABLE_KERNELS=1`` turns the compiled path off.
-    """
-    global _KERNELS
-    if _REFERENCE.get() or os.environ.get("STABLESOFTMAX_DISABLE_KERNELS", "") == "1":
-        return None
-    if _KERNELS is False:
-        module: Any
-        try:
-            from . import _kernels as module
-        except ImportError:  # numba missing or broken: the reference serves
-            module = None
-        _KERNELS = module if module is not None and module.available() else None
-    return _KERNELS
+_HOST_BLOCK = 1 << 14  # entries per row block of the reference's float64 temporaries on the host (128 KiB each)
 
 
 # --------------------------------------------------------------------------
-# Dtypes: the compute dtype, widening, and the one rounding back
+# Who computes
 # --------------------------------------------------------------------------
 
 
-def is_numpy(xp: Any) -> bool:
-    return getattr(xp, "__name__", "") in ("numpy", "array_api_compat.numpy")
-
-
-def compute_dtype(x: Array, xp: Any) -> Any:
-    """float64, unless the device has none (Apple MPS, JAX without x64): then float32."""
-    return _arrays.compute_dtype(x, xp)
-
-
-def widen(x: Array, xp: Any) -> tuple[Array, bool]:
-    """``(x in the compute dtype, needs_twosum)``.
-
-    The shift ``x - m`` needs its TwoSum error term only when the input is
-    as wide as the compute dtype; a narrower input's difference is exact in
-    float64. In a float32 compute dtype the shift is always compensated.
-    """
-    wide = compute_dtype(x, xp)
-    needs_twosum = wide == xp.float32 or x.dtype == wide
-    return (x if x.dtype == wide else xp.astype(x, wide)), needs_twosum
-
-
-def round_to(out: Array, like: Array, xp: Any) -> Array:
-    """``out`` (compute dtype) rounded once to ``like``'s dtype.
-
-    A float64 -> 16-bit cast rounds twice in NumPy (bfloat16), PyTorch and
-    JAX: through float32. Rounding to float32 with round-to-odd first makes
-    the second rounding the correct one (Boldo & Melquiond, "Emulation of FMA
-    and correctly rounded sums: proved algorithms using rounding to odd",
-    IEEE TC 2008). Odd is found from the significand's parity, ``|f| / ulp(f)``.
-    """
-    dtype = like.dtype
-    if out.dtype == dtype:
-        return out
-    if _itemsize(dtype) != 2 or out.dtype == xp.float32:
-        return xp.astype(out, dtype)
-    near = xp.astype(out, xp.float32)
-    back = xp.astype(near, out.dtype)
-    inexact = xp.isfinite(out) & xp.isfinite(back) & (back != out)
-    toward = xp.where(back > out, xp.full_like(near, -xp.inf), xp.full_like(near, xp.inf))
-    other = xp.nextafter(near, toward)
-    mag = xp.abs(near)
-    ulp = xp.astype(xp.nextafter(mag, xp.full_like(mag, xp.inf)), out.dtype) - xp.astype(mag, out.dtype)
-    ulp = xp.where(ulp > 0, ulp, xp.ones_like(ulp))
-    even = xp.remainder(xp.astype(mag, out.dtype) / ulp, 2) == 0
-    odd = xp.where(inexact & even, other, near)
-    return xp.astype(odd, dtype)
-
-
-def _itemsize(dtype: Any) -> int:
-    name = str(dtype).split(".")[-1]
-    return {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}.get(name, 8)
-
-
-_concrete_host = _arrays.concrete_host
-
-
-# --------------------------------------------------------------------------
-# Reductions
-# --------------------------------------------------------------------------
-
-
-def masked(x: Array, mask: Array | None, xp: Any) -> Array:
-    """A masked entry is exactly a ``-inf`` entry, whatever it holds."""
-    return x if mask is None else xp.where(mask, x, xp.full_like(x, -xp.inf))
-
-
-def _numpy_kernel(x: Array, xp: Any, mask: Array | None, temperature: float) -> Any:
+def _accelerator(x: Array, xp: Any, temperature: float = 1.0) -> Any:
+    """The accelerator for rows ``x`` with these options, or None for the reference."""
     if not is_numpy(xp) or temperature != 1.0 or x.shape[-1] == 0:
         return None
-    module = kernels()
-    if module is None or x.dtype.kind != "f":
-        return None
-    return module
+    return select(x)
 
 
-def kernel_parts(module: Any, x2: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The kernels' ``(m, s)`` of rows ``x2`` in :class:`._state.State`'s convention.
+def host_kernels_serve() -> bool:
+    """Whether host rows go to an accelerator: CPU tensors are then computed through a NumPy view."""
+    return host_kernels() is not None
 
-    The kernels give ``s = 0`` on a row whose max is ``+inf``; the state
-    counts the other ``+inf`` entries there, so that every finish is the same.
+
+def host_state(x: np.ndarray) -> _state.State:
+    """The state ``(m, k, s)`` of host rows ``x`` (B, K), K >= 1, float64: the accelerator's, or the reference's.
+
+    The reference runs in row blocks, so its temporaries stay a few MiB
+    whatever the rows' size.
     """
-    m, s = module.lse_parts_rows(x2) if out is None else module.softmax_parts_rows(x2, out)
-    top = m == np.inf
-    if top.any():
-        s = s.copy()
-        s[top] = (x2[top] == np.inf).sum(axis=-1) - 1
-    return m, s
+    rows = _kernel_rows(x)
+    module = select(rows)
+    if module is not None:
+        m, k, s = module.state_rows(rows)
+        return _state.State(m, k, s)
+    n, width = rows.shape
+    m, k, s = np.empty(n), np.empty(n, np.int64), np.empty(n)
+    step = max(1, _HOST_BLOCK // max(width, 1))
+    for r in range(0, n, step):
+        xw = rows[r : r + step].astype(np.float64)
+        with np.errstate(all="ignore"):  # see _backends.plain
+            st = _state.state(xw, npx, exact=rows.dtype == np.float64)[0]
+        m[r : r + step], k[r : r + step], s[r : r + step] = st.m, st.k, st.s
+    return _state.State(m, k, s)
 
 
 def _kernel_mask(mask: Array | None) -> np.ndarray | None:
@@ -168,6 +97,11 @@ def _kernel_mask(mask: Array | None) -> np.ndarray | None:
 def _kernel_rows(x: Array) -> np.ndarray:
     x2 = np.ascontiguousarray(x)
     return x2.astype(np.float32) if x2.dtype.itemsize == 2 else x2  # exact: 16-bit values are float32 values
+
+
+# --------------------------------------------------------------------------
+# Reductions
+# --------------------------------------------------------------------------
 
 
 def numpy_rows(x: Any, axis: Any) -> tuple[np.ndarray, tuple[int, ...], int] | None:
@@ -181,7 +115,7 @@ def numpy_rows(x: Any, axis: Any) -> tuple[np.ndarray, tuple[int, ...], int] | N
     if type(x) is not np.ndarray or type(axis) is not int or x.dtype.char not in "fd":
         return None
     ndim = x.ndim
-    if not -ndim <= axis < ndim or x.size == 0 or kernels() is None:
+    if not -ndim <= axis < ndim or x.size == 0 or host_kernels() is None:
         return None
     ax = axis % ndim
     moved = x if ax == ndim - 1 else np.moveaxis(x, ax, -1)
@@ -194,7 +128,9 @@ def fast_logsumexp(x: Any, axis: Any, keepdims: bool) -> Any:
     if found is None:
         return None
     rows, moved, ax = found
-    lse = kernels().lse_rows(rows).astype(x.dtype, copy=False).reshape(moved[:-1])  # rounded once, as round_to
+    module = host_kernels()
+    assert module is not None  # numpy_rows found rows only where it is
+    lse = module.lse_rows(rows).astype(x.dtype, copy=False).reshape(moved[:-1])  # rounded once, as round_to
     if keepdims:
         lse = np.expand_dims(lse, ax)
     return lse[()] if lse.ndim == 0 else lse
@@ -209,14 +145,30 @@ def fast_softmax(x: Any, axis: Any, temperature: Any, log: bool) -> Any:
         return None
     rows, moved, ax = found
     out = np.empty(rows.shape, x.dtype)
-    kernels().state_rows(rows, out=out, log=log)
+    module = host_kernels()
+    assert module is not None  # numpy_rows found rows only where it is
+    module.state_rows(rows, out=out, log=log)
     out = out.reshape(moved)
     return out if ax == x.ndim - 1 else np.moveaxis(out, -1, ax)
 
 
+def fast_vector_logsumexp(x: Any, axis: Any, where: Any, b: Any, keepdims: bool, return_sign: bool) -> Any:
+    """logsumexp of a 1-D float32/float64 NumPy array by one kernel call, or None for the general path."""
+    if type(x) is not np.ndarray or x.ndim != 1 or where is not None or b is not None or keepdims or return_sign:
+        return None
+    if type(axis) is not int or axis not in (-1, 0) or x.dtype.char not in "fd" or not x.size:
+        return None
+    if not x.flags.c_contiguous:
+        return None
+    module = host_kernels()
+    if module is None:
+        return None
+    return x.dtype.type(module.lse_vector(x))  # float64 -> float32 rounds once, as astype does
+
+
 def logsumexp(x: Array, xp: Any, *, mask: Array | None = None, b: Array | None = None) -> tuple[Array, Array | None]:
     """Per-row ``(lse, sign)`` (sign None without ``b``), in ``x``'s dtype."""
-    module = _numpy_kernel(x, xp, mask, 1.0) if b is None else None
+    module = _accelerator(x, xp) if b is None else None
     if module is not None:
         return round_to(module.lse_rows(_kernel_rows(x), where=_kernel_mask(mask)), x, xp), None
     xw, exact = widen(x, xp)
@@ -228,15 +180,9 @@ def logsumexp(x: Array, xp: Any, *, mask: Array | None = None, b: Array | None =
     return round_to(out, x, xp), round_to(sign, x, xp)
 
 
-def masked_weights(b: Array, mask: Array | None, xw: Array, xp: Any) -> Array:
-    """``b`` in the compute dtype, 0 where masked: a masked term is absent, whatever its weight."""
-    bw = xp.astype(b, xw.dtype)
-    return bw if mask is None else xp.where(mask, bw, xp.zeros_like(bw))
-
-
 def softmax(x: Array, xp: Any, *, mask: Array | None = None, temperature: float = 1.0, log: bool = False) -> Array:
     """Softmax (or log-softmax) rows in ``x``'s dtype."""
-    module = _numpy_kernel(x, xp, mask, temperature)
+    module = _accelerator(x, xp, temperature)
     if module is not None:
         x2 = _kernel_rows(x)
         out = np.empty(x2.shape, x2.dtype if x2.dtype == x.dtype else np.float64)
@@ -261,50 +207,6 @@ def softmax_grad(
     fn = _reference.log_softmax_grad if log else _reference.softmax_grad
     out = fn(masked(xw, mask, xp), xp.astype(g, xw.dtype), xp, exact=exact, temperature=temperature)
     return round_to(out, x, xp)
-
-
-# --------------------------------------------------------------------------
-# Large outputs: memory handed back by the caller is used again
-# --------------------------------------------------------------------------
-
-# A fresh array of hundreds of MB costs the operating system's zeroing of every new
-# page (60 ms to 0.9 s for 524 MB on the project's machine, depending on how easily
-# it finds huge pages), more than a third of the cross-entropy kernel that fills it.
-# glibc hands such blocks straight back to the system when they are freed, so a
-# training loop pays it on every step. Large gradients are therefore carved from a
-# few kept blocks; a block is used again once nothing refers to it any more, which
-# in a loop is as soon as the previous step's gradient is dropped.
-_RECYCLE_MIN_BYTES = 16 << 20
-_RECYCLE_SLOTS = 2  # a loop rebinding its gradient holds two at once, during the call
-_RECYCLED: list[np.ndarray] = []
-_RECYCLE_LOCK = threading.Lock()
-_FREE_REFS = 2  # sys.getrefcount of a block held by the list alone (the list, the argument)
-
-
-def recycled_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """``np.empty(shape, dtype)``; for a large array, from a kept block nothing refers to any more.
-
-    A block is free when its reference count is the list's own: every NumPy
-    view of it (the returned array, its reshapes, a PyTorch tensor made by
-    ``torch.from_numpy``) holds a reference to it. At most
-    ``_RECYCLE_SLOTS`` blocks are kept, so what stays allocated after the
-    last call is at most what a loop held at its peak.
-    """
-    dt = np.dtype(dtype)
-    nbytes = math.prod(shape) * dt.itemsize
-    if nbytes < _RECYCLE_MIN_BYTES:
-        return np.empty(shape, dt)
-    with _RECYCLE_LOCK:
-        free = [i for i in range(len(_RECYCLED)) if sys.getrefcount(_RECYCLED[i]) == _FREE_REFS]
-        block = next((_RECYCLED[i] for i in free if _RECYCLED[i].nbytes == nbytes), None)
-        if block is None:
-            if len(_RECYCLED) >= _RECYCLE_SLOTS and free:  # a kept block of another size makes room
-                del _RECYCLED[free[0]]
-            block = np.empty(nbytes, np.uint8)
-            if len(_RECYCLED) < _RECYCLE_SLOTS:
-                _RECYCLED.append(block)
-        out: np.ndarray = block.view(dt).reshape(shape)
-        return out
 
 
 # --------------------------------------------------------------------------
@@ -343,53 +245,11 @@ def ce_problem(
     return _reference.Problem(xw, tgt, probs, counted, w, mask, exact, reduction, smoothing, z_loss, softcap)
 
 
-def check_targets(tgt: Array, c: int, ignore_index: int, batch: tuple[int, ...] | None = None) -> None:
-    """Class indices in ``[0, C)`` or ``ignore_index``: checked where values can be read cheaply.
-
-    ``batch`` is the target's shape before it became ``(B,)``, for the message.
-    """
-    if not _concrete_host(tgt):
-        return
-    flat = np.asarray(tgt).reshape(-1)
-    bad = (flat != ignore_index) & ((flat < 0) | (flat >= c))
-    if bad.any():
-        i = int(np.argmax(bad))
-        where = tuple(int(v) for v in np.unravel_index(i, batch if batch is not None else flat.shape))
-        raise TargetError(
-            f"target value {int(flat[i])} at position {where} is out of range; class indices must be "
-            f"in [0, {c}) or equal ignore_index={ignore_index}."
-        )
-
-
-def check_probabilities(q: Array) -> None:
-    if not _concrete_host(q):
-        return
-    arr = np.asarray(q)
-    neg = arr < 0
-    if neg.any():
-        i = np.unravel_index(int(np.argmax(neg.reshape(-1))), arr.shape)
-        raise ArgumentError(
-            f"probability target has a negative entry {arr[i]} at row {i[0]}, class {i[1]}; "
-            f"probabilities must be >= 0 (they need not sum to 1, as in PyTorch)."
-        )
-
-
-def check_class_weight(w: Array) -> None:
-    """Class weights are >= 0 and finite: a negative weight would let the mean's denominator reach 0."""
-    if not _concrete_host(w):
-        return
-    arr = np.asarray(w)
-    bad = ~(np.isfinite(arr) & (arr >= 0))
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ArgumentError(f"weight[{i}] = {arr[i]} is not allowed; class weights must be finite and >= 0.")
-
-
 def cross_entropy(
     x: Array, target: Array, xp: Any, *, grad: bool, g: Array | None = None, **options: Any
 ) -> tuple[Array, Array | None]:
     """``(loss, dloss/dx or None)`` in ``x``'s dtype."""
-    module = _numpy_ce_kernel(x, xp, options)
+    module = _ce_accelerator(x, xp, options)
     result = None if module is None else _kernel_ce(module, x, target, options, grad, g)
     if result is not None:
         return result
@@ -419,7 +279,7 @@ def fast_cross_entropy(
         return False, None
     if type(axis) is not int or axis not in (-1, 1) or type(ignore_index) is not int:
         return False, None
-    module = kernels()
+    module = host_kernels()
     if module is None or reduction not in ("mean", "sum", "none"):
         return False, None
     options = dict(ignore_index=ignore_index, reduction=reduction, smoothing=0.0, z_loss=0.0, softcap=None, probs=False)
@@ -431,24 +291,21 @@ def fast_cross_entropy(
     return True, loss[()] if loss.ndim == 0 else loss
 
 
-def _numpy_ce_kernel(x: Array, xp: Any, options: dict[str, Any]) -> Any:
-    """The kernels, for NumPy logits with class targets and no softcap (masks, smoothing, weights welcome)."""
-    if not is_numpy(xp) or options["probs"] or options["softcap"] is not None:
+def _ce_accelerator(x: Array, xp: Any, options: dict[str, Any]) -> Any:
+    """The accelerator for class targets without softcap (masks, smoothing, weights welcome), or None."""
+    if options["probs"] or options["softcap"] is not None:
         return None
-    if x.shape[1] == 0 or x.dtype.kind != "f":
-        return None
-    return kernels()
+    return _accelerator(x, xp)
 
 
 def _kernel_ce(
     module: Any, x: np.ndarray, target: np.ndarray, options: dict[str, Any], grad: bool, g: Any
 ) -> tuple[Array, Any] | None:
-    """The loss (and gradient) from one kernel pass per row: its state and the sums smoothing needs.
+    """The loss (and gradient) from one accelerator pass per row: its parts, then :func:`._state.finish`.
 
-    ``loss = (1 - a) w_y (L - d_y) + (a / K) (W L - D)`` with ``L = log1p(s)``,
-    every term >= 0. The gradient is written in the same sweep; it needs the
-    mean's denominator before the pass, so a row that turns out to have no
-    mass (all masked or ``-inf``, rare) means a second pass with the right one.
+    The gradient is written in the same sweep; it needs the mean's
+    denominator before the pass, so a row that turns out to have no mass
+    (all masked or ``-inf``, rare) means a second pass with the right one.
     """
     x2 = _kernel_rows(x)
     tgt = np.asarray(target).astype(np.int64, copy=False)
@@ -458,18 +315,29 @@ def _kernel_ce(
     counted = tgt != options["ignore_index"]
     y = np.where(counted, tgt, 0)
     live = counted if mask is None else counted & mask.any(axis=1)
-    r, dx, wy = _ce_pass(module, x2, y, mask, weight, live, options, g if grad else None)
+    r, dx = _ce_pass(module, x2, y, mask, weight, live, options, g if grad else None)
     if grad and ((r.m == -np.inf) & live).any():
         live = live & (r.m != -np.inf)
-        r, dx, wy = _ce_pass(module, x2, y, mask, weight, live, options, g)
-    live = live & (r.m != -np.inf)
-    if options["smoothing"] and (live & np.isfinite(r.m) & ~np.isfinite(r.shift_sum) & (r.allowed > 0)).any():
+        r, dx = _ce_pass(module, x2, y, mask, weight, live, options, g)
+    smoothing = options["smoothing"]
+    if smoothing and (live & np.isfinite(r.m) & ~np.isfinite(r.shift_sum) & (r.allowed > 0)).any():
         if not (np.isneginf(x2) & (mask if mask is not None else True)).any():
             return None  # sum_c (x_c - m) overflowed on huge logits: the reference takes the whole batch
-    wy = np.where(live, wy, 0.0)  # a slice without mass leaves the mean's denominator
-    return round_to(np.asarray(_kernel_loss(r, x2, live, wy, options, mask)), x, np), (
-        None if dx is None else round_to(dx, x, np)
+    spread = _state.Sums(r.shift_sum * _state.SUM_SCALE, np.zeros(len(y)), r.weight_sum) if smoothing else None
+    parts = _state.Parts(r.m, r.k, r.s, r.x_target, None, spread, r.allowed.astype(np.float64) if smoothing else None)
+    rows, ce, zt = _state.finish(
+        parts,
+        npx,
+        target=y,
+        counted=live,
+        weight=weight,
+        probs=False,
+        smoothing=smoothing,
+        z_loss=options["z_loss"],
+        exact=x2.dtype == np.float64,
     )
+    loss = _state.reduce(ce, zt, rows.wy, rows.alive, options["reduction"], npx)
+    return round_to(np.asarray(loss), x, np), (None if dx is None else round_to(dx, x, np))
 
 
 def _ce_pass(
@@ -481,15 +349,14 @@ def _ce_pass(
     live: np.ndarray,
     options: dict[str, Any],
     g: Any,
-) -> tuple[Any, Any, np.ndarray]:
-    wy = live.astype(np.float64) if weight is None else np.where(live, weight[y], 0.0)
+) -> tuple[Any, Any]:
+    """One accelerator pass: the parts and, with ``g``, the gradient written from the per-row coefficients."""
     if g is None:
-        return (
-            module.cross_entropy_rows(x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"]),
-            None,
-            wy,
-        )
-    ce_scale, z_scale = _scales(np.asarray(g, np.float64), options["reduction"], wy, live)
+        return module.cross_entropy_rows(x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"]), None
+    wy = live.astype(np.float64) if weight is None else np.where(live, weight[y], 0.0)
+    garr = np.broadcast_to(np.asarray(g, np.float64), (len(y),) if options["reduction"] == "none" else ())
+    ce_scale, z_scale = _state.row_scales(options["reduction"], live, wy, garr, npx, dtype=np.float64)
+    ce_scale, z_scale = np.broadcast_to(ce_scale, y.shape), np.broadcast_to(z_scale, y.shape)
     dx = recycled_empty(x2.shape, x2.dtype)
     z = options["z_loss"]
     r = module.cross_entropy_rows(
@@ -503,52 +370,50 @@ def _ce_pass(
         z_grad=np.where(live, 2 * z * z_scale, 0.0) if z else None,
     )
     dx[~live] = 0.0  # ignored and dropped rows move nothing, NaN or not
-    return r, dx, wy
+    return r, dx
 
 
-def _scales(g: np.ndarray, reduction: str, wy: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row factors of the loss's cotangent for the CE part and the z part."""
-    n = len(live)
-    if reduction == "none":
-        gb = np.broadcast_to(g, (n,))
-        return gb, gb
-    if reduction == "sum":
-        return np.full(n, float(g)), np.full(n, float(g))
-    denom, count = wy.sum(), np.count_nonzero(live)
-    return np.full(n, float(g) / denom if denom else 0.0), np.full(n, float(g) / count if count else 0.0)
+def ce_block_grad(
+    x: np.ndarray,
+    first: int,
+    parts: _state.Parts,
+    rows: _state.Loss,
+    scales: tuple[np.ndarray, np.ndarray],
+    *,
+    target: np.ndarray,
+    weight: np.ndarray | None,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    exact: bool,
+) -> np.ndarray:
+    """:func:`._state.block_gradient` (float64) of host logits ``x`` with class targets, in row blocks.
 
-
-def _top_rows_shift_sum(r: Any, x2: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """``sum_c w_c (x_c - m)`` on rows whose max is ``+inf``.
-
-    By the shift rule it is ``-inf`` unless every allowed entry is ``+inf``.
+    The row blocks keep the float64 temporaries to a few hundred KiB each,
+    whatever the size of ``x``.
     """
-    top = r.m == np.inf
-    shift_sum: np.ndarray = r.shift_sum
-    if not top.any():
-        return shift_sum
-    allowed = np.ones(x2[top].shape, bool) if mask is None else mask[top]
-    out: np.ndarray = shift_sum.copy()
-    out[top] = np.where(((x2[top] == np.inf) | ~allowed).all(axis=1), 0.0, -np.inf)
+    n, width = x.shape
+    out = np.empty((n, width))
+    step = max(1, _HOST_BLOCK // max(width, 1))
+    for lo in range(0, n, step):
+        r = slice(lo, min(n, lo + step))
+        out[r] = _state.block_gradient(
+            x[r].astype(np.float64, copy=False),
+            first,
+            _state.rows_of(parts, r),
+            _state.rows_of(rows, r),
+            (scales[0][r], scales[1][r]),
+            npx,
+            target=target[r],
+            probs=False,
+            weight=weight,
+            allowed=None,
+            smoothing=smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            exact=exact,
+        )
     return out
-
-
-def _kernel_loss(
-    r: Any, x2: np.ndarray, live: np.ndarray, wy: np.ndarray, options: dict[str, Any], mask: np.ndarray | None = None
-) -> Any:
-    a, z = options["smoothing"], options["z_loss"]
-    st = _state.State(r.m, r.k, r.s)
-    log_rest = np.log1p(r.s)
-    sh = _state.shift(r.x_target[:, None], r.m[:, None], npx, exact=x2.dtype == np.float64)
-    neg_lp = -_state.log_probs(sh, st, npx)[:, 0]  # L - d_y
-    ce = np.where(live & (wy != 0) & (a < 1), (1 - a) * wy * neg_lp, 0.0)  # a = 1: no one-hot part, even at inf
-    if a:
-        shift_sum = _top_rows_shift_sum(r, x2, mask)
-        spread = (a / np.maximum(r.allowed, 1)) * (r.weight_sum * log_rest - shift_sum)
-        ce = ce + np.where(live, spread, 0.0)
-    lse = _state.lse(st, npx)
-    zt = np.where(live, z * lse * lse, 0.0) if z else None
-    return _reference.reduce_losses(ce, zt, wy, live, options["reduction"], npx)
 
 
 def nll_loss(

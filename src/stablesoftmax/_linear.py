@@ -29,7 +29,7 @@ import array_api_compat.numpy as npx
 import numpy as np
 import numpy.typing as npt
 
-from . import _compute, _losses, _reference, _state
+from . import _compute, _losses, _state
 from . import _dispatch as D
 from ._errors import ShapeError
 from ._typing import ArrayIn, ArrayT, NumpyArray, NumpyIn, NumpyResult
@@ -161,7 +161,7 @@ def linear_cross_entropy(
     if D.library(hidden) == "torch":
         return _torch_autograd(hidden, weight, target, options)
     prob = _problem(hidden, weight, target, **options)
-    return _restore(prob, _loss(prob, _forward(prob)))
+    return _restore(prob, _forward(prob)[2])
 
 
 def _torch_autograd(hidden: Any, weight: Any, target: Any, options: dict[str, Any]) -> Any:
@@ -174,7 +174,7 @@ def _torch_autograd(hidden: Any, weight: Any, target: Any, options: dict[str, An
 
     def loss(h: Any, w: Any, b: Any) -> Any:
         prob = _problem(h.detach(), w.detach(), target, None if b is None else b.detach(), **options)
-        return _restore(prob, _loss(prob, _forward(prob)))
+        return _restore(prob, _forward(prob)[2])
 
     def vjp(g: Tensor, h: Tensor, w: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         _, grads = linear_cross_entropy_with_grad(
@@ -217,9 +217,8 @@ def linear_cross_entropy_with_grad(
     ``g`` is the cotangent of the loss. Options as :func:`linear_cross_entropy`.
     """
     prob = _problem(hidden, weight, target, **_losses.options_of(linear_cross_entropy, options))
-    fwd = _forward(prob)
-    loss = _loss(prob, fwd)
-    d_h, d_w, d_b = _backward(prob, fwd, g)
+    parts, rows, loss = _forward(prob)
+    d_h, d_w, d_b = _backward(prob, parts, rows, g)
     grads = (_restore(prob, d_h), _restore(prob, d_w), None if d_b is None else _restore(prob, d_b))
     return _restore(prob, loss), grads
 
@@ -234,7 +233,7 @@ class _Linear:
     b: np.ndarray | None
     y: np.ndarray  # (N,) int64
     counted: np.ndarray
-    cw: np.ndarray | None  # (V,) class weights
+    class_weight: np.ndarray | None  # (V,)
     chunk: int
     like: Any  # an array of hidden's library and dtype, for the results
     xp: Any
@@ -242,15 +241,6 @@ class _Linear:
     smoothing: float
     z_loss: float
     softcap: float | None
-
-
-@dataclass
-class _Sums:
-    lse: np.ndarray  # (N,) float64
-    xy: np.ndarray  # (N,) target logit
-    wx: np.ndarray | None  # (N,) sum_c w_c x_c, for label smoothing
-    wy: np.ndarray
-    live: np.ndarray
 
 
 def _problem(
@@ -283,7 +273,7 @@ def _problem(
         raise ShapeError(f"bias of shape {b.shape} must have one entry per class: shape ({v},).")
     chunk = max(1, -(-v // 32)) if chunk_size is None else _chunk_size(chunk_size)
     opts = _losses.check_options(label_smoothing, z_loss, softcap)
-    cw = _losses.check_class_weight(class_weight, v, np.zeros(1), D.namespace(np.zeros(1)))
+    class_w = _losses.check_class_weight(class_weight, v, np.zeros(1), D.namespace(np.zeros(1)))
     red = D.choice(reduction, "reduction", _losses.REDUCTIONS)
     return _Linear(
         h.astype(compute, copy=False),
@@ -291,7 +281,7 @@ def _problem(
         b,
         y,
         y != ignore,
-        None if cw is None else np.asarray(cw, np.float64),
+        None if class_w is None else np.asarray(class_w, np.float64),
         chunk,
         h0,
         xp,
@@ -357,109 +347,88 @@ def _chunk_logits(p: _Linear, i: int) -> np.ndarray:
     return logits
 
 
-def _forward(p: _Linear) -> _Sums:
-    n = p.h.shape[0]
-    st = _state.State(np.full(n, -np.inf), np.zeros(n, np.int64), np.zeros(n))
-    xy = np.zeros(n)
-    wx = np.zeros(n) if p.smoothing else None
-    for i in _starts(p):
-        logits = _chunk_logits(p, i)
-        inside = p.counted & (p.y >= i) & (p.y < i + logits.shape[1])
-        xy[inside] = logits[inside, p.y[inside] - i]
-        if wx is not None:
-            cw = np.ones(logits.shape[1]) if p.cw is None else p.cw[i : i + logits.shape[1]]
-            wx += logits @ cw.astype(logits.dtype)
-        with np.errstate(all="ignore"):  # see _backends.plain
-            st = _state.merge(st, _chunk_state(logits, i), npx)
-        del logits  # before the next chunk's matmul, so two chunks never coexist
+def _forward(p: _Linear) -> tuple[_state.Parts, _state.Loss, np.ndarray | np.generic]:
+    """Each chunk's parts merged into the rows' parts, then the one finish: ``(parts, rows, reduced loss)``."""
+    merged: _state.Parts | None = None
     with np.errstate(all="ignore"):  # see _backends.plain
-        lse = _state.lse(st, npx)
-    live = p.counted & (lse != -np.inf)
-    wy = np.where(live, 1.0 if p.cw is None else p.cw[np.where(live, p.y, 0)], 0.0)
-    return _Sums(lse, xy, wx, wy, live)
+        for i in _starts(p):
+            logits = _chunk_logits(p, i)
+            chunk = _chunk_parts(p, logits, i)
+            merged = chunk if merged is None else _state.merge_parts(merged, chunk, npx)
+            del logits  # before the next chunk's matmul, so two chunks never coexist
+        assert merged is not None  # V >= 1: at least one chunk
+        rows, ce, zt = _state.finish(
+            merged,
+            npx,
+            target=p.y,
+            counted=p.counted,
+            weight=p.class_weight,
+            probs=False,
+            smoothing=p.smoothing,
+            z_loss=p.z_loss,
+            exact=p.h.dtype == np.float64,
+        )
+        loss: np.ndarray | np.generic = _state.reduce(ce, zt, rows.wy, rows.alive, p.reduction, npx)
+    return merged, rows, loss
 
 
-def _chunk_state(logits: np.ndarray, start: int) -> _state.State:
-    """The state of one chunk, with global positions: the kernels' pass, or the reference's."""
-    module = _compute.kernels()
-    if module is not None:
-        m, s = _compute.kernel_parts(module, np.ascontiguousarray(logits))
-        return _state.State(m, np.zeros(len(m), np.int64) + start, s)
-    n = logits.shape[0]
-    m, k, s = np.empty(n), np.empty(n, np.int64), np.empty(n)
-    step = max(1, n // 32)  # the reference's temporaries are several chunks' worth: bound them by row blocks
-    for r in range(0, n, step):
-        x = logits[r : r + step].astype(np.float64)
-        with np.errstate(all="ignore"):  # see _backends.plain
-            st = _state.state(x, D.namespace(x), exact=logits.dtype == np.float64)[0]
-        m[r : r + step], k[r : r + step], s[r : r + step] = st.m, st.k, st.s
-    return _state.State(m, k + start, s)
+def _chunk_parts(p: _Linear, logits: np.ndarray, first: int) -> _state.Parts:
+    """The parts of one chunk of classes, with global positions: its state, the target's logit, smoothing's sums."""
+    st = _compute.host_state(logits)
+    xy = _state.pick(logits, p.y - first, npx).astype(np.float64)
+    u = count = None
+    if p.smoothing:
+        x64 = logits.astype(np.float64)
+        sh = _state.shift(x64, st.m[:, None], npx, exact=p.h.dtype == np.float64)
+        width = logits.shape[1]
+        w = np.ones(width) if p.class_weight is None else p.class_weight[first : first + width]
+        u = _state.sums(sh, np.broadcast_to(w, x64.shape), npx)
+        count = np.full(len(xy), float(width))
+    return _state.Parts(st.m, st.k + first, st.s, xy, None, u, count)
 
 
-def _loss(p: _Linear, s: _Sums) -> np.ndarray | np.generic:
-    """The reduced loss, by the rules of :func:`cross_entropy`: per row, or a 0-d array or scalar."""
-    with np.errstate(invalid="ignore", over="ignore"):  # lse - xy on dropped rows; zeroed below
-        ce = (1 - p.smoothing) * s.wy * (s.lse - s.xy)
-        if s.wx is not None:
-            wsum = p.w.shape[0] if p.cw is None else p.cw.sum()
-            ce += p.smoothing / p.w.shape[0] * (s.lse * wsum - s.wx)
-    ce = np.where(s.live, ce, 0.0)
-    zt = np.where(s.live, p.z_loss * s.lse**2, 0.0) if p.z_loss else None
-    loss: np.ndarray | np.generic = _reference.reduce_losses(ce, zt, s.wy, s.live, p.reduction, npx)
-    return loss
-
-
-def _backward(p: _Linear, s: _Sums, g: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    ce_scale, z_scale = (np.where(s.live, f, 0.0) for f in _scales(p, s, g))
-    k = p.w.shape[0]
-    total = (1 - p.smoothing) * s.wy + (p.smoothing / k * (k if p.cw is None else p.cw.sum()) if p.smoothing else 0.0)
-    coef = ce_scale * total + (2 * p.z_loss * np.where(s.live, s.lse, 0.0) * z_scale if p.z_loss else 0.0)
-    onehot = ce_scale * (1 - p.smoothing) * s.wy
+def _backward(
+    p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``d hidden``, ``d weight``, ``d bias``: each chunk's ``d loss / d logits``, then its matmuls."""
+    scales = _scales(p, rows, g)
+    h = p.h if rows.alive.all() else np.where(rows.alive[:, None], p.h, 0)  # a NaN in a dropped row moves nothing
     d_h = np.zeros_like(p.h)
     d_w = np.empty_like(p.w)
     d_b = None if p.b is None else np.empty_like(p.b)
-    lse = np.where(s.live, s.lse, 0.0).astype(p.h.dtype)[:, None]
     for i in _starts(p):
-        grad = _chunk_grad(p, _chunk_logits(p, i), lse, coef, ce_scale, onehot, i)
-        d_h += grad @ p.w[i : i + grad.shape[1]]
-        d_w[i : i + grad.shape[1]] = grad.T @ p.h
+        logits = _chunk_logits(p, i)
+        width = logits.shape[1]
+        with np.errstate(all="ignore"):  # see _backends.plain
+            grad = _compute.ce_block_grad(
+                logits,
+                i,
+                parts,
+                rows,
+                scales,
+                target=p.y,
+                weight=None if p.class_weight is None else p.class_weight[i : i + width],
+                smoothing=p.smoothing,
+                z_loss=p.z_loss,
+                softcap=p.softcap,
+                exact=p.h.dtype == np.float64,
+            ).astype(p.h.dtype, copy=False)
+        del logits
+        d_h += grad @ p.w[i : i + width]
+        d_w[i : i + width] = grad.T @ h
         if d_b is not None:
-            d_b[i : i + grad.shape[1]] = grad.sum(axis=0)
+            d_b[i : i + width] = grad.sum(axis=0)
         del grad
     return d_h, d_w, d_b
 
 
-def _scales(p: _Linear, s: _Sums, g: Any) -> tuple[np.ndarray, np.ndarray]:
+def _scales(p: _Linear, rows: _state.Loss, g: Any) -> tuple[np.ndarray, np.ndarray]:
     garr = np.asarray(_host_any(g), dtype=np.float64)
     if p.reduction == "none":
-        garr = np.broadcast_to(garr, s.live.shape)
+        garr = np.broadcast_to(garr, rows.alive.shape)
     elif garr.size != 1:
         raise ShapeError(f"g of shape {garr.shape} must be a scalar for reduction={p.reduction!r}.")
     else:
         garr = garr.reshape(())
-    return _reference.row_scales(p.reduction, s.live, s.wy, garr, npx, dtype=np.float64)
-
-
-def _chunk_grad(
-    p: _Linear,
-    logits: np.ndarray,
-    lse: np.ndarray,
-    coef: np.ndarray,
-    ce_scale: np.ndarray,
-    onehot: np.ndarray,
-    i: int,
-) -> np.ndarray:
-    """``d loss / d logits`` for one chunk, through the softcap."""
-    width = logits.shape[1]
-    with np.errstate(under="ignore"):  # probabilities below the subnormals are 0
-        grad: np.ndarray = np.exp(logits - lse)
-    grad *= coef.astype(grad.dtype)[:, None]
-    if p.smoothing:
-        cw = np.ones(width) if p.cw is None else p.cw[i : i + width]
-        grad -= (ce_scale[:, None] * (p.smoothing / p.w.shape[0]) * cw[None, :]).astype(grad.dtype)
-    inside = (p.y >= i) & (p.y < i + width)
-    grad[inside, p.y[inside] - i] -= onehot[inside].astype(grad.dtype)
-    if p.softcap is not None:
-        grad *= 1 - (logits / p.softcap) ** 2
-    grad[~np.isfinite(logits)] = 0.0  # a -inf logit (a -inf bias) stays -inf under any finite change
-    return grad
+    ce, z = _state.row_scales(p.reduction, rows.alive, rows.wy, garr, npx, dtype=np.float64)
+    return np.broadcast_to(ce, rows.alive.shape), np.broadcast_to(z, rows.alive.shape)

@@ -33,8 +33,9 @@ from typing import Any, overload
 
 import numpy.typing as npt
 
-from . import _compute
+from . import _checks, _compute
 from . import _dispatch as D
+from ._arrays import concrete_host
 from ._contract import documented
 from ._errors import ArgumentError, DtypeError, ShapeError, TargetError
 from ._typing import ArrayIn, ArrayT, NumpyArray, NumpyIn, NumpyResult
@@ -437,12 +438,12 @@ def class_target(tgt: Any, rows: D.Rows, shape: tuple[int, ...], xp: Any, name: 
             f"target of shape {tuple(tgt.shape)} does not match {name} of shape {shape} without its "
             f"class axis {rows.axes[0]}: expected {rows.batch}."
         )
-    if kind == "uint64" and _compute._concrete_host(tgt):
+    if kind == "uint64" and concrete_host(tgt):
         big = int(xp.max(tgt)) if rows.n else 0
         if big >= 2**63:
             raise TargetError(f"target value {big} is out of range; class indices must be in [0, {rows.k}).")
     flat = xp.reshape(xp.astype(tgt, xp.int64), (rows.n,))
-    _compute.check_targets(flat, rows.k, ignore_index, rows.batch)
+    _checks.check_targets(flat, rows.k, ignore_index, rows.batch)
     return flat
 
 
@@ -452,7 +453,7 @@ def check_class_weight(weight: Any, c: int, x: Any, xp: Any) -> Any:
     w, _ = D.array_in(D.like(weight, x, xp, "weight"), "weight")
     if tuple(w.shape) != (c,):
         raise ShapeError(f"weight of shape {tuple(w.shape)} must have one entry per class: shape ({c},).")
-    _compute.check_class_weight(w)
+    _checks.check_class_weight(w)
     return w
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _dispatch as D
-from ._compute import fast_logsumexp, fast_softmax, kernels, reference_path
+from ._compute import fast_logsumexp, fast_softmax, fast_vector_logsumexp, reference_path
 from ._contract import documented
 from ._dispatch import AxisLike
 from ._errors import ShapeError
@@ -224,7 +224,7 @@ def logsumexp(
     inf
     """
 
-    short = _short_vector(x, axis, where, b, keepdims, return_sign)
+    short = fast_vector_logsumexp(x, axis, where, b, keepdims, return_sign)
     if short is not None:
         return short
     if where is None and b is None and not return_sign:  # a plain ndarray: one kernel call, same bytes
@@ -277,20 +277,6 @@ def _split(rows: D.Rows, a: Any, xp: Any) -> Any:
 def _sign_of(lse: Any, xp: Any) -> Any:
     sign = xp.where(lse == -xp.inf, xp.zeros_like(lse), xp.ones_like(lse))
     return xp.where(xp.isnan(lse), xp.full_like(lse, xp.nan), sign)
-
-
-def _short_vector(x: Any, axis: AxisLike, where: Any, b: Any, keepdims: bool, return_sign: bool) -> Any:
-    """logsumexp of a 1-D float32/float64 NumPy array by one kernel call, or None for the general path."""
-    if type(x) is not np.ndarray or x.ndim != 1 or where is not None or b is not None or keepdims or return_sign:
-        return None
-    if type(axis) is not int or axis not in (-1, 0) or x.dtype.char not in "fd" or not x.size:
-        return None
-    if not x.flags.c_contiguous:
-        return None
-    module = kernels()
-    if module is None:
-        return None
-    return x.dtype.type(module.lse_vector(x))  # float64 -> float32 rounds once, as astype does
 
 
 @overload

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _state
-from ._state import State
 
 Array = Any
 
@@ -42,7 +41,6 @@ class Problem:
     smoothing: float
     z_loss: float
     softcap: float | None
-    raw: Array | None = None  # the logits before softcap (for its derivative)
 
 
 # --------------------------------------------------------------------------
@@ -113,21 +111,24 @@ def log_softmax_grad(x: Array, g: Array, xp: Any, *, exact: bool, temperature: f
     return dead_to_zero((g - p * xp.sum(g, axis=-1, keepdims=True)) / temperature, x, xp)
 
 
-def live(x: Array, xp: Any) -> Array:
-    """Entries a finite change can move: finite, in a row whose max is finite (B, K) bool."""
-    m = xp.max(x, axis=-1, keepdims=True)
-    return xp.isfinite(x) & xp.isfinite(m)
+def live(x: Array, xp: Any, m: Array | None = None) -> Array:
+    """Entries a finite change can move: finite, in a row whose max ``m`` (B,) is finite (B, K) bool.
+
+    ``m`` defaults to the max of ``x``'s own rows; a block of a row passes the whole row's.
+    """
+    top = xp.max(x, axis=-1, keepdims=True) if m is None else m[:, None]
+    return xp.isfinite(x) & xp.isfinite(top)
 
 
-def live_only(g: Array, x: Array, xp: Any) -> Array:
+def live_only(g: Array, x: Array, xp: Any, m: Array | None = None) -> Array:
     """The cotangent of an elementwise output, 0 where that output is constant."""
-    return xp.where(live(x, xp), g, xp.zeros_like(g))
+    return xp.where(live(x, xp, m), g, xp.zeros_like(g))
 
 
-def dead_to_zero(grad: Array, x: Array, xp: Any) -> Array:
-    """Zero where the input cannot move the output; rows holding NaN stay NaN."""
-    grad = xp.where(live(x, xp), grad, xp.zeros_like(grad))
-    nan_row = xp.isnan(xp.max(x, axis=-1, keepdims=True))
+def dead_to_zero(grad: Array, x: Array, xp: Any, m: Array | None = None) -> Array:
+    """Zero where the input cannot move the output; rows holding NaN stay NaN (``m`` as in :func:`live`)."""
+    grad = xp.where(live(x, xp, m), grad, xp.zeros_like(grad))
+    nan_row = xp.isnan(xp.max(x, axis=-1, keepdims=True) if m is None else m[:, None])
     return xp.where(nan_row, xp.full_like(grad, xp.nan), grad)
 
 
@@ -138,116 +139,58 @@ def dead_to_zero(grad: Array, x: Array, xp: Any) -> Array:
 
 @dataclass(frozen=True)
 class Forward:
-    st: State
-    sh: _state.Shift
-    terms: Array
-    live: Array  # (B,) counted, with a distribution
-    wy: Array  # (B,) each element's weight in the mean's denominator
+    parts: _state.Parts
+    rows: _state.Loss
     loss: Array
 
 
 def cross_entropy(pb: Problem, xp: Any) -> Forward:
-    """``-sum_c a_c log p_c`` per element (``w_y (lse - x_y)`` for class targets), reduced."""
-    st, sh, t = _state.state(pb.x, xp, exact=pb.exact)
-    alive = pb.counted & (st.m != -xp.inf)
-    lp = _state.log_probs(sh, st, xp)
-    a, wy = target_mass(pb, alive, xp)
-    contrib = xp.where(a != 0, a * lp, xp.zeros_like(lp))  # 0 log 0 = 0
-    ce = xp.where(alive, -xp.sum(contrib, axis=-1), xp.zeros_like(st.m))
-    zt = None
-    if pb.z_loss:
-        lse = _state.lse(st, xp)
-        zt = xp.where(alive, pb.z_loss * lse * lse, xp.zeros_like(lse))
-    return Forward(st, sh, t, alive, wy, reduce_losses(ce, zt, wy, alive, pb.reduction, xp))
-
-
-def target_mass(pb: Problem, alive: Array, xp: Any) -> tuple[Array, Array]:
-    """``a`` (B, C): the weighted target distribution; ``wy`` (B,): the denominator weights.
-
-    Label smoothing ``s`` spreads ``s`` uniformly over the allowed classes
-    (PyTorch's convention); class weights scale each class's mass.
-    """
-    b, c = pb.x.shape
-    dt = pb.x.dtype
-    if pb.probs:
-        q = pb.target
-    else:
-        y = xp.where(alive, pb.target, xp.zeros_like(pb.target))
-        q = xp.astype(xp.arange(c, device=_device(pb.x))[None, :] == y[:, None], dt)
-    allowed = xp.ones((b, c), dtype=xp.bool, device=_device(pb.x)) if pb.allowed is None else pb.allowed
-    if pb.smoothing:
-        uniform = xp.astype(allowed, dt) / xp.maximum(xp.sum(xp.astype(allowed, dt), axis=-1, keepdims=True), 1)
-        q = (1 - pb.smoothing) * q + pb.smoothing * uniform
-    a = q if pb.weight is None else q * pb.weight[None, :]
-    a = xp.where(alive[:, None], a, xp.zeros_like(a))
-    if pb.probs:
-        wy = xp.astype(alive, dt)
-    elif pb.weight is None:
-        wy = xp.astype(alive, dt)
-    else:
-        wy = xp.where(
-            alive, xp.take(pb.weight, xp.where(alive, pb.target, xp.zeros_like(pb.target))), xp.zeros_like(pb.x[:, 0])
-        )
-    return a, wy
-
-
-def reduce_losses(ce: Array, zt: Array | None, wy: Array, alive: Array, reduction: str, xp: Any) -> Array:
-    """Apply the reduction; a mean of nothing is 0.0 (pytorch#70348)."""
-    if reduction == "none":
-        return ce if zt is None else ce + zt
-    total = xp.sum(ce)
-    total_z = None if zt is None else xp.sum(zt)
-    if reduction == "sum":
-        return total if total_z is None else total + total_z
-    denom = xp.sum(wy)
-    out = xp.where(denom != 0, total / xp.where(denom != 0, denom, xp.ones_like(denom)), xp.zeros_like(total))
-    if total_z is not None:
-        count = xp.sum(xp.astype(alive, total.dtype))
-        out = out + xp.where(count != 0, total_z / xp.maximum(count, xp.ones_like(count)), xp.zeros_like(total))
-    return out
-
-
-def row_scales(reduction: str, live: Array, wy: Array, g: Array, xp: Any, *, dtype: Any) -> tuple[Array, Array]:
-    """Per-element factors of the cotangent ``g`` for the CE part and the z part, of ``dtype``.
-
-    ``live`` and ``wy`` are :class:`Forward`'s (B,) rows; they are all the reduction reads.
-    """
-    n = live.shape[0]
-    if reduction == "none":
-        return g, g
-    ones = xp.ones((n,), dtype=dtype, device=_device(live))
-    if reduction == "sum":
-        return g * ones, g * ones
-    denom = xp.sum(wy)
-    count = xp.sum(xp.astype(live, dtype))
-    ce = xp.where(denom != 0, g / xp.where(denom != 0, denom, xp.ones_like(denom)), xp.zeros_like(denom))
-    z = xp.where(count != 0, g / xp.maximum(count, xp.ones_like(count)), xp.zeros_like(count))
-    return ce * ones, z * ones
+    """``-sum_c a_c log p_c`` per element (``w_y (lse - x_y)`` for class targets), reduced: parts, then the finish."""
+    parts = _state.part(
+        pb.x,
+        0,
+        xp,
+        exact=pb.exact,
+        y=None if pb.probs else pb.target,
+        q=pb.target if pb.probs else None,
+        w=pb.weight,
+        allowed=pb.allowed,
+        smoothing=bool(pb.smoothing),
+    )
+    rows, ce, zt = _state.finish(
+        parts,
+        xp,
+        target=pb.target,
+        counted=pb.counted,
+        weight=pb.weight,
+        probs=pb.probs,
+        smoothing=pb.smoothing,
+        z_loss=pb.z_loss,
+        exact=pb.exact,
+    )
+    return Forward(parts, rows, _state.reduce(ce, zt, rows.wy, rows.alive, pb.reduction, xp))
 
 
 def cross_entropy_grad(pb: Problem, fwd: Forward, g: Array, xp: Any) -> Array:
-    r"""``(sum_j a_j) p_c - a_c + 2 z lse p_c``, scaled by the reduction and the softcap's derivative.
-
-    At the max ``k`` the term ``A p_k - a_k`` is written ``((A - a_k) - a_k s) / (1 + s)``:
-    for a confident prediction ``p_k`` rounds to 1 and ``A p_k - a_k`` would
-    cancel to 0, where the gradient is ``-a_k s / (1 + s)``.
-    """
-    st = fwd.st
-    ce_scale, z_scale = row_scales(pb.reduction, fwd.live, fwd.wy, g, xp, dtype=pb.x.dtype)
-    p = _state.probs(fwd.terms, st, xp)
-    a, _ = target_mass(pb, fwd.live, xp)
-    big_a = xp.sum(a, axis=-1, keepdims=True)
-    at_max = xp.arange(p.shape[-1], device=_device(p))[None, :] == st.k[:, None]
-    near = ((big_a - a) - a * st.s[:, None]) / (1 + st.s)[:, None]
-    grad = xp.where(at_max, near, big_a * p - a) * ce_scale[:, None]
-    if pb.z_loss:
-        lse = xp.where(fwd.live, _state.lse(st, xp), xp.zeros_like(st.m))
-        grad = grad + p * (2 * pb.z_loss * lse * z_scale)[:, None]
-    if pb.softcap is not None:
-        grad = grad * (1 - (pb.x / pb.softcap) ** 2)
-    grad = xp.where(live(pb.x, xp) & fwd.live[:, None], grad, xp.zeros_like(grad))
-    nan_row = xp.isnan(st.m) & fwd.live
-    return xp.where(nan_row[:, None], xp.full_like(grad, xp.nan), grad)
+    """:func:`._state.block_gradient` over the whole row, scaled by the reduction."""
+    rows = fwd.rows
+    scales = _state.row_scales(pb.reduction, rows.alive, rows.wy, g, xp, dtype=pb.x.dtype)
+    return _state.block_gradient(
+        pb.x,
+        0,
+        fwd.parts,
+        rows,
+        scales,
+        xp,
+        target=pb.target,
+        probs=pb.probs,
+        weight=pb.weight,
+        allowed=pb.allowed,
+        smoothing=pb.smoothing,
+        z_loss=pb.z_loss,
+        softcap=pb.softcap,
+        exact=pb.exact,
+    )
 
 
 def nll_loss(lp: Array, target: Array, counted: Array, weight: Array | None, reduction: str, xp: Any) -> Array:
@@ -264,7 +207,7 @@ def nll_loss(lp: Array, target: Array, counted: Array, weight: Array | None, red
     else:
         wy = xp.where(alive, xp.take(weight, y), xp.zeros_like(lp_y))
     ce = xp.where(alive & (wy != 0), -wy * lp_y, xp.zeros_like(lp_y))
-    return reduce_losses(ce, None, wy, alive, reduction, xp)
+    return _state.reduce(ce, None, wy, alive, reduction, xp)
 
 
 def nll_loss_grad(
@@ -274,14 +217,7 @@ def nll_loss_grad(
     alive = counted & (xp.max(lp, axis=-1) != -xp.inf)
     y = xp.where(alive, target, xp.zeros_like(target))
     wy = xp.astype(alive, lp.dtype) if weight is None else xp.where(alive, xp.take(weight, y), xp.zeros_like(lp[:, 0]))
-    if reduction == "none":
-        scale = g
-    elif reduction == "sum":
-        scale = g * xp.ones_like(wy)
-    else:
-        denom = xp.sum(wy)
-        scale = xp.where(denom != 0, g / xp.where(denom != 0, denom, xp.ones_like(denom)), xp.zeros_like(denom))
-        scale = scale * xp.ones_like(wy)
+    scale, _ = _state.row_scales(reduction, alive, wy, g, xp, dtype=lp.dtype)
     onehot = xp.arange(lp.shape[-1], device=_device(lp))[None, :] == y[:, None]
     grad = xp.where(onehot & alive[:, None], -(wy * scale)[:, None] * xp.ones_like(lp), xp.zeros_like(lp))
     return xp.where(xp.isfinite(lp), grad, xp.zeros_like(grad))

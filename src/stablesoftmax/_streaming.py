@@ -15,8 +15,8 @@ significand, 2**11 times finer than float64): a thousand rescalings cost less
 than one float64 rounding. Where ``longdouble`` is float64 (MSVC, Apple
 arm64) the state still works, with that 1 ulp per rise of the max.
 
-Chunks are reduced with the compiled kernels when they are available
-(:mod:`stablesoftmax._kernels`), else with the NumPy path's shift.
+Chunks are reduced by :func:`._compute.host_state`: the accelerator that
+serves host rows, else the reference in row blocks.
 """
 
 from __future__ import annotations
@@ -219,14 +219,8 @@ def _parts(a: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray
     if rows.k == 0:  # no terms: the empty sum
         return np.full(rows.batch, -np.inf), np.zeros(rows.batch)
     x = np.ascontiguousarray(rows.split(arr, np))
-    module = _compute.kernels()
-    if module is not None:
-        m, s = _compute.kernel_parts(module, x.astype(np.float32) if x.dtype.itemsize == 2 else x)
-    else:
-        with np.errstate(all="ignore"):  # see _backends.plain
-            xw = x.astype(np.float64)
-            st = _state.state(xw, D.namespace(xw), exact=x.dtype == np.float64)[0]
-        m, s = st.m, st.s
+    st = _compute.host_state(x)
+    m, s = st.m, st.s
     return m.reshape(rows.batch), s.reshape(rows.batch)
 
 

@@ -34,7 +34,7 @@ The results are then the single-process formulas on ``(M, S)``:
 :func:`._state.lse`, :func:`._state.log_probs`, :func:`._state.probs`, the
 loss ``A log1p(S) - sum_c a_c (x_c - M)`` with ``A = sum_c a_c`` (PyTorch's
 global label smoothing, never the shard's) and the same reduction
-(:func:`._reference.reduce_losses`). Everything is computed in float64
+(:func:`._state.reduce`). Everything is computed in float64
 (float32 where the device has none) and rounded once to the input's dtype.
 CPU float32/float64 tensors are computed through zero-copy NumPy views, as the
 single-process functions compute them, so both round alike.
@@ -57,8 +57,8 @@ import hashlib
 import struct
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
 import array_api_compat.numpy as npx
 import array_api_compat.torch as tx
@@ -68,11 +68,11 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import _compute, _losses, _reference, _state
+from . import _checks, _compute, _losses, _precision, _reference, _state
 from . import _dispatch as D
 from ._contract import documented
 from ._errors import ArgumentError, AxisError, DtypeError, ShapeError, StableSoftmaxError, TargetError
-from ._state import State
+from ._state import Loss, Parts, State, Sums
 from ._typing import ArrayIn
 
 __all__ = ["cross_entropy", "logsumexp", "log_softmax", "softmax", "linear_cross_entropy"]
@@ -645,37 +645,8 @@ def _fingerprint(t: Tensor | None) -> Tensor:
 
 
 @dataclass(frozen=True)
-class _Sums:
-    """``sum_c a_c (x_c - m)``, as a rounded part ``d`` and its TwoSum error ``e``, and ``a = sum_c a_c``."""
-
-    d: Array
-    e: Array
-    a: Array
-
-
-@dataclass(frozen=True)
-class _Part:
-    """What one rank (or one chunk of its classes) holds of each row, before the exchange.
-
-    ``m, k, s``: the :class:`State` of its classes (``k`` a global position);
-    ``xy``: the target's logit where the target is among them, else 0;
-    ``q``: probability targets' sums (weights ``q_c w_c``); ``u``: label
-    smoothing's (weights ``w_c`` on the allowed classes), with ``count`` the
-    number of allowed classes. All relative to this part's own max ``m``.
-    """
-
-    m: Array
-    k: Array
-    s: Array
-    xy: Array | None = None
-    q: _Sums | None = None
-    u: _Sums | None = None
-    count: Array | None = None
-
-
-@dataclass(frozen=True)
 class _Global:
-    """A row's state over every rank, and what the exchange summed with it.
+    """A row's parts over every rank, as the exchange left them.
 
     ``m`` is the max (NaN on a row holding NaN), ``s`` the compensated sum; the
     sums are relative to ``m``. ``owner`` and ``k``: whether this rank holds the
@@ -685,128 +656,26 @@ class _Global:
     m: Array
     s: Array
     xy: Array | None
-    q: _Sums | None
-    u: _Sums | None
+    q: Sums | None
+    u: Sums | None
     count: Array | None
     owner: Array
     k: Array
 
-
-def _part(
-    x: Array,
-    first: int,
-    xp: Any,
-    exact: bool,
-    *,
-    y: Array | None = None,
-    q: Array | None = None,
-    w: Array | None = None,
-    allowed: Array | None = None,
-    smoothing: bool = False,
-) -> _Part:
-    """The part of rows ``x`` (B, K), classes ``first : first + K``, in the compute dtype.
-
-    ``y`` (B,) global class targets, ``q`` (B, K) probabilities, ``w`` (K,)
-    class weights, ``allowed`` (B, K) the mask: each only where it applies.
-    """
-    n, k = x.shape
-    if k == 0:
-        return _empty_part(n, xp, x, y is not None, q is not None, smoothing)
-    st, sh, _ = _state.state(x, xp, exact=exact)
-    xy = None if y is None else _pick(x, y - first, xp)
-    qs = None if q is None else _sums(sh, q if w is None else q * w[None, :], xp)
-    us = count = None
-    if smoothing:
-        ones = xp.ones_like(x) if allowed is None else xp.astype(allowed, x.dtype)
-        us = _sums(sh, ones if w is None else ones * w[None, :], xp)
-        count = xp.sum(ones, axis=-1)
-    return _Part(st.m, st.k + first, st.s, xy, qs, us, count)
+    def parts(self, xp: Any) -> Parts:
+        """The row's :class:`._state.Parts`, its max position only where this rank holds it (else -1)."""
+        k = xp.where(self.owner, self.k, xp.full_like(self.k, -1))
+        return Parts(self.m, k, self.s, self.xy, self.q, self.u, self.count)
 
 
-def _kernel_part(x: np.ndarray, first: int, y: np.ndarray | None, module: Any) -> _Part:
-    """The compiled kernels' state of raw CPU rows (no smoothing, mask or softcap): one pass, no temporaries."""
-    x2 = np.ascontiguousarray(x)
-    m, s = _compute.kernel_parts(module, x2)
-    k = np.argmax(x2, axis=-1) + first
-    xy = None if y is None else _pick(x2, y - first, npx).astype(np.float64)
-    return _Part(m, k, s, xy)
+def _host_part(x: np.ndarray, first: int, y: np.ndarray | None) -> Parts:
+    """The parts of raw CPU rows (no smoothing, mask or softcap) from the host's accelerator: one pass."""
+    st = _compute.host_state(x)
+    xy = None if y is None else _state.pick(x, y - first, npx).astype(np.float64)
+    return Parts(st.m, st.k + first, st.s, xy)
 
 
-def _empty_part(n: int, xp: Any, like: Array, class_target: bool, probs: bool, smoothing: bool) -> _Part:
-    """A rank without classes: no mass (``m = -inf, s = 0``) and zero sums."""
-    zero = xp.zeros((n,), dtype=like.dtype, device=_state._device(like))
-    sums = _Sums(zero, zero, zero)
-    return _Part(
-        zero - xp.inf,
-        xp.zeros((n,), dtype=xp.int64, device=_state._device(like)),
-        zero,
-        zero if class_target else None,
-        sums if probs else None,
-        sums if smoothing else None,
-        zero if smoothing else None,
-    )
-
-
-def _pick(x: Array, j: Array, xp: Any) -> Array:
-    """``x[n, j[n]]`` where ``0 <= j[n] < K``, else 0."""
-    inside = (j >= 0) & (j < x.shape[1])
-    safe = xp.where(inside, j, xp.zeros_like(j))
-    got = xp.take_along_axis(x, safe[:, None], axis=-1)[:, 0]
-    return xp.where(inside, got, xp.zeros_like(got))
-
-
-def _sums(sh: _state.Shift, a: Array, xp: Any) -> _Sums:
-    """``sum_c a_c (x_c - m)`` with the shift's error, skipping ``a_c = 0`` (``0 (-inf) = 0``, as ``0 log 0``)."""
-    zero = xp.zeros_like(a)
-    d = xp.sum(xp.where(a != 0, a * sh.d, zero), axis=-1)
-    e = xp.zeros_like(d) if sh.err is None else xp.sum(xp.where(a != 0, a * sh.err, zero), axis=-1)
-    return _Sums(d, e, xp.sum(a, axis=-1))
-
-
-def _rebase(sm: _Sums | None, m_old: Array, m_new: Array, xp: Any) -> _Sums | None:
-    """The sums relative to ``m_new >= m_old``: add ``a (m_old - m_new)``, the difference with its TwoSum error."""
-    if sm is None:
-        return None
-    sh = _state.shift(m_old[:, None], m_new[:, None], xp, exact=True)
-    zero = xp.zeros_like(sm.a)
-    d = sm.d + xp.where(sm.a != 0, sm.a * sh.d[:, 0], zero)
-    err = sh.err if sh.err is not None else xp.zeros_like(sh.d)  # exact=True: never None
-    e = sm.e + xp.where(sm.a != 0, sm.a * err[:, 0], zero)
-    return _Sums(d, e, sm.a)
-
-
-def _add(a: Any, b: Any) -> Any:
-    if a is None:
-        return None
-    if isinstance(a, _Sums):
-        return _Sums(a.d + b.d, a.e + b.e, a.a + b.a)
-    return a + b
-
-
-def _merge(a: _Part, b: _Part, xp: Any) -> _Part:
-    """The part of ``a``'s classes followed by ``b``'s: :func:`._state.merge`, and the sums rebased to its max."""
-    st = _state.merge(State(a.m, a.k, a.s), State(b.m, b.k, b.s), xp)
-    q = _add(_rebase(a.q, a.m, st.m, xp), _rebase(b.q, b.m, st.m, xp))
-    u = _add(_rebase(a.u, a.m, st.m, xp), _rebase(b.u, b.m, st.m, xp))
-    return _Part(st.m, st.k, st.s, _add(a.xy, b.xy), q, u, _add(a.count, b.count))
-
-
-def _concat(parts: list[_Part], xp: Any) -> _Part:
-    """Parts of consecutive row blocks as one part."""
-    if len(parts) == 1:
-        return parts[0]
-
-    def cat(values: list[Any]) -> Any:
-        if values[0] is None:
-            return None
-        if isinstance(values[0], _Sums):
-            return _Sums(*(cat([getattr(v, f.name) for v in values]) for f in fields(_Sums)))
-        return xp.concat(values)
-
-    return _Part(*(cat([getattr(p, f.name) for p in parts]) for f in fields(_Part)))
-
-
-def _exchange(part: _Part, comm: _Comm, xp: Any) -> _Global:
+def _exchange(part: Parts, comm: _Comm, xp: Any) -> _Global:
     """Every rank's part merged into the row's state: one all-reduce MAX and one all-reduce SUM.
 
     Rank ``r`` sends ``s_r`` when its max is the row's, ``(1 + s_r) w_r`` with
@@ -817,12 +686,11 @@ def _exchange(part: _Part, comm: _Comm, xp: Any) -> _Global:
     comm.all_reduce(big, "max")
     owner = part.m == big
     sh = _state.shift(part.m[:, None], big[:, None], xp, exact=True)
-    w = xp.exp(sh.d[:, 0])
-    w = w if sh.err is None else w + w * sh.err[:, 0]
+    w = _state.corrected(xp.exp(sh.d[:, 0]), None if sh.err is None else sh.err[:, 0], xp)
     cols = [xp.where(owner, part.s, (1 + part.s) * w), xp.astype(owner, big.dtype)]
     if part.xy is not None:
         cols.append(part.xy)
-    for sm in (_rebase(part.q, part.m, big, xp), _rebase(part.u, part.m, big, xp)):
+    for sm in (_state.rebase(part.q, part.m, big, xp), _state.rebase(part.u, part.m, big, xp)):
         cols += [] if sm is None else [sm.d, sm.e, sm.a]
     cols += [] if part.count is None else [part.count]
     packed = xp.stack(cols)
@@ -831,30 +699,14 @@ def _exchange(part: _Part, comm: _Comm, xp: Any) -> _Global:
     big = xp.where(xp.isnan(s), xp.full_like(big, xp.nan), big)  # a NaN anywhere reached s; MAX may have lost it
     rest = iter(range(2, len(cols)))
     xy = None if part.xy is None else packed[next(rest)]
-    q = None if part.q is None else _Sums(*(packed[next(rest)] for _ in range(3)))
-    u = None if part.u is None else _Sums(*(packed[next(rest)] for _ in range(3)))
+    q = None if part.q is None else Sums(*(packed[next(rest)] for _ in range(3)))
+    u = None if part.u is None else Sums(*(packed[next(rest)] for _ in range(3)))
     count = None if part.count is None else packed[next(rest)]
     return _Global(big, s, xy, q, u, count, owner, part.k)
 
 
-def _live(x: Array, m: Array, xp: Any) -> Array:
-    """Entries a finite change can move: finite, in a row whose global max is finite."""
-    return xp.isfinite(x) & xp.isfinite(m)[:, None]
-
-
-def _dead_to_zero(grad: Array, x: Array, m: Array, xp: Any) -> Array:
-    """:func:`._reference.dead_to_zero` with the row's global max in place of the block's."""
-    grad = xp.where(_live(x, m, xp), grad, xp.zeros_like(grad))
-    return xp.where(xp.isnan(m)[:, None], xp.full_like(grad, xp.nan), grad)
-
-
 def _probs(x: Array, gl: _Global, xp: Any, exact: bool) -> Array:
-    """``exp(x - M) / (1 + S)`` of a block, by :func:`._state.probs` (no max term to restore: it is exp(0))."""
-    sh = _state.shift(x, gl.m[:, None], xp, exact=exact)
-    t = xp.exp(sh.d)
-    t = t if sh.err is None else t + t * sh.err
-    nowhere = xp.full_like(gl.k, -1)
-    return _state.probs(t, State(gl.m, nowhere, gl.s), xp)
+    return _state.block_probs(x, gl.m, gl.s, xp, exact=exact)
 
 
 # --------------------------------------------------------------------------
@@ -867,7 +719,7 @@ _BLOCK = 1 << 18  # entries per row block of the float64 temporaries (2 MiB each
 def _on_host(x: Tensor) -> bool:
     """CPU float32/float64 tensors are computed through NumPy views when the kernels run, as
     :mod:`._backends.torch` computes them, so that both paths round alike."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _compute.kernels() is not None
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _compute.host_kernels_serve()
 
 
 def _arrays(host: bool, *ts: Tensor | None) -> list[Any]:
@@ -896,9 +748,7 @@ def _tensor(a: Array, device: torch.device) -> Tensor:
 
 
 def _needs_twosum(x: Array, xp: Any) -> bool:
-    """:func:`._compute.widen`'s rule: the shift needs its error term when ``x`` is as wide as the compute dtype."""
-    wide = _compute.compute_dtype(x, xp)
-    return bool(wide == xp.float32 or x.dtype == wide)
+    return _compute.widen(x, xp)[1]
 
 
 def _row_blocks(n: int, k: int) -> Iterator[slice]:
@@ -912,7 +762,7 @@ def _prepare(x: Array, xp: Any, softcap: float | None, mask: Array | None) -> tu
     xw, exact = _compute.widen(x, xp)
     if softcap is not None:
         xw, exact = softcap * xp.tanh(xw / softcap), False
-    return _compute.masked(xw, mask, xp), exact
+    return _precision.masked(xw, mask, xp), exact
 
 
 def _sub(a: Array | None, r: slice) -> Array | None:
@@ -920,8 +770,8 @@ def _sub(a: Array | None, r: slice) -> Array | None:
 
 
 def _scales(reduction: str, alive: Array, wy: Array, g: Array, xp: Any) -> tuple[Array, Array]:
-    """:func:`._reference.row_scales`: the reduction's factors of the cotangent, per row."""
-    return _reference.row_scales(reduction, alive, wy, g, xp, dtype=wy.dtype)
+    """:func:`._state.row_scales`: the reduction's factors of the cotangent, per row."""
+    return _state.row_scales(reduction, alive, wy, g, xp, dtype=wy.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -978,7 +828,7 @@ class _CE:
                 f"ignore_index={ignore} cannot be used with probability targets; mask classes with where= instead."
             )
         if probs:
-            _compute.check_probabilities(_host_values(rows.split(tgt, xp)))
+            _checks.check_probabilities(_host_values(rows.split(tgt, xp)))
         tgt = rows.split(tgt, xp) if probs else _class_indices(tgt, rows, tuple(arr.shape), xp)
         w = _class_weight(weight, arr, xp, "weight")
         return cls(
@@ -1124,22 +974,21 @@ def _aux(call: _CE, host: bool, xp: Any, dtype: Any) -> _Aux:
     return _Aux(target, counted, w, None if w is None else w[lo:hi], mask)
 
 
-def _ce_part(call: _CE, x: Array, aux: _Aux, xp: Any) -> _Part:
+def _ce_part(call: _CE, x: Array, aux: _Aux, xp: Any) -> Parts:
     """This rank's part of every row, by row blocks (the kernels' one pass where they apply)."""
     n, k = x.shape
     first = call.layout.start
-    module = _compute.kernels() if _compute.is_numpy(xp) else None
-    if module is not None and k and not (call.probs or call.smoothing or call.mask is not None or call.softcap):
-        return _kernel_part(x, first, aux.target, module)
+    if _precision.is_numpy(xp) and k and not (call.probs or call.smoothing or call.mask is not None or call.softcap):
+        return _host_part(x, first, aux.target)
     parts = []
     for r in _row_blocks(n, k):
         xw, exact = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
         parts.append(
-            _part(
+            _state.part(
                 xw,
                 first,
                 xp,
-                exact,
+                exact=exact,
                 y=None if call.probs else aux.target[r],
                 q=_sub(aux.target, r) if call.probs else None,
                 w=aux.local_weight,
@@ -1147,60 +996,22 @@ def _ce_part(call: _CE, x: Array, aux: _Aux, xp: Any) -> _Part:
                 smoothing=bool(call.smoothing),
             )
         )
-    return _concat(parts, xp)
+    return _state.concat_parts(parts, xp)
 
 
-@dataclass(frozen=True)
-class _Loss:
-    """Per-row results of the forward that the backward reuses."""
-
-    alive: Array  # counted, with a distribution
-    wy: Array  # each row's weight in the mean's denominator
-    big_a: Array  # A = sum_c a_c over all ranks
-    lse: Array
-
-
-def _ce_rows(call: _CE, gl: _Global, aux: _Aux, xp: Any, exact: bool) -> tuple[_Loss, Array, Array | None]:
-    r"""``(rows, ce, z)``: ``ce = (A L - D) - E`` with ``L = log1p(S)`` and ``D + E = sum_c a_c (x_c - M)``.
-
-    Every term of ``A L`` and ``-D`` is ``>= 0``: no cancellation, as in the
-    kernels' ``(1 - s) w_y (L - d_y) + (s / K)(W L - D)``.
-    """
-    alive = aux.counted & (gl.m != -xp.inf)
-    big_l = xp.log1p(gl.s)
-    lse = _state.lse(State(gl.m, gl.k, gl.s), xp)
-    if call.probs:
-        wy, q = xp.astype(alive, gl.m.dtype), cast(_Sums, gl.q)  # the exchange sends it for probabilities
-    else:
-        y = xp.where(alive, aux.target, xp.zeros_like(aux.target))
-        wy = (
-            xp.astype(alive, gl.m.dtype)
-            if aux.weight is None
-            else xp.where(alive, xp.take(aux.weight, y), xp.zeros_like(gl.m))
-        )
-        xy = gl.xy if gl.xy is not None else xp.zeros_like(gl.m)  # class targets: the exchange sent it
-        sh = _state.shift(xy[:, None], gl.m[:, None], xp, exact=exact)
-        err = xp.zeros_like(wy) if sh.err is None else sh.err[:, 0]
-        zero = xp.zeros_like(wy)
-        q = _Sums(xp.where(wy != 0, wy * sh.d[:, 0], zero), xp.where(wy != 0, wy * err, zero), wy)
-    big_a, d, e = _mixed(q, gl.u, gl.count, call.smoothing, xp)
-    ce = xp.where(alive, (big_a * big_l - d) - e, xp.zeros_like(big_l))
-    zt = xp.where(alive, call.z_loss * lse * lse, xp.zeros_like(lse)) if call.z_loss else None
-    return _Loss(alive, wy, big_a, lse), ce, zt
-
-
-def _mixed(q: _Sums, u: _Sums | None, count: Array | None, smoothing: float, xp: Any) -> tuple[Array, Array, Array]:
-    """``(A, D, E)`` of the mass ``a_c = (1 - s) q_c w_c + (s / K) w_c [c allowed]``."""
-    if not smoothing or u is None or count is None:
-        return q.a, q.d, q.e
-    share = smoothing / xp.maximum(count, xp.ones_like(count))
-    keep = 1 - smoothing
-
-    def mix(a: Array, b: Array) -> Array:
-        zero = xp.zeros_like(a)
-        return (keep * a if keep else zero) + xp.where(share != 0, share * b, zero)  # 0 * -inf stays out
-
-    return mix(q.a, u.a), mix(q.d, u.d), mix(q.e, u.e)
+def _ce_rows(call: _CE, gl: _Global, aux: _Aux, xp: Any, exact: bool) -> tuple[Loss, Array, Array | None]:
+    """The rows' finish, :func:`._state.finish`, on the parts every rank now holds."""
+    return _state.finish(
+        gl.parts(xp),
+        xp,
+        target=aux.target,
+        counted=aux.counted,
+        weight=aux.weight,
+        probs=call.probs,
+        smoothing=call.smoothing,
+        z_loss=call.z_loss,
+        exact=exact,
+    )
 
 
 def _ce_forward(call: _CE, x: Tensor) -> tuple[Tensor, Any]:
@@ -1216,7 +1027,7 @@ def _ce_forward(call: _CE, x: Tensor) -> tuple[Tensor, Any]:
         gl = _exchange(_ce_part(call, xa, aux, xp), call.comm, xp)
         exact = _needs_twosum(xa, xp) and call.softcap is None
         rows, ce, zt = _ce_rows(call, gl, aux, xp, exact)
-        loss = _reference.reduce_losses(ce, zt, rows.wy, rows.alive, call.reduction, xp)
+        loss = _state.reduce(ce, zt, rows.wy, rows.alive, call.reduction, xp)
         return _tensor(_compute.round_to(loss, xa, xp), x.device), (gl, rows)
 
 
@@ -1241,126 +1052,37 @@ def _grad_rows(
     first: int,
     w: Array | None,
     gl: _Global,
-    rows: _Loss,
+    rows: Loss,
     aux: _Aux,
     scales: tuple[Array, Array],
     xp: Any,
 ) -> Array:
-    """``d loss / d x`` for a block of classes ``first : first + K`` (weights ``w``), by row blocks, in x's dtype."""
+    """``d loss / d x`` for a block of classes ``first : first + K`` (weights ``w``), by row blocks, in x's dtype.
+
+    :func:`._state.block_gradient` on the rows' global parts: no collective.
+    """
     out = xp.empty(x.shape, dtype=x.dtype, device=_state._device(x))
-    module = _compute.kernels() if _compute.is_numpy(xp) and _plain(call) else None
+    parts = gl.parts(xp)
     for r in _row_blocks(*x.shape):
-        sc = tuple(s[r] for s in scales)
-        if module is not None:
-            grad = _kernel_grad(x[r], first, _rows_of(gl, r), _rows_of(rows, r), aux.target[r], sc, call.z_loss, module)
-        else:
-            xw, exact = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
-            grad = _ce_grad_block(call, xw, exact, _rows_of(gl, r), _rows_of(rows, r), aux, r, sc, xp, first, w)
+        xw, exact = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
+        grad = _state.block_gradient(
+            xw,
+            first,
+            _state.rows_of(parts, r),
+            _state.rows_of(rows, r),
+            (scales[0][r], scales[1][r]),
+            xp,
+            target=aux.target[r],
+            probs=call.probs,
+            weight=w,
+            allowed=_sub(aux.mask, r),
+            smoothing=call.smoothing,
+            z_loss=call.z_loss,
+            softcap=call.softcap,
+            exact=exact,
+        )
         out[r] = _compute.round_to(grad, x, xp)
     return out
-
-
-def _plain(call: _CE) -> bool:
-    """Class targets without smoothing, mask or softcap: the compiled kernels' case."""
-    return not (call.probs or call.smoothing or call.mask is not None or call.softcap is not None)
-
-
-def _kernel_grad(
-    x: np.ndarray,
-    first: int,
-    gl: _Global,
-    rows: _Loss,
-    y: np.ndarray,
-    scales: tuple[Array, Array],
-    z_loss: float,
-    module: Any,
-) -> np.ndarray:
-    r""":func:`_ce_grad_block` for the kernels' case, in place on one float64 block.
-
-    The kernels write the block's own softmax ``exp(x - m_r) / (1 + s_r)``;
-    times ``(1 + s_r) exp(m_r - M) / (1 + S)`` it is the row's. Then
-    ``w_y p_c g`` everywhere, ``- w_y g`` at the target, and at a target that
-    is the row's max ``-w_y S / (1 + S) g``, which does not cancel.
-    """
-    p = np.empty(x.shape, np.float64)
-    m, s = _compute.kernel_parts(module, np.ascontiguousarray(x), p)
-    sh = _state.shift(m[:, None], gl.m[:, None], npx, exact=True)
-    w = np.exp(sh.d[:, 0]) * (1 + (0 if sh.err is None else sh.err[:, 0]))
-    g_ce = rows.wy * scales[0]
-    g_z = np.where(rows.alive, 2 * z_loss * rows.lse, 0.0) * scales[1] if z_loss else np.zeros_like(g_ce)
-    p *= ((1 + s) * w / (1 + gl.s) * (g_ce + g_z))[:, None]
-    j = y - first
-    at = np.flatnonzero(rows.alive & (j >= 0) & (j < x.shape[1]))
-    top = gl.owner[at] & (gl.k[at] == y[at])  # the target is this rank's first max, and that is the row's
-    near = (g_z[at] - g_ce[at] * gl.s[at]) / (1 + gl.s[at])  # p_k = 1 / (1 + S) there
-    p[at, j[at]] = np.where(top, near, p[at, j[at]] - g_ce[at])
-    p[~(rows.alive & np.isfinite(gl.m))] = 0.0
-    p[~np.isfinite(x)] = 0.0
-    p[rows.alive & np.isnan(gl.m)] = np.nan
-    return p
-
-
-def _rows_of(obj: Any, r: slice) -> Any:
-    """A dataclass of per-row arrays (or of :class:`_Sums`) restricted to rows ``r``."""
-    out = {}
-    for f in fields(obj):
-        v = getattr(obj, f.name)
-        out[f.name] = _rows_of(v, r) if isinstance(v, _Sums) else (None if v is None else v[r])
-    return replace(obj, **out)
-
-
-def _ce_grad_block(
-    call: _CE,
-    x: Array,
-    exact: bool,
-    gl: _Global,
-    rows: _Loss,
-    aux: _Aux,
-    r: slice,
-    scales: tuple[Array, Array],
-    xp: Any,
-    first: int,
-    w: Array | None,
-) -> Array:
-    r"""``(A p_c - a_c) g_ce + 2 z lse p_c g_z`` on a block, as :func:`._reference.cross_entropy_grad`.
-
-    ``A`` is the row's global mass. At this rank's own first max, when it is
-    the row's max, ``A p_k - a_k`` is ``((A - a_k) - a_k S) / (1 + S)``, which
-    does not cancel when ``p_k`` rounds to 1.
-    """
-    p = _probs(x, gl, xp, exact)
-    a = _mass_block(call, x, first, gl, rows, aux, r, w, xp)
-    big_a = rows.big_a[:, None]
-    s = gl.s[:, None]
-    cols = xp.arange(x.shape[1], device=_state._device(x))[None, :] + first
-    at_k = gl.owner[:, None] & (cols == gl.k[:, None])
-    grad = xp.where(at_k, ((big_a - a) - a * s) / (1 + s), big_a * p - a) * scales[0][:, None]
-    if call.z_loss:
-        lse = xp.where(rows.alive, rows.lse, xp.zeros_like(rows.lse))
-        grad = grad + p * (2 * call.z_loss * lse * scales[1])[:, None]
-    if call.softcap is not None:
-        grad = grad * (1 - (x / call.softcap) ** 2)
-    grad = xp.where(_live(x, gl.m, xp) & rows.alive[:, None], grad, xp.zeros_like(grad))
-    nan_row = xp.isnan(gl.m) & rows.alive
-    return xp.where(nan_row[:, None], xp.full_like(grad, xp.nan), grad)
-
-
-def _mass_block(
-    call: _CE, x: Array, first: int, gl: _Global, rows: _Loss, aux: _Aux, r: slice, w: Array | None, xp: Any
-) -> Array:
-    """``a_c`` on a block, in :func:`._reference.target_mass`'s order, with the global allowed count."""
-    dt = x.dtype
-    if call.probs:
-        q = aux.target[r]
-    else:
-        y = xp.where(rows.alive, aux.target[r], xp.zeros_like(aux.target[r]))
-        q = xp.astype(xp.arange(x.shape[1], device=_state._device(x))[None, :] + first == y[:, None], dt)
-    if call.smoothing:
-        allowed = xp.ones_like(x) if aux.mask is None else xp.astype(aux.mask[r], dt)
-        count = xp.maximum(gl.count, xp.ones_like(gl.count))[:, None]
-        q = (1 - call.smoothing) * q + call.smoothing * (allowed / count)
-    a = q if w is None else q * w[None, :]
-    return xp.where(rows.alive[:, None], a, xp.zeros_like(a))
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -1442,8 +1164,8 @@ def _reduce_forward(call: _Reduction, x: Tensor, host: bool) -> tuple[Any, Array
     xw, exact = _prepare(xa, xp, None, mask)
     if call.rows.n == 0:
         return xp, xa, xw, None, exact
-    parts = [_part(xw[r], call.layout.start, xp, exact) for r in _row_blocks(*xw.shape)]
-    return xp, xa, xw, _exchange(_concat(parts, xp), call.comm, xp), exact
+    parts = [_state.part(xw[r], call.layout.start, xp, exact=exact) for r in _row_blocks(*xw.shape)]
+    return xp, xa, xw, _exchange(_state.concat_parts(parts, xp), call.comm, xp), exact
 
 
 class _LogSumExp(torch.autograd.Function):
@@ -1473,7 +1195,7 @@ class _LogSumExp(torch.autograd.Function):
                 return _tensor(xp.zeros_like(xa), x.device), None
             xw, exact = _prepare(xa, xp, None, mask)
             p = _probs(xw, ctx.gl, xp, exact)
-            grad = _dead_to_zero(p * xp.astype(ga, p.dtype)[:, None], xw, ctx.gl.m, xp)
+            grad = _reference.dead_to_zero(p * xp.astype(ga, p.dtype)[:, None], xw, xp, m=ctx.gl.m)
             return _tensor(_compute.round_to(grad, xa, xp), x.device), None
 
 
@@ -1509,11 +1231,12 @@ class _Softmax(torch.autograd.Function):
                 return _tensor(xp.zeros_like(xa), x.device), None, None
             xw, exact = _prepare(xa, xp, None, mask)
             p = _probs(xw, ctx.gl, xp, exact)
-            gw = xp.where(_live(xw, ctx.gl.m, xp), xp.astype(ga, p.dtype), xp.zeros_like(p))
+            gw = _reference.live_only(xp.astype(ga, p.dtype), xw, xp, m=ctx.gl.m)
             total = xp.sum(gw if ctx.log else gw * p, axis=-1)
             ctx.call.comm.all_reduce(total, "sum")
             grad = gw - p * total[:, None] if ctx.log else p * (gw - total[:, None])
-            return _tensor(_compute.round_to(_dead_to_zero(grad, xw, ctx.gl.m, xp), xa, xp), x.device), None, None
+            grad = _reference.dead_to_zero(grad, xw, xp, m=ctx.gl.m)
+            return _tensor(_compute.round_to(grad, xa, xp), x.device), None, None
 
 
 # --------------------------------------------------------------------------
@@ -1635,14 +1358,13 @@ def _linear_forward(call: _Linear, *layer: Tensor | None) -> tuple[Tensor, Any]:
         part = None
         for c in _chunks(v, call.chunk):
             piece = _linear_part(call, _chunk_logits(h, w, b, c, xp), call.layout.start + c.start, aux, c, xp)
-            part = piece if part is None else _merge(part, piece, xp)
+            part = piece if part is None else _state.merge_parts(part, piece, xp)
         if part is None:
-            part = _empty_part(
-                n, xp, xp.zeros((1,), dtype=_compute.compute_dtype(h, xp)), True, False, bool(call.smoothing)
-            )
+            like = xp.zeros((1,), dtype=_compute.compute_dtype(h, xp))
+            part = _state.empty_part(n, xp, like, class_target=True, probs=False, smoothing=bool(call.smoothing))
         gl = _exchange(part, call.comm, xp)
         rows, ce, zt = _ce_rows(call, gl, aux, xp, h.dtype == xp.float64 and call.softcap is None)
-        loss = _reference.reduce_losses(ce, zt, rows.wy, rows.alive, call.reduction, xp)
+        loss = _state.reduce(ce, zt, rows.wy, rows.alive, call.reduction, xp)
         like = _arrays(host, layer[0])[0]
         return _tensor(_compute.round_to(loss, like, xp), call.h.device), (gl, rows)
 
@@ -1652,16 +1374,16 @@ def _chunks(v: int, chunk: int) -> Iterator[slice]:
         yield slice(c, min(v, c + chunk))
 
 
-def _linear_part(call: _Linear, logits: Array, first: int, aux: _Aux, c: slice, xp: Any) -> _Part:
-    module = _compute.kernels() if _compute.is_numpy(xp) else None
-    if module is not None and not (call.smoothing or call.softcap):
-        return _kernel_part(logits, first, aux.target, module)
+def _linear_part(call: _Linear, logits: Array, first: int, aux: _Aux, c: slice, xp: Any) -> Parts:
+    if _precision.is_numpy(xp) and not (call.smoothing or call.softcap):
+        return _host_part(logits, first, aux.target)
     w = _sub(aux.local_weight, c)
     parts = []
     for r in _row_blocks(*logits.shape):
         xw, exact = _prepare(logits[r], xp, call.softcap, None)
-        parts.append(_part(xw, first, xp, exact, y=aux.target[r], w=w, smoothing=bool(call.smoothing)))
-    return _concat(parts, xp)
+        piece = _state.part(xw, first, xp, exact=exact, y=aux.target[r], w=w, smoothing=bool(call.smoothing))
+        parts.append(piece)
+    return _state.concat_parts(parts, xp)
 
 
 def _linear_backward(
@@ -1697,7 +1419,7 @@ def _linear_backward(
 
 
 def _linear_grad(
-    call: _Linear, logits: Array, c: slice, gl: _Global, rows: _Loss, aux: _Aux, scales: tuple[Array, Array], xp: Any
+    call: _Linear, logits: Array, c: slice, gl: _Global, rows: Loss, aux: _Aux, scales: tuple[Array, Array], xp: Any
 ) -> Array:
     """``d loss / d logits`` of one chunk, rounded once to the matmul dtype."""
     return _grad_rows(call, logits, call.layout.start + c.start, _sub(aux.local_weight, c), gl, rows, aux, scales, xp)

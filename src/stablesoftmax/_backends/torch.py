@@ -33,7 +33,7 @@ def _run(fn: Callable[..., Any], x: Tensor, *arrays: Tensor | None, **options: A
 
     ``fn`` is array-API code, typed ``Any``; what it gives comes back as tensors, in ``fn``'s structure.
     """
-    if _viewable(x, *arrays) and _compute.kernels() is not None:
+    if _viewable(x, *arrays) and _compute.host_kernels_serve():
         host = [None if a is None else a.detach().numpy() for a in (x, *arrays)]
         with np.errstate(all="ignore"):  # see _backends.plain
             result = fn(*host, npx, **options)

@@ -66,7 +66,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._errors import ArgumentError, DtypeError, ShapeError, TargetError
+from .._errors import ArgumentError, DtypeError, ShapeError, TargetError
 
 try:
     import numba
@@ -82,9 +82,7 @@ __all__ = [
     "cross_entropy_rows",
     "CrossEntropyRows",
     "lse_rows",
-    "lse_parts_rows",
     "softmax_rows",
-    "softmax_parts_rows",
     "log_softmax_rows",
     "lse_vector",
 ]
@@ -151,30 +149,9 @@ def lse_rows(x: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1
     return np.asarray(m + np.log1p(s))
 
 
-def lse_parts_rows(
-    x: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(m, s)`` per row, as :func:`state_rows` but with ``s = 0`` on rows whose max is ``+inf``.
-
-    The older convention, kept for its callers: rows without mass give
-    ``m = -inf, s = 0``; rows with ``+inf`` (and no NaN) ``m = +inf, s = 0``;
-    rows with NaN ``m = s = NaN``.
-    """
-    m, _, s = state_rows(x, where=where, threads=threads)
-    return m, _zero_at_inf(m, s)
-
-
 def softmax_rows(x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1) -> None:
     """Write the softmax of each row of ``x`` into ``out`` (float64, or ``x``'s dtype)."""
     state_rows(x, where=where, out=out, threads=threads)
-
-
-def softmax_parts_rows(
-    x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`softmax_rows`, also returning the ``(m, s)`` of :func:`lse_parts_rows` from the same pass."""
-    m, _, s = state_rows(x, where=where, out=out, threads=threads)
-    return m, _zero_at_inf(m, s)
 
 
 def log_softmax_rows(x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1) -> None:
@@ -190,13 +167,6 @@ def lse_vector(x: np.ndarray) -> float:
     """
     m, s = _vector_parts(_check_vector(x))
     return float(m + math.log1p(s)) if math.isfinite(m) else float(m)
-
-
-def _zero_at_inf(m: np.ndarray, s: np.ndarray) -> np.ndarray:
-    top = m == np.inf
-    if top.any():
-        s[top] = 0.0
-    return s
 
 
 # --------------------------------------------------------------------------
@@ -288,7 +258,20 @@ def cross_entropy_rows(
         )
 
     _in_bands(n, threads, band)
+    _top_rows_shift_sum(parts, x, where)
     return parts
+
+
+def _top_rows_shift_sum(parts: CrossEntropyRows, x: np.ndarray, where: np.ndarray | None) -> None:
+    """``sum_c w_c (x_c - m)`` on rows whose max is ``+inf``, in place: the sweep leaves it undefined there.
+
+    By the shift rule it is ``-inf`` unless every allowed entry is ``+inf`` (then 0).
+    """
+    top = parts.m == np.inf
+    if not parts.allowed.any() or not top.any():
+        return
+    allowed = np.ones(x[top].shape, bool) if where is None else where[top]
+    parts.shift_sum[top] = np.where(((x[top] == np.inf) | ~allowed).all(axis=1), 0.0, -np.inf)
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""The accelerators, side by side, and the one place that chooses among them.
+
+Every accelerator computes the same per-row parts of :mod:`.._state` for rows
+``(N, K)``, and writes outputs and gradients from them. Each is one module of
+this package implementing the same small protocol, :class:`Accelerator`:
+
+* ``state_rows(x, /, *, where=None, out=None, log=False)`` gives the state
+  ``(m, k, s)`` of each row in float64 and, with ``out``, writes its softmax
+  (``log=False``) or log-softmax, rounded once;
+* ``cross_entropy_rows(x, target, /, *, where, weight, label_smoothing, grad, g, z_grad)``
+  gives the loss parts of each row (:class:`.._state.LossParts` fields: the
+  state, the target's logit, and the weighted shift sum that smoothing needs)
+  and, with ``grad``, writes the gradient from the per-row coefficients ``g``
+  and ``z_grad``.
+
+Nobody else finishes: the losses and their reductions are :mod:`.._state`'s.
+
+The accelerators:
+
+* :mod:`.cpu`, numba kernels for NumPy rows (and CPU tensors viewed as NumPy);
+* the array-API reference (:mod:`.._reference` over :mod:`.._state`), for
+  everything else: any library, any device, and under ``reference_path()``.
+
+:func:`select` is the only function that decides, and :mod:`.._compute` the
+only module that calls it. Adding an accelerator means one module here, one
+branch in :func:`select` and one entry in the conformance suite
+(``tests/kernels/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any, Protocol
+
+__all__ = ["Accelerator", "select", "reference_path", "DISABLE_ENV"]
+
+DISABLE_ENV = "STABLESOFTMAX_DISABLE_KERNELS"
+_REFERENCE = contextvars.ContextVar("stablesoftmax_reference_path", default=False)
+_CPU: ModuleType | None | bool = False  # the numba module once looked up; None when it cannot load
+
+
+class Accelerator(Protocol):
+    """What every accelerator module offers (see the module docstring)."""
+
+    def state_rows(self, x: Any, /, *, where: Any = None, out: Any = None, log: bool = False) -> tuple[Any, Any, Any]:
+        """``(m, k, s)`` per row, float64; ``out`` receives softmax or log-softmax."""
+
+    def cross_entropy_rows(self, x: Any, target: Any, /, **options: Any) -> Any:
+        """The loss parts per row; with ``grad=``, the gradient written from ``g`` and ``z_grad``."""
+
+
+@contextlib.contextmanager
+def reference_path() -> Iterator[None]:
+    """Within this block every function takes the array-API reference path, never the kernels.
+
+    The lab uses it so that its results are the same bytes with or without
+    numba (the two paths agree within the ulp goals, not bit for bit).
+    """
+    token = _REFERENCE.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE.reset(token)
+
+
+def select(x: Any) -> Accelerator | None:
+    """The accelerator for rows ``x``, or None where the array-API reference computes.
+
+    The numba kernels take NumPy rows of a floating dtype (16-bit rows are
+    widened exactly to float32 by the caller) on the host. None under
+    :func:`reference_path`, with ``STABLESOFTMAX_DISABLE_KERNELS=1``, or
+    without numba.
+    """
+    if not _is_numpy(x) or x.dtype.kind != "f":
+        return None
+    module: Accelerator | None = _cpu()  # a module is structurally its protocol
+    return module
+
+
+def _is_numpy(x: Any) -> bool:
+    return type(x).__module__ == "numpy"
+
+
+def _cpu() -> ModuleType | None:
+    """The numba module when it can run here, else None; imported on first use (numba takes 0.3 s)."""
+    global _CPU
+    if _REFERENCE.get() or os.environ.get(DISABLE_ENV, "") == "1":
+        return None
+    if _CPU is False:
+        module: ModuleType | None
+        try:
+            from . import cpu as module
+        except ImportError:  # numba missing or broken: the reference serves
+            module = None
+        _CPU = module if module is not None and module.available() else None
+    return _CPU if isinstance(_CPU, ModuleType) else None
+
+
+def host_kernels() -> ModuleType | None:
+    """The host's accelerator module (with its fast paths: ``lse_rows``, ``lse_vector``), or None."""
+    return _cpu()
