@@ -8,9 +8,11 @@ simulation of the naive program for the staged shortcut.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import struct
+import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -670,21 +672,49 @@ class TestBadInput:
         assert run_cli(capsys, tmp_path / "obj.npy")[0] == 2
 
 
+class Tty(io.StringIO):
+    """A stream that says it is a terminal, as stderr does in an interactive shell."""
+
+    def isatty(self):
+        return True
+
+
 class TestProgress:
-    def test_bar_on_a_tty_and_lines_otherwise(self):
-        import io
+    """tqdm draws the bar on a terminal; a log or a pipe gets nothing (tests run without a TTY)."""
 
-        class Tty(io.StringIO):
-            def isatty(self):
-                return True
+    def scan_with_bar(self, stream, monkeypatch, nbytes_needed=0):
+        monkeypatch.setattr(dg, "CHUNK_BYTES", 4096)  # many windows from a small array
+        monkeypatch.setattr(dg, "LARGE_INPUT", nbytes_needed)
+        x = np.zeros((64, 100), dtype=np.float32)  # 25 600 bytes: 7 windows of 40 rows at most
+        src = dg._readers.from_memory(x, "x.npy")
+        with dg._progress_bar("x.npy", src.nbytes, stream) as bar:
+            dg._scan(src, None, -1, ("float32",), 1, "target", progress=bar)
+            return bar.n, src.nbytes
 
-        tty, plain = Tty(), io.StringIO()
-        for stream in (tty, plain):
-            bar = dg._Progress("x.npy", stream)
-            for f in (0.05, 0.5, 0.55, 1.0):
-                bar.update(f)
-        assert tty.getvalue().count("\r") == 4 and tty.getvalue().endswith("100%\n")
-        assert plain.getvalue().splitlines() == ["diagnose x.npy: 5%", "diagnose x.npy: 50%", "diagnose x.npy: 100%"]
+    def test_bar_on_a_terminal_counts_every_byte(self, monkeypatch):
+        tty = Tty()
+        done, total = self.scan_with_bar(tty, monkeypatch)
+        assert done == total
+        assert "diagnose x.npy" in tty.getvalue() and "\r" in tty.getvalue()
+
+    def test_nothing_off_a_terminal(self, monkeypatch):
+        plain = io.StringIO()
+        self.scan_with_bar(plain, monkeypatch)
+        assert plain.getvalue() == ""
+
+    def test_small_input_gets_no_bar_even_on_a_terminal(self, monkeypatch):
+        tty = Tty()
+        self.scan_with_bar(tty, monkeypatch, nbytes_needed=10**9)
+        assert tty.getvalue() == ""
+
+    def test_command_draws_on_a_terminal_and_is_silent_otherwise(self, tmp_path, capsys, monkeypatch, seed_arrays):
+        np.save(tmp_path / "x.npy", seed_arrays[0])
+        monkeypatch.setattr(dg, "LARGE_INPUT", 0)  # this small file counts as large
+        assert run_cli(capsys, tmp_path / "x.npy")[2] == ""  # capsys's stderr is no terminal
+        tty = Tty()
+        monkeypatch.setattr(sys, "stderr", tty)
+        assert main(["diagnose", str(tmp_path / "x.npy")]) == 0
+        assert "diagnose x.npy" in tty.getvalue()
 
     def test_small_files_show_no_progress(self, tmp_path, capsys, seed_arrays):
         np.save(tmp_path / "x.npy", seed_arrays[0])

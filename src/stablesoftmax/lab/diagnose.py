@@ -119,6 +119,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
 from .. import (
     ArgumentError,
@@ -369,7 +370,7 @@ def _scan(
     top: int,
     target_name: str,
     ignore_index: int = IGNORE_INDEX,
-    progress: _Progress | None = None,
+    progress: Any = None,
     max_bytes: int | None = None,
 ) -> Report:
     names = _check_dtypes(dtypes)
@@ -432,9 +433,12 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 
 def _blocks(
-    src: _readers.Array, axis: int, progress: _Progress | None, max_bytes: int | None = None
+    src: _readers.Array, axis: int, progress: Any, max_bytes: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Windows of the array along its stream axis; the whole array when that axis holds the classes."""
+    """Windows of the array along its stream axis; the whole array when that axis holds the classes.
+
+    ``progress``, a tqdm bar or None, advances by the bytes of each window read.
+    """
     n = src.shape[src.stream_axis]
     if len(src.shape) < 2 or src.stream_axis == axis:
         if src.streamed and max_bytes is not None and src.nbytes > max_bytes:
@@ -447,12 +451,13 @@ def _blocks(
             )
         yield 0, src.whole()
         return
-    step = max(1, CHUNK_BYTES // max(1, src.nbytes // n))
+    row_bytes = src.nbytes // n
+    step = max(1, CHUNK_BYTES // max(1, row_bytes))
     for start in range(0, n, step):
         stop = min(n, start + step)
         yield start, src.read(start, stop)
         if progress is not None:
-            progress.update(stop / n)
+            progress.update((stop - start) * row_bytes)
 
 
 def _feed(scan: _Scanner, block: np.ndarray, axis: int, stream_axis: int, start: int, tgt: np.ndarray | None) -> None:
@@ -945,29 +950,8 @@ def _table(slices: list[SliceReport], has_target: bool, naive: bool) -> list[str
 
 
 # --------------------------------------------------------------------------
-# Progress and the command
+# The command
 # --------------------------------------------------------------------------
-
-
-class _Progress:
-    """A bar on stderr: redrawn in place on a TTY, a line per tenth otherwise."""
-
-    def __init__(self, name: str, stream: Any = None) -> None:
-        self.name, self.stream = name, stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.shown = -1
-
-    def update(self, frac: float) -> None:
-        tenth = int(frac * 10)
-        if self.tty:
-            bar = "#" * int(frac * 30)
-            self.stream.write(f"\rdiagnose {self.name} [{bar:<30}] {frac:4.0%}")
-            if frac >= 1:
-                self.stream.write("\n")
-        elif tenth > self.shown:
-            self.stream.write(f"diagnose {self.name}: {frac:.0%}\n")
-        self.shown = tenth
-        self.stream.flush()
 
 
 EPILOG = """\
@@ -1055,8 +1039,8 @@ def run(args: argparse.Namespace) -> int:
     )
     src = _readers.open_array(args.logits, args.key, role="logits", what="LOGITS", limits=limits)
     target, tname = _read_target(args, src, limits)
-    progress = _Progress(os.path.basename(args.logits)) if src.nbytes >= LARGE_INPUT else None
-    report = _scan(src, target, args.axis, dtypes, args.top, tname, args.ignore_index, progress, limits.max_bytes)
+    with _progress_bar(os.path.basename(args.logits), src.nbytes) as bar:
+        report = _scan(src, target, args.axis, dtypes, args.top, tname, args.ignore_index, bar, limits.max_bytes)
     if args.json:
         sys.stdout.write(report.to_json(indent=2) + "\n")
     else:
@@ -1067,6 +1051,26 @@ def run(args: argparse.Namespace) -> int:
                 "--fail-on overflow|underflow|any exits 1 on what it names\n"
             )
     return 1 if args.fail_on and report.failed(args.fail_on) else 0
+
+
+def _progress_bar(name: str, nbytes: int, stream: Any = None) -> Any:
+    """A tqdm bar over the bytes to scan, on ``stream`` (stderr) when it is a terminal.
+
+    Off the terminal (a log, a pipe, a CI job) it stays silent: ``disable=None``
+    is tqdm's "no bar unless a TTY". A small input finishes before a bar would
+    tell anything, so it gets none either. The bar is cleared when done, so the
+    report stands alone.
+    """
+    return tqdm(
+        total=nbytes,
+        desc=f"diagnose {name}",
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=stream or sys.stderr,
+        leave=False,
+        disable=None if nbytes >= LARGE_INPUT else True,
+    )
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
