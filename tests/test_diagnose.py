@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import struct
 import sys
 from pathlib import Path
@@ -332,6 +333,44 @@ SLICE_KEYS = {
 }
 
 
+def keys(d: dict) -> list[str]:
+    return sorted(d)
+
+
+def documented_schema() -> tuple[dict, dict]:
+    """The JSON schema block of ``stablesoftmax.lab.diagnose``'s docstring, as nested dicts of its keys:
+    the report, and ``slice``. A value that is not an object is kept as its text ("str", "[slice]")."""
+    doc = dg.__doc__
+    start = doc.index("::", doc.index("JSON schema")) + 2
+    block = doc[start : doc.index("\n\n``", start)]
+    report, end = _object(block, block.index("{"))
+    slice_, _ = _object(block, block.index("{", block.index("slice =", end)))
+    return report, slice_
+
+
+_KEY = re.compile(r'\s*(?:"(\w+)"|(D))\s*:\s*')
+
+
+def _object(text: str, i: int) -> tuple[dict, int]:
+    """Parse ``{"key": value, ...}`` starting at ``text[i] == "{"``; returns it and the index after its ``}``."""
+    out: dict = {}
+    i += 1
+    while (found := _KEY.match(text, i)) is not None:
+        key, i = found.group(1) or found.group(2), found.end()
+        if text[i] == "{":
+            out[key], i = _object(text, i)
+        else:
+            depth, j = 0, i
+            while depth or text[j] not in ",}":
+                depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(text[j], 0)
+                j += 1
+            out[key], i = text[i:j].strip(), j
+        i = text.index(",", i) + 1 if text[i:].lstrip().startswith(",") else i
+    i += len(text[i:]) - len(text[i:].lstrip())
+    assert text[i] == "}", text[i : i + 40]
+    return out, i + 1
+
+
 class TestReportSchema:
     def report(self):
         x = np.array([HUGE, SMALL, [np.nan, 0, 0, 0, 0]], dtype=np.float32)
@@ -366,6 +405,22 @@ class TestReportSchema:
             }
             assert all(isinstance(rep[k], int) for k in ("overflow", "underflow", "failing"))
         assert set(d["verdict"]) == {"status", "message"} and d["verdict"]["status"] in ("clean", "fail")
+
+    def test_documented_keys_are_the_emitted_keys(self, tmp_path, capsys):
+        # the schema in the module docstring (which docs/diagnose.rst points to) against `diagnose --json`
+        x = np.array([HUGE, SMALL, [np.nan, 0, 0, 0, 0]], dtype=np.float32)
+        np.save(tmp_path / "x.npy", x), np.save(tmp_path / "t.npy", np.array([3, 2, 0]))
+        code, out, _ = run_cli(capsys, tmp_path / "x.npy", "--target", tmp_path / "t.npy", "--json")
+        emitted = json.loads(out)
+        report, slice_ = documented_schema()
+        assert keys(emitted) == keys(report)
+        assert keys(emitted["source"]) == keys(report["source"])
+        assert keys(emitted["data"]) == keys(report["data"]) and keys(emitted["verdict"]) == keys(report["verdict"])
+        assert list(emitted["dtypes"]) == list(DTYPES)
+        for rep in emitted["dtypes"].values():
+            assert keys(rep) == keys(report["dtypes"]["D"])
+        slices = emitted["data"]["worst"] + [s for rep in emitted["dtypes"].values() for s in rep["worst"]]
+        assert len(slices) >= 4 and all(keys(s) == keys(slice_) for s in slices)
 
     def test_slice_fields_and_types(self):
         d = self.report().to_dict()

@@ -70,7 +70,7 @@ and ``"nan"``, so the output is strict JSON. ``null`` means "not defined"
       "data": {"nan": int, "posinf": int, "masked": int, "target_masked": int,
                "ignored": int, "max_logit": float, "min_logit": float,
                "max_spread": float, "worst": [slice]},
-      "dtypes": {D: {"overflow_above": float, "underflow_below": float,
+      "dtypes": {D: {"dtype": str, "overflow_above": float, "underflow_below": float,
                      "overflow": int, "underflow": int, "failing": int,
                      "worst": [slice]}},
       "verdict": {"status": "clean" | "fail", "message": str}
