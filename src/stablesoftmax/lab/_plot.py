@@ -13,7 +13,7 @@ import io
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -401,7 +401,8 @@ def _cliff_lines(ax: Any, cliffs: list[Cliff]) -> None:
     same value (bfloat16's and float32's overflow) shows inside it; such dtypes share one label."""
 
     def width(i: int, kind: str) -> float:  # thicker by the narrower dtypes drawn on the same value
-        same = sum(round(getattr(n, kind), 2) == round(getattr(cliffs[i], kind), 2) for n in cliffs[:i])
+        mine: float = round(getattr(cliffs[i], kind), 2)
+        same = int(sum(round(getattr(n, kind), 2) == mine for n in cliffs[:i]))
         return (0.9 if kind == "subnormal" else 1.3) * (1 + 1.4 * same)
 
     labels: dict[tuple[str, float], list[str]] = {}
@@ -455,11 +456,12 @@ def _spread_legend(ax: Any) -> list[Any]:
     from matplotlib.lines import Line2D
 
     handles: list[Any] = list(ax.get_legend_handles_labels()[0])
-    for style, width, text in (
+    styles: tuple[tuple[Literal["-", "--", ":"], float, str], ...] = (
         ("-", 1.4, "exp overflows:\nmax > log(finfo.max)"),
         ("--", 1.4, "probability rounds to 0:\nspread > -log(smallest subnormal / 2)"),
         (":", 0.9, "probability subnormal (0 where\nsubnormals flush): spread > -log(finfo.tiny)"),
-    ):
+    )
+    for style, width, text in styles:
         handles.append(Line2D([], [], color="black", linestyle=style, linewidth=width, label=text))
     return handles
 
