@@ -157,6 +157,8 @@ __all__ = [
     "DTYPES",
     "add_parser",
     "run",
+    "cliff",
+    "draw_plot",
 ]
 
 SCHEMA = "stablesoftmax.diagnose/1"
@@ -468,6 +470,8 @@ def _blocks(
                 "on the last axis, C order, to be read in windows)."
             )
         yield 0, src.whole()
+        if progress is not None:
+            progress.update(src.nbytes)
         return
     row_bytes = src.nbytes // n
     step = max(1, CHUNK_BYTES // max(1, row_bytes))
@@ -646,9 +650,9 @@ class _Points:
     """Each slice's max and spread for ``--plot``, with the widest dtype it breaks in; bounded in memory.
 
     Every failing slice is kept, up to ``PLOT_FAILING``; of those that stay
-    finite, every ``stride``-th, so that at most about ``PLOT_PASSING`` dots are drawn for a
-    batch of any size. Slices with no finite max (NaN, ``+inf``, fully masked)
-    have no place on the axes and are only counted.
+    finite, every ``stride``-th, so that at most about ``PLOT_PASSING`` dots
+    are drawn for a batch of any size. Slices with no finite max (NaN,
+    ``+inf``, fully masked) have no place on the axes and are only counted.
     """
 
     def __init__(self) -> None:
