@@ -126,6 +126,9 @@ class TestCommand:
         assert drawn[0].passing == len(x) - len(widest)
 
     def test_bounded_number_of_points(self, capsys, tmp_path, drawn, monkeypatch):
+        titles = []
+        chart = _plot.spread_chart
+        monkeypatch.setattr(_plot, "spread_chart", lambda *a: titles.append(a[-1]) or chart(*a))
         monkeypatch.setattr(dg, "PLOT_PASSING", 10)
         monkeypatch.setattr(dg, "PLOT_FAILING", 4)
         x = np.zeros((100, 3))
@@ -134,6 +137,8 @@ class TestCommand:
         assert code == 0
         assert drawn[0].failing == {"float16": 4}  # the first 4 of 10
         assert drawn[0].passing == 9  # 1 in 10 of the 90 that stay finite
+        assert "the first 4 failing slices are marked" in titles[0]
+        assert "one in 10 of the 90 slices that stay finite" in titles[0]
 
     def test_target_note(self, capsys, tmp_path, drawn, monkeypatch):
         titles = []

@@ -1177,7 +1177,7 @@ def _plot_title(points: _Points, report: Report) -> str:
     if points.kept_failing < points.failing:
         notes.append(f"the first {points.kept_failing} failing slices are marked")
     if points.stride > 1:
-        notes.append(f"grey: every {points.stride}th slice that stays finite")
+        notes.append(f"grey: one in {points.stride} of the {points.passed} slices that stay finite")
     if points.off_chart:
         notes.append(f"{points.off_chart} slice(s) with NaN, +inf or no finite logit are not drawn")
     if src["target"]:
