@@ -444,3 +444,180 @@ class TestExitAndJsonErrors:
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert "Traceback" not in done.stderr
         assert "could not write standard output (No space left on device)" in done.stderr
+
+
+# --------------------------------------------------------------------------
+# The one-line promise: every message, whatever its source, is one line
+# --------------------------------------------------------------------------
+
+
+def _saved_quietly(torch, tensor_fn, path: Path) -> None:
+    """torch.save of a tensor whose creation warns (beta or deprecated layouts): the warning is torch's, not ours."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save(tensor_fn(), path)
+
+
+class TestOneLine:
+    @pytest.mark.parametrize(
+        "name, make",
+        [
+            ("csr", lambda torch: torch.eye(3).to_sparse_csr()),  # torch warns once on load: 3 lines before
+            ("quantized", lambda torch: torch.quantize_per_tensor(torch.ones(2, 3), 0.1, 0, torch.qint8)),  # 5 lines
+        ],
+    )
+    def test_pt_whose_load_warns_is_refused_in_one_line(self, tmp_path, name, make):
+        torch = pytest.importorskip("torch")
+        _saved_quietly(torch, lambda: make(torch), tmp_path / f"{name}.pt")
+        # A real process: torch's warnings go to its stderr as Python prints them, two lines each.
+        done = subprocess.run(
+            [sys.executable, "-m", "stablesoftmax", "diagnose", str(tmp_path / f"{name}.pt")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("stablesoftmax diagnose: error: LOGITS "), done.stderr
+
+    def test_message_spanning_lines_is_folded(self, capsys, tmp_path, monkeypatch):
+        def load(*args, **kwargs):
+            raise RuntimeError("Weights only load failed.\n  Please file an issue\n\nwith the following:\n  detail")
+
+        torch = pytest.importorskip("torch")
+        torch.save(torch.zeros(2, 3), tmp_path / "x.pt")
+        monkeypatch.setattr(torch, "load", load)
+        line = refused(capsys, tmp_path / "x.pt", needles=("could not be read by torch.load",))
+        assert "Weights only load failed. Please file an issue with the following: detail" in line
+
+    def test_a_warning_after_success_is_one_line(self, capsys, tmp_path, monkeypatch):
+        import warnings
+
+        scan = dg._scan
+
+        def warning_scan(*args, **kwargs):
+            warnings.warn("first line\n  second line", UserWarning, stacklevel=1)
+            return scan(*args, **kwargs)
+
+        monkeypatch.setattr(dg, "_scan", warning_scan)
+        np.save(tmp_path / "x.npy", np.array([SMALL], np.float32))
+        code, out, err = run(capsys, tmp_path / "x.npy")
+        assert code == 0 and "verdict  clean" in out
+        assert err == "stablesoftmax diagnose: warning: first line second line\n"
+        code, out, err = run(capsys, tmp_path / "x.npy", "--json")
+        assert code == 0 and json.loads(out)["verdict"]["status"] == "clean"
+        assert json.loads(err) == {
+            "schema": "stablesoftmax.error/1",
+            "command": "diagnose",
+            "error": "UserWarning",
+            "message": "first line second line",
+            "exit_code": None,
+        }
+
+    def test_a_warning_before_an_error_is_not_printed(self, capsys, tmp_path, monkeypatch):
+        import warnings
+
+        def warning_open(*args, **kwargs):
+            warnings.warn("about to fail", UserWarning, stacklevel=1)
+            raise dg.InputFileError("LOGITS x.npy: is broken; expected a good file.")
+
+        monkeypatch.setattr(dg._readers, "open_array", warning_open)
+        line = refused(capsys, tmp_path / "x.npy", needles=("is broken",))
+        assert "about to fail" not in line
+
+    def test_usage_error_is_one_line(self, capsys):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["diagnose", "x.npy", "--axis", "one"])
+        out, err = capsys.readouterr()
+        assert exc.value.code == 2 and out == ""
+        assert err == (
+            "stablesoftmax diagnose: error: argument --axis: invalid int value: 'one'; "
+            "see 'stablesoftmax diagnose --help'\n"
+        )
+
+    def test_unknown_command_is_one_line(self, capsys):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["diagnosis"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1
+        assert "invalid choice: 'diagnosis'" in err and "'diagnose'" in err
+
+    def test_missing_optional_library_is_one_line(self, capsys, monkeypatch):
+        # diagnose imports tqdm and ml_dtypes (the lab extra): without them, one line naming the fix
+        monkeypatch.delitem(sys.modules, "stablesoftmax.lab.diagnose")
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # an import of tqdm now fails as if it were missing
+        assert cli.main(["diagnose", "x.npy"]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            "stablesoftmax diagnose: error: the diagnose command needs tqdm, which is not installed; "
+            "install the lab's dependencies: pip install 'stablesoftmax[lab]'\n"
+        )
+
+
+class TestTorchLayouts:
+    @pytest.mark.parametrize(
+        "make, layout",
+        [
+            (lambda torch: torch.eye(3).to_sparse(), "sparse_coo"),
+            (lambda torch: torch.eye(3).to_sparse_csr(), "sparse_csr"),
+            (lambda torch: {"logits": torch.eye(4).to_sparse_bsr((2, 2))}, "sparse_bsr"),
+        ],
+    )
+    def test_sparse_tensor_is_named_sparse(self, capsys, tmp_path, make, layout):
+        torch = pytest.importorskip("torch")
+        _saved_quietly(torch, lambda: make(torch), tmp_path / "x.pt")
+        line = refused(capsys, tmp_path / "x.pt", needles=(f"a sparse layout ({layout})", "to_dense()"))
+        assert "NumPy cannot hold" not in line and "dtype" not in line
+
+    def test_nested_tensor(self, capsys, tmp_path):
+        torch = pytest.importorskip("torch")
+        _saved_quietly(torch, lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]), tmp_path / "x.pt")
+        refused(capsys, tmp_path / "x.pt", needles=("holds a nested tensor", "expected a dense tensor"))
+
+
+class TestPandasTables:
+    """``DataFrame.to_csv`` writes the index as a first column under a blank header cell.
+
+    pandas need not be installed: these are the bytes it writes (``df.to_csv(path)``,
+    ``lineterminator`` os.linesep; ``sep="\\t"`` for .tsv).
+    """
+
+    LOGITS = [[1.5, -2.0, 3.0], [4.0, 100.0, -1.0]]
+
+    @pytest.mark.parametrize(
+        "name, text",
+        [
+            ("default.csv", ",0,1,2\n0,1.5,-2.0,3.0\n1,4.0,100.0,-1.0\n"),  # pd.DataFrame(array).to_csv(path)
+            ("named.csv", ",a,b,c\n0,1.5,-2.0,3.0\n1,4.0,100.0,-1.0\n"),
+            ("labels.csv", ",a,b,c\r\nrow0,1.5,-2.0,3.0\r\n# a comment, kept\r\n\r\nrow1,4.0,100.0,-1.0\r\n"),
+            ("default.tsv", "\t0\t1\t2\n0\t1.5\t-2.0\t3.0\n1\t4.0\t100.0\t-1.0\n"),
+        ],
+    )
+    def test_index_column_is_dropped(self, tmp_path, name, text):
+        (tmp_path / name).write_bytes(text.encode())
+        arr = _readers.open_array(str(tmp_path / name)).whole()
+        np.testing.assert_array_equal(arr, np.array(self.LOGITS))
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "1.5,-2.0,3.0\n4.0,100.0,-1.0\n",  # np.savetxt
+            "a,b,c\n1.5,-2.0,3.0\n4.0,100.0,-1.0\n",  # pandas with index=False
+        ],
+    )
+    def test_ordinary_tables_keep_every_column(self, tmp_path, text):
+        (tmp_path / "x.csv").write_text(text)
+        np.testing.assert_array_equal(_readers.open_array(str(tmp_path / "x.csv")).whole(), np.array(self.LOGITS))
+
+    def test_target_series_index_is_dropped(self, capsys, tmp_path):
+        (tmp_path / "x.csv").write_text(",0,1,2\n0,1.5,-2.0,3.0\n1,4.0,100.0,-1.0\n")
+        (tmp_path / "t.csv").write_text(",label\n0,2\n1,1\n")  # pd.Series(labels, name="label").to_csv(path)
+        code, out, _ = run(capsys, tmp_path / "x.csv", "--target", tmp_path / "t.csv", "--json")
+        source = json.loads(out)["source"]
+        assert code == 0 and source["shape"] == [2, 3] and source["classes"] == 3 and source["target"]
+
+    def test_a_first_row_missing_its_first_number_is_still_refused(self, capsys, tmp_path):
+        (tmp_path / "x.csv").write_text(",-2.0,3.0\n4.0,100.0,-1.0\n")
+        refused(capsys, tmp_path / "x.csv", needles=("line 1, field 1 is '', not a number",))

@@ -8,9 +8,12 @@ simulation of the naive program for the staged shortcut.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import struct
+import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -330,6 +333,44 @@ SLICE_KEYS = {
 }
 
 
+def keys(d: dict) -> list[str]:
+    return sorted(d)
+
+
+def documented_schema() -> tuple[dict, dict]:
+    """The JSON schema block of ``stablesoftmax.lab.diagnose``'s docstring, as nested dicts of its keys:
+    the report, and ``slice``. A value that is not an object is kept as its text ("str", "[slice]")."""
+    doc = dg.__doc__
+    start = doc.index("::", doc.index("JSON schema")) + 2
+    block = doc[start : doc.index("\n\n``", start)]
+    report, end = _object(block, block.index("{"))
+    slice_, _ = _object(block, block.index("{", block.index("slice =", end)))
+    return report, slice_
+
+
+_KEY = re.compile(r'\s*(?:"(\w+)"|(D))\s*:\s*')
+
+
+def _object(text: str, i: int) -> tuple[dict, int]:
+    """Parse ``{"key": value, ...}`` starting at ``text[i] == "{"``; returns it and the index after its ``}``."""
+    out: dict = {}
+    i += 1
+    while (found := _KEY.match(text, i)) is not None:
+        key, i = found.group(1) or found.group(2), found.end()
+        if text[i] == "{":
+            out[key], i = _object(text, i)
+        else:
+            depth, j = 0, i
+            while depth or text[j] not in ",}":
+                depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(text[j], 0)
+                j += 1
+            out[key], i = text[i:j].strip(), j
+        i = text.index(",", i) + 1 if text[i:].lstrip().startswith(",") else i
+    i += len(text[i:]) - len(text[i:].lstrip())
+    assert text[i] == "}", text[i : i + 40]
+    return out, i + 1
+
+
 class TestReportSchema:
     def report(self):
         x = np.array([HUGE, SMALL, [np.nan, 0, 0, 0, 0]], dtype=np.float32)
@@ -364,6 +405,22 @@ class TestReportSchema:
             }
             assert all(isinstance(rep[k], int) for k in ("overflow", "underflow", "failing"))
         assert set(d["verdict"]) == {"status", "message"} and d["verdict"]["status"] in ("clean", "fail")
+
+    def test_documented_keys_are_the_emitted_keys(self, tmp_path, capsys):
+        # the schema in the module docstring (which docs/diagnose.rst points to) against `diagnose --json`
+        x = np.array([HUGE, SMALL, [np.nan, 0, 0, 0, 0]], dtype=np.float32)
+        np.save(tmp_path / "x.npy", x), np.save(tmp_path / "t.npy", np.array([3, 2, 0]))
+        code, out, _ = run_cli(capsys, tmp_path / "x.npy", "--target", tmp_path / "t.npy", "--json")
+        emitted = json.loads(out)
+        report, slice_ = documented_schema()
+        assert keys(emitted) == keys(report)
+        assert keys(emitted["source"]) == keys(report["source"])
+        assert keys(emitted["data"]) == keys(report["data"]) and keys(emitted["verdict"]) == keys(report["verdict"])
+        assert list(emitted["dtypes"]) == list(DTYPES)
+        for rep in emitted["dtypes"].values():
+            assert keys(rep) == keys(report["dtypes"]["D"])
+        slices = emitted["data"]["worst"] + [s for rep in emitted["dtypes"].values() for s in rep["worst"]]
+        assert len(slices) >= 4 and all(keys(s) == keys(slice_) for s in slices)
 
     def test_slice_fields_and_types(self):
         d = self.report().to_dict()
@@ -670,21 +727,49 @@ class TestBadInput:
         assert run_cli(capsys, tmp_path / "obj.npy")[0] == 2
 
 
+class Tty(io.StringIO):
+    """A stream that says it is a terminal, as stderr does in an interactive shell."""
+
+    def isatty(self):
+        return True
+
+
 class TestProgress:
-    def test_bar_on_a_tty_and_lines_otherwise(self):
-        import io
+    """tqdm draws the bar on a terminal; a log or a pipe gets nothing (tests run without a TTY)."""
 
-        class Tty(io.StringIO):
-            def isatty(self):
-                return True
+    def scan_with_bar(self, stream, monkeypatch, nbytes_needed=0):
+        monkeypatch.setattr(dg, "CHUNK_BYTES", 4096)  # many windows from a small array
+        monkeypatch.setattr(dg, "LARGE_INPUT", nbytes_needed)
+        x = np.zeros((64, 100), dtype=np.float32)  # 25 600 bytes: 7 windows of 40 rows at most
+        src = dg._readers.from_memory(x, "x.npy")
+        with dg._progress_bar("x.npy", src.nbytes, stream) as bar:
+            dg._scan(src, None, -1, ("float32",), 1, "target", progress=bar)
+            return bar.n, src.nbytes
 
-        tty, plain = Tty(), io.StringIO()
-        for stream in (tty, plain):
-            bar = dg._Progress("x.npy", stream)
-            for f in (0.05, 0.5, 0.55, 1.0):
-                bar.update(f)
-        assert tty.getvalue().count("\r") == 4 and tty.getvalue().endswith("100%\n")
-        assert plain.getvalue().splitlines() == ["diagnose x.npy: 5%", "diagnose x.npy: 50%", "diagnose x.npy: 100%"]
+    def test_bar_on_a_terminal_counts_every_byte(self, monkeypatch):
+        tty = Tty()
+        done, total = self.scan_with_bar(tty, monkeypatch)
+        assert done == total
+        assert "diagnose x.npy" in tty.getvalue() and "\r" in tty.getvalue()
+
+    def test_nothing_off_a_terminal(self, monkeypatch):
+        plain = io.StringIO()
+        self.scan_with_bar(plain, monkeypatch)
+        assert plain.getvalue() == ""
+
+    def test_small_input_gets_no_bar_even_on_a_terminal(self, monkeypatch):
+        tty = Tty()
+        self.scan_with_bar(tty, monkeypatch, nbytes_needed=10**9)
+        assert tty.getvalue() == ""
+
+    def test_command_draws_on_a_terminal_and_is_silent_otherwise(self, tmp_path, capsys, monkeypatch, seed_arrays):
+        np.save(tmp_path / "x.npy", seed_arrays[0])
+        monkeypatch.setattr(dg, "LARGE_INPUT", 0)  # this small file counts as large
+        assert run_cli(capsys, tmp_path / "x.npy")[2] == ""  # capsys's stderr is no terminal
+        tty = Tty()
+        monkeypatch.setattr(sys, "stderr", tty)
+        assert main(["diagnose", str(tmp_path / "x.npy")]) == 0
+        assert "diagnose x.npy" in tty.getvalue()
 
     def test_small_files_show_no_progress(self, tmp_path, capsys, seed_arrays):
         np.save(tmp_path / "x.npy", seed_arrays[0])
@@ -697,16 +782,18 @@ class TestPublicApiOnly:
         import ast
 
         import stablesoftmax
-        from stablesoftmax.lab import _readers
+        from stablesoftmax.lab import _cases, _outdir, _plot, _readers
 
-        for module in (dg, _readers):
+        lab_modules = {"_readers", "_plot", "_outdir", "_cases"}
+        for module in (dg, _readers, _plot, _outdir, _cases):
             tree = ast.parse(Path(module.__file__).read_text())
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom) and node.level == 2:  # from .. import / from ..x import
                     assert node.module is None, (module.__name__, node.module)
                     assert {a.name for a in node.names} <= set(stablesoftmax.__all__), module.__name__
-                elif isinstance(node, ast.ImportFrom) and node.level == 1:
-                    assert node.module is None and {a.name for a in node.names} <= {"_readers"}, module.__name__
+                elif isinstance(node, ast.ImportFrom) and node.level == 1:  # the lab's own modules
+                    names = {node.module} if node.module else {a.name for a in node.names}
+                    assert names <= lab_modules, (module.__name__, names)
                 elif isinstance(node, (ast.Import, ast.ImportFrom)):
                     names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
                     assert not any(n.startswith("stablesoftmax") for n in names), (module.__name__, names)

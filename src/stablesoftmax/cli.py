@@ -9,13 +9,24 @@ imports NumPy and more), and heavy imports (matplotlib, torch, scipy) happen
 inside ``run``.
 
 Exit codes: 0 success, 1 a check failed (``diagnose --fail-on``), 2 bad input,
-a refused file, or an output that cannot be written (a full disk). Every
-error is printed as one line on stderr, without a traceback:
-``stablesoftmax COMMAND: error: MESSAGE``, or, when ``--json`` is given, one
-JSON object (schema ``stablesoftmax.error/1``) with the keys ``schema``,
-``command``, ``error`` (the exception's class name, or ``UsageError`` for a
-command line argparse refuses), ``message`` and ``exit_code``. Standard
-output carries only the report, so ``--json > report.json`` never mixes the two.
+a refused file, a missing optional library, or an output that cannot be
+written (a full disk). Every error is printed as one line on stderr, without
+a traceback: ``stablesoftmax COMMAND: error: MESSAGE``, or, when ``--json``
+is given, one JSON object (schema ``stablesoftmax.error/1``) with the keys
+``schema``, ``command``, ``error`` (the exception's class name, or
+``UsageError`` for a command line argparse refuses), ``message`` and
+``exit_code``. Standard output carries only the report, so
+``--json > report.json`` never mixes the two.
+
+Every message goes through one printer, :func:`_say`, which folds it onto one
+line, whatever it came from: an exception whose text spans lines (a
+``torch.load`` error), argparse's usage error (printed without the usage
+block; ``--help`` shows that), or a warning. Warnings raised while a command
+runs (torch warns when it loads a sparse or quantized tensor) are held back:
+after an error only the error line is printed, after success each distinct
+warning is printed as one line, ``stablesoftmax COMMAND: warning: MESSAGE``
+(with ``--json``, a JSON object whose ``error`` is the warning's class and
+``exit_code`` null).
 """
 
 from __future__ import annotations
@@ -26,7 +37,8 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
@@ -76,13 +88,13 @@ def _wants_json(argv: Sequence[str]) -> bool:
 
 def _parser_class(json_errors: bool) -> type[argparse.ArgumentParser]:
     class Parser(argparse.ArgumentParser):
-        """argparse's parser; under ``--json`` a refused command line is a JSON error too."""
+        """argparse's parser, whose refusal of a command line is one line (or one JSON object) too."""
 
         def error(self, message: str) -> NoReturn:
-            if not json_errors:
-                super().error(message)
             command = self.prog.split(" ", 1)[1] if " " in self.prog else None
-            _print_json_error(command, "UsageError", message, 2)
+            if not json_errors:
+                message = f"{message}; see '{self.prog} --help'"
+            _say(command, "UsageError", message, json_errors, exit_code=2)
             self.exit(2)
 
     return Parser
@@ -94,7 +106,20 @@ def _load(name: str) -> ModuleType | None:
     except ModuleNotFoundError as exc:
         if exc.name == f"stablesoftmax.lab.{name}":
             return None  # that subcommand is not part of this build
+        if exc.name is not None and not exc.name.startswith("stablesoftmax"):
+            raise MissingDependency(name, exc.name) from None
         raise
+
+
+class MissingDependency(Exception):
+    """A subcommand needs a library that is not installed (the ``lab`` extra)."""
+
+    def __init__(self, command: str, module: str) -> None:
+        super().__init__(
+            f"the {command} command needs {module.split('.')[0]}, which is not installed; "
+            "install the lab's dependencies: pip install 'stablesoftmax[lab]'"
+        )
+        self.command = command
 
 
 def _available(name: str) -> bool:
@@ -105,8 +130,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stablesoftmax`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     json_errors = _wants_json(argv)
-    args = build_parser(argv, json_errors=json_errors).parse_args(argv)
-    fail = _reporter(args.command, json_errors)
+    try:
+        parser = build_parser(argv, json_errors=json_errors)
+    except MissingDependency as exc:
+        _say(exc.command, type(exc).__name__, str(exc), json_errors, exit_code=2)
+        return 2
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # each distinct warning once; the test suite's "error" is not the CLI's
+        code = _run(args, json_errors)
+    if code in (0, 1):  # after an error, its one line is all that stderr gets
+        for w in caught:
+            _say(args.command, w.category.__name__, str(w.message), json_errors, exit_code=None, level="warning")
+    return code
+
+
+def _run(args: argparse.Namespace, json_errors: bool) -> int:
+    """Run the subcommand; an error becomes its one line on stderr and exit code 2."""
+
+    def fail(exc: BaseException, message: str) -> int:
+        _say(args.command, type(exc).__name__, message, json_errors, exit_code=2)
+        return 2
+
     try:
         code = int(args.run(args))
         sys.stdout.flush()  # a full disk shows here, inside the try, and not as a traceback at exit
@@ -130,28 +175,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _reporter(command: str, json_errors: bool) -> Callable[[BaseException, str], int]:
-    """A function that prints one error line (text or JSON) and returns exit code 2."""
+def _say(
+    command: str | None, kind: str, message: str, json_errors: bool, *, exit_code: int | None, level: str = "error"
+) -> None:
+    """Print one message on one line of stderr: ``stablesoftmax COMMAND: LEVEL: MESSAGE``, or a JSON object.
 
-    def fail(exc: BaseException, message: str) -> int:
-        if json_errors:
-            _print_json_error(command, type(exc).__name__, message, 2)
-        else:
-            print(f"stablesoftmax {command}: error: {' '.join(message.split())}", file=sys.stderr)
-        return 2
-
-    return fail
-
-
-def _print_json_error(command: str | None, kind: str, message: str, code: int) -> None:
-    error = {
-        "schema": ERROR_SCHEMA,
-        "command": command,
-        "error": kind,
-        "message": " ".join(message.split()),
-        "exit_code": code,
-    }
-    print(json.dumps(error), file=sys.stderr)
+    The one place where messages are folded, so no message (a multi-line
+    ``torch.load`` error, a warning, argparse's refusal) can break the promise.
+    """
+    one_line = " ".join(message.split())
+    if json_errors:
+        error = {"schema": ERROR_SCHEMA, "command": command, "error": kind, "message": one_line, "exit_code": exit_code}
+        print(json.dumps(error), file=sys.stderr)
+        return
+    prefix = f"stablesoftmax {command}" if command else "stablesoftmax"
+    print(f"{prefix}: {level}: {one_line}", file=sys.stderr)
 
 
 def _drop_stdout() -> None:

@@ -76,8 +76,8 @@ def tracked(out: Path, names: list[str]) -> list[str]:
     return [n for n in names if n in listed]
 
 
-def write(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically; return its SHA-256 (hex)."""
+def write(path: Path, data: bytes, *, flag: str = "--out") -> str:
+    """Write ``data`` to ``path`` atomically; return its SHA-256 (hex). ``flag`` names the option in errors."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open(), not mkstemp: the umask's mode
     try:
         with open(tmp, "wb") as f:
@@ -85,7 +85,7 @@ def write(path: Path, data: bytes) -> str:
         os.replace(tmp, path)
     except OSError as exc:  # a full disk, a quota: one line, and no half-written file left behind
         tmp.unlink(missing_ok=True)
-        raise ArgumentError(f"--out {path.parent}: could not write {path.name}: {exc.strerror or exc}") from None
+        raise ArgumentError(f"{flag} {path.parent}: could not write {path.name}: {exc.strerror or exc}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -1,4 +1,5 @@
-"""The two figures: softmax_break.png (the battery) and timings.png (the bench).
+"""The figures: softmax_break.png (the battery), timings.png and scaling.png (the bench), and
+diagnose's ``--plot`` picture (:func:`spread_chart`).
 
 Both are drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canvas
 (no pyplot, no global state), under matplotlib's default style so a user's
@@ -10,13 +11,24 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
+import struct
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from ._cases import SOFTMAX_CASES
 
-__all__ = ["softmax_break", "timings_chart", "scaling_chart", "NAN_COLOR", "INF_COLOR"]
+__all__ = [
+    "softmax_break",
+    "timings_chart",
+    "scaling_chart",
+    "spread_chart",
+    "Cliff",
+    "SpreadChart",
+    "NAN_COLOR",
+    "INF_COLOR",
+]
 
 NAN_COLOR = "#d62728"  # red: NaN
 INF_COLOR = "#7f0000"  # dark red: +-inf
@@ -294,3 +306,181 @@ def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, metadata=PNG_METADATA)
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------
+# diagnose --plot: each slice's spread against the cliffs of each dtype
+# --------------------------------------------------------------------------
+
+DTYPE_COLORS = {"float16": "#d62728", "bfloat16": "#ff7f0e", "float32": "#1f77b4", "float64": "#2ca02c"}
+PASSING_COLOR = "#9a9a9a"
+
+
+@dataclass(frozen=True)
+class Cliff:
+    """Where one dtype's naive softmax breaks, in nats, from its ``finfo``.
+
+    ``overflow``: ``exp(max)`` is inf once ``max > log(finfo.max)``. ``underflow``:
+    ``exp(min - max)`` rounds to 0 once the spread passes
+    ``-log(smallest_subnormal / 2)``. ``subnormal``: past ``-log(finfo.tiny)`` it
+    is subnormal, which is 0 already where a kernel flushes subnormals.
+    """
+
+    dtype: str
+    overflow: float
+    underflow: float
+    subnormal: float
+
+
+@dataclass(frozen=True)
+class SpreadChart:
+    """The PNG and what it holds, read back from the figure's artists (not from the input):
+    dots per kind, markers per dtype, each cliff line's position, and the size in pixels."""
+
+    png: bytes
+    passing: int
+    failing: dict[str, int]
+    cliffs: dict[str, dict[str, float]]
+    size: tuple[int, int]
+
+
+def spread_chart(
+    max_logit: np.ndarray, spread: np.ndarray, widest: np.ndarray, cliffs: list[Cliff], title: str
+) -> SpreadChart:
+    """Each slice a point at (max, max - min), the cliffs of each dtype as lines, failing slices marked.
+
+    ``widest[i]`` is the index in ``cliffs`` (narrowest dtype first) of the
+    widest dtype slice ``i`` breaks in, or -1: a failing slice gets one marker,
+    in the colour of that dtype, so the picture says which dtypes the batch
+    breaks at a glance. Symmetric-log axes: the cliffs run from 9.7 (float16)
+    to 745 (float64), and logits can reach 1e30.
+    """
+    import matplotlib.style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=(10, 6.5), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        ok = widest < 0
+        ax.scatter(
+            max_logit[ok],
+            spread[ok],
+            s=6,
+            color=PASSING_COLOR,
+            alpha=0.6,
+            linewidths=0,
+            gid="passing",
+            label=f"stays finite in every dtype ({int(ok.sum())})",
+        )
+        for i, c in enumerate(cliffs):
+            mine = widest == i
+            if mine.any():
+                ax.scatter(
+                    max_logit[mine],
+                    spread[mine],
+                    s=30,
+                    marker="x",
+                    color=DTYPE_COLORS[c.dtype],
+                    linewidths=1.2,
+                    gid=f"failing:{c.dtype}",
+                    zorder=3,
+                    label=f"breaks {c.dtype}{' and narrower' if i else ''} ({int(mine.sum())})",
+                )
+        _cliff_lines(ax, cliffs)
+        _spread_axes(ax, max_logit, spread, cliffs)
+        ax.set_title(title, fontsize=11)
+        fig.legend(handles=_spread_legend(ax), loc="outside right upper", fontsize=9, frameon=False)
+        return _read_back(fig, ax)
+
+
+def _cliff_lines(ax: Any, cliffs: list[Cliff]) -> None:
+    """A solid vertical line per dtype at its overflow cliff, dashed and dotted horizontals at its underflow
+    and subnormal cliffs. Wider dtypes are drawn first and thicker, so that a narrower dtype's line on the
+    same value (bfloat16's and float32's overflow) shows inside it; such dtypes share one label."""
+
+    def width(i: int, kind: str) -> float:  # thicker by the narrower dtypes drawn on the same value
+        mine: float = round(getattr(cliffs[i], kind), 2)
+        same = int(sum(round(getattr(n, kind), 2) == mine for n in cliffs[:i]))
+        return (0.9 if kind == "subnormal" else 1.3) * (1 + 1.4 * same)
+
+    labels: dict[tuple[str, float], list[str]] = {}
+    for i, c in reversed(list(enumerate(cliffs))):
+        color = DTYPE_COLORS[c.dtype]
+        ax.axvline(c.overflow, color=color, linewidth=width(i, "overflow"), gid=f"overflow:{c.dtype}")
+        ax.axhline(
+            c.underflow, color=color, linewidth=width(i, "underflow"), linestyle="--", gid=f"underflow:{c.dtype}"
+        )
+        ax.axhline(c.subnormal, color=color, linewidth=width(i, "subnormal"), linestyle=":", gid=f"subnormal:{c.dtype}")
+    for c in cliffs:
+        for kind, value in (("overflow", c.overflow), ("underflow", c.underflow)):
+            labels.setdefault((kind, round(value, 2)), []).append(c.dtype)
+    _cliff_labels(ax, labels)
+
+
+def _cliff_labels(ax: Any, labels: dict[tuple[str, float], list[str]]) -> None:
+    """Each cliff's dtypes and value beside its line; a label crowded by the next one up goes below its line."""
+    from matplotlib.transforms import blended_transform_factory
+
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    right = blended_transform_factory(ax.transAxes, ax.transData)
+    for kind in ("overflow", "underflow"):
+        values = sorted(v for k, v in labels if k == kind)
+        for j, value in enumerate(values):
+            text = f"{', '.join(labels[kind, value])} {value:.2f}"
+            crowded = j + 1 < len(values) and values[j + 1] < 1.5 * value
+            if kind == "overflow":
+                ha = "left" if crowded else "right"
+                ax.text(value, 0.99, text, transform=top, rotation=90, ha=ha, va="top", fontsize=8)
+            else:
+                va = "top" if crowded else "bottom"
+                ax.text(0.99, value, text, transform=right, ha="right", va=va, fontsize=8)
+
+
+def _spread_axes(ax: Any, max_logit: np.ndarray, spread: np.ndarray, cliffs: list[Cliff]) -> None:
+    """Symmetric-log axes wide enough for every point and every cliff."""
+    far_x = max([c.overflow for c in cliffs] + [float(np.max(max_logit, initial=0.0))])
+    near_x = min(-1.0, float(np.min(max_logit, initial=0.0)))
+    far_y = max([c.underflow for c in cliffs] + [float(np.max(spread, initial=0.0))])
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlim(near_x * 1.5, far_x * 1.5)
+    ax.set_ylim(0.0, far_y * 1.5)
+    ax.set_xlabel("largest logit of the slice (max); right of a solid line, the naive exp(x) overflows")
+    ax.set_ylabel("spread of the slice (max - min); above a dashed line,\nits smallest probability rounds to 0")
+    ax.grid(True, which="major", alpha=0.25)
+
+
+def _spread_legend(ax: Any) -> list[Any]:
+    from matplotlib.lines import Line2D
+
+    handles: list[Any] = list(ax.get_legend_handles_labels()[0])
+    styles: tuple[tuple[Literal["-", "--", ":"], float, str], ...] = (
+        ("-", 1.4, "exp overflows:\nmax > log(finfo.max)"),
+        ("--", 1.4, "probability rounds to 0:\nspread > -log(smallest subnormal / 2)"),
+        (":", 0.9, "probability subnormal (0 where\nsubnormals flush): spread > -log(finfo.tiny)"),
+    )
+    for style, width, text in styles:
+        handles.append(Line2D([], [], color="black", linestyle=style, linewidth=width, label=text))
+    return handles
+
+
+def _read_back(fig: Any, ax: Any) -> SpreadChart:
+    """Render the figure, then count what it holds from its artists, so a test sees what was drawn."""
+    png = _png(fig)
+    failing, passing = {}, 0
+    for coll in ax.collections:
+        gid = coll.get_gid() or ""
+        if gid == "passing":
+            passing = len(coll.get_offsets())
+        elif gid.startswith("failing:"):
+            failing[gid.split(":", 1)[1]] = len(coll.get_offsets())
+    cliffs: dict[str, dict[str, float]] = {}
+    for line in ax.lines:
+        kind, _, dtype = (line.get_gid() or "").partition(":")
+        if kind in ("overflow", "underflow", "subnormal"):
+            value = line.get_xdata()[0] if kind == "overflow" else line.get_ydata()[0]
+            cliffs.setdefault(dtype, {})[kind] = float(value)
+    width, height = struct.unpack(">II", png[16:24])  # the PNG's IHDR chunk
+    return SpreadChart(png, passing, failing, cliffs, (width, height))

@@ -619,10 +619,28 @@ def _torch_reason(exc: BaseException) -> str:
     return _short(found.group(1)) if found else _short(exc)
 
 
+def _check_layout(t: torch.Tensor, label: str) -> None:
+    """Refuse what is not one dense block of numbers: sparse (COO, CSR, CSC, BSR, BSC) and nested tensors.
+
+    Checked first: such a tensor has no dense storage to count or convert, and
+    its dtype is fine, so NumPy's complaint about it would name the wrong problem.
+    """
+    import torch
+
+    if t.layout != torch.strided:
+        layout = str(t.layout).removeprefix("torch.")
+        raise _bad(label, f"holds a tensor with a sparse layout ({layout})", "a dense tensor: save t.to_dense()")
+    if t.is_nested:
+        raise _bad(
+            label, "holds a nested tensor (slices of different lengths)", "a dense tensor: pad it, or save each slice"
+        )
+
+
 def _tensor_to_numpy(t: torch.Tensor, f: _File) -> np.ndarray:
     import torch
 
     label = f.label
+    _check_layout(t, label)
     if t.is_complex() or (
         t.dtype.is_floating_point and t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     ):
@@ -715,13 +733,35 @@ _BLANK_OR_COMMENT = re.compile(r"^[ \t\r\f\v]*(?:#.*)?$", re.M)
 
 def _drop_header(label: str, text: str, sep: str) -> str:
     """``text`` with its first line blanked when every cell of it is a name (its newline stays, so
-    line numbers do not move); a first line of numbers split by another separator is refused."""
+    line numbers do not move); a first line of numbers split by another separator is refused.
+
+    A header whose first cell is blank is pandas' ``DataFrame.to_csv``: the
+    first column holds the row labels (the index), not a class, and is dropped
+    from every line too. The other cells must then be names, or pandas' default
+    column labels ``0, 1, ...``, so that a data line missing its first number
+    is still refused as such.
+    """
     found = re.search(r"^[ \t]*[^#\s].*$", text, re.M)
-    if found is None or not all(_number(c) is None for c in found.group().split(sep)):
+    if found is None:
+        return text
+    cells = found.group().rstrip("\r").split(sep)
+    index_column = _pandas_header(cells)
+    if not index_column and not all(_number(c) is None for c in cells):
         return text
     lineno = text.count("\n", 0, found.start()) + 1
     _other_separator(label, lineno, found.group().rstrip("\r"), sep)
-    return text[: found.start()] + text[found.end() :]
+    rest = text[found.end() :]
+    if index_column:  # the first field of every data line, comments and blank lines left as they are
+        rest = re.sub(rf"^(?![ \t\r\f\v]*(?:#|$))[^{sep}\n]*{sep}", "", rest, flags=re.M)
+    return text[: found.start()] + rest
+
+
+def _pandas_header(cells: list[str]) -> bool:
+    """Whether a header line is pandas' with an index column: a blank first cell, then column names."""
+    names = [c.strip() for c in cells[1:]]
+    if len(cells) < 2 or cells[0].strip() or not all(names):
+        return False
+    return all(_number(n) is None for n in names) or names == [str(i) for i in range(len(names))]
 
 
 def _pieces(text: str) -> Iterator[tuple[int, str]]:

@@ -45,6 +45,16 @@ Data problems are the same in every dtype: slices holding NaN, holding
 ``+inf``, fully masked (every entry ``-inf``), and targets that point at a
 ``-inf`` logit.
 
+The picture
+-----------
+``--plot FILE.png`` draws each slice at its max (x) and spread, max - min (y),
+against each dtype's cliffs, from its ``finfo``: ``log(finfo.max)`` where
+``exp`` overflows, ``-log(smallest_subnormal / 2)`` where the smallest
+probability rounds to 0 (the thresholds above), and ``-log(finfo.tiny)``
+where it turns subnormal, which kernels that flush subnormals already make 0.
+Each failing slice gets one marker, coloured by the widest dtype it breaks;
+at most ``PLOT_FAILING`` markers and about ``PLOT_PASSING`` dots are drawn.
+
 Files and memory
 ----------------
 The command reads ``.npy`` and ``.safetensors`` through memory maps, one
@@ -70,7 +80,7 @@ and ``"nan"``, so the output is strict JSON. ``null`` means "not defined"
       "data": {"nan": int, "posinf": int, "masked": int, "target_masked": int,
                "ignored": int, "max_logit": float, "min_logit": float,
                "max_spread": float, "worst": [slice]},
-      "dtypes": {D: {"overflow_above": float, "underflow_below": float,
+      "dtypes": {D: {"dtype": str, "overflow_above": float, "underflow_below": float,
                      "overflow": int, "underflow": int, "failing": int,
                      "worst": [slice]}},
       "verdict": {"status": "clean" | "fail", "message": str}
@@ -115,10 +125,12 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
 from .. import (
     ArgumentError,
@@ -126,12 +138,13 @@ from .. import (
     DtypeError,
     InputFileError,
     ShapeError,
+    StableSoftmaxError,
     TargetError,
     cross_entropy,
     log_softmax,
     reference_path,
 )
-from . import _readers
+from . import _outdir, _plot, _readers
 
 __all__ = [
     "diagnose",
@@ -144,6 +157,8 @@ __all__ = [
     "DTYPES",
     "add_parser",
     "run",
+    "cliff",
+    "draw_plot",
 ]
 
 SCHEMA = "stablesoftmax.diagnose/1"
@@ -151,6 +166,8 @@ DTYPES = ("float16", "bfloat16", "float32", "float64")
 PROBLEMS = ("nan", "posinf", "masked", "target_masked", "overflow", "underflow")
 CHUNK_BYTES = 8 * 2**20  # logits read per window: small enough for a 256 MB budget with work copies
 LARGE_INPUT = 64 * 2**20  # inputs at least this big show progress
+PLOT_PASSING = 100_000  # --plot draws at most about this many slices that stay finite, evenly spaced
+PLOT_FAILING = 100_000  # and marks at most this many failing ones: the first found
 _PRECISION = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}  # significand bits
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 IGNORE_INDEX = -100  # as cross_entropy's default: the padding label of most language-model batches
@@ -369,8 +386,9 @@ def _scan(
     top: int,
     target_name: str,
     ignore_index: int = IGNORE_INDEX,
-    progress: _Progress | None = None,
+    progress: Any = None,
     max_bytes: int | None = None,
+    points: _Points | None = None,
 ) -> Report:
     names = _check_dtypes(dtypes)
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
@@ -385,6 +403,9 @@ def _scan(
     batch, k = src.shape[:ax] + src.shape[ax + 1 :], src.shape[ax]
     tgt = None if target is None else _check_target(target, batch, k, ax, target_name, int(ignore_index))
     scan = _Scanner(names, k, top, int(ignore_index))
+    if points is not None:
+        points.start(names, math.prod(batch))
+        scan.points = points
     for start, block in _blocks(src, ax, progress, max_bytes):
         _feed(scan, block, ax, src.stream_axis, start, tgt)
     source = {
@@ -432,9 +453,12 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 
 def _blocks(
-    src: _readers.Array, axis: int, progress: _Progress | None, max_bytes: int | None = None
+    src: _readers.Array, axis: int, progress: Any, max_bytes: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Windows of the array along its stream axis; the whole array when that axis holds the classes."""
+    """Windows of the array along its stream axis; the whole array when that axis holds the classes.
+
+    ``progress``, a tqdm bar or None, advances by the bytes of each window read.
+    """
     n = src.shape[src.stream_axis]
     if len(src.shape) < 2 or src.stream_axis == axis:
         if src.streamed and max_bytes is not None and src.nbytes > max_bytes:
@@ -446,13 +470,16 @@ def _blocks(
                 "on the last axis, C order, to be read in windows)."
             )
         yield 0, src.whole()
+        if progress is not None:
+            progress.update(src.nbytes)
         return
-    step = max(1, CHUNK_BYTES // max(1, src.nbytes // n))
+    row_bytes = src.nbytes // n
+    step = max(1, CHUNK_BYTES // max(1, row_bytes))
     for start in range(0, n, step):
         stop = min(n, start + step)
         yield start, src.read(start, stop)
         if progress is not None:
-            progress.update(stop / n)
+            progress.update((stop - start) * row_bytes)
 
 
 def _feed(scan: _Scanner, block: np.ndarray, axis: int, stream_axis: int, start: int, tgt: np.ndarray | None) -> None:
@@ -543,6 +570,7 @@ class _Scanner:
         self.dtypes = {n: DtypeReport(n, *_limits(n)) for n in dtypes}
         self.data = DataReport()
         self.best: dict[str, list[tuple[float, tuple[int, ...], SliceReport]]] = {n: [] for n in dtypes}
+        self.points: _Points | None = None  # every slice's max and spread, for --plot
 
     def add(self, x: np.ndarray, t: np.ndarray | None, locate: _Locate) -> None:
         if x.dtype == BFLOAT16:
@@ -554,7 +582,10 @@ class _Scanner:
             self.data.ignored += int(ignored.sum())
         st = _row_stats(x, t, ignored)
         self._data(x, t, st, locate)
-        for name, f in _window_flags(x, t, st, list(self.dtypes), self.k).items():
+        flags = _window_flags(x, t, st, list(self.dtypes), self.k)
+        if self.points is not None:
+            self.points.add(st, flags)
+        for name, f in flags.items():
             rep = self.dtypes[name]
             rep.overflow += int(f.over.sum())
             rep.underflow += int(f.under.sum())
@@ -613,6 +644,48 @@ class _Scanner:
         if self.data.max_logit == -math.inf:  # no slice with a finite max: nothing to range over
             self.data.max_logit = self.data.min_logit = self.data.max_spread = math.nan
         return Report(source, self.data, self.dtypes, _verdict(self.data, self.dtypes))
+
+
+class _Points:
+    """Each slice's max and spread for ``--plot``, with the widest dtype it breaks in; bounded in memory.
+
+    Every failing slice is kept, up to ``PLOT_FAILING``; of those that stay
+    finite, every ``stride``-th, so that at most about ``PLOT_PASSING`` dots
+    are drawn for a batch of any size. Slices with no finite max (NaN,
+    ``+inf``, fully masked) have no place on the axes and are only counted.
+    """
+
+    def __init__(self) -> None:
+        self.dtypes: list[str] = []
+        self.stride, self.passed, self.failing, self.kept_failing, self.off_chart = 1, 0, 0, 0, 0
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def start(self, dtypes: list[str], slices: int) -> None:
+        self.dtypes = sorted(dtypes, key=DTYPES.index)  # narrowest range first
+        self.stride = max(1, -(-slices // PLOT_PASSING))
+
+    def add(self, st: _Stats, flags: dict[str, _Flags]) -> None:
+        n = st.mx.shape[0]
+        widest = np.full(n, -1, dtype=np.int8)
+        for i, name in enumerate(self.dtypes):  # a wider dtype that breaks overwrites a narrower one
+            widest[flags[name].over | flags[name].under] = i
+        fail = widest >= 0  # only slices with a finite max can overflow or underflow: all on the chart
+        kept = fail & (np.cumsum(fail) <= PLOT_FAILING - self.kept_failing)
+        passing = st.finite & ~fail
+        dots = passing & ((self.passed + np.cumsum(passing) - 1) % self.stride == 0)  # every stride-th of them
+        keep = kept | dots
+        self.parts.append((st.mx[keep].astype(np.float64), st.spread[keep].astype(np.float64), widest[keep]))
+        self.failing += int(fail.sum())
+        self.kept_failing += int(kept.sum())
+        self.off_chart += int((~st.finite).sum())
+        self.passed += int(passing.sum())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Max, spread and widest failing dtype (-1: none) of the kept slices."""
+        if not self.parts:
+            return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int8)
+        mx, spread, widest = zip(*self.parts, strict=True)
+        return np.concatenate(mx), np.concatenate(spread), np.concatenate(widest)
 
 
 @dataclass
@@ -945,29 +1018,8 @@ def _table(slices: list[SliceReport], has_target: bool, naive: bool) -> list[str
 
 
 # --------------------------------------------------------------------------
-# Progress and the command
+# The command
 # --------------------------------------------------------------------------
-
-
-class _Progress:
-    """A bar on stderr: redrawn in place on a TTY, a line per tenth otherwise."""
-
-    def __init__(self, name: str, stream: Any = None) -> None:
-        self.name, self.stream = name, stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.shown = -1
-
-    def update(self, frac: float) -> None:
-        tenth = int(frac * 10)
-        if self.tty:
-            bar = "#" * int(frac * 30)
-            self.stream.write(f"\rdiagnose {self.name} [{bar:<30}] {frac:4.0%}")
-            if frac >= 1:
-                self.stream.write("\n")
-        elif tenth > self.shown:
-            self.stream.write(f"diagnose {self.name}: {frac:.0%}\n")
-        self.shown = tenth
-        self.stream.flush()
 
 
 EPILOG = """\
@@ -976,6 +1028,7 @@ examples:
   stablesoftmax diagnose batch.npz --key logits --target-key labels --dtype float16,float32
   stablesoftmax diagnose logits.safetensors --json --fail-on underflow
   stablesoftmax diagnose batch.pt --max-bytes 2G     # a .pt larger than the default limit
+  stablesoftmax diagnose logits.npy --plot cliffs.png  # each slice's spread against each dtype's cliffs
 
 reads .npy (streamed in windows, any size), .npz, .safetensors, .pt/.pth (torch),
 .csv/.tsv and .json. Only regular files are read (no FIFO, device or directory).
@@ -1023,6 +1076,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"dtypes to simulate the naive code in (default: {','.join(DTYPES)}); given twice, the last wins",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON (schema stablesoftmax.diagnose/1)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw each slice's spread against every dtype's cliffs, failing slices marked (needs matplotlib)",
+    )
     p.add_argument("--top", type=int, default=5, metavar="N", help="list the N worst slices per dtype (default 5)")
     p.add_argument(
         "--fail-on",
@@ -1049,14 +1107,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Run ``stablesoftmax diagnose``; returns the exit code."""
     dtypes = [d.strip() for d in (args.dtype or ",".join(DTYPES)).split(",") if d.strip()]
+    plot = _plot_path(args.plot) if args.plot is not None else None  # checked before any data is read
+    points = _Points() if plot is not None else None
     limits = _readers.Limits(
         max_bytes=_size(args.max_bytes, "--max-bytes", _readers.MAX_BYTES),
         max_text_bytes=_size(args.max_text_bytes, "--max-text-bytes", _readers.MAX_TEXT_BYTES),
     )
     src = _readers.open_array(args.logits, args.key, role="logits", what="LOGITS", limits=limits)
     target, tname = _read_target(args, src, limits)
-    progress = _Progress(os.path.basename(args.logits)) if src.nbytes >= LARGE_INPUT else None
-    report = _scan(src, target, args.axis, dtypes, args.top, tname, args.ignore_index, progress, limits.max_bytes)
+    with _progress_bar(os.path.basename(args.logits), src.nbytes) as bar:
+        report = _scan(
+            src, target, args.axis, dtypes, args.top, tname, args.ignore_index, bar, limits.max_bytes, points
+        )
+    if plot is not None and points is not None:
+        draw_plot(points, report, plot)
     if args.json:
         sys.stdout.write(report.to_json(indent=2) + "\n")
     else:
@@ -1067,6 +1131,78 @@ def run(args: argparse.Namespace) -> int:
                 "--fail-on overflow|underflow|any exits 1 on what it names\n"
             )
     return 1 if args.fail_on and report.failed(args.fail_on) else 0
+
+
+def _plot_path(text: str) -> Path:
+    """``--plot``'s file, refused before the scan: not .png, in no directory, or without matplotlib."""
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise ArgumentError(f"--plot {text!r} is not allowed; give a file name ending in .png, e.g. --plot batch.png")
+    if not path.parent.is_dir():
+        raise ArgumentError(
+            f"--plot {text!r}: the directory {str(path.parent)!r} does not exist; "
+            "expected a .png path in an existing directory"
+        )
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise StableSoftmaxError(
+            "--plot draws with matplotlib, which is not installed; install it with: pip install 'stablesoftmax[lab]'"
+        ) from None
+    return path
+
+
+def cliff(dtype: str) -> _plot.Cliff:
+    """Where the naive programs break in ``dtype``, from its ``finfo`` (the report's thresholds, and tiny's)."""
+    overflow, underflow = _limits(dtype)
+    return _plot.Cliff(dtype, overflow, -underflow, -math.log(float(_finfo(_NUMPY_DTYPES[dtype]).tiny)))
+
+
+def draw_plot(points: _Points, report: Report, path: Path) -> _plot.SpreadChart:
+    """Write the ``--plot`` picture to ``path``; returns what it drew."""
+    mx, spread, widest = points.arrays()
+    chart = _plot.spread_chart(mx, spread, widest, [cliff(d) for d in points.dtypes], _plot_title(points, report))
+    _outdir.write(path, chart.png, flag="--plot")
+    return chart
+
+
+def _plot_title(points: _Points, report: Report) -> str:
+    src = report.source
+    broken = [d for d in points.dtypes if report.dtypes[d].failing]
+    lines = [
+        f"{src['name']}: {src['slices']} slice(s) of {src['classes']} class(es); "
+        + (f"{points.failing} break in {', '.join(broken)}" if broken else f"none breaks in {', '.join(points.dtypes)}")
+    ]
+    notes = []
+    if points.kept_failing < points.failing:
+        notes.append(f"the first {points.kept_failing} failing slices are marked")
+    if points.stride > 1:
+        notes.append(f"grey: one in {points.stride} of the {points.passed} slices that stay finite")
+    if points.off_chart:
+        notes.append(f"{points.off_chart} slice(s) with NaN, +inf or no finite logit are not drawn")
+    if src["target"]:
+        notes.append("with targets, a slice breaks when its target's logit, not its min, is that far below its max")
+    return "\n".join(lines + ["; ".join(notes)] if notes else lines)
+
+
+def _progress_bar(name: str, nbytes: int, stream: Any = None) -> Any:
+    """A tqdm bar over the bytes to scan, on ``stream`` (stderr) when it is a terminal.
+
+    Off the terminal (a log, a pipe, a CI job) it stays silent: ``disable=None``
+    is tqdm's "no bar unless a TTY". A small input finishes before a bar would
+    tell anything, so it gets none either. The bar is cleared when done, so the
+    report stands alone.
+    """
+    return tqdm(
+        total=nbytes,
+        desc=f"diagnose {name}",
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=stream or sys.stderr,
+        leave=False,
+        disable=None if nbytes >= LARGE_INPUT else True,
+    )
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
