@@ -17,6 +17,7 @@ import pytest
 
 import stablesoftmax as ss
 from stablesoftmax._contract import SECTIONS
+from tests.test_battery import LAB_SAMPLE, predictions_text  # lab 01's own sample predictions
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -55,6 +56,30 @@ def test_lab_steps_on_the_site_are_the_readmes():
     readme = (REPO / "README.md").read_text()
     assert steps(readme) == steps(page("lab"))
     assert len(steps(readme)) == 2
+
+
+def test_lab_steps_print_what_the_page_shows(tmp_path):
+    """The lab page's step-by-step session, run with lab 01's sample predictions as the learner's (as the page says)."""
+    session = block_after(page("lab"), ".. code-block:: console")
+    commands = [i for i, line in enumerate(session) if line.startswith("$ ")]
+
+    def shown(i: int) -> list[str]:  # what the page prints under the command at session[i]
+        return session[i + 1 : next(j for j in commands if j > i)]
+
+    def run(line: str) -> list[str]:
+        args = shlex.split(line[2:].split("#")[0])[1:]
+        proc = subprocess.run(
+            [sys.executable, "-m", "stablesoftmax", *args], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()
+
+    template, filled = (i for i in commands if session[i].startswith("$ stablesoftmax battery"))
+    assert run(session[template]) == shown(template)
+    (tmp_path / "out" / "02-softmax-stability" / "predictions.toml").write_text(predictions_text(LAB_SAMPLE))
+    printed, expected = run(session[filled]), shown(filled)
+    assert expected[0] == "..."  # the page shows the end of the output
+    assert printed[-len(expected) + 1 :] == expected[1:]
 
 
 def test_diagnose_json_error_is_what_the_command_prints(tmp_path):
