@@ -5,7 +5,7 @@ Run from the repository root::
     python benchmarks/perf.py                        # every case, full shapes
     python benchmarks/perf.py --only masked          # the cases whose name holds "masked"
     python benchmarks/perf.py --quick                # (1024, 8000) instead of (4096, 32000)
-    python benchmarks/perf.py --out benchmarks/results/perf.md
+    python benchmarks/perf.py --out benchmarks/results/perf.md --csv benchmarks/results/perf.csv
 
 Everything runs on one thread (numba, PyTorch, BLAS; ``*_NUM_THREADS=1`` is
 set before they import), except the rows named "2 threads". Each case runs
@@ -24,14 +24,23 @@ masked and smoothed cases use the naive masked or smoothed formula);
 ``stablesoftmax`` the public function; ``kernel`` the compiled kernel called
 directly (``stablesoftmax._kernels``), with the small NumPy finish a caller
 needs and the output allocated per call; ``torch``/``scipy`` their functions.
+
+``--csv`` writes one row per method and case: the CPU class the run was made
+on (``cpu_class``, e.g. "AMD EPYC Zen 3 (AVX2)": vendor and brand, LLVM's
+micro-architecture, widest vector unit), the library and version each method
+belongs to, its median time and its ratios to the case's baseline and to
+stablesoftmax. A run replaces the file's rows of its own CPU class and keeps
+the other classes', and the documentation draws a chart panel per class.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -103,6 +112,8 @@ def _lse_case(x, libs) -> Case:
     if "torch" in libs:
         t = libs["torch"].from_numpy(x)
         m["torch"] = lambda: libs["torch"].logsumexp(t, -1)
+    if "scipy" in libs:
+        m["scipy"] = lambda: libs["scipy"].special.logsumexp(x, axis=-1)
     goals = [
         ("stablesoftmax", "naive", "<=", 0.35),
         ("torch", "stablesoftmax", ">=", 8.0),
@@ -129,6 +140,9 @@ def _elementwise_case(fn: str, x, libs, goal) -> Case:
         t = libs["torch"].from_numpy(x)
         tf = getattr(libs["torch"], fn)
         m["torch"] = lambda: tf(t, -1)
+    if "scipy" in libs:
+        sf = getattr(libs["scipy"].special, fn)
+        m["scipy"] = lambda: sf(x, axis=-1)
     goals = [("stablesoftmax", "naive", "<=", goal), ("kernel", "naive", "<=", goal)] if goal else []
     return Case(_name(fn, x), m, x.nbytes, goals)
 
@@ -427,31 +441,187 @@ def goal_rows(res: dict[str, Any]) -> list[str]:
     return out
 
 
-def machine() -> str:
-    """CPU model, its vector features as NumPy and LLVM (numba) see them, and library versions."""
-    model = platform.processor() or platform.machine()
+# LLVM's names of micro-architectures, as people call them; any other is shown as LLVM spells it.
+MICROARCH = {
+    "znver2": "Zen 2",
+    "znver3": "Zen 3",
+    "znver4": "Zen 4",
+    "znver5": "Zen 5",
+    "skylake-avx512": "Skylake-SP",
+    "cascadelake": "Cascade Lake",
+    "icelake-server": "Ice Lake-SP",
+    "sapphirerapids": "Sapphire Rapids",
+    "emeraldrapids": "Emerald Rapids",
+    "graniterapids": "Granite Rapids",
+    "neoverse-n1": "Neoverse N1",
+    "neoverse-v2": "Neoverse V2",
+}
+
+
+def cpu_class(model: str, llvm_cpu: str, features: dict[str, bool]) -> str:
+    """The class a run is filed under: brand, micro-architecture and widest vector unit.
+
+    ``("AMD EPYC 7B13 64-Core Processor", "znver3", {"avx2": True})`` gives "AMD EPYC Zen 3 (AVX2)".
+    The model number is left out: the kernels' speed follows the micro-architecture and the vector
+    width, which parts of one class share.
+    """
+    words = re.sub(r"\((R|TM)\)|\bCPU\b|\bProcessor\b|@.*", " ", model, flags=re.I).split()
+    brand = []
+    for word in words:
+        if any(c.isdigit() for c in word):
+            break
+        brand.append(word)
+    isa = "AVX-512" if features.get("avx512f") else "AVX2" if features.get("avx2") else "no AVX2"
+    return f"{' '.join(brand) or 'unknown CPU'} {MICROARCH.get(llvm_cpu, llvm_cpu)} ({isa})"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what the platform module says."""
     try:
         with open("/proc/cpuinfo") as fh:
-            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        return platform.processor() or platform.machine()
+
+
+def host_cpu() -> tuple[str, dict[str, bool]]:
+    """LLVM's (numba's) name for this CPU and the vector features the kernels can use."""
+    import llvmlite.binding as ll
+
+    host = ll.get_host_cpu_features()
+    return ll.get_host_cpu_name(), {k: bool(host.get(k, False)) for k in ("avx2", "avx512f")}
+
+
+def machine() -> str:
+    """CPU model, its vector features as NumPy and LLVM (numba) see them, and library versions."""
+    model = cpu_model()
     from numpy._core._multiarray_umath import __cpu_features__ as feats
 
     numpy_simd = ", ".join(k for k in ("AVX2", "AVX512F", "AVX512_SKX") if feats.get(k))
-    import llvmlite.binding as ll
     import numba
 
-    host = ll.get_host_cpu_features()
-    llvm = ", ".join(k for k in ("avx2", "avx512f") if host.get(k, False))
+    llvm_cpu, host = host_cpu()
+    llvm = ", ".join(k for k, on in host.items() if on)
     libs = [f"numpy {np.__version__}", f"numba {numba.__version__}", f"stablesoftmax {ss.__version__}"]
+    libs += [f"{name} {version}" for name, version in versions().items() if name in ("torch", "scipy")]
+    return (
+        f"CPU: {model}, {os.cpu_count()} cores seen; NumPy SIMD: {numpy_simd or 'none'}; "
+        f"LLVM host {llvm_cpu} ({llvm or 'no avx2'}); {'; '.join(libs)}"
+    )
+
+
+def versions() -> dict[str, str]:
+    """The version of each library a method can belong to, of those imported."""
+    out = {"stablesoftmax": ss.__version__, "numpy": np.__version__}
     for name in ("torch", "scipy"):
         mod = sys.modules.get(name)
         if mod is not None:
-            libs.append(f"{name} {mod.__version__}")
-    return (
-        f"CPU: {model}, {os.cpu_count()} cores seen; NumPy SIMD: {numpy_simd or 'none'}; "
-        f"LLVM host {ll.get_host_cpu_name()} ({llvm or 'no avx2'}); {'; '.join(libs)}"
-    )
+            out[name] = mod.__version__
+    return out
+
+
+# --------------------------------------------------------------------------
+# The CSV the documentation's charts are drawn from
+# --------------------------------------------------------------------------
+
+CSV_FIELDS = [
+    "cpu_class",
+    "cpu",
+    "function",
+    "variant",
+    "shape",
+    "dtype",
+    "method",
+    "library",
+    "version",
+    "clock",
+    "samples",
+    "median_s",
+    "q1_s",
+    "q3_s",
+    "baseline",
+    "ratio_to_baseline",
+    "ratio_to_baseline_q1",
+    "ratio_to_baseline_q3",
+    "ratio_to_stablesoftmax",
+    "ratio_to_stablesoftmax_q1",
+    "ratio_to_stablesoftmax_q3",
+    "ratio_to_one_read",
+]
+
+
+def library_of(method: str) -> str:
+    """Which library a method's time belongs to: the naive formulas are NumPy's."""
+    if method.startswith(("torch", "F.")):
+        return "torch"
+    if method.startswith("scipy"):
+        return "scipy"
+    return "numpy" if method.startswith("naive") else "stablesoftmax"
+
+
+def csv_rows(res: dict[str, Any], cls: str, cpu: str, libs: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per method timed; ratios are medians [quartiles] over rounds of per-round ratios."""
+    case, order = res["case"], res["order"]
+    words = case.name.split()
+    ours = next((k for k in order if k in ("stablesoftmax", "stablesoftmax fwd+bwd")), None)
+    rows = []
+    for k in order:
+        times = res["samples"].get(k) or res["slow"].get(k)
+        if not times:  # the method failed; the markdown report says how
+            continue
+        q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+        to_base = ratio(res, k, order[0]) or ("",) * 3
+        to_ours = (ratio(res, k, ours) if ours else None) or ("",) * 3
+        read = ratio(res, k, "read")
+        lib = library_of(k)
+        rows.append(
+            dict(
+                zip(
+                    CSV_FIELDS,
+                    [
+                        cls,
+                        cpu,
+                        words[0],
+                        " ".join(words[1:-2]),
+                        words[-2],
+                        words[-1],
+                        k,
+                        lib,
+                        libs.get(lib, ""),
+                        "wall" if case.wall else "thread CPU",
+                        len(times),
+                        q[1],
+                        q[0],
+                        q[2],
+                        order[0],
+                        *to_base,
+                        *to_ours,
+                        read[0] if read else "",
+                    ],
+                    strict=True,
+                )
+            )
+        )
+    return rows
+
+
+def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` to ``path``, keeping the rows an earlier file holds for other CPU classes.
+
+    A run replaces its own CPU class's figures and leaves the others', so one file
+    gathers every class measured, and the documentation draws a panel for each.
+    """
+    classes = {row["cpu_class"] for row in rows}
+    kept = []
+    if os.path.isfile(path):
+        with open(path, newline="") as fh:
+            kept = [row for row in csv.DictReader(fh) if row.get("cpu_class") not in classes]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, CSV_FIELDS, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
 
 
 def read_bandwidth(megabytes: int) -> float:
@@ -515,6 +685,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="run only the cases whose name contains this text")
     p.add_argument("--out", default="", help="also write the report (markdown) to this file")
     p.add_argument(
+        "--csv",
+        default="",
+        help="also write every method's figures here (CSV, for the docs' charts; other CPU classes' rows stay)",
+    )
+    p.add_argument(
+        "--cpu-class",
+        default="",
+        help='the class the CSV files this run under (default: from the CPU, e.g. "AMD EPYC Zen 3 (AVX2)")',
+    )
+    p.add_argument(
         "--slow",
         type=float,
         default=3.0,
@@ -534,13 +714,18 @@ def main(argv: list[str] | None = None) -> int:
     bw = read_bandwidth(128 if args.quick else 512)
     head.append(f"single-thread read bandwidth: {bw / 1e9:.1f} GB/s")
     print("\n".join(head), flush=True)
-    results, report = [], []
+    model, (llvm_cpu, features) = cpu_model(), host_cpu()
+    cls = args.cpu_class or cpu_class(model, llvm_cpu, features)
+    head.append(f"CPU class: {cls}")
+    print(head[-1], flush=True)
+    results, report, rows = [], [], []
     for case in cases(big, libs):
         if args.only and args.only not in case.name:
             continue
         res = run_case(case, args.rounds, bw, args.slow)
         results.append(res)
         report.append(case_table(res))
+        rows += csv_rows(res, cls, model, versions())
         print("\n" + report[-1], flush=True)
     goals = ["| case | goal | median [quartiles] | verdict |", "|---|---|---|---|"]
     for res in results:
@@ -552,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {'met' if med <= 0.15 else 'NOT met'} |"
         )
     print("\n" + "\n".join(goals))
+    if args.csv:
+        write_csv(args.csv, rows)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write("\n".join(head) + "\n\n" + "\n\n".join(report) + "\n\n### Goals\n\n" + "\n".join(goals) + "\n")

@@ -29,6 +29,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "numpydoc",
     "stablesoftmax_docs",
+    "perf_charts",
 ]
 
 exclude_patterns = ["_build", "_generated/*.inc"]
