@@ -23,7 +23,8 @@ imported by name and is not part of ``stablesoftmax.__all__``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -47,6 +48,18 @@ __all__ = [
     "Softmax",
     "LinearCrossEntropyLoss",
 ]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _eager(fn: _F) -> _F:
+    """``fn`` run eagerly under torch.compile, a graph break.
+
+    For code that computes on the host (NumPy), which torch.compile cannot trace: dynamo would trace
+    into it and give up there.
+    """
+    disable = cast("Callable[[_F], _F]", torch.compiler.disable)  # torch leaves it unannotated
+    return disable(fn)
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -126,9 +139,10 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         _input_only(target)
-        return cross_entropy(
+        loss: Tensor = cross_entropy(
             input, target, axis=_class_axis(input), weight=self.weight, where=self.where, **self._options()
         )
+        return loss
 
     def extra_repr(self) -> str:
         return _repr(self._options(), weight=self.weight, where=self.where)
@@ -170,7 +184,8 @@ class NLLLoss(torch.nn.NLLLoss):
         return dict(ignore_index=self.ignore_index, reduction=self.reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return nll_loss(input, target, axis=_class_axis(input), weight=self.weight, **self._options())
+        loss: Tensor = nll_loss(input, target, axis=_class_axis(input), weight=self.weight, **self._options())
+        return loss
 
     def extra_repr(self) -> str:
         return _repr(self._options(), weight=self.weight)
@@ -352,9 +367,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             chunk_size=self.chunk_size,
         )
 
-    # The chunks run on the host (NumPy), which torch.compile cannot trace: the call runs eagerly, a graph
-    # break, rather than dynamo tracing into the host code and giving up there.
-    @torch.compiler.disable
+    @_eager
     def forward(
         self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None
     ) -> Tensor:
@@ -364,7 +377,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
                 f"target of shape {tuple(target.shape)} must be input's shape {tuple(input.shape)} "
                 f"without its last (hidden) axis: {lead}."
             )
-        loss = linear_cross_entropy(
+        loss: Tensor = linear_cross_entropy(
             input.reshape(-1, input.shape[-1]),
             linear_weight,
             target.reshape(-1),
