@@ -94,6 +94,13 @@ class TestCrossEntropyLoss:
         q = _prob_targets(rng, shape, axis)
         _check_parity(snn.CrossEntropyLoss(**opts), torch.nn.CrossEntropyLoss(**opts), x, q)
 
+    def test_ignore_index_with_probability_targets_refused_as_by_torch(self, rng):
+        x, q = _t(rng.uniform(-5, 5, (6, 5))), _prob_targets(rng, (6, 5), 1)
+        with pytest.raises(RuntimeError, match="ignore_index is not supported for floating point target"):
+            torch.nn.CrossEntropyLoss(ignore_index=2)(x, q)
+        with pytest.raises(ArgumentError, match="ignore_index=2 cannot be used with probability targets"):
+            snn.CrossEntropyLoss(ignore_index=2)(x, q)
+
     def test_positional_arguments_in_torchs_order(self, rng):
         x, y, w = _t(rng.normal(size=(6, 4))), _t(np.array([0, 1, 3, 3, 2, 1])), _t(rng.uniform(0.5, 2, 4))
         args = (w, None, 3, None, "sum", 0.1)  # weight, size_average, ignore_index, reduce, reduction, smoothing
