@@ -126,7 +126,8 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         self.softcap = softcap
         self.register_buffer("where", where)
         self.where: Tensor | None
-        cross_entropy(torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64), **self._options())  # checks them now
+        # The library's own checks, on a 1 x 1 input: a bad option fails here, not at the first batch.
+        cross_entropy(torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64), **self._options())
 
     def _options(self) -> dict[str, Any]:
         return dict(
@@ -178,7 +179,7 @@ class NLLLoss(torch.nn.NLLLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction)
-        nll_loss(torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64), **self._options())  # checks them now
+        nll_loss(torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64), **self._options())  # checks them, as above
 
     def _options(self) -> dict[str, Any]:
         return dict(ignore_index=self.ignore_index, reduction=self.reduction)
@@ -229,7 +230,7 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
         pos_weight: Tensor | None = None,
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction, pos_weight)
-        binary_cross_entropy_with_logits(torch.zeros(1), torch.zeros(1), reduction=self.reduction)  # checks it now
+        binary_cross_entropy_with_logits(torch.zeros(1), torch.zeros(1), reduction=self.reduction)  # checks, as above
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         _input_only(target)
@@ -355,7 +356,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.softcap = softcap
         self.chunk_size = chunk_size
         one = torch.zeros(1, 1)
-        linear_cross_entropy(one, one, torch.zeros(1, dtype=torch.int64), **self._options())  # checks them now
+        linear_cross_entropy(one, one, torch.zeros(1, dtype=torch.int64), **self._options())  # checks them, as above
 
     def _options(self) -> dict[str, Any]:
         return dict(
@@ -400,8 +401,8 @@ def _input_only(target: Tensor) -> None:
     """Refuse a target that asks for a gradient: the losses give one to the input only, and none would come."""
     if target.requires_grad and torch.is_grad_enabled():
         raise ArgumentError(
-            "target requires grad, but stablesoftmax's losses differentiate their input only (PyTorch's also "
-            "differentiate probability targets); pass target.detach()."
+            "target requires grad, but stablesoftmax's losses differentiate their input only (PyTorch's "
+            "differentiate a float target too); pass target.detach()."
         )
 
 
