@@ -3,8 +3,8 @@
 Each :class:`Rule` says what every function of the family returns for one
 kind of special input, and carries a small example with its exact expected
 outputs. The docstrings (through :func:`documented`), the test suite
-(``tests/test_contract.py``) and the README table all read this list, so
-sibling functions cannot drift apart.
+(``tests/test_contract.py``) and the tables of ``docs/contract.rst`` all
+read this list, so sibling functions cannot drift apart.
 """
 
 from __future__ import annotations
@@ -253,27 +253,9 @@ def markdown_table(names: tuple[str, ...] = ("logsumexp", "softmax", "log_softma
     return "\n".join(rows)
 
 
+# The groups of the contract's tables, each a table of docs/contract.rst.
 SECTIONS = {
     "family": ("logsumexp", "softmax", "log_softmax"),
     "cross_entropy": ("cross_entropy",),
     "gradients": ("gradients",),
 }
-
-
-def render_sections(text: str) -> str:
-    """``text`` with each ``<!-- contract:NAME -->`` block replaced by the current table."""
-    for name, cols in SECTIONS.items():
-        start, end = f"<!-- contract:{name} -->", f"<!-- /contract:{name} -->"
-        head, _, rest = text.partition(start)
-        _, _, tail = rest.partition(end)
-        if rest:
-            text = f"{head}{start}\n{markdown_table(cols)}\n{end}{tail}"
-    return text
-
-
-def refresh(path: str = "README.md") -> None:
-    """Rewrite the contract tables of the Markdown file at ``path`` in place."""
-    from pathlib import Path
-
-    p = Path(path)
-    p.write_text(render_sections(p.read_text()))

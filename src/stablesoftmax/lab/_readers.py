@@ -62,7 +62,7 @@ EXTENSIONS = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".csv", ".tsv", ".j
 EXPECTED_DTYPES = "float16, bfloat16, float32, float64, integers or bools"
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 # Defaults of the limits (issue 14): with them, any file of at most 10 MB is diagnosed in a few
-# seconds and well under 512 MB; see the README's "Limits" section for the measurements.
+# seconds and well under 512 MB; the "Limits" section of docs/diagnose.rst gives the measurements.
 MAX_BYTES = 128 * 2**20
 MAX_TEXT_BYTES = 4 * 2**20
 MAX_TEXT_NDIM = 32  # nesting deeper than this in JSON is not an array of logits
