@@ -234,6 +234,6 @@ class TestGradient:
             for c, v in enumerate(row):
                 want = big_a * mpmath.exp(mpmath.mpf(float(v)) - lse) - a[c]
                 tol = 4 * EPS * (abs(float(big_a * mpmath.exp(mpmath.mpf(float(v)) - lse))) + abs(float(a[c])))
+                if c == int(parts.k[i]):  # at the max the gradient is formed without cancellation
+                    tol = 4 * EPS * abs(float(want))
                 assert abs(grad[i, c] - float(want)) <= tol, (i, c, grad[i, c], want)
-        if not smoothing:
-            assert grad[1, 5] < 0  # -w_y s / (1 + s): tiny, and not rounded to 0

@@ -1,0 +1,179 @@
+"""Every accelerator through the same cases: the protocol of ``stablesoftmax._kernels``.
+
+An accelerator computes the per-row parts and writes outputs and gradients
+from them; it never finishes a loss. What each must give:
+
+* ``m`` and ``k`` of :func:`state_rows` exactly (both are exact: a max and a
+  first position), special rows included, as the reference gives them;
+* ``s`` within ``S_BOUND`` of the exact sum (mpmath), relative;
+* softmax and log-softmax written into ``out`` within the library's ulp goals
+  against mpmath (16-bit and float32 correctly rounded);
+* the loss parts of :func:`cross_entropy_rows` and its gradient against
+  mpmath, for every option.
+
+Adding an accelerator means one entry in ``ACCELERATORS`` below. Never is an
+accelerator compared with another one's bits where the contract does not
+say the value is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+
+from stablesoftmax import _kernels
+from stablesoftmax._kernels import reference
+from tests.helpers import FLOAT_DTYPES, ulp_error, ulp_goal
+
+mpmath.mp.dps = 40
+EPS64 = np.finfo(np.float64).eps
+# The sum s: float64 input carries the shift's TwoSum error and its terms are within ~1e-17 of
+# exp; narrower input's shift is exact and its terms are within 4.1e-14 (the kernels' float32
+# polynomial). Compensated block sums keep the sum's own error near one eps.
+S_BOUND = {"float64": 8 * EPS64, "narrow": 2.0**-43}
+
+
+def _cpu():
+    module = _kernels.host_kernels()
+    if module is None:
+        pytest.skip("the numba kernels cannot run here")
+    return module
+
+
+# name -> (module factory, dtypes it takes, how arrays go in and come out)
+ACCELERATORS = {
+    "reference": (lambda: reference, FLOAT_DTYPES),
+    "cpu": (_cpu, [np.dtype(np.float32), np.dtype(np.float64)]),
+}
+
+
+@pytest.fixture(params=sorted(ACCELERATORS))
+def accelerator(request):
+    factory, dtypes = ACCELERATORS[request.param]
+    return factory(), dtypes
+
+
+def _takes(accelerator, dtype) -> object:
+    module, dtypes = accelerator
+    if np.dtype(dtype) not in dtypes:
+        pytest.skip(f"{module.__name__} does not take {dtype}")
+    return module
+
+
+def _rows(dtype, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Ordinary, dominant, tied, masked and special rows of 19 classes, already in ``dtype``."""
+    inf, nan = math.inf, math.nan
+    x = rng.normal(scale=3.0, size=(12, 19))
+    x[1, 4] = 40.0  # dominant: s far below an ulp of 1
+    x[2, :] = 1.5  # all tied
+    x[3, [2, 11]] = 9.0  # a tie for the max
+    x[4] = -80.0 + rng.normal(size=19)  # far from 0
+    x[7, :] = -inf  # no mass
+    x[8, 6] = inf  # one +inf
+    x[9, [1, 5]] = inf  # two
+    x[10, 3] = nan
+    where = np.ones(x.shape, bool)
+    where[5, ::2] = False
+    where[6, :] = False  # all masked
+    x[5, ::2] = nan  # what a masked entry holds does not count
+    return np.asarray(x, dtype=dtype), where
+
+
+def _exact_s(row: np.ndarray, allowed: np.ndarray) -> float:
+    vals = [mpmath.mpf(float(v)) for v, ok in zip(row, allowed, strict=True) if ok]
+    m = max(vals)
+    k = next(i for i, v in enumerate(vals) if v == m)
+    return float(mpmath.fsum(mpmath.exp(v - m) for i, v in enumerate(vals) if i != k))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+class TestState:
+    def test_m_and_k_are_the_references_exactly(self, accelerator, dtype, rng):
+        module = _takes(accelerator, dtype)
+        x, where = _rows(dtype, rng)
+        for mask in (None, where):
+            m, k, s = (np.asarray(a) for a in module.state_rows(x, where=mask))
+            rm, rk, rs = (np.asarray(a) for a in reference.state_rows(x, where=mask))
+            np.testing.assert_array_equal(m, rm)
+            np.testing.assert_array_equal(k, rk)
+            special = ~np.isfinite(rm)
+            np.testing.assert_array_equal(s[special], rs[special])  # the contract's special rows are exact
+
+    def test_s_against_mpmath(self, accelerator, dtype, rng):
+        module = _takes(accelerator, dtype)
+        x, where = _rows(dtype, rng)
+        m, _, s = (np.asarray(a) for a in module.state_rows(x, where=where))
+        bound = S_BOUND["float64" if np.dtype(dtype) == np.float64 else "narrow"]
+        for i in np.flatnonzero(np.isfinite(m)):
+            want = _exact_s(x[i].astype(np.float64), where[i])
+            assert abs(s[i] - want) <= bound * want + 1e-300, (i, s[i], want)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_outputs_within_the_ulp_goals(accelerator, dtype, log, rng):
+    module = _takes(accelerator, dtype)
+    x, where = _rows(dtype, rng)
+    out = np.empty(x.shape, dtype)
+    module.state_rows(x, where=where, out=out, log=log)
+    fn = "log_softmax" if log else "softmax"
+    for i in range(x.shape[0]):
+        vals = [mpmath.mpf(float(v)) for v, ok in zip(x[i], where[i], strict=True) if ok]
+        if not vals or any(mpmath.isnan(v) or mpmath.isinf(v) for v in vals):
+            continue  # special rows: the state test holds them exactly
+        lse = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in vals))
+        for c in np.flatnonzero(where[i]):
+            v = mpmath.mpf(float(x[i, c]))
+            ref = v - lse if log else mpmath.exp(v - lse)
+            assert ulp_error(out[i, c], ref, dtype) <= ulp_goal(fn, dtype), (i, c, out[i, c], ref)
+        assert np.all(out[i, ~where[i]] == (-np.inf if log else 0.0))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_cross_entropy_parts_and_gradient_against_mpmath(accelerator, dtype, smoothing, weighted, rng):
+    module = _takes(accelerator, dtype)
+    x, where = _rows(dtype, rng)
+    rows = [0, 1, 3, 4, 5]  # finite rows, one masked
+    x, where = x[rows], where[rows]
+    y = np.array([3, 4, 11, 0, 1])  # row 1: the target is the dominant max
+    w = rng.uniform(0.5, 2.0, x.shape[1]) if weighted else None
+    g = rng.uniform(0.5, 1.5, len(y))
+    z = np.full(len(y), 0.03)
+    z[1] = 0.0  # the dominant row's gradient at its max is -a_k s / (1 + s), tiny: nothing may hide it
+    grad = np.empty(x.shape)
+    r = module.cross_entropy_rows(x, y, where=where, weight=w, label_smoothing=smoothing, grad=grad, g=g, z_grad=z)
+    for i in range(len(y)):
+        ok = where[i]
+        vals = [mpmath.mpf(float(v)) for v in x[i]]
+        wts = [mpmath.mpf(1) if w is None else mpmath.mpf(float(c)) for c in (w if w is not None else x[i])]
+        m = max(v for v, a in zip(vals, ok, strict=True) if a)
+        lse = mpmath.log(mpmath.fsum(mpmath.exp(v) for v, a in zip(vals, ok, strict=True) if a))
+        assert float(r.x_target[i]) == float(x[i, y[i]])
+        if smoothing:
+            count = int(ok.sum())
+            want_d = mpmath.fsum(wc * (v - m) for v, wc, a in zip(vals, wts, ok, strict=True) if a)
+            assert int(r.allowed[i]) == count
+            assert abs(float(r.shift_sum[i]) - float(want_d)) <= 8 * EPS64 * abs(float(want_d))
+            assert abs(float(r.weight_sum[i]) - float(mpmath.fsum(wc for wc, a in zip(wts, ok, strict=True) if a))) <= (
+                4 * EPS64 * count * 2
+            )
+        # the gradient: g (A p_c - a_c) + z lse p_c, within a few eps of the size of its terms
+        share = mpmath.mpf(smoothing) / int(ok.sum())
+        a = [
+            ((1 - mpmath.mpf(smoothing)) * wts[c] * (c == y[i]) + share * wts[c]) if ok[c] else mpmath.mpf(0)
+            for c in range(len(vals))
+        ]
+        big_a = mpmath.fsum(a)
+        for c in range(len(vals)):
+            p = mpmath.exp(vals[c] - lse) if ok[c] else mpmath.mpf(0)
+            want = g[i] * (big_a * p - a[c]) + z[i] * lse * p
+            size = abs(float(g[i] * (big_a * p + a[c]))) + abs(float(z[i] * lse * p))
+            rel = S_BOUND["narrow"] if np.dtype(dtype) != np.float64 else 16 * EPS64
+            if c == int(np.asarray(r.k)[i]):
+                size = abs(float(want))  # at the max, A p_k - a_k is formed without cancellation: relative accuracy
+            assert abs(grad[i, c] - float(want)) <= rel * size + 1e-300, (i, c, grad[i, c], want)
