@@ -278,7 +278,7 @@ def reference_state(x: np.ndarray, where: np.ndarray | None = None):
     if where is not None:
         xw = np.where(where, xw, -np.inf)
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in special rows: the rule handles them
-        return _state.state(xw, np, exact=x.dtype == np.float64)
+        return _state.state(xw, np, needs_twosum=x.dtype == np.float64)
 
 
 def adversarial_rows(rng, dtype, k):
@@ -486,7 +486,7 @@ class TestCrossEntropyRows:
 
         a = _reference_mass(x, y, where, weight, smoothing)
         with np.errstate(invalid="ignore"):  # masked entries: -inf - m
-            probs = _state.block_probs(xw, fwd.parts.m, fwd.parts.s, np, exact=x.dtype == np.float64)
+            probs = _state.block_probs(xw, fwd.parts.m, fwd.parts.s, np, needs_twosum=x.dtype == np.float64)
         size = g[:, None] * (a.sum(-1, keepdims=True) * probs + a)
         assert np.all(np.abs(grad - rgrad) <= 4 * S_RTOL[np.dtype(dtype)] * size + 1e-300)
 

@@ -24,7 +24,7 @@ EPS = np.finfo(np.float64).eps
 
 def _parts(x: np.ndarray, first: int = 0, **kw) -> _state.Parts:
     with np.errstate(all="ignore"):  # -inf entries: the shift rule expects inf - inf
-        return _state.part(x, first, npx, exact=True, **kw)
+        return _state.part(x, first, npx, needs_twosum=True, **kw)
 
 
 def _chunks(x: np.ndarray, cuts: list[int], **kw) -> list[_state.Parts]:
@@ -152,7 +152,7 @@ class TestFinish:
                 probs=False,
                 smoothing=smoothing,
                 z_loss=z_loss,
-                exact=True,
+                needs_twosum=True,
             )
         total = ce + (0 if zt is None else zt)
         for i, row in enumerate(x):
@@ -176,7 +176,7 @@ class TestFinish:
                 probs=True,
                 smoothing=0.0,
                 z_loss=0.0,
-                exact=True,
+                needs_twosum=True,
             )
         for i, row in enumerate(x):
             want, _, _ = _mp_ce(row, None, None, 0.0, 0.0, q=q[i])
@@ -204,7 +204,15 @@ class TestGradient:
         alive = np.ones(len(y), bool)
         with np.errstate(all="ignore"):
             rows, _, _ = _state.finish(
-                parts, npx, target=y, counted=alive, weight=w, probs=False, smoothing=smoothing, z_loss=0.0, exact=True
+                parts,
+                npx,
+                target=y,
+                counted=alive,
+                weight=w,
+                probs=False,
+                smoothing=smoothing,
+                z_loss=0.0,
+                needs_twosum=True,
             )
             scales = _state.row_scales("sum", rows.alive, rows.wy, np.array(1.0), npx, dtype=np.float64)
             blocks = []
@@ -224,7 +232,7 @@ class TestGradient:
                         smoothing=smoothing,
                         z_loss=0.0,
                         softcap=None,
-                        exact=True,
+                        needs_twosum=True,
                     )
                 )
         grad = np.concatenate(blocks, axis=1)

@@ -85,7 +85,7 @@ def host_state(x: np.ndarray) -> _state.State:
     for r in range(0, n, step):
         xw = rows[r : r + step].astype(np.float64)
         with np.errstate(all="ignore"):  # see _backends.plain
-            st = _state.state(xw, npx, exact=rows.dtype == np.float64)[0]
+            st = _state.state(xw, npx, needs_twosum=rows.dtype == np.float64)[0]
         m[r : r + step], k[r : r + step], s[r : r + step] = st.m, st.k, st.s
     return _state.State(m, k, s)
 
@@ -96,7 +96,7 @@ def _kernel_mask(mask: Array | None) -> np.ndarray | None:
 
 def _kernel_rows(x: Array) -> np.ndarray:
     x2 = np.ascontiguousarray(x)
-    return x2.astype(np.float32) if x2.dtype.itemsize == 2 else x2  # exact: 16-bit values are float32 values
+    return x2.astype(np.float32) if x2.dtype.itemsize == 2 else x2  # needs_twosum: 16-bit values are float32 values
 
 
 # --------------------------------------------------------------------------
@@ -171,12 +171,12 @@ def logsumexp(x: Array, xp: Any, *, mask: Array | None = None, b: Array | None =
     module = _accelerator(x, xp) if b is None else None
     if module is not None:
         return round_to(module.lse_rows(_kernel_rows(x), where=_kernel_mask(mask)), x, xp), None
-    xw, exact = widen(x, xp)
+    xw, needs_twosum = widen(x, xp)
     xw = masked(xw, mask, xp)
     if b is None:
-        return round_to(_reference.logsumexp(xw, xp, exact=exact), x, xp), None
+        return round_to(_reference.logsumexp(xw, xp, needs_twosum=needs_twosum), x, xp), None
     bw = masked_weights(b, mask, xw, xp)
-    out, sign = _reference.weighted_logsumexp(xw, bw, xp, exact=exact)
+    out, sign = _reference.weighted_logsumexp(xw, bw, xp, needs_twosum=needs_twosum)
     return round_to(out, x, xp), round_to(sign, x, xp)
 
 
@@ -188,24 +188,24 @@ def softmax(x: Array, xp: Any, *, mask: Array | None = None, temperature: float 
         out = np.empty(x2.shape, x2.dtype if x2.dtype == x.dtype else np.float64)
         module.state_rows(x2, where=_kernel_mask(mask), out=out, log=log)
         return round_to(out, x, xp)
-    xw, exact = widen(x, xp)
+    xw, needs_twosum = widen(x, xp)
     fn = _reference.log_softmax if log else _reference.softmax
-    return round_to(fn(masked(xw, mask, xp), xp, exact=exact, temperature=temperature), x, xp)
+    return round_to(fn(masked(xw, mask, xp), xp, needs_twosum=needs_twosum, temperature=temperature), x, xp)
 
 
 def logsumexp_grad(x: Array, g: Array, xp: Any, *, mask: Array | None = None, b: Array | None = None) -> Array:
-    xw, exact = widen(x, xp)
+    xw, needs_twosum = widen(x, xp)
     xw = masked(xw, mask, xp)
     bw = None if b is None else masked_weights(b, mask, xw, xp)
-    return round_to(_reference.logsumexp_grad(xw, xp.astype(g, xw.dtype), xp, exact=exact, b=bw), x, xp)
+    return round_to(_reference.logsumexp_grad(xw, xp.astype(g, xw.dtype), xp, needs_twosum=needs_twosum, b=bw), x, xp)
 
 
 def softmax_grad(
     x: Array, g: Array, xp: Any, *, mask: Array | None = None, temperature: float = 1.0, log: bool = False
 ) -> Array:
-    xw, exact = widen(x, xp)
+    xw, needs_twosum = widen(x, xp)
     fn = _reference.log_softmax_grad if log else _reference.softmax_grad
-    out = fn(masked(xw, mask, xp), xp.astype(g, xw.dtype), xp, exact=exact, temperature=temperature)
+    out = fn(masked(xw, mask, xp), xp.astype(g, xw.dtype), xp, needs_twosum=needs_twosum, temperature=temperature)
     return round_to(out, x, xp)
 
 
@@ -229,9 +229,9 @@ def ce_problem(
     probs: bool,
 ) -> _reference.Problem:
     """The validated cross-entropy problem in the compute dtype (softcap applied, then the mask)."""
-    xw, exact = widen(x, xp)
+    xw, needs_twosum = widen(x, xp)
     if softcap is not None:
-        xw, exact = softcap * xp.tanh(xw / softcap), False
+        xw, needs_twosum = softcap * xp.tanh(xw / softcap), False
     xw = masked(xw, mask, xp)
     if probs:
         tgt = xp.astype(target, xw.dtype)
@@ -242,7 +242,7 @@ def ce_problem(
         counted = tgt != ignore_index
         check_targets(tgt, x.shape[-1], ignore_index)
     w = None if weight is None else xp.astype(weight, xw.dtype)
-    return _reference.Problem(xw, tgt, probs, counted, w, mask, exact, reduction, smoothing, z_loss, softcap)
+    return _reference.Problem(xw, tgt, probs, counted, w, mask, needs_twosum, reduction, smoothing, z_loss, softcap)
 
 
 def cross_entropy(
@@ -334,7 +334,7 @@ def _kernel_ce(
         probs=False,
         smoothing=smoothing,
         z_loss=options["z_loss"],
-        exact=x2.dtype == np.float64,
+        needs_twosum=x2.dtype == np.float64,
     )
     loss = _state.reduce(ce, zt, rows.wy, rows.alive, options["reduction"], npx)
     return round_to(np.asarray(loss), x, np), (None if dx is None else round_to(dx, x, np))
@@ -385,7 +385,7 @@ def ce_block_grad(
     smoothing: float,
     z_loss: float,
     softcap: float | None,
-    exact: bool,
+    needs_twosum: bool,
 ) -> np.ndarray:
     """:func:`._state.block_gradient` (float64) of host logits ``x`` with class targets, in row blocks.
 
@@ -411,7 +411,7 @@ def ce_block_grad(
             smoothing=smoothing,
             z_loss=z_loss,
             softcap=softcap,
-            exact=exact,
+            needs_twosum=needs_twosum,
         )
     return out
 

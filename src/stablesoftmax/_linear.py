@@ -366,7 +366,7 @@ def _forward(p: _Linear) -> tuple[_state.Parts, _state.Loss, np.ndarray | np.gen
             probs=False,
             smoothing=p.smoothing,
             z_loss=p.z_loss,
-            exact=p.h.dtype == np.float64,
+            needs_twosum=p.h.dtype == np.float64,
         )
         loss: np.ndarray | np.generic = _state.reduce(ce, zt, rows.wy, rows.alive, p.reduction, npx)
     return merged, rows, loss
@@ -379,7 +379,7 @@ def _chunk_parts(p: _Linear, logits: np.ndarray, first: int) -> _state.Parts:
     u = count = None
     if p.smoothing:
         x64 = logits.astype(np.float64)
-        sh = _state.shift(x64, st.m[:, None], npx, exact=p.h.dtype == np.float64)
+        sh = _state.shift(x64, st.m[:, None], npx, needs_twosum=p.h.dtype == np.float64)
         width = logits.shape[1]
         w = np.ones(width) if p.class_weight is None else p.class_weight[first : first + width]
         u = _state.sums(sh, np.broadcast_to(w, x64.shape), npx)
@@ -411,7 +411,7 @@ def _backward(
                 smoothing=p.smoothing,
                 z_loss=p.z_loss,
                 softcap=p.softcap,
-                exact=p.h.dtype == np.float64,
+                needs_twosum=p.h.dtype == np.float64,
             ).astype(p.h.dtype, copy=False)
         del logits
         d_h += grad @ p.w[i : i + width]

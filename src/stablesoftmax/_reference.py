@@ -36,7 +36,7 @@ class Problem:
     counted: Array
     weight: Array | None
     allowed: Array | None
-    exact: bool
+    needs_twosum: bool
     reduction: str
     smoothing: float
     z_loss: float
@@ -48,21 +48,21 @@ class Problem:
 # --------------------------------------------------------------------------
 
 
-def logsumexp(x: Array, xp: Any, *, exact: bool) -> Array:
-    return _state.lse(_state.state(x, xp, exact=exact)[0], xp)
+def logsumexp(x: Array, xp: Any, *, needs_twosum: bool) -> Array:
+    return _state.lse(_state.state(x, xp, needs_twosum=needs_twosum)[0], xp)
 
 
-def softmax(x: Array, xp: Any, *, exact: bool, temperature: float = 1.0) -> Array:
-    st, _, t = _state.state(x, xp, exact=exact, scale=temperature)
+def softmax(x: Array, xp: Any, *, needs_twosum: bool, temperature: float = 1.0) -> Array:
+    st, _, t = _state.state(x, xp, needs_twosum=needs_twosum, scale=temperature)
     return _state.probs(t, st, xp)
 
 
-def log_softmax(x: Array, xp: Any, *, exact: bool, temperature: float = 1.0) -> Array:
-    st, sh, _ = _state.state(x, xp, exact=exact, scale=temperature)
+def log_softmax(x: Array, xp: Any, *, needs_twosum: bool, temperature: float = 1.0) -> Array:
+    st, sh, _ = _state.state(x, xp, needs_twosum=needs_twosum, scale=temperature)
     return _state.log_probs(sh, st, xp)
 
 
-def weighted_logsumexp(x: Array, b: Array, xp: Any, *, exact: bool) -> tuple[Array, Array]:
+def weighted_logsumexp(x: Array, b: Array, xp: Any, *, needs_twosum: bool) -> tuple[Array, Array]:
     """``(log|sum(b exp x)|, sign)`` per row; ``b = 0`` drops its term (SciPy's ``b``).
 
     The sum is ``b_k exp(m) (1 + q)`` with ``q = sum_{i != k} b_i t_i / b_k``,
@@ -71,7 +71,7 @@ def weighted_logsumexp(x: Array, b: Array, xp: Any, *, exact: bool) -> tuple[Arr
     weights of both signs are infinite).
     """
     x = xp.where(b != 0, x, xp.full_like(x, -xp.inf))
-    st, _, t = _state.state(x, xp, exact=exact)
+    st, _, t = _state.state(x, xp, needs_twosum=needs_twosum)
     bk = xp.take_along_axis(b, st.k[:, None], axis=-1)[:, 0]
     bk = xp.where(st.m == -xp.inf, xp.ones_like(bk), bk)
     bt = xp.where(t != 0, b * t, xp.zeros_like(t))
@@ -84,29 +84,29 @@ def weighted_logsumexp(x: Array, b: Array, xp: Any, *, exact: bool) -> tuple[Arr
     return out, sign
 
 
-def logsumexp_grad(x: Array, g: Array, xp: Any, *, exact: bool, b: Array | None = None) -> Array:
+def logsumexp_grad(x: Array, g: Array, xp: Any, *, needs_twosum: bool, b: Array | None = None) -> Array:
     r"""``g * softmax(x)`` (with ``b``: ``g b_i e^{x_i} / sum_j b_j e^{x_j}``), 0 where nothing moves."""
     if b is None:
-        p = softmax(x, xp, exact=exact)
+        p = softmax(x, xp, needs_twosum=needs_twosum)
     else:
         x = xp.where(b != 0, x, xp.full_like(x, -xp.inf))
-        st, _, t = _state.state(x, xp, exact=exact)
+        st, _, t = _state.state(x, xp, needs_twosum=needs_twosum)
         full = _state.probs(t, st, xp) * (1 + st.s)[:, None]  # exp(x - m), the max term 1
         bt = xp.where(full != 0, b * full, xp.zeros_like(full))
         p = bt / xp.sum(bt, axis=-1, keepdims=True)
     return dead_to_zero(p * g[:, None], x, xp)
 
 
-def softmax_grad(x: Array, g: Array, xp: Any, *, exact: bool, temperature: float = 1.0) -> Array:
+def softmax_grad(x: Array, g: Array, xp: Any, *, needs_twosum: bool, temperature: float = 1.0) -> Array:
     r"""``p (g - <g, p>) / T``."""
-    p = softmax(x, xp, exact=exact, temperature=temperature)
+    p = softmax(x, xp, needs_twosum=needs_twosum, temperature=temperature)
     g = live_only(g, x, xp)
     return dead_to_zero(p * (g - xp.sum(g * p, axis=-1, keepdims=True)) / temperature, x, xp)
 
 
-def log_softmax_grad(x: Array, g: Array, xp: Any, *, exact: bool, temperature: float = 1.0) -> Array:
+def log_softmax_grad(x: Array, g: Array, xp: Any, *, needs_twosum: bool, temperature: float = 1.0) -> Array:
     r"""``(g - p sum(g)) / T``."""
-    p = softmax(x, xp, exact=exact, temperature=temperature)
+    p = softmax(x, xp, needs_twosum=needs_twosum, temperature=temperature)
     g = live_only(g, x, xp)
     return dead_to_zero((g - p * xp.sum(g, axis=-1, keepdims=True)) / temperature, x, xp)
 
@@ -150,7 +150,7 @@ def cross_entropy(pb: Problem, xp: Any) -> Forward:
         pb.x,
         0,
         xp,
-        exact=pb.exact,
+        needs_twosum=pb.needs_twosum,
         y=None if pb.probs else pb.target,
         q=pb.target if pb.probs else None,
         w=pb.weight,
@@ -166,7 +166,7 @@ def cross_entropy(pb: Problem, xp: Any) -> Forward:
         probs=pb.probs,
         smoothing=pb.smoothing,
         z_loss=pb.z_loss,
-        exact=pb.exact,
+        needs_twosum=pb.needs_twosum,
     )
     return Forward(parts, rows, _state.reduce(ce, zt, rows.wy, rows.alive, pb.reduction, xp))
 
@@ -189,7 +189,7 @@ def cross_entropy_grad(pb: Problem, fwd: Forward, g: Array, xp: Any) -> Array:
         smoothing=pb.smoothing,
         z_loss=pb.z_loss,
         softcap=pb.softcap,
-        exact=pb.exact,
+        needs_twosum=pb.needs_twosum,
     )
 
 

@@ -72,7 +72,7 @@ class Shift:
     ``d`` is the rounded shift under the special-slice rule of this module,
     ``err`` the exact remainder ``(x - m) - d`` (zero where ``d`` is not
     finite), or None when the shift needs no correction (input narrower than
-    the compute dtype, where the wide difference is exact).
+    the compute dtype, where the wide difference is needs_twosum).
     """
 
     d: Array
@@ -96,7 +96,7 @@ def twosum_error(a: Array, b: Array, total: Array, xp: Any) -> Array:
     return xp.where(xp.isfinite(err), err, xp.zeros_like(err))
 
 
-def shift(x: Array, m: Array, xp: Any, *, exact: bool, scale: float = 1.0) -> Shift:
+def shift(x: Array, m: Array, xp: Any, *, needs_twosum: bool, scale: float = 1.0) -> Shift:
     """``(x - m) / scale`` over rows ``x`` (B, K) and their max ``m`` (B, 1), by the module's rule.
 
     ``scale`` is a softmax temperature: dividing the shift rather than the
@@ -104,7 +104,7 @@ def shift(x: Array, m: Array, xp: Any, *, exact: bool, scale: float = 1.0) -> Sh
     any ``T``), and the shift stays exact.
     """
     d = _rounded_shift(x, m, xp)
-    err = twosum_error(x, -m, d, xp) if exact else None
+    err = twosum_error(x, -m, d, xp) if needs_twosum else None
     if scale != 1.0:
         d = d / scale
         err = None if err is None else err / scale
@@ -118,7 +118,7 @@ def _rounded_shift(x: Array, m: Array, xp: Any) -> Array:
     return xp.where(m == -xp.inf, xp.full_like(d, -xp.inf), d)
 
 
-def state(x: Array, xp: Any, *, exact: bool, scale: float = 1.0) -> tuple[State, Shift, Array]:
+def state(x: Array, xp: Any, *, needs_twosum: bool, scale: float = 1.0) -> tuple[State, Shift, Array]:
     """The state of each row of ``x`` (B, K), K >= 1, with its shift and terms.
 
     ``terms`` are ``exp(x_i - m)`` with the max's term set to 0, so that
@@ -126,7 +126,7 @@ def state(x: Array, xp: Any, *, exact: bool, scale: float = 1.0) -> tuple[State,
     """
     k = xp.argmax(x, axis=-1, keepdims=True)
     m = xp.max(x, axis=-1, keepdims=True)
-    sh = shift(x, m, xp, exact=exact, scale=scale)
+    sh = shift(x, m, xp, needs_twosum=needs_twosum, scale=scale)
     t = xp.exp(sh.d)
     if sh.err is not None:
         t = corrected(t, sh.err, xp)
@@ -209,7 +209,7 @@ class Sums:
     """``SUM_SCALE sum_c a_c (x_c - m)`` per row: a rounded part ``d`` and its TwoSum error ``e``; ``a = sum_c a_c``.
 
     Every shift is ``<= 0``, so ``-d`` never cancels in a finish. The power
-    of two is exact: it only keeps a sum of shifts near ``-1e308`` finite
+    of two is needs_twosum: it only keeps a sum of shifts near ``-1e308`` finite
     (the finish multiplies back after the smoothing share, where the loss
     itself is finite).
     """
@@ -248,7 +248,7 @@ def part(
     first: int,
     xp: Any,
     *,
-    exact: bool,
+    needs_twosum: bool,
     y: Array | None = None,
     q: Array | None = None,
     w: Array | None = None,
@@ -263,7 +263,7 @@ def part(
     n, k = x.shape
     if k == 0:
         return empty_part(n, xp, x, class_target=y is not None, probs=q is not None, smoothing=smoothing)
-    st, sh, _ = state(x, xp, exact=exact)
+    st, sh, _ = state(x, xp, needs_twosum=needs_twosum)
     xy = None if y is None else pick(x, y - first, xp)
     qs = None if q is None else sums(sh, q if w is None else q * w[None, :], xp)
     us = count = None
@@ -310,9 +310,9 @@ def rebase(sm: Sums | None, m_old: Array, m_new: Array, xp: Any) -> Sums | None:
     """The sums relative to ``m_new >= m_old``: add ``a (m_old - m_new)``, the difference with its TwoSum error."""
     if sm is None:
         return None
-    sh = shift(m_old[:, None], m_new[:, None], xp, exact=True)
+    sh = shift(m_old[:, None], m_new[:, None], xp, needs_twosum=True)
     zero = xp.zeros_like(sm.a)
-    err = sh.err if sh.err is not None else xp.zeros_like(sh.d)  # exact=True: never None
+    err = sh.err if sh.err is not None else xp.zeros_like(sh.d)  # needs_twosum=True: never None
     scaled = sm.a * SUM_SCALE
     d = sm.d + xp.where(sm.a != 0, scaled * sh.d[:, 0], zero)
     e = sm.e + xp.where(sm.a != 0, scaled * err[:, 0], zero)
@@ -370,7 +370,7 @@ def finish(
     probs: bool,
     smoothing: float,
     z_loss: float,
-    exact: bool,
+    needs_twosum: bool,
 ) -> tuple[Loss, Array, Array | None]:
     r"""The one cross-entropy finish: ``(rows, ce, z)`` per row, 0 where a row is not alive.
 
@@ -392,7 +392,7 @@ def finish(
         y = xp.where(alive, target, xp.zeros_like(target))
         wy = xp.astype(alive, p.m.dtype) if weight is None else xp.where(alive, xp.take(weight, y), xp.zeros_like(p.m))
         xy = p.xy if p.xy is not None else xp.zeros_like(p.m)
-        sh = shift(xy[:, None], p.m[:, None], xp, exact=exact)
+        sh = shift(xy[:, None], p.m[:, None], xp, needs_twosum=needs_twosum)
         err = xp.zeros_like(wy) if sh.err is None else sh.err[:, 0]
         zero = xp.zeros_like(wy)
         scaled = wy * SUM_SCALE
@@ -448,12 +448,12 @@ def row_scales(reduction: str, alive: Array, wy: Array, g: Array, xp: Any, *, dt
     return ce * ones, z * ones
 
 
-def block_probs(x: Array, m: Array, s: Array, xp: Any, *, exact: bool) -> Array:
+def block_probs(x: Array, m: Array, s: Array, xp: Any, *, needs_twosum: bool) -> Array:
     """``exp(x - m) / (1 + s)`` of a block of a row's classes, given the whole row's ``m`` and ``s``.
 
     No max term needs restoring, as in :func:`probs`: it is ``exp(0)`` here.
     """
-    sh = shift(x, m[:, None], xp, exact=exact)
+    sh = shift(x, m[:, None], xp, needs_twosum=needs_twosum)
     t = corrected(xp.exp(sh.d), sh.err, xp)
     nowhere = xp.full_like(m, -1, dtype=xp.int64)
     return probs(t, State(m, nowhere, s), xp)
@@ -542,7 +542,7 @@ def block_gradient(
     smoothing: float,
     z_loss: float,
     softcap: float | None,
-    exact: bool,
+    needs_twosum: bool,
 ) -> Array:
     """``d loss / d x`` for the block ``x`` of classes ``first : first + K`` of rows whose whole parts are known.
 
@@ -552,7 +552,7 @@ def block_gradient(
     ``weight`` and ``allowed`` are the block's; ``target`` (B,) global
     classes or the block's (B, K) probabilities.
     """
-    p = block_probs(x, parts.m, parts.s, xp, exact=exact)
+    p = block_probs(x, parts.m, parts.s, xp, needs_twosum=needs_twosum)
     a = target_mass(
         x,
         first,

@@ -40,8 +40,8 @@ def available() -> bool:
 def _rows(x: Any, where: Any) -> tuple[Any, Any, bool]:
     """``(xp, rows in the compute dtype with masked entries -inf, needs_twosum)``."""
     xp = array_api_compat.array_namespace(x)
-    xw, exact = _precision.widen(x, xp)
-    return xp, _precision.masked(xw, where, xp), exact
+    xw, needs_twosum = _precision.widen(x, xp)
+    return xp, _precision.masked(xw, where, xp), needs_twosum
 
 
 def state_rows(x: Any, /, *, where: Any = None, out: Any = None, log: bool = False) -> tuple[Any, Any, Any]:
@@ -51,8 +51,8 @@ def state_rows(x: Any, /, *, where: Any = None, out: Any = None, log: bool = Fal
 
 
 def _state_rows(x: Any, where: Any, out: Any, log: bool) -> tuple[Any, Any, Any]:
-    xp, xw, exact = _rows(x, where)
-    st, sh, terms = _state.state(xw, xp, exact=exact)
+    xp, xw, needs_twosum = _rows(x, where)
+    st, sh, terms = _state.state(xw, xp, needs_twosum=needs_twosum)
     if out is not None:
         value = _state.log_probs(sh, st, xp) if log else _state.probs(terms, st, xp)
         out[...] = _precision.round_to(value, out, xp)
@@ -84,10 +84,10 @@ def cross_entropy_rows(
 def _cross_entropy_rows(
     x: Any, target: Any, where: Any, weight: Any, label_smoothing: float, grad: Any, g: Any, z_grad: Any
 ) -> CrossEntropyRows:
-    xp, xw, exact = _rows(x, where)
+    xp, xw, needs_twosum = _rows(x, where)
     w = None if weight is None else xp.astype(xp.asarray(weight), xw.dtype)
     smooth = bool(label_smoothing)
-    parts = _state.part(xw, 0, xp, exact=exact, y=target, w=w, allowed=where, smoothing=smooth)
+    parts = _state.part(xw, 0, xp, needs_twosum=needs_twosum, y=target, w=w, allowed=where, smoothing=smooth)
     n = xw.shape[0]
     zero = xp.zeros((n,), dtype=xw.dtype)
     u = parts.u
@@ -95,7 +95,7 @@ def _cross_entropy_rows(
     allowed = zero if parts.count is None else parts.count
     weight_sum = zero if u is None else u.a
     if grad is not None:
-        d = _gradient(xw, target, w, where, parts, g, z_grad, label_smoothing, exact, xp)
+        d = _gradient(xw, target, w, where, parts, g, z_grad, label_smoothing, needs_twosum, xp)
         grad[...] = _precision.round_to(d, grad, xp)
     return CrossEntropyRows(parts.m, parts.k, parts.s, parts.xy, shift_sum, allowed, weight_sum)
 
@@ -109,7 +109,7 @@ def _gradient(
     g: Any,
     z_grad: Any,
     smoothing: float,
-    exact: bool,
+    needs_twosum: bool,
     xp: Any,
 ) -> Any:
     """:func:`.._state.gradient` with every row alive, the CE factor ``g`` and the z factor ``z_grad``."""
@@ -119,7 +119,7 @@ def _gradient(
     )
     lse = _state.lse(parts.state, xp)
     rows = _state.Loss(alive, xp.zeros_like(parts.m), xp.sum(a, axis=-1), lse)
-    p = _state.block_probs(xw, parts.m, parts.s, xp, exact=exact)
+    p = _state.block_probs(xw, parts.m, parts.s, xp, needs_twosum=needs_twosum)
     at_k = xp.arange(xw.shape[1])[None, :] == parts.k[:, None]
     zg = xp.zeros_like(parts.m) if z_grad is None else xp.asarray(z_grad)
     # z_loss = 1/2 makes gradient()'s z term 2 * (1/2) * lse * z_grad = z_grad * lse * p, as the protocol says

@@ -65,13 +65,13 @@ def _ce_part(call: _CE, x: Array, aux: _Aux, xp: Any) -> Parts:
         return _host_part(x, first, aux.target)
     parts = []
     for r in _row_blocks(n, k):
-        xw, exact = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
+        xw, needs_twosum = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
         parts.append(
             _state.part(
                 xw,
                 first,
                 xp,
-                exact=exact,
+                needs_twosum=needs_twosum,
                 y=None if call.probs else aux.target[r],
                 q=_sub(aux.target, r) if call.probs else None,
                 w=aux.local_weight,
@@ -82,7 +82,7 @@ def _ce_part(call: _CE, x: Array, aux: _Aux, xp: Any) -> Parts:
     return _state.concat_parts(parts, xp)
 
 
-def _ce_rows(call: _CE, gl: _Global, aux: _Aux, xp: Any, exact: bool) -> tuple[Loss, Array, Array | None]:
+def _ce_rows(call: _CE, gl: _Global, aux: _Aux, xp: Any, needs_twosum: bool) -> tuple[Loss, Array, Array | None]:
     """The rows' finish, :func:`._state.finish`, on the parts every rank now holds."""
     return _state.finish(
         gl.parts(xp),
@@ -93,7 +93,7 @@ def _ce_rows(call: _CE, gl: _Global, aux: _Aux, xp: Any, exact: bool) -> tuple[L
         probs=call.probs,
         smoothing=call.smoothing,
         z_loss=call.z_loss,
-        exact=exact,
+        needs_twosum=needs_twosum,
     )
 
 
@@ -108,8 +108,8 @@ def _ce_forward(call: _CE, x: Tensor) -> tuple[Tensor, Any]:
             shape = (0,) if call.reduction == "none" else ()
             return _tensor(xp.zeros(shape, dtype=xa.dtype), x.device), None
         gl = _exchange(_ce_part(call, xa, aux, xp), call.comm, xp)
-        exact = _needs_twosum(xa, xp) and call.softcap is None
-        rows, ce, zt = _ce_rows(call, gl, aux, xp, exact)
+        needs_twosum = _needs_twosum(xa, xp) and call.softcap is None
+        rows, ce, zt = _ce_rows(call, gl, aux, xp, needs_twosum)
         loss = _state.reduce(ce, zt, rows.wy, rows.alive, call.reduction, xp)
         return _tensor(_compute.round_to(loss, xa, xp), x.device), (gl, rows)
 
@@ -147,7 +147,7 @@ def _grad_rows(
     out = xp.empty(x.shape, dtype=x.dtype, device=_state._device(x))
     parts = gl.parts(xp)
     for r in _row_blocks(*x.shape):
-        xw, exact = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
+        xw, needs_twosum = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
         grad = _state.block_gradient(
             xw,
             first,
@@ -162,7 +162,7 @@ def _grad_rows(
             smoothing=call.smoothing,
             z_loss=call.z_loss,
             softcap=call.softcap,
-            exact=exact,
+            needs_twosum=needs_twosum,
         )
         out[r] = _compute.round_to(grad, x, xp)
     return out
@@ -186,14 +186,14 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 def _reduce_forward(call: _Reduction, x: Tensor, host: bool) -> tuple[Any, Array, Array, _Global | None, bool]:
-    """``(xp, rows, prepared rows, state, exact)`` of a reduction, after the exchange (no state for no rows)."""
+    """``(xp, rows, prepared rows, state, needs_twosum)`` of a reduction, after the exchange (no state for no rows)."""
     xp = npx if host else tx
     xa, mask = _arrays(host, x, call.mask)
-    xw, exact = _prepare(xa, xp, None, mask)
+    xw, needs_twosum = _prepare(xa, xp, None, mask)
     if call.rows.n == 0:
-        return xp, xa, xw, None, exact
-    parts = [_state.part(xw[r], call.layout.start, xp, exact=exact) for r in _row_blocks(*xw.shape)]
-    return xp, xa, xw, _exchange(_state.concat_parts(parts, xp), call.comm, xp), exact
+        return xp, xa, xw, None, needs_twosum
+    parts = [_state.part(xw[r], call.layout.start, xp, needs_twosum=needs_twosum) for r in _row_blocks(*xw.shape)]
+    return xp, xa, xw, _exchange(_state.concat_parts(parts, xp), call.comm, xp), needs_twosum
 
 
 class _LogSumExp(torch.autograd.Function):
@@ -221,8 +221,8 @@ class _LogSumExp(torch.autograd.Function):
             xa, ga, mask = _arrays(host, x, g, ctx.call.mask)
             if ctx.gl is None:
                 return _tensor(xp.zeros_like(xa), x.device), None
-            xw, exact = _prepare(xa, xp, None, mask)
-            p = _probs(xw, ctx.gl, xp, exact)
+            xw, needs_twosum = _prepare(xa, xp, None, mask)
+            p = _probs(xw, ctx.gl, xp, needs_twosum)
             grad = _reference.dead_to_zero(p * xp.astype(ga, p.dtype)[:, None], xw, xp, m=ctx.gl.m)
             return _tensor(_compute.round_to(grad, xa, xp), x.device), None
 
@@ -234,13 +234,13 @@ class _Softmax(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, call: _Reduction, log: bool) -> Tensor:
         host = _on_host(x)
         with _quiet(host):
-            xp, xa, xw, gl, exact = _reduce_forward(call, x, host)
+            xp, xa, xw, gl, needs_twosum = _reduce_forward(call, x, host)
             if gl is None:
                 out = xp.zeros(xa.shape, dtype=xa.dtype)
             else:
-                sh = _state.shift(xw, gl.m[:, None], xp, exact=exact)
+                sh = _state.shift(xw, gl.m[:, None], xp, needs_twosum=needs_twosum)
                 st = State(gl.m, xp.full_like(gl.k, -1), gl.s)
-                out = _state.log_probs(sh, st, xp) if log else _probs(xw, gl, xp, exact)
+                out = _state.log_probs(sh, st, xp) if log else _probs(xw, gl, xp, needs_twosum)
                 out = _compute.round_to(out, xa, xp)
         ctx.call, ctx.gl, ctx.log = call, gl, log
         ctx.save_for_backward(x)
@@ -257,8 +257,8 @@ class _Softmax(torch.autograd.Function):
             xa, ga, mask = _arrays(host, x, g, ctx.call.mask)
             if ctx.gl is None:
                 return _tensor(xp.zeros_like(xa), x.device), None, None
-            xw, exact = _prepare(xa, xp, None, mask)
-            p = _probs(xw, ctx.gl, xp, exact)
+            xw, needs_twosum = _prepare(xa, xp, None, mask)
+            p = _probs(xw, ctx.gl, xp, needs_twosum)
             gw = _reference.live_only(xp.astype(ga, p.dtype), xw, xp, m=ctx.gl.m)
             total = xp.sum(gw if ctx.log else gw * p, axis=-1)
             ctx.call.comm.all_reduce(total, "sum")
@@ -317,8 +317,10 @@ def _linear_part(call: _Linear, logits: Array, first: int, aux: _Aux, c: slice, 
     w = _sub(aux.local_weight, c)
     parts = []
     for r in _row_blocks(*logits.shape):
-        xw, exact = _prepare(logits[r], xp, call.softcap, None)
-        piece = _state.part(xw, first, xp, exact=exact, y=aux.target[r], w=w, smoothing=bool(call.smoothing))
+        xw, needs_twosum = _prepare(logits[r], xp, call.softcap, None)
+        piece = _state.part(
+            xw, first, xp, needs_twosum=needs_twosum, y=aux.target[r], w=w, smoothing=bool(call.smoothing)
+        )
         parts.append(piece)
     return _state.concat_parts(parts, xp)
 

@@ -69,7 +69,7 @@ def _exchange(part: Parts, comm: _Comm, xp: Any) -> _Global:
     big = xp.asarray(part.m, copy=True)
     comm.all_reduce(big, "max")
     owner = part.m == big
-    sh = _state.shift(part.m[:, None], big[:, None], xp, exact=True)
+    sh = _state.shift(part.m[:, None], big[:, None], xp, needs_twosum=True)
     w = _state.corrected(xp.exp(sh.d[:, 0]), None if sh.err is None else sh.err[:, 0], xp)
     cols = [xp.where(owner, part.s, (1 + part.s) * w), xp.astype(owner, big.dtype)]
     if part.xy is not None:
@@ -89,8 +89,8 @@ def _exchange(part: Parts, comm: _Comm, xp: Any) -> _Global:
     return _Global(big, s, xy, q, u, count, owner, part.k)
 
 
-def _probs(x: Array, gl: _Global, xp: Any, exact: bool) -> Array:
-    return _state.block_probs(x, gl.m, gl.s, xp, exact=exact)
+def _probs(x: Array, gl: _Global, xp: Any, needs_twosum: bool) -> Array:
+    return _state.block_probs(x, gl.m, gl.s, xp, needs_twosum=needs_twosum)
 
 
 # --------------------------------------------------------------------------
@@ -143,10 +143,10 @@ def _row_blocks(n: int, k: int) -> Iterator[slice]:
 
 def _prepare(x: Array, xp: Any, softcap: float | None, mask: Array | None) -> tuple[Array, bool]:
     """``x`` in the compute dtype, softcapped, then masked: :func:`._compute.ce_problem`'s order."""
-    xw, exact = _compute.widen(x, xp)
+    xw, needs_twosum = _compute.widen(x, xp)
     if softcap is not None:
-        xw, exact = softcap * xp.tanh(xw / softcap), False
-    return _precision.masked(xw, mask, xp), exact
+        xw, needs_twosum = softcap * xp.tanh(xw / softcap), False
+    return _precision.masked(xw, mask, xp), needs_twosum
 
 
 def _sub(a: Array | None, r: slice) -> Array | None:
