@@ -31,6 +31,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, overload
 
+import numpy as np
 import numpy.typing as npt
 
 from . import _checks, _compute
@@ -348,9 +349,7 @@ def _problem(
 ) -> _Problem:
     arr, xp = D.array_in(logits, "logits")
     rows = _class_rows(arr, axis, "logits")
-    red = D.choice(reduction, "reduction", REDUCTIONS)
-    smoothing, z, cap = check_options(label_smoothing, z_loss, softcap)
-    ignore = D.int_option(ignore_index, "ignore_index", "an int (the class index to ignore, -100 by default)")
+    red, ignore, smoothing, z, cap = loss_options(reduction, ignore_index, label_smoothing, z_loss, softcap)
     mask = D.mask_in(where, arr, xp, tuple(arr.shape))
     tgt = D.like(target, arr, xp, "target")
     probs = D.dtype_name(tgt.dtype) in D.FLOATS and tuple(tgt.shape) == tuple(arr.shape)
@@ -407,6 +406,22 @@ def _class_rows(arr: Any, axis: Any, name: str) -> D.Rows:
     if rows.k == 0 and rows.n:
         raise ShapeError(f"{name} of shape {tuple(arr.shape)} has no classes along axis {axis}; it needs at least one.")
     return rows
+
+
+def loss_options(
+    reduction: Any, ignore_index: Any, label_smoothing: Any, z_loss: Any, softcap: Any
+) -> tuple[str, int, float, float, float | None]:
+    """``(reduction, ignore_index, label_smoothing, z_loss, softcap)`` checked, for every cross-entropy entry point."""
+    red = D.choice(reduction, "reduction", REDUCTIONS)
+    ignore = D.int_option(ignore_index, "ignore_index", "an int (the class index to ignore, -100 by default)")
+    return (red, ignore, *check_options(label_smoothing, z_loss, softcap))
+
+
+def chunk_size_option(value: Any) -> int:
+    """A number of classes per chunk: a whole number >= 1 (``4.0`` is 4; a bool is refused)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ArgumentError(f"chunk_size={value!r} is not allowed; it must be a whole number >= 1.")
+    return int(D.real_option(value, "chunk_size", lambda c: c >= 1 and c == int(c), "a whole number >= 1"))
 
 
 def check_options(label_smoothing: Any, z_loss: Any, softcap: Any) -> tuple[float, float, float | None]:

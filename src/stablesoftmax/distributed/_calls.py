@@ -59,9 +59,7 @@ class _CE:
     ) -> _CE:
         arr, xp = _torch_in(logits, "local_logits")
         rows = D.Rows.of(tuple(arr.shape), D.class_axis(axis, arr.ndim, "local_logits"))
-        red = D.choice(reduction, "reduction", _losses.REDUCTIONS)
-        smoothing, z, cap = _losses.check_options(label_smoothing, z_loss, softcap)
-        ignore = D.int_option(ignore_index, "ignore_index", "an int (the class index to ignore, -100 by default)")
+        red, ignore, smoothing, z, cap = _losses.loss_options(reduction, ignore_index, label_smoothing, z_loss, softcap)
         mask = D.mask_in(_local(where), arr, xp, tuple(arr.shape))
         tgt = D.like(_local(target), arr, xp, "target")
         probs = D.dtype_name(tgt.dtype) in D.FLOATS and tuple(tgt.shape) == tuple(arr.shape)
@@ -290,11 +288,9 @@ class _Linear(_CE):
         if b is not None and tuple(b.shape) != (w.shape[0],):
             raise ShapeError(f"bias of shape {tuple(b.shape)} must have one entry per local class: ({w.shape[0]},).")
         rows = D.Rows.of((h.shape[0], w.shape[0]), (1,))
-        red = D.choice(reduction, "reduction", _losses.REDUCTIONS)
-        smoothing, z, cap = _losses.check_options(label_smoothing, z_loss, softcap)
-        ignore = D.int_option(ignore_index, "ignore_index", "an int (the class index to ignore, -100 by default)")
+        red, ignore, smoothing, z, cap = _losses.loss_options(reduction, ignore_index, label_smoothing, z_loss, softcap)
         tgt = _class_indices(D.like(_local(target), h, xp, "target"), rows, (h.shape[0], w.shape[0]), xp)
-        chunk = max(1, -(-w.shape[0] // 32)) if chunk_size is None else _chunk_size(chunk_size)
+        chunk = max(1, -(-w.shape[0] // 32)) if chunk_size is None else _losses.chunk_size_option(chunk_size)
         return cls(
             comm,
             rows,
@@ -331,9 +327,3 @@ class _Linear(_CE):
     def settle(self, layout: _Layout) -> None:
         self.layout = layout
         _settle_targets(self.weight, "class_weight", self.target, self.ignore_index, layout, self.rows.batch)
-
-
-def _chunk_size(value: Any) -> int:
-    if not D.is_int(value) or value < 1:
-        raise ArgumentError(f"chunk_size={value!r} is not allowed; it must be a whole number >= 1.")
-    return int(value)
