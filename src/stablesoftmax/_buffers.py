@@ -11,13 +11,12 @@ import numpy as np
 
 __all__ = ["recycled_empty"]
 
-# A fresh array of hundreds of MB costs the operating system's zeroing of every new
-# page (60 ms to 0.9 s for 524 MB on the project's machine, depending on how easily
-# it finds huge pages), more than a third of the cross-entropy kernel that fills it.
-# glibc hands such blocks straight back to the system when they are freed, so a
-# training loop pays it on every step. Large gradients are therefore carved from a
-# few kept blocks; a block is used again once nothing refers to it any more, which
-# in a loop is as soon as the previous step's gradient is dropped.
+# A fresh array of hundreds of MB costs the operating system's zeroing of every new page,
+# and glibc hands such blocks straight back to the system when they are freed, so a
+# training loop would pay it on every step. Large gradients are therefore carved from a
+# few kept blocks; a block is used again once nothing refers to it any more, which in a
+# loop is as soon as the previous step's gradient is dropped. The measurements are in
+# benchmarks/results/kernels.md (the recycled_empty entry).
 _RECYCLE_MIN_BYTES = 16 << 20
 _RECYCLE_SLOTS = 2  # a loop rebinding its gradient holds two at once, during the call
 _RECYCLED: list[np.ndarray] = []
