@@ -154,7 +154,12 @@ def numpy_in(x: Any, name: str) -> np.ndarray:
         raise ShapeError(f"{name} could not be read as an array ({exc}); give a rectangular numeric array.") from None
     if arr.dtype.kind in "OUSVMm" and arr.dtype.name != "bfloat16":
         raise DtypeError(f"{name} has dtype {arr.dtype} (object, string, time or structured); Allowed: {ALLOWED}.")
-    return arr
+    return native(arr)
+
+
+def native(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the machine's byte order (a copy if it was swapped): the kernels take native numbers only."""
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
 
 def like(a: Any, x: Array, xp: Any, name: str, *, dtype: Any = None) -> Array:
@@ -214,6 +219,8 @@ def real_option(value: Any, name: str, ok: Callable[[float], bool], allowed: str
     """``value`` as a float for which ``ok`` holds, or an ArgumentError saying ``allowed``."""
     if isinstance(value, (bool, np.bool_)) or (hasattr(value, "shape") and tuple(value.shape) != ()):
         raise ArgumentError(f"{name}={value!r} is not a real number; it must be {allowed}.")
+    if library(value) == "torch":  # float() of a tensor that requires grad warns; an option carries no gradient
+        value = value.detach()
     try:
         v = float(value)
     except (TypeError, ValueError):

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _dispatch as D
-from ._errors import ArgumentError
+from ._errors import ArgumentError, AxisError
 from ._reductions import softmax
 from ._typing import Array
 
@@ -86,7 +86,7 @@ def sample(
     t = D.real_option(temperature, "temperature", lambda v: 0 <= v < np.inf, "finite and >= 0 (0 means argmax)")
     arr = _host(logits)
     if not D.is_int(axis):
-        raise ArgumentError(f"axis={axis!r} must be a single int: the class axis.")
+        raise AxisError(f"axis={axis!r} must be a single int: the class axis.")
     (ax,) = D.normalize_axes(axis, max(arr.ndim, 1)) if arr.ndim else (0,)
     x = np.moveaxis(np.atleast_1d(arr).astype(np.float64), ax, -1)
     if x.shape[-1] == 0:
