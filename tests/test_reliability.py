@@ -6,6 +6,7 @@ Expected values come from mpmath (at 200 bits), never from the library's output.
 from __future__ import annotations
 
 import math
+import warnings
 
 import mpmath
 import numpy as np
@@ -205,3 +206,104 @@ def test_16_bit_streams_with_infinite_results_warn_nothing(dtype):
     np.testing.assert_array_equal(np.asarray(ss.logsumexp_chunks([x, x[:, :0]]), np.float64), want)
     np.testing.assert_array_equal(np.asarray(ss.LogSumExp().update(x).result(), np.float64), want)
     assert ss.LogSumExp().update(np.zeros((2, 0), dt)).result().tolist() == [-np.inf, -np.inf]
+
+
+def test_an_option_given_as_a_tensor_that_requires_grad_warns_nothing():
+    """A temperature read from a model's parameter: taken as its value (an option carries no gradient)."""
+    x = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ss.softmax(x, temperature=torch.tensor(2.0, requires_grad=True))
+    torch.testing.assert_close(got, ss.softmax(x, temperature=2.0), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------
+# Weights b of another dtype: the library's own promotion, as SciPy's logsumexp does
+# ---------------------------------------------------------------------------
+
+_WIRING = pytest.mark.xfail(
+    strict=True, reason="_reductions._lse_inputs promotes integers to float64 before it promotes x with b"
+)
+
+
+class TestWeightDtypes:
+    @pytest.mark.parametrize(
+        ("x_dtype", "b_dtype", "want"),
+        [
+            pytest.param("float32", "int64", "float32", marks=_WIRING),  # an integer array does not widen a float one
+            pytest.param("int64", "float32", "float32", marks=_WIRING),
+            ("float32", "float64", "float64"),
+            ("int64", "int64", "float64"),  # integers alone: float64, as everywhere in the library
+        ],
+    )
+    def test_torch(self, x_dtype, b_dtype, want):
+        x = torch.tensor([2, 1], dtype=getattr(torch, x_dtype))
+        b = torch.tensor([1, -1], dtype=getattr(torch, b_dtype))
+        got = ss.logsumexp(x, b=b)
+        assert got.dtype == getattr(torch, want)
+        assert ulp_error(float(got), mpmath.log(mpmath.e**2 - mpmath.e), np.dtype(want)) <= 1.0
+
+    @pytest.mark.parametrize(("x_dtype", "b_dtype"), [("float32", "int32"), ("int32", "float32")])
+    def test_jax_keeps_float32(self, x_dtype, b_dtype):
+        jnp = pytest.importorskip("jax.numpy")
+        x = jnp.asarray([2, 1], dtype=getattr(jnp, x_dtype))
+        got = ss.logsumexp(x, b=jnp.asarray([1, -1], dtype=getattr(jnp, b_dtype)))
+        assert got.dtype == jnp.float32
+        assert ulp_error(float(got), mpmath.log(mpmath.e**2 - mpmath.e), np.float32) <= 1.0
+
+    def test_numpy_follows_numpy(self):
+        """NumPy's own promotion: int64 with float32 is float64."""
+        got = ss.logsumexp(np.array([2.0, 1.0], np.float32), b=np.array([1, -1]))
+        assert got.dtype == np.float64
+
+    @pytest.mark.parametrize("b", [pytest.param(2.0, marks=_WIRING), pytest.param(2, marks=_WIRING)])
+    def test_python_scalar_weight_takes_the_array_dtype(self, b):
+        """A Python scalar is weak (the array API's rule): float32 stays float32, on its device."""
+        xp = pytest.importorskip("array_api_strict")
+        x = xp.asarray([1.0, 2.0], dtype=xp.float32, device=xp.Device("device1"))
+        got = ss.logsumexp(x, b=b)
+        assert got.dtype == xp.float32 and got.device == x.device
+
+    @pytest.mark.parametrize("raw", [1.0, [], [1.0, 2.0]])
+    @pytest.mark.parametrize("b", ["scalar", "x"])
+    def test_results_stay_on_the_input_device(self, raw, b):
+        xp = pytest.importorskip("array_api_strict")
+        for device in (xp.Device("CPU_DEVICE"), xp.Device("device1"), xp.Device("device2")):
+            x = xp.asarray(raw, device=device)
+            weight = 2.0 if b == "scalar" else x
+            assert ss.logsumexp(x, b=weight).device == device
+            out, sign = ss.logsumexp(x, b=weight, return_sign=True)
+            assert out.device == device and sign.device == device
+
+
+class TestCommonFloat:
+    """The promotion rule itself (``_dispatch.weights_in``), library by library."""
+
+    @staticmethod
+    def promote(x, b):
+        from stablesoftmax import _dispatch as D
+
+        arr, xp = D.array_in(x, "x")
+        a, bb = D.weights_in(b, x, arr, xp)
+        assert a.dtype == bb.dtype
+        return D.dtype_name(a.dtype)
+
+    def test_torch_integers_do_not_widen_a_float(self):
+        f32, i64 = torch.ones(2, dtype=torch.float32), torch.ones(2, dtype=torch.int64)
+        assert self.promote(f32, i64) == self.promote(i64, f32) == "float32"
+        assert self.promote(i64, i64) == "float64"
+
+    def test_numpy_and_lists_follow_numpy(self):
+        assert self.promote(np.ones(2, np.float32), np.ones(2, np.int64)) == "float64"
+        assert self.promote(np.ones(2, np.float32), np.ones(2, np.float32)) == "float32"
+        assert self.promote([1, 2], [0.5, 1.0]) == "float64"
+
+    def test_array_api_strict_promotes_the_floats_with_the_default(self):
+        xp = pytest.importorskip("array_api_strict")
+        ints, f32 = xp.asarray([1, 2]), xp.asarray([1.0], dtype=xp.float32)
+        assert self.promote(ints, f32) == "float64"
+        assert self.promote(f32, 2.0) == self.promote(f32, 2) == self.promote(f32, True) == "float32"
+
+    def test_complex_weights_are_refused_by_name(self):
+        with pytest.raises(ss.DtypeError, match="^b has complex dtype"):
+            self.promote(np.ones(2), np.ones(2, complex))
