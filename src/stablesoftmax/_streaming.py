@@ -257,7 +257,8 @@ def _host(chunk: Any) -> np.ndarray:
 
 def _float_dtype(arr: np.ndarray, name: str) -> np.dtype:
     if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
-        return arr.dtype.newbyteorder("=")
+        native: np.dtype = arr.dtype.newbyteorder("=")  # NumPy's stubs type newbyteorder's result as Any
+        return native
     if arr.dtype.kind in "iub":
         return np.dtype(np.float64)
     raise DtypeError(f"{name} has dtype {arr.dtype}, which is not supported. Allowed: {D.ALLOWED}.")
