@@ -8,10 +8,11 @@ within its goal of the exact value, so two sides are within the sum of their goa
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stablesoftmax as ss
@@ -154,3 +155,87 @@ class TestScipyParity:
             wrong = ss.naive.logsumexp(x)  # overflows: inf, not within any tolerance
         assert not within(wrong, special.logsumexp(x, axis=-1))
         assert not within(np.asarray(ss.logsumexp(x, axis=-1)) * (1 + 1e-11), special.logsumexp(x, axis=-1))
+
+
+# ---------------------------------------------------------------------------
+# No warning and no NaN from NaN-free input: every public function, NumPy and torch, every float dtype
+# ---------------------------------------------------------------------------
+
+FLOAT_NAMES = ["float16", "bfloat16", "float32", "float64"]
+
+
+@st.composite
+def nan_free(draw, dtype):
+    """A (B, K) float64 batch holding ``dtype``'s values: its extremes, subnormals, zeros and ``-inf``."""
+    b, k = draw(st.integers(1, 4)), draw(st.integers(1, 12))
+    # bfloat16: float16's values (each rounds to a bfloat16 value, none overflows); the others their own
+    width = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}[dtype]
+    finite = st.floats(allow_nan=False, allow_infinity=False, width=width)
+    values = draw(st.lists(finite | st.sampled_from([-math.inf, math.inf]), min_size=b * k, max_size=b * k))
+    return np.array(values, dtype=np.float64).reshape(b, k)
+
+
+def _as(lib, a, dtype):
+    from tests.helpers import BFLOAT16
+
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        return torch.tensor(np.asarray(a, np.float64), dtype=getattr(torch, dtype), requires_grad=True)
+    return np.asarray(a, np.float64).astype(BFLOAT16 if dtype == "bfloat16" else np.dtype(dtype))
+
+
+def _public_calls(x, lib, dtype):
+    """Every public function on the batch ``x`` (in ``lib`` and ``dtype``), with NaN-free companions."""
+    n, k = x.shape
+    y = np.arange(n) % k
+    a = _as(lib, x, dtype)
+    small = _as(lib, np.linspace(-3.0, 3.0, 4 * n).reshape(n, 4), dtype)  # the linear layer's own inputs
+    weight = _as(lib, np.linspace(-1.0, 1.0, 4 * k).reshape(k, 4), dtype)
+    calls = {
+        "logsumexp": lambda: ss.logsumexp(a),
+        "logsumexp b": lambda: ss.logsumexp(a, b=_as(lib, np.full(x.shape, 0.5), dtype), axis=0),
+        "softmax": lambda: ss.softmax(a),
+        "log_softmax": lambda: ss.log_softmax(a, axis=0),
+        "logsumexp_grad": lambda: ss.logsumexp_grad(a, _as(lib, np.ones(n), dtype)),
+        "softmax_grad": lambda: ss.softmax_grad(a, _as(lib, np.ones(x.shape), dtype)),
+        "log_softmax_grad": lambda: ss.log_softmax_grad(a, _as(lib, np.ones(x.shape), dtype)),
+        "cross_entropy": lambda: ss.cross_entropy(a, y, label_smoothing=0.1, reduction="none"),
+        "cross_entropy_grad": lambda: ss.cross_entropy_grad(a, y),
+        "cross_entropy_with_grad": lambda: ss.cross_entropy_with_grad(a, y),
+        "nll_loss": lambda: ss.nll_loss(ss.log_softmax(a), y, reduction="none"),
+        "binary_cross_entropy_with_logits": lambda: ss.binary_cross_entropy_with_logits(
+            a, _as(lib, np.full(x.shape, 0.25), dtype)
+        ),
+        "linear_cross_entropy_with_grad": lambda: ss.linear_cross_entropy_with_grad(small, weight, y),
+        "LogSumExp": lambda: ss.LogSumExp().update(a).update(a, axis=-1).result(),
+        "logsumexp_chunks": lambda: ss.logsumexp_chunks([a, a]),
+    }
+    if (x > -math.inf).any(axis=-1).all():  # sample refuses a row without mass, by name
+        calls["sample"] = lambda: ss.sample(a, rng=0)
+    return calls
+
+
+def _numbers(result):
+    """Every number of a result (tuples and torch tensors too) as float64."""
+    if isinstance(result, tuple):
+        return np.concatenate([_numbers(r) for r in result if r is not None] or [np.zeros(0)])
+    if hasattr(result, "detach"):
+        result = result.detach().double().cpu().numpy()
+    return np.asarray(result, np.float64).ravel()
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", FLOAT_NAMES)
+def test_nan_free_input_gives_no_warning_and_no_nan(lib, dtype):
+    """The contract's answer is a number wherever no input is NaN, and computing it warns of nothing."""
+
+    @settings(max_examples=30)
+    @given(nan_free(dtype))
+    def check(x):
+        for name, call in _public_calls(x, lib, dtype).items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = _numbers(call())
+            assert not np.isnan(got).any(), (name, x, got)
+
+    check()

@@ -327,14 +327,28 @@ def arrays(dtype, min_side=0):
 dtypes = st.sampled_from([np.dtype(np.float16), BFLOAT16, np.dtype(np.float32), np.dtype(np.float64)])
 
 
+def on_shift_grid(dtype):
+    """Arrays of ``dtype`` on a grid whose every shift by ``SHIFTS`` is exact: multiples of ``2**(7 - p)``.
+
+    ``|x + c| < 128 = 2**7`` for ``|x| <= 50`` and ``|c| <= 64``, so ``p`` bits
+    (the dtype's precision) hold any multiple of ``2**(7 - p)`` there.
+    """
+    quantum = 2.0 ** (7 - round(1 - np.log2(eps(dtype))))
+    top = int(50 / quantum)
+    grid = st.integers(-top, top).map(lambda n: n * quantum)
+    shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6)
+    return hnp.arrays(np.float64, shapes, elements=grid).map(lambda a: a.astype(dtype))
+
+
+SHIFTS = [-64.0, -8.0, 0.5, 8.0, 64.0]
+
+
 @given(data=st.data(), dtype=dtypes)
 def test_shift_invariance(data, dtype):
-    x = data.draw(arrays(dtype, min_side=1))
-    c = data.draw(st.sampled_from([-64.0, -8.0, 0.5, 8.0, 64.0]))  # exactly representable shifts
+    x = data.draw(on_shift_grid(dtype))
+    c = data.draw(st.sampled_from(SHIFTS))
     shifted = (x.astype(np.float64) + c).astype(dtype)
-    exact = (shifted.astype(np.float64) - c == x.astype(np.float64)).all()
-    if not exact:
-        return
+    assert (shifted.astype(np.float64) - c == x.astype(np.float64)).all()  # the grid keeps the shift exact
     tol = rtol(dtype, 4)
     np.testing.assert_allclose(
         np.asarray(ss.softmax(shifted), np.float64), np.asarray(ss.softmax(x), np.float64), rtol=tol, atol=tol

@@ -71,3 +71,22 @@ class TestSample:
         torch = pytest.importorskip("torch")
         out = ss.sample(torch.tensor([[0.0, 9.0]]), temperature=0)
         assert isinstance(out, torch.Tensor) and out.tolist() == [1]
+
+
+class TestArrayTypes:
+    """The indices come back in the logits' own library, as every other function's results do."""
+
+    def test_array_api_strict_gives_its_own_array(self):
+        xp = pytest.importorskip("array_api_strict")
+        logits = xp.asarray([[1.0, 2.0, 30.0], [0.0, 0.0, -xp.inf]])
+        got = ss.sample(logits, temperature=0)
+        assert type(got) is type(logits) and got.dtype == xp.int64 and got.device == logits.device
+        assert [int(v) for v in got] == [2, 0]
+        one = ss.sample(xp.asarray([0.0, 5.0]), temperature=0)
+        assert type(one) is type(logits) and one.shape == () and int(one) == 1
+
+    def test_jax_gives_a_jax_array(self):
+        jnp = pytest.importorskip("jax.numpy")
+        got = ss.sample(jnp.asarray([[1.0, 2.0, 30.0]]), temperature=0)
+        assert isinstance(got, type(jnp.zeros(1))) and got.dtype.kind == "i"
+        assert got.tolist() == [2]

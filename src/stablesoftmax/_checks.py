@@ -49,7 +49,7 @@ def check_probabilities(q: Array) -> None:
         )
 
 
-def check_class_weight(w: Array) -> None:
+def check_class_weight(w: Array, name: str = "weight") -> None:
     """Class weights are >= 0 and finite: a negative weight would let the mean's denominator reach 0."""
     if not concrete_host(w):
         return
@@ -57,4 +57,4 @@ def check_class_weight(w: Array) -> None:
     bad = ~(np.isfinite(arr) & (arr >= 0))
     if bad.any():
         i = int(np.argmax(bad))
-        raise ArgumentError(f"weight[{i}] = {arr[i]} is not allowed; class weights must be finite and >= 0.")
+        raise ArgumentError(f"{name}[{i}] = {arr[i]} is not allowed; class weights must be finite and >= 0.")

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _reference, _state
 from ._buffers import recycled_empty
-from ._checks import check_class_weight, check_probabilities, check_targets
+from ._checks import check_probabilities, check_targets
 from ._kernels import host_kernels, reference_path, select
 from ._precision import compute_dtype, is_numpy, masked, masked_weights, round_to, widen
 
@@ -43,8 +43,6 @@ __all__ = [
     "fast_vector_logsumexp",
     "fast_cross_entropy",
     "ce_block_grad",
-    "check_targets",
-    "check_class_weight",
 ]
 
 Array = Any
@@ -112,7 +110,7 @@ def numpy_rows(x: Any, axis: Any) -> tuple[np.ndarray, tuple[int, ...], int] | N
     or the input is empty, or the kernels cannot run: the general path then
     validates (and raises) as always. Both paths give the same bytes.
     """
-    if type(x) is not np.ndarray or type(axis) is not int or x.dtype.char not in "fd":
+    if type(x) is not np.ndarray or type(axis) is not int or x.dtype.char not in "fd" or not x.dtype.isnative:
         return None
     ndim = x.ndim
     if not -ndim <= axis < ndim or x.size == 0 or host_kernels() is None:
@@ -158,7 +156,7 @@ def fast_vector_logsumexp(x: Any, axis: Any, where: Any, b: Any, keepdims: bool,
         return None
     if type(axis) is not int or axis not in (-1, 0) or x.dtype.char not in "fd" or not x.size:
         return None
-    if not x.flags.c_contiguous:
+    if not x.flags.c_contiguous or not x.dtype.isnative:
         return None
     module = host_kernels()
     if module is None:
@@ -275,7 +273,9 @@ def fast_cross_entropy(
     """
     if not plain or type(x) is not np.ndarray or type(target) is not np.ndarray or x.ndim != 2:
         return False, None
-    if x.dtype.char not in "fd" or target.dtype.kind != "i" or target.shape != x.shape[:1] or 0 in x.shape:
+    if x.dtype.char not in "fd" or not x.dtype.isnative or target.dtype.kind != "i":
+        return False, None
+    if target.shape != x.shape[:1] or 0 in x.shape:
         return False, None
     if type(axis) is not int or axis not in (-1, 1) or type(ignore_index) is not int:
         return False, None

@@ -154,7 +154,12 @@ def numpy_in(x: Any, name: str) -> np.ndarray:
         raise ShapeError(f"{name} could not be read as an array ({exc}); give a rectangular numeric array.") from None
     if arr.dtype.kind in "OUSVMm" and arr.dtype.name != "bfloat16":
         raise DtypeError(f"{name} has dtype {arr.dtype} (object, string, time or structured); Allowed: {ALLOWED}.")
-    return arr
+    return native(arr)
+
+
+def native(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the machine's byte order (a copy if it was swapped): the kernels take native numbers only."""
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
 
 def like(a: Any, x: Array, xp: Any, name: str, *, dtype: Any = None) -> Array:
@@ -173,6 +178,42 @@ def device(x: Array) -> Any:
     import array_api_compat
 
     return array_api_compat.device(x)
+
+
+def weights_in(b: Any, x: Any, arr: Array, xp: Any) -> tuple[Array, Array]:
+    """``(x, b)`` in the dtype they compute and return in, ``b`` as an array on ``x``'s device.
+
+    ``x`` is the input as given (its dtype before integers are promoted) and
+    ``arr`` the array :func:`array_in` made of it. A Python scalar ``b`` takes
+    ``arr``'s dtype, as the array API's Python scalars do; arrays promote by
+    :func:`common_float`.
+    """
+    if type(b) in (bool, int, float) and math.isfinite(b):
+        return arr, xp.asarray(float(b), dtype=arr.dtype, device=device(arr))
+    raw = like(b, arr, xp, "b")
+    if "complex" in dtype_name(raw.dtype):
+        array_in(raw, "b")  # the DtypeError that names b
+    given = getattr(x, "dtype", None)  # a list or a Python number: NumPy's reading of it, which arr kept
+    wide = common_float(arr.dtype if given is None else given, raw.dtype, arr, xp)
+    bb, _ = array_in(raw, "b")
+    return (arr if arr.dtype == wide else xp.astype(arr, wide)), (bb if bb.dtype == wide else xp.astype(bb, wide))
+
+
+def common_float(a: Any, b: Any, arr: Array, xp: Any) -> Any:
+    """The float dtype two inputs of dtypes ``a`` and ``b`` compute in, by their library's promotion.
+
+    An integer (or bool) with a float gives what the library's ``result_type``
+    gives (NumPy: float64 for int64 with float32; PyTorch and JAX: the float's
+    dtype); two integer dtypes give :func:`float_for`; where the library
+    refuses to promote across kinds (array-api-strict), the floats promote with
+    the default float, as SciPy does.
+    """
+    try:
+        wide = xp.result_type(a, b)
+    except TypeError:
+        floats = [d for d in (a, b) if dtype_name(d) in FLOATS]
+        return xp.result_type(*floats, float_for(arr, xp))
+    return wide if dtype_name(wide) in FLOATS else float_for(arr, xp)
 
 
 def numeric(a: Array, name: str) -> None:
@@ -214,6 +255,10 @@ def real_option(value: Any, name: str, ok: Callable[[float], bool], allowed: str
     """``value`` as a float for which ``ok`` holds, or an ArgumentError saying ``allowed``."""
     if isinstance(value, (bool, np.bool_)) or (hasattr(value, "shape") and tuple(value.shape) != ()):
         raise ArgumentError(f"{name}={value!r} is not a real number; it must be {allowed}.")
+    # float() of a tensor that requires grad warns; an option carries no gradient (a Python number,
+    # the common case, is not asked: torch.compile cannot trace library()'s look at the type's module)
+    if not isinstance(value, (int, float)) and library(value) == "torch":
+        value = value.detach()
     try:
         v = float(value)
     except (TypeError, ValueError):

@@ -273,7 +273,7 @@ def _problem(
         raise ShapeError(f"bias of shape {b.shape} must have one entry per class: shape ({v},).")
     chunk = max(1, -(-v // 32)) if chunk_size is None else _chunk_size(chunk_size)
     opts = _losses.check_options(label_smoothing, z_loss, softcap)
-    class_w = _losses.check_class_weight(class_weight, v, np.zeros(1), D.namespace(np.zeros(1)))
+    class_w = _losses.check_class_weight(class_weight, v, np.zeros(1), D.namespace(np.zeros(1)), "class_weight")
     red = D.choice(reduction, "reduction", _losses.REDUCTIONS)
     return _Linear(
         h.astype(compute, copy=False),

@@ -462,13 +462,23 @@ def class_target(tgt: Any, rows: D.Rows, shape: tuple[int, ...], xp: Any, name: 
     return flat
 
 
-def check_class_weight(weight: Any, c: int, x: Any, xp: Any) -> Any:
+def check_class_weight(weight: Any, c: int, x: Any, xp: Any, name: str = "weight") -> Any:
+    """Per-class weights ``(C,)`` in ``x``'s library, finite and >= 0; ``name`` is the argument's, for the message.
+
+    A weight that requires grad is refused by name: the library gives class
+    weights no gradient, and a silent zero is worse than an error.
+    """
     if weight is None:
         return None
-    w, _ = D.array_in(D.like(weight, x, xp, "weight"), "weight")
+    if getattr(weight, "requires_grad", False):
+        raise ArgumentError(
+            f"{name} requires grad, and stablesoftmax gives class weights no gradient; pass {name}.detach(), "
+            f"or weight the per-row losses of reduction='none' yourself."
+        )
+    w, _ = D.array_in(D.like(weight, x, xp, name), name)
     if tuple(w.shape) != (c,):
-        raise ShapeError(f"weight of shape {tuple(w.shape)} must have one entry per class: shape ({c},).")
-    _checks.check_class_weight(w)
+        raise ShapeError(f"{name} of shape {tuple(w.shape)} must have one entry per class: shape ({c},).")
+    _checks.check_class_weight(w, name)
     return w
 
 

@@ -53,6 +53,7 @@ def round_to(out: Array, like: Array, xp: Any) -> Array:
     toward = xp.where(back > out, xp.full_like(near, -xp.inf), xp.full_like(near, xp.inf))
     other = xp.nextafter(near, toward)
     mag = xp.abs(near)
+    mag = xp.where(xp.isfinite(mag), mag, xp.zeros_like(mag))  # an infinite result is exact: no ulp to take
     ulp = xp.astype(xp.nextafter(mag, xp.full_like(mag, xp.inf)), out.dtype) - xp.astype(mag, out.dtype)
     ulp = xp.where(ulp > 0, ulp, xp.ones_like(ulp))
     even = xp.remainder(xp.astype(mag, out.dtype) / ulp, 2) == 0

@@ -254,10 +254,9 @@ def _lse_inputs(x: Any, axis: AxisLike, where: Any, b: Any) -> tuple[Any, Any, D
     arr, xp = D.array_in(x, "x")
     bb = None
     if b is not None:
-        bb, _ = D.array_in(D.like(b, arr, xp, "b"), "b")
+        arr, bb = D.weights_in(b, x, arr, xp)
         shape = _broadcast_shapes(tuple(arr.shape), tuple(bb.shape))
-        wide = xp.result_type(arr.dtype, bb.dtype)
-        arr = xp.broadcast_to(arr if arr.dtype == wide else xp.astype(arr, wide), shape)
+        arr = xp.broadcast_to(arr, shape)
         bb = xp.broadcast_to(bb, shape)
     rows = D.Rows.of(tuple(arr.shape), D.normalize_axes(axis, arr.ndim))
     return arr, xp, rows, D.mask_in(where, arr, xp, tuple(arr.shape)), bb
@@ -421,8 +420,8 @@ def _elementwise(x: Any, axis: AxisLike, where: Any, temperature: Any, *, log: b
     arr, xp = D.array_in(x, "x")
     rows = D.Rows.of(tuple(arr.shape), D.normalize_axes(axis, arr.ndim))
     mask = D.mask_in(where, arr, xp, tuple(arr.shape))
-    if rows.k == 0 or rows.n == 0:
-        return D.out(xp.asarray(arr, copy=True), xp)
+    if rows.k == 0 or rows.n == 0:  # empty: a copy (torch's clone, since asarray warns on a tensor that requires grad)
+        return D.out(arr.clone() if D.library(arr) == "torch" else xp.asarray(arr, copy=True), xp)
     out = D.backend(arr).softmax(rows.split(arr, xp), xp, mask=_split(rows, mask, xp), temperature=t, log=log)
     return D.out(rows.join(out, xp), xp)
 

@@ -65,23 +65,54 @@ def log_softmax(x: Array, xp: Any, *, needs_twosum: bool, temperature: float = 1
 def weighted_logsumexp(x: Array, b: Array, xp: Any, *, needs_twosum: bool) -> tuple[Array, Array]:
     """``(log|sum(b exp x)|, sign)`` per row; ``b = 0`` drops its term (SciPy's ``b``).
 
-    The sum is ``b_k exp(m) (1 + q)`` with ``q = sum_{i != k} b_i t_i / b_k``,
-    so ``log1p(q)`` keeps a tiny rest as the unweighted path does. An
-    infinite weight on a term with mass makes the sum infinite (or NaN when
-    weights of both signs are infinite).
+    The sum is ``b_k exp(x_k) (1 + q)`` with ``q = sum_{i != k} (b_i / b_k) exp(x_i - x_k)``,
+    the pivot ``k`` the largest term ``x_k + log|b_k|`` (not the largest ``x``: a
+    tiny weight on the max would make ``q`` overflow), so ``|q|`` stays near or
+    below the number of terms and ``log1p(q)`` keeps a tiny rest as the unweighted
+    path does. An infinite weight on a term with mass makes the sum infinite (or
+    NaN when weights of both signs are infinite).
     """
     x = xp.where(b != 0, x, xp.full_like(x, -xp.inf))
-    st, _, t = _state.state(x, xp, needs_twosum=needs_twosum)
-    bk = xp.take_along_axis(b, st.k[:, None], axis=-1)[:, 0]
-    bk = xp.where(st.m == -xp.inf, xp.ones_like(bk), bk)
-    bt = xp.where(t != 0, b * t, xp.zeros_like(t))
-    q = xp.sum(bt, axis=-1) / bk
+    k = _weighted_pivot(x, b, xp)
+    xk = xp.take_along_axis(x, k, axis=-1)
+    bk = xp.take_along_axis(b, k, axis=-1)
+    bk = xp.where(xk == -xp.inf, xp.ones_like(bk), bk)  # no mass: the sum is 0 whatever the pivot's weight
+    sh = _state.shift(x, xk, xp, needs_twosum=needs_twosum)
+    at_pivot = xp.arange(x.shape[-1], device=_state._device(x)) == k
+    u = _weighted_ratios(sh, b, bk, xp)
+    q = xp.sum(xp.where(at_pivot | (sh.d == -xp.inf), xp.zeros_like(u), u), axis=-1)
+    xk, bk = xk[:, 0], bk[:, 0]
     rest = xp.where(q > -1, xp.log1p(xp.where(q > -1, q, xp.zeros_like(q))), xp.log(xp.abs(1 + q)))
-    out = st.m + xp.log(xp.abs(bk)) + rest
+    out = xk + _log_abs(bk, xp) + rest
     sign = xp.sign(bk) * xp.sign(1 + q)
-    sign = xp.where(st.m == -xp.inf, xp.zeros_like(sign), sign)
+    sign = xp.where(xk == -xp.inf, xp.zeros_like(sign), sign)
     sign = xp.where(xp.isnan(out), xp.full_like(sign, xp.nan), sign)
     return out, sign
+
+
+def _weighted_pivot(x: Array, b: Array, xp: Any) -> Array:
+    """Per row (B, 1), the index of the largest ``x_i + log|b_i|``; on a row whose max or a weight
+    is not finite, the first max of ``x`` (the state's ``k``, which the special-slice rule needs)."""
+    m = xp.max(x, axis=-1, keepdims=True)
+    ordinary = xp.isfinite(m) & xp.all(xp.isfinite(b), axis=-1, keepdims=True)
+    y = xp.where(ordinary, x + _log_abs(b, xp), xp.full_like(x, -xp.inf))
+    return xp.where(ordinary, xp.argmax(y, axis=-1, keepdims=True), xp.argmax(x, axis=-1, keepdims=True))
+
+
+def _weighted_ratios(sh: _state.Shift, b: Array, bk: Array, xp: Any) -> Array:
+    """``(b_i / b_k) exp(x_i - x_k)``: a product where both factors are normal numbers, else
+    ``exp((x_i - x_k) + log|b_i / b_k|)`` with the sign (one factor would overflow or lose bits)."""
+    t = _state.corrected(xp.exp(sh.d), sh.err, xp)
+    lr = _log_abs(b, xp) - _log_abs(bk, xp)
+    direct = (xp.abs(lr) < 600) & (sh.d < 600)  # e**600 and e**-600 are far from float64's limits
+    far = xp.sign(b) * xp.sign(bk) * xp.exp(xp.where(direct, xp.zeros_like(lr), sh.d + lr))
+    return xp.where(direct, (b / bk) * t, far)
+
+
+def _log_abs(b: Array, xp: Any) -> Array:
+    """``log|b|``, ``-inf`` at 0 without NumPy's divide-by-zero warning."""
+    nonzero = b != 0
+    return xp.where(nonzero, xp.log(xp.abs(xp.where(nonzero, b, xp.ones_like(b)))), xp.full_like(b, -xp.inf))
 
 
 def logsumexp_grad(x: Array, g: Array, xp: Any, *, needs_twosum: bool, b: Array | None = None) -> Array:
@@ -98,17 +129,33 @@ def logsumexp_grad(x: Array, g: Array, xp: Any, *, needs_twosum: bool, b: Array 
 
 
 def softmax_grad(x: Array, g: Array, xp: Any, *, needs_twosum: bool, temperature: float = 1.0) -> Array:
-    r"""``p (g - <g, p>) / T``."""
-    p = softmax(x, xp, needs_twosum=needs_twosum, temperature=temperature)
+    r"""``p (g - <g, p>) / T``, written ``p_j ((g_j - g_k) - sum_{i != k} (g_i - g_k) p_i) / T``.
+
+    The cotangents are taken relative to the max's ``g_k``, so that at the
+    max, where ``p_k`` rounds to 1 and ``g_k - <g, p>`` would cancel, the
+    value is the small sum it is: the row still sums to 0.
+    """
+    st, _, t = _state.state(x, xp, needs_twosum=needs_twosum, scale=temperature)
+    p = _state.probs(t, st, xp)
     g = live_only(g, x, xp)
-    return dead_to_zero(p * (g - xp.sum(g * p, axis=-1, keepdims=True)) / temperature, x, xp)
+    rel = g - xp.take_along_axis(g, st.k[:, None], axis=-1)
+    rest = t / (1 + st.s)[:, None]  # p_i for i != k, 0 at k
+    inner = xp.sum(xp.where(rest != 0, rel * rest, xp.zeros_like(rest)), axis=-1, keepdims=True)
+    return dead_to_zero(p * (rel - inner) / temperature, x, xp)
 
 
 def log_softmax_grad(x: Array, g: Array, xp: Any, *, needs_twosum: bool, temperature: float = 1.0) -> Array:
-    r"""``(g - p sum(g)) / T``."""
-    p = softmax(x, xp, needs_twosum=needs_twosum, temperature=temperature)
+    r"""``(g - p sum(g)) / T``; at the max ``(g_k s - sum_{i != k} g_i) / ((1 + s) T)``, which does not cancel."""
+    st, _, t = _state.state(x, xp, needs_twosum=needs_twosum, scale=temperature)
+    p = _state.probs(t, st, xp)
     g = live_only(g, x, xp)
-    return dead_to_zero((g - p * xp.sum(g, axis=-1, keepdims=True)) / temperature, x, xp)
+    at_max = xp.arange(x.shape[-1], device=_device(x))[None, :] == st.k[:, None]
+    out = g - p * xp.sum(g, axis=-1, keepdims=True)
+    gk = xp.take_along_axis(g, st.k[:, None], axis=-1)
+    others = xp.sum(xp.where(at_max, xp.zeros_like(g), g), axis=-1, keepdims=True)
+    s = st.s[:, None]
+    out = xp.where(at_max, (gk * s - others) / (1 + s), out)
+    return dead_to_zero(out / temperature, x, xp)
 
 
 def live(x: Array, xp: Any, m: Array | None = None) -> Array:

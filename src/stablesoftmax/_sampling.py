@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _dispatch as D
-from ._errors import ArgumentError
+from ._errors import ArgumentError, AxisError
 from ._reductions import softmax
 from ._typing import Array
 
@@ -67,8 +67,9 @@ def sample(
     Returns
     -------
     array of int64
-        Indices shaped like ``logits`` without ``axis`` (a torch tensor for
-        tensor input).
+        Indices shaped like ``logits`` without ``axis``, an array of the
+        input's own library on its device (a torch tensor for tensor input,
+        a JAX or array-API array for theirs; int32 under JAX without x64).
 
     Raises
     ------
@@ -86,7 +87,7 @@ def sample(
     t = D.real_option(temperature, "temperature", lambda v: 0 <= v < np.inf, "finite and >= 0 (0 means argmax)")
     arr = _host(logits)
     if not D.is_int(axis):
-        raise ArgumentError(f"axis={axis!r} must be a single int: the class axis.")
+        raise AxisError(f"axis={axis!r} must be a single int: the class axis.")
     (ax,) = D.normalize_axes(axis, max(arr.ndim, 1)) if arr.ndim else (0,)
     x = np.moveaxis(np.atleast_1d(arr).astype(np.float64), ax, -1)
     if x.shape[-1] == 0:
@@ -140,8 +141,13 @@ def _inverse_cdf(x: np.ndarray, t: float, rng: np.random.Generator) -> np.ndarra
 
 
 def _like(out: np.ndarray, logits: Any) -> Any:
-    if D.library(logits) == "torch":
+    """The indices in ``logits``' own library and on its device; NumPy's scalar for one NumPy slice."""
+    lib = D.library(logits)
+    if lib == "torch":
         import torch
 
         return torch.from_numpy(out).to(logits.device)
-    return out[()] if out.ndim == 0 else out
+    if lib == "numpy":
+        return out[()] if out.ndim == 0 else out
+    xp = D.namespace(logits)  # JAX, array-api-strict, CuPy: int64 where the library has it
+    return xp.asarray(out, device=D.device(logits))

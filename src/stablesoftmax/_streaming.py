@@ -31,7 +31,7 @@ import numpy as np
 from . import _compute, _state
 from . import _dispatch as D
 from ._dispatch import AxisLike, Rows
-from ._errors import ArgumentError, ShapeError
+from ._errors import ArgumentError, DtypeError, ShapeError
 from ._typing import ArrayIn, NumpyResult
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class LogSumExp:
             raise TypeError(f"merge takes a LogSumExp, got {type(other).__name__}.")
         if other._sums is None:
             return self
-        sums = self._ensure(other._sums.m.shape, other._sums.dtype)
+        sums = self._ensure(other._sums.m.shape, other._sums.dtype, "the merged LogSumExp holds shape")
         sums.m, sums.s = _combine(sums.m, sums.s, other._sums.m, other._sums.s)
         return self
 
@@ -138,9 +138,10 @@ class LogSumExp:
         if sums is None:
             empty: np.float64 = np.float64(-np.inf)  # NumPy's stubs type this constructor's result as Any
             return empty
-        with np.errstate(invalid="ignore"):  # NaN state stays NaN
+        # NaN state stays NaN; rounding an infinite result to 16 bits takes the ulp of inf (inf - inf), unused
+        with np.errstate(invalid="ignore"):
             lse = _state.lse(_state.State(sums.m, None, sums.s.astype(np.float64)), npx)
-        out = _compute.round_to(lse, np.zeros(0, sums.dtype), D.namespace(lse))
+            out = _compute.round_to(lse, np.zeros(0, sums.dtype), D.namespace(lse))
         return _back(out, self._like)
 
     def __repr__(self) -> str:
@@ -148,15 +149,15 @@ class LogSumExp:
 
     # ----------------------------------------------------------------------
 
-    def _ensure(self, batch: tuple[int, ...], dtype: np.dtype) -> _Sums:
-        """The state, made for ``batch`` by the first chunk; a later chunk must match it."""
+    def _ensure(self, batch: tuple[int, ...], dtype: np.dtype, what: str = "chunk reduces to shape") -> _Sums:
+        """The state, made for ``batch`` by the first chunk; a later chunk (or merged state, ``what``) must match it."""
         if self._sums is None:
             self._sums = _Sums(np.full(batch, -np.inf), np.zeros(batch, dtype=np.longdouble), dtype)
             return self._sums
         if tuple(batch) != self._sums.m.shape:
             raise ShapeError(
-                f"chunk reduces to shape {tuple(batch)}, but this LogSumExp holds shape {self._sums.m.shape}; "
-                "every chunk must have the same shape once the reduced axes are taken out."
+                f"{what} {tuple(batch)}, but this LogSumExp holds shape {self._sums.m.shape}; every chunk "
+                "and merged state must have the same shape once the reduced axes are taken out."
             )
         self._sums.dtype = _promote(self._sums.dtype, dtype)
         return self._sums
@@ -213,7 +214,7 @@ def logsumexp_chunks(chunks: Iterable[ArrayIn] | np.ndarray, /, *, axis: AxisLik
 def _parts(a: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``(m, s)`` of one in-memory block, result-shaped, float64 (the kernels' state, or the reference's)."""
     rows = Rows.of(a.shape, axes)
-    arr = np.asarray(a)
+    arr = D.native(np.asarray(a))  # a byte-swapped memmap, block by block
     if arr.dtype.kind in "iub":
         arr = arr.astype(np.float64)  # integers and bools, as in logsumexp
     if rows.k == 0:  # no terms: the empty sum
@@ -250,10 +251,11 @@ def _host(chunk: Any) -> np.ndarray:
 
 def _float_dtype(arr: np.ndarray, name: str) -> np.dtype:
     if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
-        return arr.dtype
+        native: np.dtype = arr.dtype.newbyteorder("=")  # NumPy's stubs type newbyteorder's result as Any
+        return native
     if arr.dtype.kind in "iub":
         return np.dtype(np.float64)
-    raise ArgumentError(f"{name} has dtype {arr.dtype}; it must hold real numbers.")
+    raise DtypeError(f"{name} has dtype {arr.dtype}, which is not supported. Allowed: {D.ALLOWED}.")
 
 
 def _back(out: np.ndarray, like: Any) -> NumpyResult | Tensor:

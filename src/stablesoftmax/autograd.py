@@ -361,7 +361,10 @@ def logsumexp(values: Iterable[Operand], /) -> Value:
 def softmax(values: Iterable[Operand], /) -> list[Value]:
     r"""Softmax of a list of :class:`Value`: ``exp(x_i - m) / sum(exp(x_j - m))``.
 
-    Gradient: ``d sigma_i / d x_j = sigma_i (delta_ij - sigma_j)``.
+    Gradient: ``d sigma_i / d x_j = sigma_i (delta_ij - sigma_j)``, applied as one
+    vector-Jacobian product over the outputs, ``v_j = p_j (g_j - <g, p>)``. At the
+    max ``k``, ``g_k - <g, p> = sum_{i != k} (g_k - g_i) p_i`` is formed as that
+    sum: by subtraction it would be 0 once ``p_k`` rounds to 1 (``[0, -40]``).
 
     Parameters
     ----------
@@ -382,12 +385,15 @@ def softmax(values: Iterable[Operand], /) -> list[Value]:
     [0.0, 1.0]
     """
     xs = _as_values(values)
-    _, m = _max_entry(xs)
+    k, m = _max_entry(xs)
     if math.isinf(m):
         return [Value(p) for p in _contract_probs(xs, m)]
-    exps = [(x - m).exp() for x in xs]
-    inv = _sum(exps) ** -1  # one shared 1/sum for every output
-    return [e * inv for e in exps]
+    exps = [math.exp(x.data - m) for x in xs]
+    rest = math.fsum(exps[:k] + exps[k + 1 :])
+    probs = [e / (1.0 + rest) for e in exps]
+    cotangents = [0.0] * len(xs)
+    hub = _node(math.nan, tuple(xs), lambda _: _softmax_vjp(xs, probs, k, cotangents))
+    return [_node(p, (hub,), _collect(hub, cotangents, i)) for i, p in enumerate(probs)]
 
 
 def log_softmax(values: Iterable[Operand], /) -> list[Value]:
@@ -521,6 +527,36 @@ def _sum(values: list[Value]) -> Value:
     for v in values[1:]:
         total = total + v
     return total
+
+
+def _collect(hub: Value, cotangents: list[float], i: int) -> _Backward:
+    """The backward step of softmax output ``i``: its cotangent is kept for the one VJP of ``hub``.
+
+    ``hub.grad`` only marks that a cotangent arrived (so that the engine runs
+    the hub's step); cotangents of opposite signs must not cancel it to 0.
+    """
+
+    def backward(g: float) -> None:
+        cotangents[i] += g
+        hub.grad += abs(g) if g == g else g  # NaN stays NaN: the step must still run
+
+    return backward
+
+
+def _softmax_vjp(xs: list[Value], probs: list[float], k: int, cotangents: list[float]) -> None:
+    r"""``x_j.grad += p_j (g_j - <g, p>)``, with ``g_j - <g, p> = (g_j - g_k) - \sum_{i \ne k} (g_i - g_k) p_i``.
+
+    ``<g, p>`` is ``g_k`` to within the small probabilities when ``p_k`` rounds
+    to 1, so ``g_k - <g, p>`` by subtraction would be 0 or a rounding error;
+    differences to ``g_k`` keep it exact to a few ulps. The cotangents are
+    then cleared for the next :meth:`Value.backward`.
+    """
+    g_k = cotangents[k]
+    spread = math.fsum((g - g_k) * p for i, (g, p) in enumerate(zip(cotangents, probs, strict=True)) if i != k)
+    for x, g, p in zip(xs, cotangents, probs, strict=True):
+        if p != 0.0:  # a -inf entry: probability 0, and no gradient
+            x.grad += p * ((g - g_k) - spread)
+    cotangents[:] = [0.0] * len(cotangents)
 
 
 def _log_sum_exp(shifted: list[Value], k: int) -> Value:

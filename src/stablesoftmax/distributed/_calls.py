@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _checks, _compute, _losses
+from .. import _checks, _losses
 from .. import _dispatch as D
 from .._errors import ArgumentError, DtypeError, ShapeError
 from ._protocol import _CALLS, _NONE, _UNPLACED, _bounds, _Comm, _digest, _fingerprint, _float_bits, _Layout, _local
@@ -162,7 +162,7 @@ def _class_weight(weight: Any, x: Tensor, xp: Any, name: str) -> Tensor | None:
     w: Tensor = D.array_in(D.like(_local(weight), x, xp, name), name)[0]
     if w.ndim != 1:
         raise ShapeError(f"{name} of shape {tuple(w.shape)} must be one vector of per-class weights, shape [V].")
-    _compute.check_class_weight(_host_values(w))
+    _checks.check_class_weight(_host_values(w), name)
     return w
 
 
@@ -188,7 +188,7 @@ def _settle_targets(
     if target is None or target.numel() == 0:
         return
     if layout.target_low < 0 or layout.target_high >= layout.total:  # the header saw it; find where, for the message
-        _compute.check_targets(target.detach().cpu().numpy(), layout.total, ignore_index, batch)
+        _checks.check_targets(target.detach().cpu().numpy(), layout.total, ignore_index, batch)
 
 
 # --------------------------------------------------------------------------
