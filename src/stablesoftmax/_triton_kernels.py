@@ -312,7 +312,7 @@ def _check_rows(x: Any) -> Any:
             f"x is {type(x).__name__} of dtype {getattr(x, 'dtype', None)}; "
             "Triton kernels take float16, bfloat16, float32 or float64 torch tensors."
         )
-    if x.ndim != 2 or (x.shape[1] > 1 and x.stride(1) != 1):
+    if x.ndim != 2 or (x.numel() > 0 and x.shape[1] > 1 and x.stride(1) != 1):
         raise ShapeError(
             f"x has shape {tuple(x.shape)} and strides {x.stride()}; Triton kernels take 2-D rows with unit stride."
         )
@@ -338,7 +338,7 @@ def _check_out(x: Any, out: Any, name: str) -> Any:
 
 
 def _check_layout(x: Any, a: Any, name: str) -> None:
-    if a.shape != x.shape or a.device != x.device or (a.shape[1] > 1 and a.stride(1) != 1):
+    if a.shape != x.shape or a.device != x.device or (a.numel() > 0 and a.shape[1] > 1 and a.stride(1) != 1):
         raise ShapeError(
             f"{name} has shape {tuple(a.shape)} on {a.device} with strides {a.stride()}; "
             f"it must have x's shape {tuple(x.shape)} on {x.device}, rows with unit stride."
@@ -400,8 +400,10 @@ def _stride(a: Any) -> int:
 
 
 def _out_kind(out: Any) -> int:
-    """How an output is rounded: 0 none (float32/float64: one cast), 1 16-bit via round-to-odd."""
-    return 0 if out is None or out.dtype in (torch.float32, torch.float64) else 1
+    """How an output is rounded: 0 by its cast (float32, float64), 1 float16, 2 bfloat16 (see ``_round_out``)."""
+    if out is None or out.dtype in (torch.float32, torch.float64):
+        return 0
+    return 1 if out.dtype == torch.float16 else 2
 
 
 # --------------------------------------------------------------------------
@@ -508,10 +510,19 @@ if triton is not None:
         return t, comp
 
     @triton.jit
+    def _widen(v):
+        """``v`` as float64: 16-bit through float32, exactly (the interpreter of Triton 3.9 widens
+        bfloat16 to float64 as if its bits were an integer)."""
+        if v.dtype == tl.float64:
+            return v
+        else:
+            return v.to(tl.float32).to(tl.float64)
+
+    @triton.jit
     def _load_row(x_ptr, w_ptr, row, row_w, cols, width, HAS_WHERE: tl.constexpr):
         """A block of a row widened to float64, ``-inf`` where masked or past the end, and which are allowed."""
         inside = cols < width
-        v = tl.load(x_ptr + row + cols, mask=inside, other=float("-inf")).to(tl.float64)
+        v = _widen(tl.load(x_ptr + row + cols, mask=inside, other=float("-inf")))
         if HAS_WHERE:
             ok = tl.load(w_ptr + row_w + cols, mask=inside, other=0) != 0
         else:
@@ -520,16 +531,25 @@ if triton is not None:
 
     @triton.jit
     def _round_out(v, OUT_KIND: tl.constexpr):
-        """float64 ``v`` to float32 by round-to-odd when the output is 16-bit (then one correct rounding)."""
-        if OUT_KIND == 1:
+        """float64 ``v`` ready to store: as it is (kind 0, the store's cast is the one rounding), or rounded
+        to float32 by round-to-odd (kind 1, float16: the store's cast then rounds correctly), or to
+        bfloat16 bits (kind 2) by round-to-nearest-even on those float32 bits, in integers: the
+        interpreter of Triton 3.9 casts float32 to bfloat16 by truncation."""
+        if OUT_KIND == 0:
+            return v
+        else:
             near = v.to(tl.float32)
             back = near.to(tl.float64)
             bits = near.to(tl.int32, bitcast=True)
             step = tl.where(tl.abs(back) > tl.abs(v), -1, 1)  # toward v, in magnitude
             fix = (back != v) & (v == v) & (tl.abs(v) != float("inf")) & ((bits & 1) == 0)
-            return tl.where(fix, bits + step, bits).to(tl.float32, bitcast=True)
-        else:
-            return v
+            bits = tl.where(fix, bits + step, bits)
+            if OUT_KIND == 1:
+                return bits.to(tl.float32, bitcast=True)
+            else:
+                half = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+                half = tl.where(v == v, half, 0x7FC0)  # NaN stays a (quiet) NaN
+                return half.to(tl.int16).to(tl.bfloat16, bitcast=True)
 
     @triton.jit
     def _special_state(m, k, tot, comp, nan_at, inf_at, n_inf, width):
@@ -680,7 +700,7 @@ if triton is not None:
         """``x[n, y]`` as float64: ``-inf`` where masked, NaN for a target out of range (nothing is read)."""
         y = tl.load(y_ptr + pid)
         inside = (y >= 0) & (y < width)
-        xy = tl.load(x_ptr + row + y, mask=inside, other=float("nan")).to(tl.float64)
+        xy = _widen(tl.load(x_ptr + row + y, mask=inside, other=float("nan")))
         if HAS_WHERE:
             xy = tl.where(tl.load(where_ptr + row_w + y, mask=inside, other=1) != 0, xy, float("-inf"))
         tl.store(xy_ptr + pid, xy)
