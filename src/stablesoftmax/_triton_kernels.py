@@ -441,11 +441,6 @@ if triton is not None:
     _Q9 = tl.constexpr(2.5100494788905042e-08)
 
     @triton.jit
-    def _pow2(z, bias):
-        """``2**(n + bias - 1023)`` from ``z = n + shifter`` (n in the low bits): integer bits, no conversion."""
-        return ((z.to(tl.int64, bitcast=True) + bias) << 52).to(tl.float64, bitcast=True)
-
-    @triton.jit
     def _exp_narrow(d):
         """exp(d) of float64 ``d <= 0`` to 4.1e-14 relative, for 16-bit and float32 work; 0 below -708.4."""
         d = tl.where(d < -709.0, -709.0, d)  # the exponent field of 2**n is then 0: a term of +0.0
@@ -461,7 +456,9 @@ if triton is not None:
         p = p * r + _F2
         p = p * r + _F1
         p = p * r + _F0
-        return p * _pow2(z, 1023)
+        # 2**n from z = n + shifter (n in the low bits): integer bits, no conversion. (Written out in
+        # both exps: the interpreter patches triton.language on every call of a jit function, 4 ms.)
+        return p * ((z.to(tl.int64, bitcast=True) + 1023) << 52).to(tl.float64, bitcast=True)
 
     @triton.jit
     def _exp_wide(d):
@@ -482,7 +479,9 @@ if triton is not None:
         p = 1.0 + (r + (r * r) * q)
         # Below 2**-1000 build 2**(n+64), exact, and round once by 2**-64 into the subnormals.
         small = nf < -1000.0
-        return (p * _pow2(z, tl.where(small, 1023 + 64, 1023))) * tl.where(small, _TWO_M64, 1.0)
+        bias = tl.where(small, 1023 + 64, 1023)
+        scale = ((z.to(tl.int64, bitcast=True) + bias) << 52).to(tl.float64, bitcast=True)
+        return (p * scale) * tl.where(small, _TWO_M64, 1.0)
 
     @triton.jit
     def _term(v, m, WIDE: tl.constexpr):
@@ -510,19 +509,13 @@ if triton is not None:
         return t, comp
 
     @triton.jit
-    def _widen(v):
-        """``v`` as float64: 16-bit through float32, exactly (the interpreter of Triton 3.9 widens
-        bfloat16 to float64 as if its bits were an integer)."""
-        if v.dtype == tl.float64:
-            return v
-        else:
-            return v.to(tl.float32).to(tl.float64)
-
-    @triton.jit
     def _load_row(x_ptr, w_ptr, row, row_w, cols, width, HAS_WHERE: tl.constexpr):
         """A block of a row widened to float64, ``-inf`` where masked or past the end, and which are allowed."""
         inside = cols < width
-        v = _widen(tl.load(x_ptr + row + cols, mask=inside, other=float("-inf")))
+        v = tl.load(x_ptr + row + cols, mask=inside, other=float("-inf"))
+        # 16-bit through float32, exactly: the interpreter of Triton 3.9 widens bfloat16 to float64
+        # as if its bits were an integer.
+        v = v.to(tl.float64) if v.dtype == tl.float64 else v.to(tl.float32).to(tl.float64)
         if HAS_WHERE:
             ok = tl.load(w_ptr + row_w + cols, mask=inside, other=0) != 0
         else:
@@ -700,7 +693,8 @@ if triton is not None:
         """``x[n, y]`` as float64: ``-inf`` where masked, NaN for a target out of range (nothing is read)."""
         y = tl.load(y_ptr + pid)
         inside = (y >= 0) & (y < width)
-        xy = _widen(tl.load(x_ptr + row + y, mask=inside, other=float("nan")))
+        xy = tl.load(x_ptr + row + y, mask=inside, other=float("nan"))
+        xy = xy.to(tl.float64) if xy.dtype == tl.float64 else xy.to(tl.float32).to(tl.float64)
         if HAS_WHERE:
             xy = tl.where(tl.load(where_ptr + row_w + y, mask=inside, other=1) != 0, xy, float("-inf"))
         tl.store(xy_ptr + pid, xy)
