@@ -567,23 +567,28 @@ if triton is not None:
         return m, k, s
 
     @triton.jit
-    def _shifted(v, m, s, WIDE: tl.constexpr):
-        """``(t, d, e)`` of a block under any row's ``(m, s)``: the state's shift rule, special rows included."""
+    def _special_terms(v, m):
+        """``(exp(d), d)`` of a block of a row whose max ``m`` is not finite, ``d = x - m`` by the shift rule:
+        0 where ``x == m``, ``-inf`` where ``x`` or ``m`` is ``-inf``; no ``exp`` is needed."""
+        d = tl.where(v == m, 0.0, v - m)
+        d = tl.where(v == float("-inf"), float("-inf"), tl.where(m == float("-inf"), float("-inf"), d))
+        return tl.where(d == 0.0, 1.0, tl.where(d == d, 0.0, float("nan"))), d
+
+    @triton.jit
+    def _shifted(v, m, WIDE: tl.constexpr):
+        """``(t, d, e)`` of a block under any row's max ``m``: the state's shift rule, special rows included."""
         finite = (m == m) & (tl.abs(m) != float("inf"))
         t, d, e = _term(v, tl.where(finite, m, 0.0), WIDE)
-        e = tl.where(finite, e, 0.0)
-        d = tl.where(finite, d, tl.where(v == m, 0.0, v - m))
-        d = tl.where(v == float("-inf"), float("-inf"), tl.where(m == float("-inf"), float("-inf"), d))
-        t = tl.where(finite, t, tl.where(d == 0.0, 1.0, tl.where(d == d, 0.0, float("nan"))))
-        return t, d, e
+        t_special, d_special = _special_terms(v, m)
+        return tl.where(finite, t, t_special), tl.where(finite, d, d_special), tl.where(finite, e, 0.0)
 
     @triton.jit
     def _step(raw, at, width, m, k, tot, comp, nan_at, inf_at, n_inf, WIDE: tl.constexpr):
         """The running state after one more block ``raw`` (widened, ``-inf`` where masked) at indices ``at``.
 
-        Also returns the block's finite entries ``v`` with their ``d, e``
-        under the new max, whether the max rose, and ``dm + em``, the old
-        max's shift under the new one.
+        Also returns the block's finite entries ``v`` with their terms ``t``
+        (the new max's set to 0) and ``d, e`` under the new max, and
+        ``moved``, the old max's shift under the new one if the max rose.
         """
         nan_at = tl.minimum(nan_at, tl.min(tl.where(raw != raw, at, width), axis=0))
         is_inf = raw == float("inf")
@@ -605,7 +610,7 @@ if triton is not None:
         tot, comp = _neumaier(tot, comp, tl.where(rise, f, 0.0))
         tot, comp = _neumaier(tot, comp, tl.sum(t, axis=0))
         moved = tl.where(rise & (m > float("-inf")), dm + em, 0.0)
-        return v, d, e, moved, new_m, tl.where(rise, first, k), tot, comp, nan_at, inf_at, n_inf
+        return v, t, d, e, moved, new_m, tl.where(rise, first, k), tot, comp, nan_at, inf_at, n_inf
 
     @triton.jit
     def _smooth_step(raw, ok, v, d, e, wc, moved, dsum, dcomp, wfin, count, wsum, dead):
@@ -661,7 +666,7 @@ if triton is not None:
         if ONE_BLOCK:  # the row stays in registers (a loop's body would not be visible after it)
             cols = tl.arange(0, BLOCK)
             raw, ok = _load_row(x_ptr, where_ptr, row, row_w, cols, width, HAS_WHERE)
-            v, d, e, moved, m, k, tot, comp, nan_at, inf_at, n_inf = _step(
+            v, t, d, e, moved, m, k, tot, comp, nan_at, inf_at, n_inf = _step(
                 raw, cols.to(tl.int64), width, m, k, tot, comp, nan_at, inf_at, n_inf, WIDE
             )
             if CE and SMOOTH:
@@ -673,7 +678,7 @@ if triton is not None:
             for lo in range(0, width, BLOCK):
                 cols = lo + tl.arange(0, BLOCK)
                 raw, ok = _load_row(x_ptr, where_ptr, row, row_w, cols, width, HAS_WHERE)
-                v, d, e, moved, m, k, tot, comp, nan_at, inf_at, n_inf = _step(
+                v, t, d, e, moved, m, k, tot, comp, nan_at, inf_at, n_inf = _step(
                     raw, cols.to(tl.int64), width, m, k, tot, comp, nan_at, inf_at, n_inf, WIDE
                 )
                 if CE and SMOOTH:
@@ -685,8 +690,9 @@ if triton is not None:
         tl.store(m_ptr + pid, m)
         tl.store(k_ptr + pid, k)
         tl.store(s_ptr + pid, s)
-        if WRITE_SOFTMAX:  # ONE_BLOCK: written from registers
-            t, d, e = _shifted(raw, m, s, WIDE)
+        if WRITE_SOFTMAX:  # ONE_BLOCK: written from the terms in registers (the max's is 1)
+            t_special, _ = _special_terms(raw, m)
+            t = tl.where((m == m) & (tl.abs(m) != float("inf")), tl.where(cols == k, 1.0, t), t_special)
             p = _round_out(t / (1.0 + s), OUT_KIND)
             tl.store(out_ptr + pid * stride_out + cols, p.to(out_ptr.dtype.element_ty), mask=cols < width)
         if CE:
@@ -725,7 +731,7 @@ if triton is not None:
         for lo in range(0, width, BLOCK):
             cols = lo + tl.arange(0, BLOCK)
             v, ok = _load_row(x_ptr, where_ptr, row, row_w, cols, width, HAS_WHERE)
-            t, d, e = _shifted(v, m, s, WIDE)
+            t, d, e = _shifted(v, m, WIDE)
             val = (d - lg) + e if LOG else t / (1.0 + s)
             val = _round_out(val, OUT_KIND)
             tl.store(out_ptr + pid * stride_out + cols, val.to(out_ptr.dtype.element_ty), mask=cols < width)
