@@ -12,57 +12,69 @@ NumPy: what the tests check is what the device computes).
 Design
 ------
 * One program per row. The forward kernel reads each logit once: it sweeps
-  the row in blocks and keeps the state online. A block with max ``b``
-  above the running max ``m`` moves the state to ``M = b``: the sum so far
-  and its compensation are multiplied by ``f = exp(m - M)``, and ``f``
-  itself (the old max's term) is added; the block's first max is left out,
-  its term being exactly 1. Block sums are added with Neumaier's
-  compensated addition. A row that fits one block (``K <= 4096``) is one
-  block: no rescaling, and the softmax is written from registers by the
-  same launch (one read, one write).
-* The log-softmax, a wider softmax and the cross-entropy gradient read the
-  row once more and write once: a second launch, given the state. Per-row
-  finishes (``log1p(s)``, the loss parts) are torch float64 on ``[N]``
-  vectors. A call makes at most two launches; no call synchronises with
-  the host or branches on tensor values.
-* 16-bit and float32 input is loaded as stored and widened in registers;
-  all work is float64, where ``x - m`` is exact (to far below a term's
-  needed accuracy). For float64 input the TwoSum error ``e`` of ``x - m`` is
-  carried into each term as ``t + t e`` and into the log-softmax.
+  the row in blocks of up to 4096 and keeps the state online. A block whose
+  max ``b`` is above the running max ``m`` moves the state to ``M = b``: the
+  sum so far and its compensation are multiplied by ``f = exp(m - M)`` and
+  ``f`` itself (the old max's term) is added; the block's first max is left
+  out, its term being exactly 1. Block sums are added with Neumaier's
+  compensated addition. A row of at most 4096 is one block: no rescaling,
+  and the softmax is written by the same launch from the terms still in
+  registers (one read, one write, one ``exp`` per logit).
+* The log-softmax, a softmax of longer rows and the cross-entropy gradient
+  read the row once more and write once: a second launch, given the state.
+  Per-row finishes (``log1p(s)``, the loss) are torch float64 on ``[N]``
+  vectors. A call makes at most two Triton launches (and a few torch
+  operations on ``[N]`` vectors); none synchronises with the host or
+  branches on tensor values. The smoothing ``a`` reaches the gradient
+  kernel as a float64 tensor: a Python float argument would be float32.
+* 16-bit and float32 input is loaded as stored and widened in registers
+  (never copied wider in memory); all work is float64, where ``x - m`` of
+  such values is exact wherever its term matters. For float64 input the
+  TwoSum error ``e`` of ``x - m`` is carried into each term as ``t + t e``
+  and into the log-softmax.
 * ``exp`` is plain arithmetic, copied from :mod:`._kernels`: ``d = n ln2 +
   r`` with ``n`` from the 1.5 * 2**52 shifter, a Chebyshev polynomial on
   ``|r| <= ln2/2`` and ``2**n`` built from integer bits (``tl`` bitcasts).
   NVIDIA's float32 ``tl.exp`` is an approximate ``ex2``, libdevice does not
   run under the interpreter and the interpreter's ``tl.exp`` is NumPy's:
-  this one computes the same on both. 16-bit and float32 input use the
-  degree-9 polynomial (relative error 4.1e-14), float64 input a two-constant
-  Cody-Waite reduction and the degree-11 form (1.7e-17, subnormal results
-  scaled once: within 1.002 ulp).
+  this one computes the same on both, to the last bits (the device
+  contracts ``a * b + c`` to an FMA, as numba does; the interpreter does
+  not). Narrower input uses the degree-9 polynomial and one-constant
+  reduction (relative error 4.1e-14), float64 input the two-constant
+  Cody-Waite reduction and the degree-11 form (within 1.002 ulp, subnormal
+  results scaled once).
 * Rows whose max is not finite follow the contract of :mod:`._state`: the
-  kernel counts ``+inf`` entries and finds the first NaN and the first
-  ``+inf`` as it goes (the online max sees them as ``-inf``), and the row's
-  final ``(m, k, s)`` is chosen at its end. Outputs use the state's shift
-  rule (``x - m`` is 0 where ``x == m``, ``-inf`` when ``m = -inf``), so
+  sweep counts the ``+inf`` entries and finds the first NaN and the first
+  ``+inf`` (the online max sees both as ``-inf``), and the row's ``(m, k,
+  s)`` is chosen at its end. Outputs use the state's shift rule (``x - m``
+  is 0 where ``x == m``, ``-inf`` where ``x`` or ``m`` is ``-inf``), so
   special rows need no table. A masked entry is a ``-inf`` entry.
 * Output to 16-bit is rounded once from float64: to float32 by round-to-odd
-  (float32 bits, one step toward the exact value when the float32 result is
-  inexact and even), then to the 16-bit format, which is then the correct
-  rounding (Boldo & Melquiond 2008).
+  (the float32 bits moved one step toward the exact value when the float32
+  result is inexact and even), then to nearest even (Boldo & Melquiond,
+  IEEE TC 2008). bfloat16 is rounded from those bits in integers: the
+  interpreter of Triton 3.9 truncates float32 to bfloat16 (and widens
+  bfloat16 to float64 as an integer, so input is widened through float32).
+* Eight warps for blocks of 1024 or more: compiled for sm_90, a float64
+  block of 4096 spills to the stack with four warps and not with eight.
 
 Error bound
 -----------
-With ``u = 2**-53``: each term ``exp(x_i - m)`` is within ``1.1 u``
-relative (float64 input, the TwoSum error carried; ``4.1e-14`` for narrower
-input), a block's sum within ``log2(B) u`` of its terms' sum (tree order,
-``B <= 4096`` terms), and the compensated sum of block sums within
-``2 u`` plus ``u**2 (K / B)`` of theirs. Each rise of the running max scales
-what was summed before by ``f`` (``1.1 u``) in two roundings (``u`` each);
-it happens at most ``ceil(K / 4096) - 1`` times per row, never for rows of
-one block. So ``s`` is within ``(13 + 3.1 r) u`` relative, ``r`` the number of
-rises, and ``lse = m + log1p(s)``, the softmax ``t / (1 + s)`` and the
-log-softmax ``(x - m) - log1p(s) + e`` are within the float64 goals of the
-project; 16-bit and float32 results are far inside their half ulp before
-their single rounding.
+With ``u = 2**-53`` and every term positive, so that relative errors add:
+a term ``exp(x_i - m)`` is within ``2.0 u`` (float64 input) or 4.1e-14
+(narrower input) of its value; a block of ``B`` terms is summed by each of
+``32 w`` threads in sequence and then in a tree (``w`` warps), within
+``(B / 32w + log2(32w)) u``, 24 u for ``B = 4096``, ``w = 8`` (NumPy's
+pairwise sum under the interpreter: ``log2(B) u``); Neumaier's sum of the
+block sums adds ``2 u``; each rise of the running max scales what was summed
+before by ``f`` (``2.0 u``) in one rounding (``u``), ``r <= ceil(K / 4096) - 1``
+times. So ``s`` is within ``(28 + 3 r) u`` relative for float64 input,
+``r = 0`` for rows of one block; ``log1p(s)`` then carries at most that error
+times ``s / (1 + s)``, absolute. A 16-bit or float32 result is rounded once
+from a float64 value within 1e-13 relative of the exact one: correctly,
+unless the exact value lies that close to a rounding midpoint. In float64
+the bound is a worst case (every rounding in one direction); over the
+project's accuracy battery the results are within its float64 ulp goals.
 """
 
 from __future__ import annotations
