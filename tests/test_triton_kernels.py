@@ -286,6 +286,32 @@ class TestAccuracy:
             assert err <= self.goal("log_softmax", dtype)
 
 
+def test_log1p_within_one_ulp(rng):
+    """The in-kernel log1p of the fused log-softmax, against mpmath over [0, 1e6], NaN kept."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def apply(x_ptr, out_ptr, BLOCK: tl.constexpr):
+        cols = tl.arange(0, BLOCK)
+        tl.store(out_ptr + cols, tk._log1p(tl.load(x_ptr + cols)))
+
+    edges = [0.0, 5e-324, 1e-300, 2.0**-53, 1.2e-16, 1e-8, 0.41421, 0.4142135623730951, 0.5, 1.0, 2.0, 3.0, 1e6]
+    x = np.concatenate([edges, 10.0 ** rng.uniform(-17, 6, 1024 - len(edges) - 1), [NAN]])
+    out = torch.empty(x.size, dtype=torch.float64, device=DEVICE)
+    with np.errstate(all="ignore"):
+        apply[(1,)](to_torch(x), out, BLOCK=x.size)
+    got = to_numpy(out)
+    assert math.isnan(got[-1])
+    with mpmath.workprec(120):
+        worst = max(
+            abs(mpmath.mpf(float(g)) - mpmath.log1p(mpmath.mpf(float(v)))) / _ulp(mpmath.log1p(float(v)), x.dtype)
+            for v, g in zip(x[:-1], got[:-1], strict=True)
+            if v > 0
+        )
+    assert got[0] == 0.0 and worst <= 1.0
+
+
 def _ulp(v, dtype: np.dtype):
     from tests.accuracy_harness import ulp
 
@@ -544,6 +570,11 @@ class TestTraffic:
         tk.state_rows(logits, out=torch.empty_like(logits))
         assert traffic.total() <= self.bound(2.1, logits) and traffic.launches <= 4
 
+    def test_log_softmax(self, monkeypatch, logits):
+        traffic = Traffic(monkeypatch)
+        tk.state_rows(logits, out=torch.empty_like(logits), log=True)
+        assert traffic.total() <= self.bound(2.1, logits) and traffic.launches <= 4
+
     def test_cross_entropy_forward(self, monkeypatch, logits, rng):
         traffic = Traffic(monkeypatch)
         tk.cross_entropy_rows(logits, torch.from_numpy(rng.integers(0, self.C, self.N)), label_smoothing=0.1)
@@ -595,9 +626,9 @@ def compile_(fn, **flags):
     triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=options)
 
 common = dict(HAS_WHERE=True, WIDE=X == "fp64", BLOCK=4096)
-for one, softmax in ((True, True), (True, False), (False, False)):
-    compile_(tk._forward_kernel, **common, ONE_BLOCK=one, WRITE_SOFTMAX=softmax, OUT_KIND=KIND,
-             CE=not softmax, SMOOTH=not softmax, HAS_WEIGHT=True)
+for one, out, log in ((True, True, False), (True, True, True), (True, False, False), (False, False, False)):
+    compile_(tk._forward_kernel, **common, ONE_BLOCK=one, WRITE_OUT=out, LOG=log, OUT_KIND=KIND,
+             CE=not out, SMOOTH=not out, HAS_WEIGHT=True)
 compile_(tk._write_kernel, **common, LOG=True, OUT_KIND=KIND)
 compile_(tk._grad_kernel, **common, HAS_WEIGHT=True, HAS_Z=True, OUT_KIND=KIND)
 print("compiled")

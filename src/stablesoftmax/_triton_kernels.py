@@ -18,11 +18,12 @@ Design
   ``f`` itself (the old max's term) is added; the block's first max is left
   out, its term being exactly 1. Block sums are added with Neumaier's
   compensated addition. A row of at most 4096 is one block: no rescaling,
-  and the softmax is written by the same launch from the terms still in
-  registers (one read, one write, one ``exp`` per logit).
-* The log-softmax, a softmax of longer rows and the cross-entropy gradient
-  read the row once more and write once: a second launch, given the state.
-  Per-row finishes (``log1p(s)``, the loss) are torch float64 on ``[N]``
+  and the softmax or log-softmax is written by the same launch from the
+  terms and shifts still in registers (one read, one write, one ``exp`` per
+  logit; the log-softmax's ``log1p(s)`` by fdlibm's method, within 1 ulp).
+* The outputs of longer rows and the cross-entropy gradient read the row
+  once more and write once: a second launch, given the state. Per-row
+  finishes there (``log1p(s)``, the loss) are torch float64 on ``[N]``
   vectors. A call makes at most two Triton launches (and a few torch
   operations on ``[N]`` vectors); none synchronises with the host or
   branches on tensor values. The smoothing ``a`` reaches the gradient
@@ -93,7 +94,7 @@ except ImportError:  # triton is an optional dependency (extra "gpu")
 
 __all__ = ["available", "state_rows", "cross_entropy_rows", "CrossEntropyRows"]
 
-# Logits per block: a row of at most this many is one block (no rescaling, a fused softmax).
+# Logits per block: a row of at most this many is one block (no rescaling, the output in the same launch).
 _MAX_BLOCK = 4096
 
 
@@ -156,14 +157,14 @@ def state_rows(x: Any, /, *, where: Any = None, out: Any = None, log: bool = Fal
         s.fill_(0.0)
         return m, k, s
     block = _block(width)
-    fused = out is not None and not log and width <= block
+    fused = out is not None and width <= block
     _launch(
         _forward_kernel,
         n,
         x, _or(where, x), _or(out, x), m, k, s, x, x, x, x, x, x,  # the cross-entropy slots unused
         width, x.stride(0), _stride(where), _stride(out),
         HAS_WHERE=where is not None, WIDE=x.dtype == torch.float64, BLOCK=block, ONE_BLOCK=width <= block,
-        WRITE_SOFTMAX=fused, OUT_KIND=_out_kind(out), CE=False, SMOOTH=False, HAS_WEIGHT=False,
+        WRITE_OUT=fused, LOG=log, OUT_KIND=_out_kind(out), CE=False, SMOOTH=False, HAS_WEIGHT=False,
     )  # fmt: skip
     if out is not None and not fused:
         lg = torch.log1p(s) if log else s
@@ -279,7 +280,7 @@ def cross_entropy_rows(
         parts.allowed, parts.weight_sum,
         width, x.stride(0), _stride(where), 0,
         HAS_WHERE=where is not None, WIDE=x.dtype == torch.float64, BLOCK=block, ONE_BLOCK=width <= block,
-        WRITE_SOFTMAX=False, OUT_KIND=0, CE=True, SMOOTH=smooth, HAS_WEIGHT=w is not None,
+        WRITE_OUT=False, LOG=False, OUT_KIND=0, CE=True, SMOOTH=smooth, HAS_WEIGHT=w is not None,
     )  # fmt: skip
     if grad is not None:
         grad, g, z_grad = _check_grad(x, grad, g, z_grad)
@@ -461,6 +462,16 @@ if triton is not None:
     _Q7 = tl.constexpr(2.7557268229963227e-06)
     _Q8 = tl.constexpr(2.76202305675069e-07)
     _Q9 = tl.constexpr(2.5100494788905042e-08)
+    # log1p (fdlibm): ln 2 in two parts, the first with 32 bits, and the coefficients of its polynomial.
+    _LN2_HI_LOG = tl.constexpr(6.93147180369123816490e-01)
+    _LN2_LO_LOG = tl.constexpr(1.90821492927058770002e-10)
+    _LG1 = tl.constexpr(6.666666666666735130e-01)
+    _LG2 = tl.constexpr(3.999999999940941908e-01)
+    _LG3 = tl.constexpr(2.857142874366239149e-01)
+    _LG4 = tl.constexpr(2.222219843214978396e-01)
+    _LG5 = tl.constexpr(1.818357216161805012e-01)
+    _LG6 = tl.constexpr(1.531383769920937332e-01)
+    _LG7 = tl.constexpr(1.479819860511658591e-01)
 
     @triton.jit
     def _exp_narrow(d):
@@ -523,6 +534,34 @@ if triton is not None:
             e = tl.zeros_like(d)
             t = _exp_narrow(d)
         return t, d, e
+
+    @triton.jit
+    def _log1p(x):
+        """log1p(x) for float64 ``x >= 0`` or NaN, within 1 ulp: the method and coefficients of fdlibm's
+        ``log1p`` (Sun Microsystems, 1993). ``1 + x = 2**k (1 + f)`` with ``1 + f`` in [sqrt(2)/2, sqrt(2)]
+        (``c`` the rounding error of ``1 + x``, over ``1 + x``), then ``log(1 + f) = 2 atanh(f / (2 + f))``
+        by a minimax polynomial."""
+        hx = x.to(tl.int64, bitcast=True) >> 32
+        u = 1.0 + x
+        hu = (u.to(tl.int64, bitcast=True) >> 32) + (0x3FF00000 - 0x3FE6A09E)
+        k = (hu >> 20) - 0x3FF
+        c = tl.where(k >= 2, 1.0 - (u - x), x - (u - 1.0)) / u
+        c = tl.where(k < 54, c, 0.0)
+        hu = (hu & 0x000FFFFF) + 0x3FE6A09E
+        f = ((hu << 32) | (u.to(tl.int64, bitcast=True) & 0xFFFFFFFF)).to(tl.float64, bitcast=True) - 1.0
+        near_one = hx < 0x3FDA827A  # 1 + x < sqrt(2): f = x exactly, no correction
+        f = tl.where(near_one, x, f)
+        c = tl.where(near_one, 0.0, c)
+        k = tl.where(near_one, 0, k)
+        hfsq = 0.5 * f * f
+        s = f / (2.0 + f)
+        z = s * s
+        w = z * z
+        t1 = w * (_LG2 + w * (_LG4 + w * _LG6))
+        t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
+        dk = k.to(tl.float64)
+        r = s * (hfsq + (t2 + t1)) + (dk * _LN2_LO_LOG + c) - hfsq + f + dk * _LN2_HI_LOG
+        return tl.where((x < 2.0**-53) | (x != x), x, r)  # below 2**-53, log1p(x) rounds to x
 
     @triton.jit
     def _neumaier(tot, comp, b):
@@ -656,7 +695,7 @@ if triton is not None:
         y_ptr, weight_ptr, xy_ptr, shift_ptr, allowed_ptr, wsum_ptr,
         width, stride_x, stride_where, stride_out,
         HAS_WHERE: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr,
-        WRITE_SOFTMAX: tl.constexpr, OUT_KIND: tl.constexpr,
+        WRITE_OUT: tl.constexpr, LOG: tl.constexpr, OUT_KIND: tl.constexpr,
         CE: tl.constexpr, SMOOTH: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     ):  # fmt: skip
         """One row's state online over blocks; its softmax when the row is one block; the CE parts."""
@@ -702,11 +741,15 @@ if triton is not None:
         tl.store(m_ptr + pid, m)
         tl.store(k_ptr + pid, k)
         tl.store(s_ptr + pid, s)
-        if WRITE_SOFTMAX:  # ONE_BLOCK: written from the terms in registers (the max's is 1)
-            t_special, _ = _special_terms(raw, m)
-            t = tl.where((m == m) & (tl.abs(m) != float("inf")), tl.where(cols == k, 1.0, t), t_special)
-            p = _round_out(t / (1.0 + s), OUT_KIND)
-            tl.store(out_ptr + pid * stride_out + cols, p.to(out_ptr.dtype.element_ty), mask=cols < width)
+        if WRITE_OUT:  # ONE_BLOCK: from the shifts and terms in registers (the max's term is 1)
+            t_special, d_special = _special_terms(raw, m)
+            finite = (m == m) & (tl.abs(m) != float("inf"))
+            if LOG:
+                val = (tl.where(finite, d, d_special) - _log1p(s)) + tl.where(finite, e, 0.0)
+            else:
+                val = tl.where(finite, tl.where(cols == k, 1.0, t), t_special) / (1.0 + s)
+            val = _round_out(val, OUT_KIND)
+            tl.store(out_ptr + pid * stride_out + cols, val.to(out_ptr.dtype.element_ty), mask=cols < width)
         if CE:
             _ce_target(x_ptr, where_ptr, y_ptr, xy_ptr, pid, row, row_w, width, HAS_WHERE)
             if SMOOTH:
