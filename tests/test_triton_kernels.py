@@ -629,7 +629,8 @@ common = dict(HAS_WHERE=True, WIDE=X == "fp64", BLOCK=4096)
 for one, out, log in ((True, True, False), (True, True, True), (True, False, False), (False, False, False)):
     compile_(tk._forward_kernel, **common, ONE_BLOCK=one, WRITE_OUT=out, LOG=log, OUT_KIND=KIND,
              CE=not out, SMOOTH=not out, HAS_WEIGHT=True)
-compile_(tk._write_kernel, **common, LOG=True, OUT_KIND=KIND)
+for log in (True, False):
+    compile_(tk._write_kernel, **common, LOG=log, OUT_KIND=KIND)
 compile_(tk._grad_kernel, **common, HAS_WEIGHT=True, HAS_Z=True, OUT_KIND=KIND)
 print("compiled")
 """
