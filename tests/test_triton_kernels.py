@@ -422,11 +422,17 @@ class TestCrossEntropy:
     @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
     @pytest.mark.parametrize("option", ["plain", "where+weight+smoothing"])
     def test_16bit_gradient_rounded_once(self, dtype, option, rng):
-        """The 16-bit gradient is the float64 gradient of the same logits, correctly rounded."""
+        """16-bit logits are read as they are: the parts are those of the same logits in float64 (to the
+        narrow exp's 4.1e-14), and the gradient is their float64 gradient, correctly rounded."""
         dt = NARROW[dtype]
         x, y, kw = ce_inputs(rng, dt, (6, 300), **CE_OPTIONS[option])
-        _, grad = triton_ce(x, y, kw, torch_dtype(dt))
-        _, grad64 = numba_ce(x.astype(np.float64), y, kw, np.float64)
+        parts, grad = triton_ce(x, y, kw, torch_dtype(dt))
+        want, grad64 = numba_ce(x.astype(np.float64), y, kw, np.float64)
+        for name, got, ref in zip(tk.CrossEntropyRows._fields, parts, want, strict=True):
+            if name in ("m", "k", "x_target", "allowed"):
+                assert_same(got, ref)
+            else:
+                np.testing.assert_allclose(got, ref, rtol=1e-13, atol=0, err_msg=name)
         assert_same(grad.astype(np.float64), rounded_once(grad64, dt).astype(np.float64))
 
     @pytest.mark.parametrize("dtype", NUMBA_DTYPES, ids=str)
