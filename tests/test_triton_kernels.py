@@ -502,8 +502,21 @@ class TestErrors:
             tk.cross_entropy_rows(x, y, label_smoothing=1.5)
         with pytest.raises(ArgumentError, match="g is None"):
             tk.cross_entropy_rows(x, y, grad=torch.empty_like(x))
+        with pytest.raises(ShapeError, match=r"g has shape \(3,\)"):
+            tk.cross_entropy_rows(x, y, grad=torch.empty_like(x), g=torch.ones(3))
+        with pytest.raises(DtypeError, match="grad has dtype torch.float16"):
+            tk.cross_entropy_rows(x, y, grad=torch.empty((2, 3), dtype=torch.float16), g=torch.ones(2))
         with pytest.raises(ShapeError, match=r"weight has shape \(2,\)"):
             tk.cross_entropy_rows(x, y, weight=torch.ones(2))
+
+    @pytest.mark.skipif(not INTERPRETING, reason="counts the interpreter's launches")
+    def test_raised_before_any_launch(self, monkeypatch):
+        """A bad gradient argument is found before the forward launch, not after it."""
+        traffic = Traffic(monkeypatch)
+        x, y = torch.zeros((2, 3)), torch.zeros(2, dtype=torch.int64)
+        with pytest.raises(ShapeError, match="z_grad"):
+            tk.cross_entropy_rows(x, y, grad=torch.empty_like(x), g=torch.ones(2), z_grad=torch.ones(5))
+        assert traffic.launches == 0
 
     def test_out_of_range_target_reads_nothing(self):
         """Not checked on the device (a sync): the target logit is NaN, so is the loss."""

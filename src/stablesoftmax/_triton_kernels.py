@@ -137,6 +137,12 @@ def state_rows(x: Any, /, *, where: Any = None, out: Any = None, log: bool = Fal
         and ``s`` its number of ``+inf`` less one; a row without mass
         ``m = -inf, s = 0``; a NaN row ``m = s = NaN``.
 
+    Notes
+    -----
+    Rows of at most 4096 logits make one launch, which reads each logit once
+    and writes ``out`` from registers; longer rows take a second launch for
+    ``out``, which reads the row again.
+
     Examples
     --------
     >>> x = torch.tensor([[1000.0, 0.0, -1000.0]])
@@ -268,6 +274,8 @@ def cross_entropy_rows(
     if width == 0:
         raise ShapeError(f"x has shape {tuple(x.shape)}; cross_entropy_rows needs at least one class.")
     y, w, alpha = _check_ce(x, target, weight, label_smoothing)
+    if grad is not None:
+        grad, g, z_grad = _check_grad(x, grad, g, z_grad)
     parts = _ce_parts(n, x.device)
     if n == 0:
         return parts
@@ -283,7 +291,6 @@ def cross_entropy_rows(
         WRITE_OUT=False, LOG=False, OUT_KIND=0, CE=True, SMOOTH=smooth, HAS_WEIGHT=w is not None,
     )  # fmt: skip
     if grad is not None:
-        grad, g, z_grad = _check_grad(x, grad, g, z_grad)
         lse = parts.m + torch.log1p(parts.s)
         _launch(
             _grad_kernel,
