@@ -58,7 +58,7 @@ def traffic(shape: tuple[int, int]) -> int:
     import torch
     from triton.runtime import interpreter
 
-    from stablesoftmax import _triton_kernels as tk
+    from stablesoftmax._kernels import triton as tk
 
     count = {"loaded": 0, "stored": 0, "launches": 0}
     builder = interpreter.interpreter_builder
@@ -100,7 +100,7 @@ def timing(shape: tuple[int, int], repeats: int) -> int:
     import torch
     import torch.nn.functional as F
 
-    from stablesoftmax import _triton_kernels as tk
+    from stablesoftmax._kernels import triton as tk
 
     if not (torch.cuda.is_available() and tk.available()):
         print("no CUDA device for Triton", file=sys.stderr)

@@ -40,6 +40,7 @@ if _typing.TYPE_CHECKING:
         reference_path,
         softmax,
         softmax_grad,
+        triton_path,
     )
     from ._sampling import sample
     from ._streaming import LogSumExp, logsumexp_chunks
@@ -62,6 +63,7 @@ _HOME = {
     "logsumexp": "_reductions",
     "logsumexp_grad": "_reductions",
     "reference_path": "_reductions",
+    "triton_path": "_reductions",
     "softmax": "_reductions",
     "softmax_grad": "_reductions",
     "sample": "_sampling",
@@ -109,6 +111,7 @@ __all__ = [
     "naive",
     "CONTRACT",
     "reference_path",
+    "triton_path",
     "StableSoftmaxError",
     "ArgumentError",
     "AxisError",

@@ -21,11 +21,12 @@ import numpy as np
 from . import _reference, _state
 from ._buffers import recycled_empty
 from ._checks import check_probabilities, check_targets
-from ._kernels import host_kernels, reference_path, select
+from ._kernels import host_kernels, reference_path, select, triton_active, triton_path
 from ._precision import compute_dtype, is_numpy, masked, masked_weights, round_to, widen
 
 __all__ = [
     "reference_path",
+    "triton_path",
     "compute_dtype",
     "round_to",
     "widen",
@@ -62,8 +63,18 @@ def _accelerator(x: Array, xp: Any, temperature: float = 1.0) -> Any:
 
 
 def host_kernels_serve() -> bool:
-    """Whether host rows go to an accelerator: CPU tensors are then computed through a NumPy view."""
-    return host_kernels() is not None
+    """Whether host rows go to an accelerator: CPU tensors are then computed through a NumPy view.
+
+    Not under :func:`._kernels.triton_path`, where torch tensors stay tensors.
+    """
+    return host_kernels() is not None and not triton_active()
+
+
+def _device_accelerator(x: Array, xp: Any, temperature: float = 1.0) -> Any:
+    """The accelerator for rows that are not NumPy's (torch tensors on a Triton device), or None."""
+    if is_numpy(xp) or temperature != 1.0 or x.shape[-1] == 0:
+        return None
+    return select(x)
 
 
 def host_state(x: np.ndarray) -> _state.State:
@@ -166,6 +177,9 @@ def fast_vector_logsumexp(x: Any, axis: Any, where: Any, b: Any, keepdims: bool,
 
 def logsumexp(x: Array, xp: Any, *, mask: Array | None = None, b: Array | None = None) -> tuple[Array, Array | None]:
     """Per-row ``(lse, sign)`` (sign None without ``b``), in ``x``'s dtype."""
+    device = _device_accelerator(x, xp) if b is None else None
+    if device is not None:
+        return _device_logsumexp(device, x, xp, mask), None
     module = _accelerator(x, xp) if b is None else None
     if module is not None:
         return round_to(module.lse_rows(_kernel_rows(x), where=_kernel_mask(mask)), x, xp), None
@@ -180,6 +194,9 @@ def logsumexp(x: Array, xp: Any, *, mask: Array | None = None, b: Array | None =
 
 def softmax(x: Array, xp: Any, *, mask: Array | None = None, temperature: float = 1.0, log: bool = False) -> Array:
     """Softmax (or log-softmax) rows in ``x``'s dtype."""
+    device = _device_accelerator(x, xp, temperature)
+    if device is not None:
+        return _device_softmax(device, x, xp, mask, log)
     module = _accelerator(x, xp, temperature)
     if module is not None:
         x2 = _kernel_rows(x)
@@ -247,6 +264,9 @@ def cross_entropy(
     x: Array, target: Array, xp: Any, *, grad: bool, g: Array | None = None, **options: Any
 ) -> tuple[Array, Array | None]:
     """``(loss, dloss/dx or None)`` in ``x``'s dtype."""
+    device = None if options["probs"] or options["softcap"] is not None else _device_accelerator(x, xp)
+    if device is not None:
+        return _device_ce(device, x, target, xp, options, grad, g)
     module = _ce_accelerator(x, xp, options)
     result = None if module is None else _kernel_ce(module, x, target, options, grad, g)
     if result is not None:
@@ -465,3 +485,76 @@ def bce(
         return round_to(elem, x, xp)
     total = xp.sum(elem)
     return round_to(total if reduction == "sum" else (total / n if n else total * 0), x, xp)
+
+
+# --------------------------------------------------------------------------
+# Device accelerators: the rows stay on their device, and nothing waits for it
+# --------------------------------------------------------------------------
+
+
+def _device_logsumexp(module: Any, x: Array, xp: Any, mask: Array | None) -> Array:
+    m, k, s = module.state_rows(x.contiguous(), where=None if mask is None else mask.contiguous())
+    return round_to(_state.lse(_state.State(m, k, s), xp), x, xp)
+
+
+def _device_softmax(module: Any, x: Array, xp: Any, mask: Array | None, log: bool) -> Array:
+    rows = x.contiguous()
+    out = xp.empty(rows.shape, dtype=rows.dtype, device=_state._device(rows))  # written rounded once
+    module.state_rows(rows, where=None if mask is None else mask.contiguous(), out=out, log=log)
+    return out
+
+
+def _device_ce(
+    module: Any, x: Array, target: Array, xp: Any, options: dict[str, Any], grad: bool, g: Any
+) -> tuple[Array, Array | None]:
+    """The loss from the accelerator's parts and :func:`._state.finish`; the gradient from a second pass.
+
+    No value is read on the host: the targets are checked only where they
+    can be read without a sync (a CPU tensor), and the mean's denominator
+    stays a tensor. The gradient's pass needs the rows that the finish
+    found alive, so it is its own launch after the loss's.
+    """
+    rows_x = x.contiguous()
+    tgt = xp.astype(target, xp.int64)
+    check_targets(tgt, rows_x.shape[1], options["ignore_index"])
+    counted = tgt != options["ignore_index"]
+    y = xp.where(counted, tgt, xp.zeros_like(tgt))
+    mask = None if options["mask"] is None else options["mask"].contiguous()
+    weight = None if options["weight"] is None else xp.astype(options["weight"], xp.float64)
+    smoothing, z = options["smoothing"], options["z_loss"]
+    r = module.cross_entropy_rows(rows_x, y, where=mask, weight=weight, label_smoothing=smoothing)
+    spread = None
+    if smoothing:
+        spread = _state.Sums(r.shift_sum * _state.SUM_SCALE, xp.zeros_like(r.shift_sum), r.weight_sum)
+    count = xp.astype(r.allowed, xp.float64) if smoothing else None
+    parts = _state.Parts(r.m, r.k, r.s, r.x_target, None, spread, count)
+    rows, ce, zt = _state.finish(
+        parts,
+        xp,
+        target=y,
+        counted=counted,
+        weight=weight,
+        probs=False,
+        smoothing=smoothing,
+        z_loss=z,
+        needs_twosum=rows_x.dtype == xp.float64,
+    )
+    loss = round_to(_state.reduce(ce, zt, rows.wy, rows.alive, options["reduction"], xp), x, xp)
+    if not grad:
+        return loss, None
+    g64 = xp.astype(xp.asarray(1.0 if g is None else g, device=_state._device(rows_x)), xp.float64)
+    ce_scale, z_scale = _state.row_scales(options["reduction"], rows.alive, rows.wy, g64, xp, dtype=xp.float64)
+    ones = xp.ones_like(rows.wy)
+    zero = xp.zeros_like(rows.wy)
+    dx = xp.empty(rows_x.shape, dtype=rows_x.dtype, device=_state._device(rows_x))
+    module.cross_entropy_rows(
+        rows_x,
+        y,
+        where=mask,
+        weight=weight,
+        label_smoothing=smoothing,
+        grad=dx,
+        g=xp.where(rows.alive, ce_scale * ones, zero),
+        z_grad=xp.where(rows.alive, 2 * z * z_scale * ones, zero) if z else None,
+    )
+    return loss, xp.where(rows.alive[:, None], dx, xp.zeros_like(dx))  # ignored and dropped rows move nothing

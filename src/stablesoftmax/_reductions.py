@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _dispatch as D
-from ._compute import fast_logsumexp, fast_softmax, fast_vector_logsumexp, reference_path
+from ._compute import fast_logsumexp, fast_softmax, fast_vector_logsumexp, reference_path, triton_path
 from ._contract import documented
 from ._dispatch import AxisLike
 from ._errors import ShapeError
@@ -39,6 +39,7 @@ __all__ = [
     "softmax_grad",
     "log_softmax_grad",
     "reference_path",
+    "triton_path",
 ]
 
 

@@ -19,6 +19,9 @@ say the value is exact.
 from __future__ import annotations
 
 import math
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: its kernels run on CPU tensors
 
 import mpmath
 import numpy as np
@@ -26,7 +29,7 @@ import pytest
 
 from stablesoftmax import _kernels
 from stablesoftmax._kernels import reference
-from tests.helpers import FLOAT_DTYPES, ulp_error, ulp_goal
+from tests.helpers import BFLOAT16, FLOAT_DTYPES, ulp_error, ulp_goal
 
 mpmath.mp.dps = 40
 EPS64 = np.finfo(np.float64).eps
@@ -43,10 +46,62 @@ def _cpu():
     return module
 
 
-# name -> (module factory, dtypes it takes, how arrays go in and come out)
+class _OnTensors:
+    """An accelerator of torch tensors, called with NumPy arrays: inputs go in as tensors, results come back."""
+
+    def __init__(self, module):
+        self.module, self.__name__ = module, module.__name__
+
+    def state_rows(self, x, /, *, where=None, out=None, log=False):
+        t_out = None if out is None else _tensor(np.empty_like(out))
+        res = self.module.state_rows(_tensor(x), where=_tensor(where), out=t_out, log=log)
+        if out is not None:
+            out[...] = _array(t_out, out.dtype)
+        return tuple(_array(a) for a in res)
+
+    def cross_entropy_rows(self, x, target, /, *, grad=None, **kw):
+        kw = {k: _tensor(v) for k, v in kw.items()}
+        t_grad = None if grad is None else _tensor(np.empty_like(grad))
+        res = self.module.cross_entropy_rows(_tensor(x), _tensor(target), grad=t_grad, **kw)
+        if grad is not None:
+            grad[...] = _array(t_grad, grad.dtype)
+        return type(res)(*(_array(a) for a in res))
+
+
+def _tensor(a):
+    import torch
+
+    if a is None or isinstance(a, (int, float)):
+        return a
+    a = np.ascontiguousarray(a)
+    if a.dtype == BFLOAT16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _array(t, dtype=None):
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(BFLOAT16)
+    return t.numpy() if dtype is None else t.numpy().astype(dtype, copy=False)
+
+
+def _triton():
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    from stablesoftmax._kernels import triton
+
+    if not triton.available():
+        pytest.skip("Triton can run neither on a device nor interpreted here")
+    return _OnTensors(triton)
+
+
+# name -> (module factory, dtypes it takes)
 ACCELERATORS = {
     "reference": (lambda: reference, FLOAT_DTYPES),
     "cpu": (_cpu, [np.dtype(np.float32), np.dtype(np.float64)]),
+    "triton": (_triton, FLOAT_DTYPES),
 }
 
 

@@ -18,8 +18,12 @@ Nobody else finishes: the losses and their reductions are :mod:`.._state`'s.
 The accelerators:
 
 * :mod:`.cpu`, numba kernels for NumPy rows (and CPU tensors viewed as NumPy);
-* the array-API reference (:mod:`.._reference` over :mod:`.._state`), for
-  everything else: any library, any device, and under ``reference_path()``.
+* :mod:`.triton`, Triton kernels for torch tensors on a device Triton compiles
+  for (CUDA, ROCm, XPU), and for any torch tensor under :func:`triton_path`
+  (on the CPU through Triton's interpreter, ``TRITON_INTERPRET=1``);
+* :mod:`.reference`, the array-API reference (:mod:`.._reference` over
+  :mod:`.._state`), which serves everything else: any library, any device,
+  and under :func:`reference_path`.
 
 :func:`select` is the only function that decides, and :mod:`.._compute` the
 only module that calls it. Adding an accelerator means one module here, one
@@ -36,11 +40,14 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, Protocol
 
-__all__ = ["Accelerator", "select", "reference_path", "DISABLE_ENV"]
+__all__ = ["Accelerator", "select", "reference_path", "triton_path", "triton_active", "DISABLE_ENV"]
 
 DISABLE_ENV = "STABLESOFTMAX_DISABLE_KERNELS"
 _REFERENCE = contextvars.ContextVar("stablesoftmax_reference_path", default=False)
+_TRITON = contextvars.ContextVar("stablesoftmax_triton_path", default=False)
 _CPU: ModuleType | None | bool = False  # the numba module once looked up; None when it cannot load
+_GPU: ModuleType | None | bool = False  # the Triton module, likewise
+_TRITON_DEVICES = ("cuda", "xpu")  # ROCm's tensors say cuda
 
 
 class Accelerator(Protocol):
@@ -67,18 +74,62 @@ def reference_path() -> Iterator[None]:
         _REFERENCE.reset(token)
 
 
+@contextlib.contextmanager
+def triton_path() -> Iterator[None]:
+    """Within this block torch tensors on any device take the Triton kernels, where Triton can run.
+
+    On a CPU tensor that means Triton's interpreter: set ``TRITON_INTERPRET=1``
+    before anything imports triton. The test suite runs the Triton kernels so.
+    """
+    token = _TRITON.set(True)
+    try:
+        yield
+    finally:
+        _TRITON.reset(token)
+
+
 def select(x: Any) -> Accelerator | None:
     """The accelerator for rows ``x``, or None where the array-API reference computes.
 
-    The numba kernels take NumPy rows of a floating dtype (16-bit rows are
-    widened exactly to float32 by the caller) on the host. None under
-    :func:`reference_path`, with ``STABLESOFTMAX_DISABLE_KERNELS=1``, or
-    without numba.
+    * NumPy rows of a floating dtype on the host: the numba kernels (16-bit
+      rows are widened exactly to float32 by the caller);
+    * torch tensors on a device Triton compiles for, or any torch tensor
+      under :func:`triton_path`: the Triton kernels;
+    * None under :func:`reference_path`, with ``STABLESOFTMAX_DISABLE_KERNELS=1``,
+      or where the accelerator's library is missing.
     """
-    if not _is_numpy(x) or x.dtype.kind != "f":
+    module: Accelerator | None  # a module is structurally its protocol
+    if _is_numpy(x):
+        module = _cpu() if x.dtype.kind == "f" else None
+        return module
+    if _is_torch(x) and (_TRITON.get() or x.device.type in _TRITON_DEVICES):
+        module = _gpu()
+        return module
+    return None
+
+
+def triton_active() -> bool:
+    """Whether a :func:`triton_path` block is open."""
+    return _TRITON.get()
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _gpu() -> ModuleType | None:
+    """The Triton module when it can run here, else None; imported on first use."""
+    global _GPU
+    if _REFERENCE.get() or os.environ.get(DISABLE_ENV, "") == "1":
         return None
-    module: Accelerator | None = _cpu()  # a module is structurally its protocol
-    return module
+    if _GPU is False:
+        module: ModuleType | None
+        try:
+            from . import triton as module
+        except ImportError:
+            module = None
+        _GPU = module if module is not None and module.available() else None
+    return _GPU if isinstance(_GPU, ModuleType) else None
 
 
 def _is_numpy(x: Any) -> bool:

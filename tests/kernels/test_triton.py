@@ -20,16 +20,16 @@ import ml_dtypes  # noqa: E402
 import mpmath  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from helpers import ulp_goal  # noqa: E402
 
 from stablesoftmax import ArgumentError, DtypeError, ShapeError  # noqa: E402
 from tests.accuracy_harness import battery, reference, ulp_errors  # noqa: E402
+from tests.helpers import ulp_goal  # noqa: E402
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 pytest.importorskip("numba")
-from stablesoftmax import _kernels  # noqa: E402
-from stablesoftmax import _triton_kernels as tk  # noqa: E402
+from stablesoftmax._kernels import cpu as _kernels  # noqa: E402
+from stablesoftmax._kernels import triton as tk  # noqa: E402
 
 if not tk.available():
     pytest.skip("no device for Triton and TRITON_INTERPRET is not 1", allow_module_level=True)
@@ -241,7 +241,7 @@ def rounded_once(v64, dtype: np.dtype) -> np.ndarray:
     """float64 values correctly rounded to ``dtype`` (round-to-odd to float32 first for 16-bit)."""
     import array_api_compat
 
-    from stablesoftmax._compute import round_to
+    from stablesoftmax._precision import round_to
 
     t = torch.as_tensor(v64)
     like = torch.empty(0, dtype=torch_dtype(dtype))
@@ -450,7 +450,7 @@ class TestCrossEntropy:
         assert_same(grad, grad2)
 
     def test_smoothing_sums_of_special_rows(self):
-        """shift_sum is -inf with an allowed -inf logit and 0 on a row whose max is not finite."""
+        """shift_sum is -inf with an allowed -inf logit, and on a +inf row -inf unless every allowed entry is +inf."""
         x = np.array([[0.0, -INF, 1.0], [INF, 0.0, 1.0], [-INF, -INF, -INF], [2.0, 1.0, 0.0]])
         where = np.array([[True] * 3, [True] * 3, [True, False, True], [True, True, False]])
         kw = {"where": where, "g": np.ones(4), "label_smoothing": 0.5}
@@ -622,7 +622,7 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from stablesoftmax import _triton_kernels as tk
+from stablesoftmax._kernels import triton as tk
 
 X = sys.argv[1]
 KIND = {"bf16": 2, "fp16": 1}.get(X, 0)

@@ -83,7 +83,7 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple
 
-from ._errors import ArgumentError, DtypeError, ShapeError
+from .._errors import ArgumentError, DtypeError, ShapeError
 
 try:
     import torch
@@ -197,7 +197,8 @@ class CrossEntropyRows(NamedTuple):
     where the target is out of range). With label smoothing, ``shift_sum``
     is ``sum_c w_c (x_c - m)`` over the allowed classes (the TwoSum errors
     of float64 input included; ``-inf`` when an allowed logit is ``-inf``;
-    on a row whose max is not finite 0, or ``-inf`` as before), ``allowed``
+    on a row whose max is ``+inf``, ``-inf`` unless every allowed entry is
+    ``+inf``, by the state's shift rule; 0 on a row without mass), ``allowed``
     their number (int64) and ``weight_sum`` their ``sum_c w_c``; without
     smoothing these three are 0.
     """
@@ -303,7 +304,22 @@ def cross_entropy_rows(
             HAS_WHERE=where is not None, WIDE=x.dtype == torch.float64, BLOCK=block,
             HAS_WEIGHT=w is not None, HAS_Z=z_grad is not None, OUT_KIND=_out_kind(grad),
         )  # fmt: skip
+    if smooth:
+        _top_rows_shift_sum(parts)
     return parts
+
+
+def _top_rows_shift_sum(parts: CrossEntropyRows) -> None:
+    """``sum_c w_c (x_c - m)`` on rows whose max is ``+inf``, by the shift rule, in place and with no sync.
+
+    There every allowed finite entry's shift is ``-inf``, so the sum is
+    ``-inf`` unless every allowed entry is ``+inf``: that is when the state's
+    count of the other ``+inf`` entries, ``s``, is one less than the allowed.
+    """
+    top = parts.m == torch.inf
+    all_inf = parts.s + 1 == parts.allowed
+    fixed = torch.where(all_inf, torch.zeros_like(parts.s), torch.full_like(parts.s, -torch.inf))
+    parts.shift_sum.copy_(torch.where(top, fixed, parts.shift_sum))
 
 
 def _ce_parts(n: int, device: Any) -> CrossEntropyRows:
