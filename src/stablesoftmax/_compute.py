@@ -13,6 +13,9 @@ are :mod:`._checks`'s.
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import array_api_compat.numpy as npx
@@ -21,6 +24,7 @@ import numpy as np
 from . import _reference, _state
 from ._buffers import recycled_empty
 from ._checks import check_probabilities, check_targets
+from ._errors import ArgumentError
 from ._kernels import host_kernels, reference_path, select, triton_active, triton_path
 from ._precision import compute_dtype, is_numpy, masked, masked_weights, round_to, widen
 
@@ -30,6 +34,7 @@ __all__ = [
     "compute_dtype",
     "round_to",
     "widen",
+    "set_reference_budget",
     "host_kernels_serve",
     "host_state",
     "logsumexp",
@@ -47,6 +52,9 @@ __all__ = [
 ]
 
 Array = Any
+BUDGET_ENV = "STABLESOFTMAX_REFERENCE_BUDGET"
+_BUDGET = [256 << 20]  # bytes the reference's temporaries may take at once; set_reference_budget changes it
+_TEMPORARIES = 12  # the most row-sized compute-dtype arrays the reference holds at once (the CE gradient's)
 _HOST_BLOCK = 1 << 14  # entries per row block of the reference's float64 temporaries on the host (128 KiB each)
 
 
@@ -97,6 +105,91 @@ def host_state(x: np.ndarray) -> _state.State:
             st = _state.state(xw, npx, needs_twosum=rows.dtype == np.float64)[0]
         m[r : r + step], k[r : r + step], s[r : r + step] = st.m, st.k, st.s
     return _state.State(m, k, s)
+
+
+def set_reference_budget(nbytes: int, /) -> int:
+    """Bound the memory the array-API reference path takes beyond its input and output; return the old bound.
+
+    Where no compiled kernel serves (an array library without one, a device
+    without Triton, inside :func:`reference_path`), the reference computes in
+    blocks of rows, each of which holds at most ``nbytes`` of temporaries
+    in the compute dtype. Every block is computed exactly as the whole array
+    would be, so results do not depend on the budget. The default is 256 MiB;
+    the environment variable ``STABLESOFTMAX_REFERENCE_BUDGET`` (bytes), read
+    at each call, takes precedence.
+
+    Parameters
+    ----------
+    nbytes : int
+        At least 1; a block always holds at least one row.
+
+    Returns
+    -------
+    int
+        The budget in force before the call.
+
+    Examples
+    --------
+    >>> import stablesoftmax as ss
+    >>> old = ss.set_reference_budget(64 << 20)
+    >>> _ = ss.set_reference_budget(old)
+    """
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 1:
+        raise ArgumentError(f"nbytes={nbytes!r} is not allowed; the budget is a whole number of bytes >= 1.")
+    old, _BUDGET[0] = _BUDGET[0], int(nbytes)
+    return old
+
+
+def _budget() -> int:
+    env = os.environ.get(BUDGET_ENV, "")
+    return int(env) if env.isdigit() and int(env) > 0 else _BUDGET[0]
+
+
+def _row_blocks(n: int, k: int) -> list[slice]:
+    """Consecutive row blocks whose reference temporaries (float64 rows of ``k``) stay within the budget."""
+    rows = max(1, _budget() // (_TEMPORARIES * 8 * max(k, 1)))
+    return [slice(lo, min(n, lo + rows)) for lo in range(0, n, rows)] or [slice(0, 0)]
+
+
+def _by_blocks(fn: Any, xp: Any, x: Array, *others: Array | None) -> Any:
+    """``fn(x, *others)`` computed over row blocks and joined: the same values, with one block's temporaries.
+
+    ``fn`` returns one array or a tuple of arrays (or None), rows first.
+    """
+    blocks = _row_blocks(x.shape[0], x.shape[-1])
+    if len(blocks) == 1:
+        return fn(x, *others)
+    results = (fn(x[r, ...], *(None if a is None else a[r, ...] for a in others)) for r in blocks)
+    return _stitch(results, blocks, x.shape[0], xp)
+
+
+def _stitch(results: Iterator[Any], blocks: list[slice], n: int, xp: Any) -> Any:
+    """Per-block results joined along the rows.
+
+    A library whose arrays can be written (NumPy, torch) has each block
+    written into the result as it comes, and dropped; others (JAX) have the
+    blocks concatenated.
+    """
+    first = next(results)
+    single = not isinstance(first, tuple)
+
+    def as_tuple(o: Any) -> tuple[Any, ...]:
+        return (o,) if single else tuple(o)
+
+    head = as_tuple(first)
+    rest = (as_tuple(o) for o in results)
+    if any(a is not None and ("jax" in type(a).__module__ or not hasattr(a, "__setitem__")) for a in head):
+        cols = [head, *rest]
+        joined = tuple(None if c[0] is None else xp.concat(list(c), axis=0) for c in zip(*cols, strict=True))
+    else:
+        joined = tuple(
+            None if a is None else xp.empty((n, *a.shape[1:]), dtype=a.dtype, device=_state._device(a)) for a in head
+        )
+        for r, block in zip(blocks, itertools.chain([head], rest), strict=True):
+            for dst, src in zip(joined, block, strict=True):
+                if dst is not None:
+                    dst[r.start : r.stop, ...] = src
+    return joined[0] if single else joined
 
 
 def _kernel_mask(mask: Array | None) -> np.ndarray | None:
@@ -183,12 +276,21 @@ def logsumexp(x: Array, xp: Any, *, mask: Array | None = None, b: Array | None =
     module = _accelerator(x, xp) if b is None else None
     if module is not None:
         return round_to(module.lse_rows(_kernel_rows(x), where=_kernel_mask(mask)), x, xp), None
+    if b is None:
+        return _by_blocks(lambda x_, m_: _reference_lse(x_, xp, m_), xp, x, mask), None
+    out, sign = _by_blocks(lambda x_, m_, b_: _reference_weighted_lse(x_, xp, m_, b_), xp, x, mask, b)
+    return out, sign
+
+
+def _reference_lse(x: Array, xp: Any, mask: Array | None) -> Array:
+    xw, needs_twosum = widen(x, xp)
+    return round_to(_reference.logsumexp(masked(xw, mask, xp), xp, needs_twosum=needs_twosum), x, xp)
+
+
+def _reference_weighted_lse(x: Array, xp: Any, mask: Array | None, b: Array) -> tuple[Array, Array]:
     xw, needs_twosum = widen(x, xp)
     xw = masked(xw, mask, xp)
-    if b is None:
-        return round_to(_reference.logsumexp(xw, xp, needs_twosum=needs_twosum), x, xp), None
-    bw = masked_weights(b, mask, xw, xp)
-    out, sign = _reference.weighted_logsumexp(xw, bw, xp, needs_twosum=needs_twosum)
+    out, sign = _reference.weighted_logsumexp(xw, masked_weights(b, mask, xw, xp), xp, needs_twosum=needs_twosum)
     return round_to(out, x, xp), round_to(sign, x, xp)
 
 
@@ -203,25 +305,37 @@ def softmax(x: Array, xp: Any, *, mask: Array | None = None, temperature: float 
         out = np.empty(x2.shape, x2.dtype if x2.dtype == x.dtype else np.float64)
         module.state_rows(x2, where=_kernel_mask(mask), out=out, log=log)
         return round_to(out, x, xp)
-    xw, needs_twosum = widen(x, xp)
     fn = _reference.log_softmax if log else _reference.softmax
-    return round_to(fn(masked(xw, mask, xp), xp, needs_twosum=needs_twosum, temperature=temperature), x, xp)
+
+    def block(x_: Array, m_: Array | None) -> Array:
+        xw, needs_twosum = widen(x_, xp)
+        return round_to(fn(masked(xw, m_, xp), xp, needs_twosum=needs_twosum, temperature=temperature), x_, xp)
+
+    return _by_blocks(block, xp, x, mask)
 
 
 def logsumexp_grad(x: Array, g: Array, xp: Any, *, mask: Array | None = None, b: Array | None = None) -> Array:
-    xw, needs_twosum = widen(x, xp)
-    xw = masked(xw, mask, xp)
-    bw = None if b is None else masked_weights(b, mask, xw, xp)
-    return round_to(_reference.logsumexp_grad(xw, xp.astype(g, xw.dtype), xp, needs_twosum=needs_twosum, b=bw), x, xp)
+    def block(x_: Array, g_: Array, m_: Array | None, b_: Array | None) -> Array:
+        xw, needs_twosum = widen(x_, xp)
+        xw = masked(xw, m_, xp)
+        bw = None if b_ is None else masked_weights(b_, m_, xw, xp)
+        out = _reference.logsumexp_grad(xw, xp.astype(g_, xw.dtype), xp, needs_twosum=needs_twosum, b=bw)
+        return round_to(out, x_, xp)
+
+    return _by_blocks(block, xp, x, g, mask, b)
 
 
 def softmax_grad(
     x: Array, g: Array, xp: Any, *, mask: Array | None = None, temperature: float = 1.0, log: bool = False
 ) -> Array:
-    xw, needs_twosum = widen(x, xp)
     fn = _reference.log_softmax_grad if log else _reference.softmax_grad
-    out = fn(masked(xw, mask, xp), xp.astype(g, xw.dtype), xp, needs_twosum=needs_twosum, temperature=temperature)
-    return round_to(out, x, xp)
+
+    def block(x_: Array, g_: Array, m_: Array | None) -> Array:
+        xw, needs_twosum = widen(x_, xp)
+        gw = xp.astype(g_, xw.dtype)
+        return round_to(fn(masked(xw, m_, xp), gw, xp, needs_twosum=needs_twosum, temperature=temperature), x_, xp)
+
+    return _by_blocks(block, xp, x, g, mask)
 
 
 # --------------------------------------------------------------------------
@@ -242,20 +356,26 @@ def ce_problem(
     z_loss: float,
     softcap: float | None,
     probs: bool,
+    check: bool = True,
 ) -> _reference.Problem:
-    """The validated cross-entropy problem in the compute dtype (softcap applied, then the mask)."""
+    """The validated cross-entropy problem in the compute dtype (softcap applied, then the mask).
+
+    ``check=False`` leaves the value checks to the caller (a block of rows would report positions in the block).
+    """
     xw, needs_twosum = widen(x, xp)
     if softcap is not None:
         xw, needs_twosum = softcap * xp.tanh(xw / softcap), False
     xw = masked(xw, mask, xp)
     if probs:
         tgt = xp.astype(target, xw.dtype)
-        counted = xp.ones((x.shape[0],), dtype=xp.bool, device=_state._device(x))
-        check_probabilities(tgt)
+        counted = xp.ones((tgt.shape[0],), dtype=xp.bool, device=_state._device(x))
+        if check:
+            check_probabilities(tgt)
     else:
         tgt = xp.astype(target, xp.int64)
         counted = tgt != ignore_index
-        check_targets(tgt, x.shape[-1], ignore_index)
+        if check:
+            check_targets(tgt, x.shape[-1], ignore_index)
     w = None if weight is None else xp.astype(weight, xw.dtype)
     return _reference.Problem(xw, tgt, probs, counted, w, mask, needs_twosum, reduction, smoothing, z_loss, softcap)
 
@@ -271,13 +391,48 @@ def cross_entropy(
     result = None if module is None else _kernel_ce(module, x, target, options, grad, g)
     if result is not None:
         return result
-    pb = ce_problem(x, target, xp, **options)
-    fwd = _reference.cross_entropy(pb, xp)
-    loss = round_to(fwd.loss, x, xp)
+    return _reference_ce(x, target, xp, grad, g, options)
+
+
+def _reference_ce(
+    x: Array, target: Array, xp: Any, grad: bool, g: Any, options: dict[str, Any]
+) -> tuple[Array, Array | None]:
+    """The reference's loss and gradient, over row blocks: each block's parts, one finish over every row.
+
+    The parts are per row and the finish and the reduction see every row, so
+    the values are those of one block of all the rows, whatever the budget.
+    """
+    mask = options["mask"]
+    opts = {k: v for k, v in options.items() if k != "mask"}
+    blocks = _row_blocks(*x.shape)
+
+    def problem(r: slice, check: bool = False) -> _reference.Problem:
+        return ce_problem(
+            x[r, ...], target[r, ...], xp, mask=None if mask is None else mask[r, ...], check=check, **opts
+        )
+
+    if len(blocks) == 1:
+        pb = problem(blocks[0], check=True)
+        parts, meta = _reference.cross_entropy_parts(pb, xp), pb
+    else:
+        meta = ce_problem(x[0:0, ...], target, xp, mask=None, **opts)  # the whole target, checked once; no rows held
+        parts = _state.concat_parts([_reference.cross_entropy_parts(problem(r), xp) for r in blocks], xp)
+    rows, loss = _reference.cross_entropy_finish(meta, parts, xp)
+    out = round_to(loss, x, xp)
     if not grad:
-        return loss, None
-    gw = xp.astype(g, pb.x.dtype) if hasattr(g, "dtype") else xp.asarray(1.0 if g is None else g, dtype=pb.x.dtype)
-    return loss, round_to(_reference.cross_entropy_grad(pb, fwd, gw, xp), x, xp)
+        return out, None
+    dt = parts.m.dtype
+    gw = xp.astype(g, dt) if hasattr(g, "dtype") else xp.asarray(1.0 if g is None else g, dtype=dt)
+    scales = _state.row_scales(meta.reduction, rows.alive, rows.wy, gw, xp, dtype=dt)
+    n = x.shape[0]
+    scales = (xp.broadcast_to(scales[0], (n,)), xp.broadcast_to(scales[1], (n,)))
+
+    def block_grad(x_: Array, r: slice) -> Array:
+        pb = problem(r)
+        fwd = _reference.Forward(_state.rows_of(parts, r), _state.rows_of(rows, r), loss)
+        return round_to(_reference.cross_entropy_grad(pb, fwd, (scales[0][r, ...], scales[1][r, ...]), xp), x_, xp)
+
+    return out, _stitch((block_grad(x[r, ...], r) for r in blocks), blocks, x.shape[0], xp)
 
 
 def fast_cross_entropy(

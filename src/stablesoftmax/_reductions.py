@@ -25,7 +25,14 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _dispatch as D
-from ._compute import fast_logsumexp, fast_softmax, fast_vector_logsumexp, reference_path, triton_path
+from ._compute import (
+    fast_logsumexp,
+    fast_softmax,
+    fast_vector_logsumexp,
+    reference_path,
+    set_reference_budget,
+    triton_path,
+)
 from ._contract import documented
 from ._dispatch import AxisLike
 from ._errors import ShapeError
@@ -40,6 +47,7 @@ __all__ = [
     "log_softmax_grad",
     "reference_path",
     "triton_path",
+    "set_reference_budget",
 ]
 
 

@@ -193,7 +193,14 @@ class Forward:
 
 def cross_entropy(pb: Problem, xp: Any) -> Forward:
     """``-sum_c a_c log p_c`` per element (``w_y (lse - x_y)`` for class targets), reduced: parts, then the finish."""
-    parts = _state.part(
+    parts = cross_entropy_parts(pb, xp)
+    rows, loss = cross_entropy_finish(pb, parts, xp)
+    return Forward(parts, rows, loss)
+
+
+def cross_entropy_parts(pb: Problem, xp: Any) -> _state.Parts:
+    """The loss parts of the problem's rows (:func:`._state.part`)."""
+    return _state.part(
         pb.x,
         0,
         xp,
@@ -204,6 +211,10 @@ def cross_entropy(pb: Problem, xp: Any) -> Forward:
         allowed=pb.allowed,
         smoothing=bool(pb.smoothing),
     )
+
+
+def cross_entropy_finish(pb: Problem, parts: _state.Parts, xp: Any) -> tuple[_state.Loss, Array]:
+    """``(rows, reduced loss)`` of parts of every row of the problem: :func:`._state.finish`, then the reduction."""
     rows, ce, zt = _state.finish(
         parts,
         xp,
@@ -215,13 +226,15 @@ def cross_entropy(pb: Problem, xp: Any) -> Forward:
         z_loss=pb.z_loss,
         needs_twosum=pb.needs_twosum,
     )
-    return Forward(parts, rows, _state.reduce(ce, zt, rows.wy, rows.alive, pb.reduction, xp))
+    return rows, _state.reduce(ce, zt, rows.wy, rows.alive, pb.reduction, xp)
 
 
-def cross_entropy_grad(pb: Problem, fwd: Forward, g: Array, xp: Any) -> Array:
-    """:func:`._state.block_gradient` over the whole row, scaled by the reduction."""
+def cross_entropy_grad(pb: Problem, fwd: Forward, g: Array | tuple[Array, Array], xp: Any) -> Array:
+    """:func:`._state.block_gradient` over the whole row; ``g`` the loss's cotangent, or the rows' scales already."""
     rows = fwd.rows
-    scales = _state.row_scales(pb.reduction, rows.alive, rows.wy, g, xp, dtype=pb.x.dtype)
+    scales = (
+        g if isinstance(g, tuple) else _state.row_scales(pb.reduction, rows.alive, rows.wy, g, xp, dtype=pb.x.dtype)
+    )
     return _state.block_gradient(
         pb.x,
         0,

@@ -574,7 +574,7 @@ def rows_of(obj: Any, r: slice) -> Any:
     out = {}
     for f in fields(obj):
         v = getattr(obj, f.name)
-        out[f.name] = rows_of(v, r) if isinstance(v, Sums) else (None if v is None else v[r])
+        out[f.name] = rows_of(v, r) if isinstance(v, Sums) else (None if v is None else v[r, ...])
     return type(obj)(**out)
 
 

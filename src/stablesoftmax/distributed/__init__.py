@@ -41,8 +41,9 @@ single-process functions compute them, so both round alike.
 
 Backward needs ``M``, ``S`` and the rank's own logits only: the
 cross-entropy and ``logsumexp`` gradients make no collective. ``softmax`` and
-``log_softmax`` need one all-reduce of ``N`` values in backward (their Jacobian
-couples every class of a row), and ``linear_cross_entropy`` one all-reduce of
+``log_softmax`` need a few all-reduces of ``N`` values in backward (their Jacobian
+couples every class of a row, and the row's max position is found first, so that
+the gradient at the max does not cancel), and ``linear_cross_entropy`` one all-reduce of
 ``d hidden`` (``N x H``), since ``hidden`` feeds every rank's block.
 
 Every rank must call the same function with the same options; a rank that does
@@ -238,8 +239,9 @@ def log_softmax(
     Notes
     -----
     Collectives per call: the header all-gather, one all-reduce MAX of ``N``
-    values and one all-reduce SUM of ``2 x N``. Backward: one all-reduce SUM of
-    ``N`` values (``sum_c g_c`` over the whole row).
+    values and one all-reduce SUM of ``2 x N``. Backward: one all-reduce MIN of
+    ``N`` positions (the row's first max) and one all-reduce SUM of ``2 x N``
+    values (``sum_c g_c``, and the same without the max's).
     """
     x, comm = _unwrap(local_x, group, axis)
     call = _agree(comm, lambda: _Reduction.build(comm, x, "log_softmax", axis, where, bounds, False))
@@ -267,8 +269,10 @@ def softmax(
     Notes
     -----
     Collectives per call: the header all-gather, one all-reduce MAX of ``N``
-    values and one all-reduce SUM of ``2 x N``. Backward: one all-reduce SUM of
-    ``N`` values (``sum_c g_c p_c`` over the whole row).
+    values and one all-reduce SUM of ``2 x N``. Backward: one all-reduce MIN of
+    ``N`` positions (the row's first max) and two all-reduces SUM of ``N``
+    values (``g`` at the max, then ``sum_{c != k} (g_c - g_k) p_c``), so that the
+    gradient at the max does not cancel.
     """
     x, comm = _unwrap(local_x, group, axis)
     call = _agree(comm, lambda: _Reduction.build(comm, x, "softmax", axis, where, bounds, False))

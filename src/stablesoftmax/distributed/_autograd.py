@@ -249,7 +249,12 @@ class _Softmax(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
-        r"""``g - p sum(g)`` (log) or ``p (g - <g, p>)``: the row's sum is one all-reduce of ``N`` values."""
+        r"""The single-process VJPs' forms, which do not cancel at the row's max ``k``: three all-reduces of ``N``.
+
+        ``k``, the row's first max over every rank, is one all-reduce MIN;
+        softmax needs ``g_k`` and then ``sum_{i != k} (g_i - g_k) p_i``,
+        log-softmax ``sum(g)`` and ``sum_{i != k} g_i`` (one SUM of both).
+        """
         (x,) = ctx.saved_tensors
         host = _on_host(x)
         with _quiet(host):
@@ -258,12 +263,29 @@ class _Softmax(torch.autograd.Function):
             if ctx.gl is None:
                 return _tensor(xp.zeros_like(xa), x.device), None, None
             xw, needs_twosum = _prepare(xa, xp, None, mask)
-            p = _probs(xw, ctx.gl, xp, needs_twosum)
-            gw = _reference.live_only(xp.astype(ga, p.dtype), xw, xp, m=ctx.gl.m)
-            total = xp.sum(gw if ctx.log else gw * p, axis=-1)
-            ctx.call.comm.all_reduce(total, "sum")
-            grad = gw - p * total[:, None] if ctx.log else p * (gw - total[:, None])
-            grad = _reference.dead_to_zero(grad, xw, xp, m=ctx.gl.m)
+            gl, comm = ctx.gl, ctx.call.comm
+            p = _probs(xw, gl, xp, needs_twosum)
+            gw = _reference.live_only(xp.astype(ga, p.dtype), xw, xp, m=gl.m)
+            top = xp.where(gl.owner, gl.k, xp.full_like(gl.k, ctx.call.layout.total))
+            comm.all_reduce(top, "min")
+            cols = xp.arange(xw.shape[1], device=_state._device(xw))[None, :] + ctx.call.layout.start
+            at_k = cols == top[:, None]  # on one rank only: the row's first max
+            zero = xp.zeros_like(gw)
+            if ctx.log:
+                sums = xp.stack([xp.sum(gw, axis=-1), xp.sum(xp.where(at_k, zero, gw), axis=-1)])
+                comm.all_reduce(sums, "sum")
+                gk = xp.sum(xp.where(at_k, gw, zero), axis=-1, keepdims=True)
+                s = gl.s[:, None]
+                grad = xp.where(at_k, (gk * s - sums[1][:, None]) / (1 + s), gw - p * sums[0][:, None])
+            else:
+                gk = xp.sum(xp.where(at_k, gw, zero), axis=-1)
+                comm.all_reduce(gk, "sum")
+                rel = gw - gk[:, None]
+                rest = xp.where(at_k, zero, p)
+                inner = xp.sum(xp.where(rest != 0, rel * rest, zero), axis=-1)
+                comm.all_reduce(inner, "sum")
+                grad = p * (rel - inner[:, None])
+            grad = _reference.dead_to_zero(grad, xw, xp, m=gl.m)
             return _tensor(_compute.round_to(grad, xa, xp), x.device), None, None
 
 

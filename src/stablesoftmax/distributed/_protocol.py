@@ -43,7 +43,8 @@ class _Comm:
     def all_reduce(self, a: Array, op: str) -> None:
         """In place, on a NumPy array (through its tensor view) or a tensor."""
         t = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
-        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=self.group)
+        ops = {"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "sum": dist.ReduceOp.SUM}
+        dist.all_reduce(t, op=ops[op], group=self.group)
 
 
 def _comm(group: Any) -> _Comm:
