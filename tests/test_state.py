@@ -18,8 +18,14 @@ import pytest
 
 from stablesoftmax import _state
 
-mpmath.mp.dps = 50
 EPS = np.finfo(np.float64).eps
+
+
+@pytest.fixture(autouse=True)
+def _mpmath_precision():
+    """50 digits for the oracle, set per test: mpmath's precision is process-wide, and other files set their own."""
+    with mpmath.workdps(50):
+        yield
 
 
 def _parts(x: np.ndarray, first: int = 0, **kw) -> _state.Parts:

@@ -31,8 +31,16 @@ from stablesoftmax import _kernels
 from stablesoftmax._kernels import reference
 from tests.helpers import BFLOAT16, FLOAT_DTYPES, ulp_error, ulp_goal
 
-mpmath.mp.dps = 40
 EPS64 = np.finfo(np.float64).eps
+
+
+@pytest.fixture(autouse=True)
+def _mpmath_precision():
+    """40 digits for the oracle, set per test: mpmath's precision is process-wide, and other files set their own."""
+    with mpmath.workdps(40):
+        yield
+
+
 # The sum s: float64 input carries the shift's TwoSum error and its terms are within ~1e-17 of
 # exp; narrower input's shift is exact and its terms are within 4.1e-14 (the kernels' float32
 # polynomial). Compensated block sums keep the sum's own error near one eps.
