@@ -147,7 +147,7 @@ def linear_cross_entropy(
     --------
     linear_cross_entropy_with_grad, cross_entropy
     """
-    options = dict(
+    options: dict[str, Any] = dict(
         bias=bias,
         chunk_size=chunk_size,
         class_weight=class_weight,
@@ -197,7 +197,10 @@ def linear_cross_entropy_with_grad(
     checked = _losses.options_of(linear_cross_entropy, options)
     if D.library(hidden) == "torch":
         prob = _problem(hidden, weight, target, **checked, native=True)
-        return D.backend(hidden).linear_cross_entropy_with_grad(prob, cotangent(g, prob))
+        result: tuple[Any, tuple[Any, Any, Any]] = D.backend(hidden).linear_cross_entropy_with_grad(
+            prob, cotangent(g, prob)
+        )
+        return result
     prob = _problem(hidden, weight, target, **checked)
     parts, rows, loss = _forward(prob)
     d_h, d_w, d_b = _backward(prob, parts, rows, g)
@@ -210,12 +213,14 @@ def linear_cross_entropy_with_grad(
 
 @dataclass
 class _Linear:
-    h: np.ndarray  # (N, H) compute dtype
-    w: np.ndarray  # (V, H)
-    b: np.ndarray | None
-    y: np.ndarray  # (N,) int64
-    counted: np.ndarray
-    class_weight: np.ndarray | None  # (V,)
+    """A checked problem: NumPy arrays on the host in the compute dtype, or the caller's own (PyTorch) arrays."""
+
+    h: Any  # (N, H)
+    w: Any  # (V, H)
+    b: Any  # (V,) or None
+    y: Any  # (N,) int64
+    counted: Any  # (N,) bool
+    class_weight: Any  # (V,) float64 or None
     chunk: int
     like: Any  # an array of hidden's library and dtype, for the results
     xp: Any
