@@ -195,12 +195,17 @@ TORCH_DTYPES = ["float64", "float32", "bfloat16"]
 
 @pytest.fixture(params=["views", "torch ops"])
 def torch_path(request, monkeypatch):
-    """Every torch test on both computations of the ops: NumPy views of CPU tensors, and torch's own ops."""
+    """Every torch test on both computations of the ops: NumPy views of CPU tensors, and torch's own ops.
+
+    The torch ops take each chunk in row blocks of a few rows here, as they do a large chunk.
+    """
     pytest.importorskip("torch")
+    from stablesoftmax import _linear
     from stablesoftmax._backends import torch as adapter
 
     if request.param == "torch ops":
         monkeypatch.setattr(adapter, "_LINEAR_HOST_DTYPES", ())
+        monkeypatch.setattr(_linear, "_MIN_BLOCK", 1)
     return request.param
 
 

@@ -470,7 +470,9 @@ def saved_parts(m: Any, k: Any, s: Any, p: _Linear) -> _state.Parts:
 # The same two passes in the arrays' own library and device (PyTorch's ops call these)
 # --------------------------------------------------------------------------
 
-_ROW_BLOCK = 1 << 20  # entries per row block of a chunk's float64 temporaries (8 MiB each): few launches on a GPU
+# A chunk's float64 temporaries (about ten live in the gradient) are taken in 16 row blocks, so together they
+# hold about as much as the chunk's float32 logits; a block keeps at least 2**14 entries, for few launches on a GPU.
+_ROW_BLOCKS, _MIN_BLOCK = 16, 1 << 14
 
 
 def native_forward(p: _Linear) -> tuple[Any, _state.Parts, _state.Loss]:
@@ -544,7 +546,7 @@ def _native_logits(p: _Linear, h: Any, i: int) -> Any:
 
 
 def _row_blocks(n: int, width: int) -> list[slice]:
-    step = max(1, _ROW_BLOCK // max(width, 1))
+    step = max(1, -(-n // _ROW_BLOCKS), _MIN_BLOCK // max(width, 1))
     return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)] or [slice(0, 0)]
 
 
