@@ -1,5 +1,9 @@
 """linear_cross_entropy: the materialised cross_entropy's values and gradients, in chunks."""
 
+import math
+import os
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -180,3 +184,207 @@ class TestOtherArrayLibraries:
         ref = ss.linear_cross_entropy(*bf, target, reduction="none")
         assert got.dtype == torch.bfloat16
         np.testing.assert_array_equal(got.float().numpy(), np.asarray(ref, np.float32))
+
+
+# --------------------------------------------------------------------------
+# PyTorch tensors: the custom ops, on NumPy views (CPU float32/float64) and on torch ops
+# --------------------------------------------------------------------------
+
+TORCH_DTYPES = ["float64", "float32", "bfloat16"]
+
+
+@pytest.fixture(params=["views", "torch ops"])
+def torch_path(request, monkeypatch):
+    """Every torch test on both computations of the ops: NumPy views of CPU tensors, and torch's own ops.
+
+    The torch ops take each chunk in row blocks of a few rows here, as they do a large chunk.
+    """
+    pytest.importorskip("torch")
+    from stablesoftmax import _linear
+    from stablesoftmax._backends import torch as adapter
+
+    if request.param == "torch ops":
+        monkeypatch.setattr(adapter, "_LINEAR_HOST_DTYPES", ())
+        monkeypatch.setattr(_linear, "_MIN_BLOCK", 1)
+    return request.param
+
+
+def _tensors(torch, dtype, *arrays):
+    return [torch.tensor(a, dtype=getattr(torch, dtype), requires_grad=True) for a in arrays]
+
+
+def _materialised(torch, h, w, b, target, g, theirs):
+    """Loss and gradients of ``ss.cross_entropy`` on the float64 logits of the same (rounded) inputs."""
+    h64, w64, b64 = (t.detach().double().requires_grad_() for t in (h, w, b))
+    loss = ss.cross_entropy(h64 @ w64.T + b64, torch.tensor(target), **theirs)
+    loss.backward(g)
+    return loss.detach(), h64.grad, w64.grad, b64.grad
+
+
+def _close(got, ref, dtype, *, loss=False):
+    """float64: 1e-12 of the largest entry; float32: a float32 matmul's error; bfloat16: its rounding."""
+    tol = {"float64": 1e-12, "float32": 1e-6 if loss else 1e-5, "bfloat16": 2.0**-7}[dtype]
+    got, ref = got.detach().double().numpy(), ref.numpy()
+    assert np.isfinite(got).all() == np.isfinite(ref).all()
+    assert np.abs(got - ref).max() <= tol * np.abs(ref).max(), (np.abs(got - ref).max(), np.abs(ref).max())
+
+
+@pytest.mark.usefixtures("torch_path")
+class TestTorchOps:
+    @pytest.mark.parametrize("dtype", TORCH_DTYPES)
+    @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(o) or "plain")
+    def test_loss_and_gradients_equal_the_materialised_cross_entropy(self, layer, opts, dtype, rng):
+        torch = pytest.importorskip("torch")
+        hidden, weight, bias, target, cw = layer
+        ours, theirs = _split(opts, cw)
+        h, w, b = _tensors(torch, dtype, hidden, weight, bias)
+        g = torch.tensor(rng.normal(size=len(target))) if opts.get("reduction") == "none" else torch.tensor(1.3)
+        loss = ss.linear_cross_entropy(h, w, torch.tensor(target), bias=b, chunk_size=37, **ours)
+        loss.backward(g.to(loss.dtype))
+        ref = _materialised(torch, h, w, b, target, g, theirs)
+        assert loss.dtype == h.dtype and h.grad.dtype == w.grad.dtype == b.grad.dtype == h.dtype
+        _close(loss, ref[0], dtype, loss=True)
+        for got, want in zip((h.grad, w.grad, b.grad), ref[1:], strict=True):
+            _close(got, want, dtype)
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32"])
+    def test_with_grad_equals_autograd(self, layer, dtype):
+        torch = pytest.importorskip("torch")
+        hidden, weight, bias, target, _ = layer
+        h, w, b = _tensors(torch, dtype, hidden, weight, bias)
+        y = torch.tensor(target)
+        loss, grads = ss.linear_cross_entropy_with_grad(h, w, y, bias=b, g=2.0, label_smoothing=0.1, chunk_size=50)
+        (2 * ss.linear_cross_entropy(h, w, y, bias=b, label_smoothing=0.1, chunk_size=50)).backward()
+        assert not loss.requires_grad
+        for got, t in zip(grads, (h, w, b), strict=True):
+            assert torch.equal(got, t.grad)
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32"])
+    def test_confident_row_keeps_its_tiny_loss_and_gradient(self, dtype):
+        # logits [40, 0 x 99], target 0: loss log1p(99 e^-40) = 4.2e-16 and d_bias[0] = -99 e^-40 / (1 + 99 e^-40),
+        # which lse - x_y and p_0 - 1 would both round to 0
+        torch = pytest.importorskip("torch")
+        weight = np.zeros((100, 1))
+        weight[0] = 40.0
+        h, w, b = _tensors(torch, dtype, np.ones((1, 1)), weight, np.zeros(100))
+        loss = ss.linear_cross_entropy(h, w, torch.tensor([0]), bias=b)
+        loss.backward()
+        tail = 99 * math.exp(-40)
+        rtol = {"float64": 1e-12, "float32": 1e-6}[dtype]
+        np.testing.assert_allclose(float(loss.detach()), math.log1p(tail), rtol=rtol)
+        np.testing.assert_allclose(float(b.grad[0]), -tail / (1 + tail), rtol=rtol)
+        np.testing.assert_allclose(float(w.grad[0, 0]), -tail / (1 + tail), rtol=rtol)
+        assert b.grad[0] != 0
+
+    @pytest.mark.parametrize("dtype", TORCH_DTYPES)
+    def test_padding_rows_with_huge_or_nan_hidden_move_nothing(self, layer, dtype):
+        torch = pytest.importorskip("torch")
+        hidden, weight, bias, target, _ = layer
+        padded_h = np.concatenate([hidden, np.full((2, hidden.shape[1]), 1e30), np.full((1, hidden.shape[1]), np.nan)])
+        padded_y = np.concatenate([target, [-100, -100, -100]])
+        results = []
+        for hid, tgt in ((hidden, target), (padded_h, padded_y)):
+            h, w, b = _tensors(torch, dtype, hid, weight, bias)
+            ss.linear_cross_entropy(h, w, torch.tensor(tgt), bias=b, chunk_size=64, z_loss=1e-3).backward()
+            results.append((h.grad, w.grad, b.grad))
+        (h0, w0, b0), (h1, w1, b1) = results
+        assert torch.isfinite(w1).all() and torch.isfinite(b1).all() and not h1[len(hidden) :].any()
+        for got, ref in ((h1[: len(hidden)], h0), (w1, w0), (b1, b0)):
+            assert torch.equal(got, ref)
+
+    def test_infinite_bias_follows_the_contract(self, layer):
+        # A +inf logit: loss 0 where the target is the only one, log 2 with two, inf otherwise; gradients 0.
+        torch = pytest.importorskip("torch")
+        hidden, weight, _, _, _ = layer
+        bias = np.zeros(len(weight))
+        bias[[3, 5]] = np.inf
+        target = np.array([3, 7, 5, 3])
+        h, w, b = _tensors(torch, "float64", hidden[:4], weight, bias)
+        for only_3 in (True, False):
+            b_used = b.detach().clone().requires_grad_()
+            if only_3:
+                with torch.no_grad():
+                    b_used[5] = 0.0
+            loss = ss.linear_cross_entropy(h, w, torch.tensor(target), bias=b_used, reduction="none", chunk_size=4)
+            one_inf = [0.0, np.inf, np.inf, 0.0]
+            two_inf = [math.log(2), np.inf, math.log(2), math.log(2)]
+            assert loss.tolist() == (one_inf if only_3 else two_inf)
+            loss.backward(torch.ones(4, dtype=torch.float64))
+            assert not h.grad.any() and not w.grad.any() and not b_used.grad.any()
+            h.grad = w.grad = None
+
+    @pytest.mark.parametrize("dtype", TORCH_DTYPES)
+    @pytest.mark.parametrize("reduction", ["mean", "none"])
+    def test_meta_tensors_give_a_meta_loss_and_gradients(self, dtype, reduction):
+        torch = pytest.importorskip("torch")
+        dt = getattr(torch, dtype)
+        h = torch.empty((6, 4), dtype=dt, device="meta", requires_grad=True)
+        w = torch.empty((10, 4), dtype=dt, device="meta", requires_grad=True)
+        b = torch.empty((10,), dtype=dt, device="meta", requires_grad=True)
+        loss = ss.linear_cross_entropy(
+            h, w, torch.zeros(6, dtype=torch.int64, device="meta"), bias=b, reduction=reduction
+        )
+        assert loss.device.type == "meta" and loss.dtype == dt and loss.shape == ((6,) if reduction == "none" else ())
+        loss.sum().backward()
+        for t in (h, w, b):
+            assert t.grad.device.type == "meta" and t.grad.shape == t.shape and t.grad.dtype == dt
+
+    def test_equals_torch_linear_cross_entropy(self, layer):
+        torch = pytest.importorskip("torch")
+        f = torch.nn.functional
+        if not hasattr(f, "linear_cross_entropy"):
+            pytest.skip("torch.nn.functional.linear_cross_entropy is new in torch 2.13")
+        hidden, weight, bias, target, cw = layer
+        h, w, b = _tensors(torch, "float64", hidden, weight, bias)
+        y, cwt = torch.tensor(target), torch.tensor(cw)
+        ours = ss.linear_cross_entropy(h, w, y, bias=b, class_weight=cwt, label_smoothing=0.1, chunk_size=64)
+        theirs = f.linear_cross_entropy(h, w, y, linear_bias=b, weight=cwt, label_smoothing=0.1)
+        ours.backward()
+        grads = [t.grad for t in (h, w, b)]
+        h.grad = w.grad = b.grad = None
+        theirs.backward()
+        np.testing.assert_allclose(float(ours.detach()), float(theirs.detach()), rtol=1e-12)
+        for got, t in zip(grads, (h, w, b), strict=True):
+            np.testing.assert_allclose(got.numpy(), t.grad.numpy(), rtol=1e-10, atol=1e-12 * float(t.grad.abs().max()))
+
+
+_COMPILED = """
+import sys, torch
+import stablesoftmax as ss
+from stablesoftmax._backends import torch as adapter
+
+backend = sys.argv[1]
+torch.manual_seed(0)
+h = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+w = torch.randn(50, 8, dtype=torch.float64, requires_grad=True)
+b = torch.randn(50, dtype=torch.float64, requires_grad=True)
+y = torch.randint(0, 50, (12,))
+y[::4] = -100
+
+def loss(h, w, b):
+    return ss.linear_cross_entropy(h, w, y, bias=b, chunk_size=16, label_smoothing=0.1, z_loss=1e-3, softcap=5.0)
+
+def step(fn):
+    args = [t.detach().clone().requires_grad_() for t in (h, w, b)]
+    value = fn(*args)
+    value.backward()  # AOT autograd traces the backward op into the compiled backward graph
+    return [value.detach()] + [t.grad for t in args]
+
+compiled = torch.compile(loss, backend=backend, fullgraph=True)
+for host in (adapter._LINEAR_HOST_DTYPES, ()):  # NumPy views, then torch ops, inside the same traced graph
+    adapter._LINEAR_HOST_DTYPES = host
+    for got, want in zip(step(compiled), step(loss)):
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_traces_forward_and_backward_whole_from_cold(backend, tmp_path):
+    pytest.importorskip("torch")
+    env = dict(os.environ, PYTHONWARNINGS="error::UserWarning", TORCHINDUCTOR_CACHE_DIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILED, backend], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == "ok"

@@ -23,7 +23,7 @@ both would need an ``(N, V)`` array, which is what this function avoids.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import array_api_compat.numpy as npx
 import numpy as np
@@ -33,9 +33,6 @@ from . import _compute, _losses, _state
 from . import _dispatch as D
 from ._errors import ShapeError
 from ._typing import ArrayIn, ArrayT, NumpyArray, NumpyIn, NumpyResult
-
-if TYPE_CHECKING:
-    from torch import Tensor
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
 
@@ -138,17 +135,19 @@ def linear_cross_entropy(
 
     Notes
     -----
-    The chunks are computed on the host: CPU tensors through zero-copy views,
-    other arrays (JAX, array-API libraries, accelerator devices) copied there
-    and back. PyTorch's autograd reaches ``hidden``, ``weight`` and ``bias``;
-    under a JAX transformation (``jit``, ``grad``) the call is refused with a
-    named error, since a host computation cannot be traced.
+    PyTorch tensors are computed on their own device by custom ops, so
+    meta tensors pass, ``torch.compile(fullgraph=True)`` traces the call whole
+    and autograd reaches ``hidden``, ``weight`` and ``bias`` (CPU float32 and
+    float64 tensors go through zero-copy NumPy views, which is faster there).
+    Other arrays (JAX, array-API libraries) are computed on the host, copied
+    there and back; under a JAX transformation (``jit``, ``grad``) the call is
+    refused with a named error, since a host computation cannot be traced.
 
     See Also
     --------
     linear_cross_entropy_with_grad, cross_entropy
     """
-    options = dict(
+    options: dict[str, Any] = dict(
         bias=bias,
         chunk_size=chunk_size,
         class_weight=class_weight,
@@ -159,30 +158,9 @@ def linear_cross_entropy(
         softcap=softcap,
     )
     if D.library(hidden) == "torch":
-        return _torch_autograd(hidden, weight, target, options)
+        return D.backend(hidden).linear_cross_entropy(_problem(hidden, weight, target, **options, native=True))
     prob = _problem(hidden, weight, target, **options)
     return _restore(prob, _forward(prob)[2])
-
-
-def _torch_autograd(hidden: Any, weight: Any, target: Any, options: dict[str, Any]) -> Any:
-    """PyTorch tensors: the loss, with ``backward()`` reaching hidden, weight and bias through our VJP.
-
-    The computation runs on the host (a view of CPU tensors), so under
-    ``torch.compile`` this call is a graph break, not a traced op.
-    """
-    bias = options.pop("bias")
-
-    def loss(h: Any, w: Any, b: Any) -> Any:
-        prob = _problem(h.detach(), w.detach(), target, None if b is None else b.detach(), **options)
-        return _restore(prob, _forward(prob)[2])
-
-    def vjp(g: Tensor, h: Tensor, w: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-        _, grads = linear_cross_entropy_with_grad(
-            h.detach(), w.detach(), target, g=g.detach(), bias=None if b is None else b.detach(), **options
-        )
-        return grads
-
-    return D.backend(hidden).host_loss(loss, vjp, hidden, weight, bias)
 
 
 @overload
@@ -216,7 +194,14 @@ def linear_cross_entropy_with_grad(
 
     ``g`` is the cotangent of the loss. Options as :func:`linear_cross_entropy`.
     """
-    prob = _problem(hidden, weight, target, **_losses.options_of(linear_cross_entropy, options))
+    checked = _losses.options_of(linear_cross_entropy, options)
+    if D.library(hidden) == "torch":
+        prob = _problem(hidden, weight, target, **checked, native=True)
+        result: tuple[Any, tuple[Any, Any, Any]] = D.backend(hidden).linear_cross_entropy_with_grad(
+            prob, cotangent(g, prob)
+        )
+        return result
+    prob = _problem(hidden, weight, target, **checked)
     parts, rows, loss = _forward(prob)
     d_h, d_w, d_b = _backward(prob, parts, rows, g)
     grads = (_restore(prob, d_h), _restore(prob, d_w), None if d_b is None else _restore(prob, d_b))
@@ -228,12 +213,14 @@ def linear_cross_entropy_with_grad(
 
 @dataclass
 class _Linear:
-    h: np.ndarray  # (N, H) compute dtype
-    w: np.ndarray  # (V, H)
-    b: np.ndarray | None
-    y: np.ndarray  # (N,) int64
-    counted: np.ndarray
-    class_weight: np.ndarray | None  # (V,)
+    """A checked problem: NumPy arrays on the host in the compute dtype, or the caller's own (PyTorch) arrays."""
+
+    h: Any  # (N, H)
+    w: Any  # (V, H)
+    b: Any  # (V,) or None
+    y: Any  # (N,) int64
+    counted: Any  # (N,) bool
+    class_weight: Any  # (V,) float64 or None
     chunk: int
     like: Any  # an array of hidden's library and dtype, for the results
     xp: Any
@@ -241,6 +228,7 @@ class _Linear:
     smoothing: float
     z_loss: float
     softcap: float | None
+    ignore_index: int = -100
 
 
 def _problem(
@@ -255,45 +243,39 @@ def _problem(
     label_smoothing: Any,
     z_loss: Any,
     softcap: Any,
+    *,
+    native: bool = False,
 ) -> _Linear:
+    """The checked problem: NumPy arrays on the host in the compute dtype, or with ``native`` the caller's
+    own arrays (PyTorch tensors on their device, in their dtypes; the ops cast them chunk by chunk)."""
     h0, xp = D.array_in(hidden, "hidden")
-    h = _host(h0, "hidden")
-    w = _host(D.array_in(weight, "weight")[0], "weight")
+    if native:
+        h, w, cx = h0, D.array_in(D.like(weight, h0, xp, "weight"), "weight")[0], xp
+        tgt = D.like(target, h0, xp, "target")
+        b = None if bias is None else D.array_in(D.like(bias, h0, xp, "bias"), "bias")[0]
+    else:
+        h, w, cx = _host(h0, "hidden"), _host(D.array_in(weight, "weight")[0], "weight"), npx
+        tgt = D.numpy_in(_host_any(target), "target")
+        b = None if bias is None else _host(D.array_in(bias, "bias")[0], "bias")
     if h.ndim != 2 or w.ndim != 2 or h.shape[1] != w.shape[1]:
         raise ShapeError(
-            f"hidden of shape {h.shape} and weight of shape {w.shape} must be [N, H] and [V, H] with the same H."
+            f"hidden of shape {tuple(h.shape)} and weight of shape {tuple(w.shape)} must be [N, H] and [V, H] "
+            "with the same H."
         )
-    compute = np.float64 if h.dtype == np.float64 else np.float32
     n, v = h.shape[0], w.shape[0]
     rows = D.Rows.of((n, v), (1,))
-    ignore = D.int_option(ignore_index, "ignore_index", "an int (the class index to ignore, -100 by default)")
-    y = _losses.class_target(D.numpy_in(_host_any(target), "target"), rows, (n, v), npx, "logits", ignore)
-    b = None if bias is None else _host(D.array_in(bias, "bias")[0], "bias").astype(compute)
-    if b is not None and b.shape != (v,):
-        raise ShapeError(f"bias of shape {b.shape} must have one entry per class: shape ({v},).")
-    chunk = max(1, -(-v // 32)) if chunk_size is None else _chunk_size(chunk_size)
-    opts = _losses.check_options(label_smoothing, z_loss, softcap)
-    class_w = _losses.check_class_weight(class_weight, v, np.zeros(1), D.namespace(np.zeros(1)), "class_weight")
-    red = D.choice(reduction, "reduction", _losses.REDUCTIONS)
-    return _Linear(
-        h.astype(compute, copy=False),
-        w.astype(compute, copy=False),
-        b,
-        y,
-        y != ignore,
-        None if class_w is None else np.asarray(class_w, np.float64),
-        chunk,
-        h0,
-        xp,
-        red,
-        *opts,
-    )
-
-
-def _chunk_size(value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise D.ArgumentError(f"chunk_size={value!r} is not allowed; it must be a whole number >= 1.")
-    return int(D.real_option(value, "chunk_size", lambda c: c >= 1 and c == int(c), "a whole number >= 1"))
+    red, ignore, smoothing, z, cap = _losses.loss_options(reduction, ignore_index, label_smoothing, z_loss, softcap)
+    y = _losses.class_target(tgt, rows, (n, v), cx, "logits", ignore)
+    if b is not None and tuple(b.shape) != (v,):
+        raise ShapeError(f"bias of shape {tuple(b.shape)} must have one entry per class: shape ({v},).")
+    chunk = max(1, -(-v // 32)) if chunk_size is None else _losses.chunk_size_option(chunk_size)
+    class_w = _losses.check_class_weight(class_weight, v, h if native else np.zeros(1), cx, "class_weight")
+    if not native:
+        compute = np.float64 if h.dtype == np.float64 else np.float32
+        h, w = h.astype(compute, copy=False), w.astype(compute, copy=False)
+        b = None if b is None else b.astype(compute)
+    cw = None if class_w is None else cx.astype(class_w, cx.float64)
+    return _Linear(h, w, b, y, y != ignore, cw, chunk, h0, xp, red, smoothing, z, cap, ignore)
 
 
 def _host(a: Any, name: str) -> np.ndarray:
@@ -424,11 +406,186 @@ def _backward(
 
 def _scales(p: _Linear, rows: _state.Loss, g: Any) -> tuple[np.ndarray, np.ndarray]:
     garr = np.asarray(_host_any(g), dtype=np.float64)
-    if p.reduction == "none":
-        garr = np.broadcast_to(garr, rows.alive.shape)
-    elif garr.size != 1:
-        raise ShapeError(f"g of shape {garr.shape} must be a scalar for reduction={p.reduction!r}.")
-    else:
-        garr = garr.reshape(())
+    _check_cotangent(tuple(garr.shape), p.reduction)
+    garr = np.broadcast_to(garr, rows.alive.shape) if p.reduction == "none" else garr.reshape(())
     ce, z = _state.row_scales(p.reduction, rows.alive, rows.wy, garr, npx, dtype=np.float64)
     return np.broadcast_to(ce, rows.alive.shape), np.broadcast_to(z, rows.alive.shape)
+
+
+def _check_cotangent(shape: tuple[int, ...], reduction: str) -> None:
+    if reduction != "none" and int(np.prod(shape)) != 1:
+        raise ShapeError(f"g of shape {shape} must be a scalar for reduction={reduction!r}.")
+
+
+def cotangent(g: Any, p: _Linear) -> Any:
+    """``g`` as a float64 array of ``p``'s library and device: (N,) for ``reduction='none'``, else a scalar."""
+    xp = p.xp
+    garr = xp.astype(D.like(g, p.h, xp, "g"), xp.float64)
+    _check_cotangent(tuple(garr.shape), p.reduction)
+    n = p.h.shape[0]
+    return xp.broadcast_to(garr, (n,)) if p.reduction == "none" else xp.reshape(garr, ())
+
+
+def op_problem(h: Any, w: Any, b: Any, y: Any, class_weight: Any, xp: Any, **options: Any) -> _Linear:
+    """A problem rebuilt from an op's arguments, checked before by :func:`_problem`.
+
+    ``options``: ``ignore_index, chunk, reduction, smoothing, z_loss, softcap``.
+    """
+    o = options
+    counted = y != o["ignore_index"]
+    return _Linear(
+        h,
+        w,
+        b,
+        y,
+        counted,
+        class_weight,
+        o["chunk"],
+        h,
+        xp,
+        o["reduction"],
+        o["smoothing"],
+        o["z_loss"],
+        o["softcap"],
+        o["ignore_index"],
+    )
+
+
+def saved_parts(m: Any, k: Any, s: Any, p: _Linear) -> _state.Parts:
+    """The merged parts a gradient needs, from the state its forward kept (smoothing counts all V classes)."""
+    xp = p.xp
+    count = xp.full(m.shape, float(p.w.shape[0]), dtype=m.dtype, device=D.device(m)) if p.smoothing else None
+    return _state.Parts(m, k, s, count=count)
+
+
+# --------------------------------------------------------------------------
+# The same two passes in the arrays' own library and device (PyTorch's ops call these)
+# --------------------------------------------------------------------------
+
+# A chunk's float64 temporaries (about ten live in the gradient) are taken in 16 row blocks, so together they
+# hold about as much as the chunk's float32 logits; a block keeps at least 2**14 entries, for few launches on a GPU.
+_ROW_BLOCKS, _MIN_BLOCK = 16, 1 << 14
+
+
+def native_forward(p: _Linear) -> tuple[Any, _state.Parts, _state.Loss]:
+    """:func:`_forward` on ``p``'s own arrays (namespace ``p.xp``): ``(reduced float64 loss, parts, rows)``.
+
+    Each chunk's logits are a matmul in the compute dtype; their parts are
+    taken in float64 by :func:`._state.part`, in row blocks.
+    """
+    xp, h = p.xp, _compute_h(p)
+    merged: _state.Parts | None = None
+    for i in _starts(p):
+        chunk = _native_parts(p, _native_logits(p, h, i), i)
+        merged = chunk if merged is None else _state.merge_parts(merged, chunk, xp)
+    assert merged is not None  # V >= 1: at least one chunk
+    rows, ce, zt = _state.finish(
+        merged,
+        xp,
+        target=p.y,
+        counted=p.counted,
+        weight=p.class_weight,
+        probs=False,
+        smoothing=p.smoothing,
+        z_loss=p.z_loss,
+        needs_twosum=_needs_twosum(p),
+    )
+    return _state.reduce(ce, zt, rows.wy, rows.alive, p.reduction, xp), merged, rows
+
+
+def native_backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tuple[Any, Any, Any]:
+    """:func:`_backward` on ``p``'s own arrays: ``d hidden``, ``d weight``, ``d bias`` in the compute dtype.
+
+    ``d weight`` is written chunk by chunk from ``G^T h``, each a float32 (or
+    float64) matmul; only one chunk of ``G`` exists at a time.
+    """
+    xp, h = p.xp, _compute_h(p)
+    ce_g, z_g = _state.row_scales(p.reduction, rows.alive, rows.wy, g, xp, dtype=xp.float64)
+    scales = (xp.broadcast_to(ce_g, rows.alive.shape), xp.broadcast_to(z_g, rows.alive.shape))
+    h_alive = xp.where(rows.alive[:, None], h, xp.zeros_like(h))  # a NaN in a dropped row moves nothing
+    dev = D.device(h)
+    d_h = xp.zeros(h.shape, dtype=h.dtype, device=dev)
+    d_w = xp.empty((p.w.shape[0], h.shape[1]), dtype=h.dtype, device=dev)
+    d_b = xp.empty((p.w.shape[0],), dtype=h.dtype, device=dev)
+    for i in _starts(p):
+        grad = _native_grad(p, _native_logits(p, h, i), i, parts, rows, scales)
+        d_h += xp.matmul(grad, xp.astype(p.w[i : i + p.chunk], h.dtype, copy=False))
+        d_w[i : i + grad.shape[1], ...] = xp.matmul(grad.T, h_alive)
+        d_b[i : i + grad.shape[1]] = xp.sum(grad, axis=0)
+    return d_h, d_w, d_b
+
+
+def _needs_twosum(p: _Linear) -> bool:
+    """Float64 logits need the shift's TwoSum error; float32 logits widened to float64 shift exactly."""
+    return bool(p.h.dtype == p.xp.float64)
+
+
+def _compute_h(p: _Linear) -> Any:
+    """``hidden`` in the compute dtype: float64 stays, 16-bit and float32 are multiplied in float32."""
+    xp = p.xp
+    return xp.astype(p.h, xp.float64 if _needs_twosum(p) else xp.float32, copy=False)
+
+
+def _native_logits(p: _Linear, h: Any, i: int) -> Any:
+    """:func:`_chunk_logits` in ``p``'s library: the chunk's matmul in ``h``'s dtype, bias, softcap."""
+    xp = p.xp
+    logits = xp.matmul(h, xp.astype(p.w[i : i + p.chunk], h.dtype, copy=False).T)
+    if p.b is not None:
+        logits = logits + xp.astype(p.b[i : i + p.chunk], h.dtype, copy=False)
+    if p.softcap is not None:
+        logits = xp.tanh(logits / p.softcap) * p.softcap
+    return logits
+
+
+def _row_blocks(n: int, width: int) -> list[slice]:
+    step = max(1, -(-n // _ROW_BLOCKS), _MIN_BLOCK // max(width, 1))
+    return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)] or [slice(0, 0)]
+
+
+def _native_parts(p: _Linear, logits: Any, first: int) -> _state.Parts:
+    """The chunk's parts (float64, global positions), one row block at a time."""
+    xp = p.xp
+    width = logits.shape[1]
+    cw = None if p.class_weight is None else p.class_weight[first : first + width]
+    blocks = [
+        _state.part(
+            xp.astype(logits[r, ...], xp.float64),
+            first,
+            xp,
+            needs_twosum=_needs_twosum(p),
+            y=p.y[r],
+            w=cw,
+            smoothing=bool(p.smoothing),
+        )
+        for r in _row_blocks(logits.shape[0], width)
+    ]
+    return _state.concat_parts(blocks, xp)
+
+
+def _native_grad(
+    p: _Linear, logits: Any, first: int, parts: _state.Parts, rows: _state.Loss, scales: tuple[Any, Any]
+) -> Any:
+    """``G = d loss / d logits`` of one chunk in the compute dtype, by :func:`._state.block_gradient` in row blocks."""
+    xp = p.xp
+    width = logits.shape[1]
+    cw = None if p.class_weight is None else p.class_weight[first : first + width]
+    grad = xp.empty(logits.shape, dtype=logits.dtype, device=D.device(logits))
+    for r in _row_blocks(logits.shape[0], width):
+        block = _state.block_gradient(
+            xp.astype(logits[r, ...], xp.float64),
+            first,
+            _state.rows_of(parts, r),
+            _state.rows_of(rows, r),
+            (scales[0][r], scales[1][r]),
+            xp,
+            target=p.y[r],
+            probs=False,
+            weight=cw,
+            allowed=None,
+            smoothing=p.smoothing,
+            z_loss=p.z_loss,
+            softcap=p.softcap,
+            needs_twosum=_needs_twosum(p),
+        )
+        grad[r, ...] = xp.astype(block, logits.dtype)
+    return grad

@@ -1,7 +1,7 @@
 """The types the public signatures are written in.
 
 A public function takes an array of some library and answers in that
-library (``sample`` and ``linear_cross_entropy``, which compute on the host,
+library (``sample``, which computes on the host, and ``linear_cross_entropy``
 overload PyTorch and NumPy only). Three kinds of input, in the order an
 overload tries them:
 

@@ -24,7 +24,7 @@ imported by name and is not part of ``stablesoftmax.__all__``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -50,16 +50,6 @@ __all__ = [
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _eager(fn: _F) -> _F:
-    """``fn`` run eagerly under torch.compile, a graph break.
-
-    For code that computes on the host (NumPy), which torch.compile cannot trace: dynamo would trace
-    into it and give up there.
-    """
-    disable = cast("Callable[[_F], _F]", torch.compiler.disable)  # torch leaves it unannotated
-    return disable(fn)
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -320,8 +310,8 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     ``forward(input, linear_weight, target, linear_bias=None)`` takes
     ``input`` of shape ``[..., H]``, ``linear_weight`` ``[C, H]``, ``target``
     ``[...]`` of class indices and ``linear_bias`` ``[C]``; ``"none"`` gives
-    the target's shape. Under ``torch.compile`` the call is a graph break
-    (the chunks run on the host), not a traced op.
+    the target's shape. Under ``torch.compile`` the call traces whole,
+    backward included: the chunks are custom ops on the tensors' device.
 
     Examples
     --------
@@ -370,7 +360,6 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             chunk_size=self.chunk_size,
         )
 
-    @_eager
     def forward(
         self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None
     ) -> Tensor:

@@ -449,41 +449,170 @@ def bce(
 
 
 # --------------------------------------------------------------------------
-# Losses computed on the host in one piece (the linear cross-entropy)
+# The linear cross-entropy: vocabulary chunks on the tensors' own device
 # --------------------------------------------------------------------------
 
+from .. import _linear, _state  # noqa: E402  (kept with the ops that use them)
 
-HostFn = Callable[..., Tensor]
-"""A host loss: ``loss(*inputs)``, a tensor."""
-HostVjp = Callable[..., tuple[Tensor | None, ...]]
-"""Its VJP: ``vjp(g, *inputs)``, one gradient per input (None where an input was None)."""
+_LinearOpts = tuple[int, int, str, float, float, float | None]  # ignore_index, chunk, reduction, smoothing, z, softcap
 
-
-class _HostLoss(torch.autograd.Function):
-    """A loss whose forward and VJP are host functions handed in: ``loss(*inputs)``, ``vjp(g, *inputs)``.
-
-    ``vjp`` returns one gradient per input (None where an input was None).
-    The functions come from the caller, so this file imports nothing above it.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, fns: tuple[HostFn, HostVjp], *inputs: Tensor | None) -> Tensor:
-        ctx.fns = fns
-        ctx.save_for_backward(*inputs)
-        return fns[0](*inputs)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
-        return (None, *ctx.fns[1](g, *ctx.saved_tensors))
+# CPU float32/float64 tensors go through NumPy views, whose chunks take the compiled kernels'
+# state: measured by benchmarks/linear_ce_torch.py at hidden (2048, 1024), weight (32000, 1024),
+# float32, one thread, the views' forward takes 0.97x the bare matmul's time and the torch ops'
+# 1.80x; forward + backward 4.3x and 6.3x. Other dtypes and devices compute with torch ops.
+_LINEAR_HOST_DTYPES = (torch.float32, torch.float64)
 
 
-def host_loss(loss: HostFn, vjp: HostVjp, *inputs: Tensor | None) -> Tensor:
-    """``loss(*inputs)`` with autograd through ``vjp`` when any input requires grad."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return _apply_host_loss((loss, vjp), *inputs)
-    return loss(*inputs)
+def _linear_problem(
+    h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, cw: Tensor | None, opts: _LinearOpts
+) -> tuple[_linear._Linear, bool]:
+    """The op's problem, and whether it is computed through NumPy views (CPU float32/float64) or torch ops."""
+    names = ("ignore_index", "chunk", "reduction", "smoothing", "z_loss", "softcap")
+    options = dict(zip(names, opts, strict=True))
+    tensors = (h, w, b)
+    host = all(t is None or (t.device.type == "cpu" and t.dtype in _LINEAR_HOST_DTYPES) for t in tensors)
+    if not host:
+        return _linear.op_problem(h, w, b, y, cw, xp, **options), False
+    hn = h.detach().numpy()
+    wn = w.detach().numpy().astype(hn.dtype, copy=False)
+    bn = None if b is None else b.detach().numpy().astype(hn.dtype)
+    cn = None if cw is None else cw.detach().numpy()
+    return _linear.op_problem(hn, wn, bn, y.detach().numpy(), cn, npx, **options), True
 
 
-# torch leaves ``Function.apply`` unannotated; it returns what ``forward`` returns.
-_apply_host_loss = cast("Callable[..., Tensor]", _HostLoss.apply)
+def _tensors(dev: Any, *arrays: Any, fresh: bool = False) -> tuple[Tensor, ...]:
+    """Tensors on ``dev``; ``fresh``: copies, since an op's outputs may not share storage (``wy`` may be ``A``)."""
+    out = (torch.as_tensor(a if isinstance(a, Tensor) else np.asarray(a), device=dev) for a in arrays)
+    return tuple(t.clone() if fresh else t for t in out)
+
+
+@torch.library.custom_op(f"{_LIB}::linear_cross_entropy", mutates_args=())
+def _linear_ce(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    y: Tensor,
+    cw: Tensor | None,
+    ignore_index: int,
+    chunk: int,
+    reduction: str,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The loss (hidden's dtype) and the rows its gradient needs: m, k, s, alive, wy, big_a, lse."""
+    p, host = _linear_problem(h, w, b, y, cw, (ignore_index, chunk, reduction, smoothing, z_loss, softcap))
+    if host:
+        with np.errstate(all="ignore"):  # see _backends.plain
+            parts, rows, loss = _linear._forward(p)
+    else:
+        loss, parts, rows = _linear.native_forward(p)
+    out = _tensors(h.device, loss, parts.m, parts.k, parts.s, rows.alive, rows.wy, rows.big_a, rows.lse, fresh=True)
+    return (_compute.round_to(out[0], h, xp).contiguous(), *out[1:])
+
+
+@_linear_ce.register_fake
+def _(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    y: Tensor,
+    cw: Tensor | None,
+    ignore_index: int,
+    chunk: int,
+    reduction: str,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    n = h.shape[0]
+    wide = [h.new_empty((n,), dtype=torch.float64) for _ in range(6)]
+    k, alive = h.new_empty((n,), dtype=torch.int64), h.new_empty((n,), dtype=torch.bool)
+    loss = h.new_empty((n,) if reduction == "none" else ())
+    return loss, wide[0], k, wide[1], alive, wide[2], wide[3], wide[4]
+
+
+@torch.library.custom_op(f"{_LIB}::linear_cross_entropy_grad", mutates_args=())
+def _linear_ce_grad(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    y: Tensor,
+    cw: Tensor | None,
+    rows: list[Tensor],
+    g: Tensor,
+    ignore_index: int,
+    chunk: int,
+    reduction: str,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``d hidden``, ``d weight``, ``d bias`` (empty without a bias), each in its input's dtype."""
+    p, host = _linear_problem(h, w, b, y, cw, (ignore_index, chunk, reduction, smoothing, z_loss, softcap))
+    if host:
+        m, k, s, alive, wy, big_a, lse = (r.detach().numpy() for r in rows)
+        with np.errstate(all="ignore"):  # see _backends.plain
+            grads: tuple[Any, Any, Any] = _linear._backward(
+                p, _linear.saved_parts(m, k, s, p), _state.Loss(alive, wy, big_a, lse), g.detach().numpy()
+            )
+    else:
+        saved = _linear.saved_parts(rows[0], rows[1], rows[2], p)
+        grads = _linear.native_backward(p, saved, _state.Loss(*rows[3:]), g.to(torch.float64))
+    d_h, d_w, d_b = _tensors(h.device, *(grads[:2]), np.empty(0) if grads[2] is None or b is None else grads[2])
+    return d_h.to(h.dtype), d_w.to(w.dtype), d_b.to(h.dtype if b is None else b.dtype)
+
+
+@_linear_ce_grad.register_fake
+def _(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    y: Tensor,
+    cw: Tensor | None,
+    rows: list[Tensor],
+    g: Tensor,
+    ignore_index: int,
+    chunk: int,
+    reduction: str,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return h.new_empty(h.shape), w.new_empty(w.shape), h.new_empty((0,)) if b is None else b.new_empty(b.shape)
+
+
+def _lce_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    h, w, b, y, cw, *opts = inputs
+    ctx.save_for_backward(h, w, b, y, cw, *output[1:])
+    ctx.opts = opts
+
+
+def _lce_backward(ctx: Any, g: Tensor, *_rows: Any) -> tuple[Any, ...]:
+    h, w, b, y, cw, *rows = ctx.saved_tensors
+    d_h, d_w, d_b = _linear_ce_grad(h, w, b, y, cw, rows, g, *ctx.opts)
+    return (d_h, d_w, None if b is None else d_b) + (None,) * 8
+
+
+_linear_ce.register_autograd(_lce_backward, setup_context=_lce_setup)
+
+
+def _linear_opts(p: _linear._Linear) -> _LinearOpts:
+    return p.ignore_index, p.chunk, p.reduction, float(p.smoothing), float(p.z_loss), p.softcap
+
+
+def linear_cross_entropy(p: _linear._Linear) -> Tensor:
+    """The loss of a checked problem of tensors, with autograd to hidden, weight and bias."""
+    return _tensor(_linear_ce(p.h, p.w, p.b, p.y, p.class_weight, *_linear_opts(p))[0])
+
+
+def linear_cross_entropy_with_grad(
+    p: _linear._Linear, g: Tensor
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor | None]]:
+    """The loss and its three gradients for the cotangent ``g`` (float64, checked)."""
+    h, w = p.h.detach(), p.w.detach()
+    b = None if p.b is None else p.b.detach()
+    opts = _linear_opts(p)
+    loss, *rows = _linear_ce(h, w, b, p.y, p.class_weight, *opts)
+    d_h, d_w, d_b = _linear_ce_grad(h, w, b, p.y, p.class_weight, rows, g, *opts)
+    return loss, (d_h, d_w, None if b is None else d_b)
