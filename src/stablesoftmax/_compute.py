@@ -60,7 +60,15 @@ def _accelerator(x: Array, xp: Any, temperature: float = 1.0) -> Any:
     """The accelerator for rows ``x`` with these options, or None for the reference."""
     if not is_numpy(xp) or temperature != 1.0 or x.shape[-1] == 0:
         return None
-    return select(x)
+    return _host_select(x)
+
+
+def _host_select(x: np.ndarray) -> Any:
+    """:func:`select` for NumPy rows; bfloat16 rows (ml_dtypes', of dtype kind ``V``) get the host kernels.
+
+    The kernels read float16 and bfloat16 rows directly, as their bits.
+    """
+    return host_kernels() if x.dtype.name == "bfloat16" else select(x)
 
 
 def host_kernels_serve() -> bool:
@@ -75,7 +83,7 @@ def host_state(x: np.ndarray) -> _state.State:
     whatever the rows' size.
     """
     rows = _kernel_rows(x)
-    module = select(rows)
+    module = _host_select(rows)
     if module is not None:
         m, k, s = module.state_rows(rows)
         return _state.State(m, k, s)
@@ -95,8 +103,8 @@ def _kernel_mask(mask: Array | None) -> np.ndarray | None:
 
 
 def _kernel_rows(x: Array) -> np.ndarray:
-    x2 = np.ascontiguousarray(x)
-    return x2.astype(np.float32) if x2.dtype.itemsize == 2 else x2  # exact: 16-bit values are float32 values
+    """Rows as the kernels take them: C-contiguous, in their own dtype (16-bit rows are read as they are)."""
+    return np.ascontiguousarray(x)
 
 
 # --------------------------------------------------------------------------
@@ -185,9 +193,9 @@ def softmax(x: Array, xp: Any, *, mask: Array | None = None, temperature: float 
     module = _accelerator(x, xp, temperature)
     if module is not None:
         x2 = _kernel_rows(x)
-        out = np.empty(x2.shape, x2.dtype if x2.dtype == x.dtype else np.float64)
+        out = np.empty(x2.shape, x2.dtype)  # rounded once by the kernels, 16-bit included
         module.state_rows(x2, where=_kernel_mask(mask), out=out, log=log)
-        return round_to(out, x, xp)
+        return out
     xw, exact = widen(x, xp)
     fn = _reference.log_softmax if log else _reference.softmax
     return round_to(fn(masked(xw, mask, xp), xp, exact=exact, temperature=temperature), x, xp)
