@@ -76,14 +76,16 @@ def _numpy_bfloat16() -> np.dtype[Any] | None:
         import ml_dtypes
     except ImportError:
         return None
-    return np.dtype(ml_dtypes.bfloat16)
+    bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)  # ml_dtypes is untyped
+    return bfloat16
 
 
 def _numpy_view(a: Tensor) -> np.ndarray:
     """A NumPy view of CPU tensor ``a``, no copy; a bfloat16 tensor's bits viewed as NumPy's bfloat16."""
     a = a.detach()
-    if a.dtype == torch.bfloat16:
-        return a.view(torch.int16).numpy().view(_numpy_bfloat16())
+    bfloat16 = _numpy_bfloat16()
+    if a.dtype == torch.bfloat16 and bfloat16 is not None:  # _viewable admits it only then
+        return a.view(torch.int16).numpy().view(bfloat16)
     return a.numpy()
 
 
