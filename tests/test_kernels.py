@@ -271,8 +271,8 @@ class TestSpecialRows:
 
 class TestArguments:
     def test_rejects_other_dtypes(self):
-        with pytest.raises(DtypeError, match="float32 or float64"):
-            _kernels.lse_rows(np.zeros((2, 2), np.float16))
+        with pytest.raises(DtypeError, match="x has dtype int32; kernels take float32, float64, float16 or bfloat16"):
+            _kernels.lse_rows(np.zeros((2, 2), np.int32))
 
     def test_rejects_non_contiguous_rows(self):
         with pytest.raises(ShapeError, match="C-contiguous 2-D"):

@@ -108,7 +108,7 @@ def _triton():
 # name -> (module factory, dtypes it takes)
 ACCELERATORS = {
     "reference": (lambda: reference, FLOAT_DTYPES),
-    "cpu": (_cpu, [np.dtype(np.float32), np.dtype(np.float64)]),
+    "cpu": (_cpu, FLOAT_DTYPES),
     "triton": (_triton, FLOAT_DTYPES),
 }
 

@@ -8,12 +8,15 @@ their own: asking for a second derivative raises PyTorch's error naming the
 op, never a silent zero.
 
 The ops compute on the tensor's own device in its own library (the array-API
-reference). A CPU float32/float64 tensor is handed to the compiled kernels
-through a zero-copy NumPy view instead, which is faster there.
+reference). A CPU tensor is handed to the compiled kernels through a zero-copy
+NumPy view instead, which is faster there: float32, float64 and float16, and
+bfloat16 where ml_dtypes gives NumPy a bfloat16 dtype to view it as (without
+ml_dtypes a bfloat16 tensor takes the reference, in torch).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -29,12 +32,12 @@ _LIB = "stablesoftmax"
 
 
 def _run(fn: Callable[..., Any], x: Tensor, *arrays: Tensor | None, **options: Any) -> Any:
-    """``fn(x, *arrays, xp, **options)`` on the kernels' NumPy view (CPU float32/64) or natively.
+    """``fn(x, *arrays, xp, **options)`` on the kernels' NumPy view (CPU tensors, see :func:`_viewable`) or natively.
 
     ``fn`` is array-API code, typed ``Any``; what it gives comes back as tensors, in ``fn``'s structure.
     """
     if _viewable(x, *arrays) and _compute.host_kernels_serve():
-        host = [None if a is None else a.detach().numpy() for a in (x, *arrays)]
+        host = [None if a is None else _numpy_view(a) for a in (x, *arrays)]
         with np.errstate(all="ignore"):  # see _backends.plain
             result = fn(*host, npx, **options)
         return _to_torch(result, x.device)
@@ -54,11 +57,36 @@ def _run1(fn: Callable[..., Any], x: Tensor, *arrays: Tensor | None, **options: 
 
 
 def _viewable(x: Tensor, *arrays: Tensor | None) -> bool:
-    """CPU float32/float64 tensors with storage of their own (not wrapped by ``torch.func``): NumPy can view them."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+    """CPU tensors with storage of their own (not wrapped by ``torch.func``) of a dtype NumPy can view.
+
+    float32, float64 and float16; bfloat16 when ml_dtypes is installed.
+    """
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return False
+    if x.dtype == torch.bfloat16 and _numpy_bfloat16() is None:
         return False
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     return not any(a is not None and wrapped(a) for a in (x, *arrays))
+
+
+@functools.cache
+def _numpy_bfloat16() -> np.dtype[Any] | None:
+    """NumPy's bfloat16 dtype (ml_dtypes'), or None without ml_dtypes: the library does not require it."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)  # ml_dtypes is untyped
+    return bfloat16
+
+
+def _numpy_view(a: Tensor) -> np.ndarray:
+    """A NumPy view of CPU tensor ``a``, no copy; a bfloat16 tensor's bits viewed as NumPy's bfloat16."""
+    a = a.detach()
+    bfloat16 = _numpy_bfloat16()
+    if a.dtype == torch.bfloat16 and bfloat16 is not None:  # _viewable admits it only then
+        return a.view(torch.int16).numpy().view(bfloat16)
+    return a.numpy()
 
 
 def _to_torch(result: Any, dev: Any) -> Any:
@@ -67,7 +95,10 @@ def _to_torch(result: Any, dev: Any) -> Any:
     if result is None:
         return None
     arr = np.asarray(result)
-    return torch.from_numpy(arr if arr.flags.c_contiguous else arr.copy()).to(dev)  # fresh arrays: no copy
+    arr = arr if arr.flags.c_contiguous else arr.copy()  # fresh arrays: no copy
+    if arr.dtype.name == "bfloat16":  # torch reads no ml_dtypes array: its bits, viewed back as bfloat16
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16).to(dev)
+    return torch.from_numpy(arr).to(dev)
 
 
 # --------------------------------------------------------------------------

@@ -91,8 +91,8 @@ def triton_path() -> Iterator[None]:
 def select(x: Any) -> Accelerator | None:
     """The accelerator for rows ``x``, or None where the array-API reference computes.
 
-    * NumPy rows of a floating dtype on the host: the numba kernels (16-bit
-      rows are widened exactly to float32 by the caller);
+    * NumPy rows of a floating dtype on the host (float16 and ml_dtypes'
+      bfloat16 included, read as their bits): the numba kernels;
     * torch tensors on a device Triton compiles for, or any torch tensor
       under :func:`triton_path`: the Triton kernels;
     * None under :func:`reference_path`, with ``STABLESOFTMAX_DISABLE_KERNELS=1``,
@@ -100,7 +100,7 @@ def select(x: Any) -> Accelerator | None:
     """
     module: Accelerator | None  # a module is structurally its protocol
     if _is_numpy(x):
-        module = _cpu() if x.dtype.kind == "f" else None
+        module = _cpu() if x.dtype.kind == "f" or x.dtype.name == "bfloat16" else None
         return module
     if _is_torch(x) and (_TRITON.get() or x.device.type in _TRITON_DEVICES):
         module = _gpu()

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels for rows of float32 and float64: numba, one thread unless asked.
+"""Compiled CPU kernels for rows of float64, float32, float16 and bfloat16: numba, one thread unless asked.
 
 Each kernel computes, per row, the state of :mod:`stablesoftmax._state`
 (Blanchard, Higham & Higham 2021): the max ``m``, the index ``k`` of its
@@ -40,6 +40,16 @@ What the kernels add to the reference is speed:
 * A masked row is swept as a copy with ``-inf`` where masked, made while the
   previous row is swept: a select inside the term loop compiled to code 1.8x
   slower.
+* float16 and bfloat16 rows are read as their bits (numba has neither type),
+  never copied: each entry is widened in registers, exactly, by integer bit
+  manipulation (bfloat16 is the high half of a float32; float16's exponent is
+  rebiased, its subnormals, infinities and NaN included), and then computed
+  as float32 rows are, to the same float64 values. Their 16-bit outputs are
+  rounded once from those values, to nearest even: rounded to float32 with
+  round-to-odd first, then to 16 bits on the integer bits, which is correct
+  for any format of at most 22 bits (Boldo & Melquiond, IEEE TC 2008). Inside
+  the compiled code the bits' dtype names the format: uint16 for bfloat16,
+  int16 for float16, so that numba compiles each its own loops.
 
 Every kernel drops the GIL. ``threads=n`` splits the rows into ``n`` bands
 run at once; each row is computed exactly as on one thread. It is off by
@@ -115,18 +125,24 @@ def state_rows(
     out: np.ndarray | None = None,
     log: bool = False,
     threads: int = 1,
+    format16: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The state ``(m, k, s)`` of each row of ``x``; with ``out``, its softmax (or log-softmax) too.
 
     Parameters
     ----------
-    x : ndarray, shape ``[N, K]``, float32 or float64, C-contiguous
+    x : ndarray, shape ``[N, K]``, C-contiguous
+        float32, float64, float16 or bfloat16 (by dtype name, as ml_dtypes'),
+        or uint16 holding the bits of a 16-bit format named by ``format16``.
     where : ndarray of bool, shape ``[N, K]``, C-contiguous, optional
         False entries count as ``-inf``, whatever they hold (NaN included).
     out : ndarray, shape ``[N, K]``, float64 or ``x``'s dtype, optional
         Receives ``softmax`` (``log=False``) or ``log_softmax`` (``log=True``)
-        of every row, special rows included, rounded once.
+        of every row, special rows included, rounded once (to nearest, ties to
+        even). With 16-bit ``x`` it may also be uint16, receiving the bits.
     threads : int, default 1
+    format16 : {"bfloat16", "float16"}, optional
+        The format of uint16 ``x`` (and of a uint16 ``out``).
 
     Returns
     -------
@@ -138,25 +154,31 @@ def state_rows(
         ``sum_{i != k} exp(x_i - m)``; see the module docstring for rows whose
         max is not finite.
     """
-    x, where = _check_rows(x), _check_where(x, where)
+    x, where = _check_rows(x, format16), _check_where(x, where)
     kind = _SOFTMAX if out is not None and not log else _LOG_SOFTMAX if out is not None else _LSE
     return _run_rows(x, where, _check_out(x, out) if out is not None else _NO_OUT, kind, threads)
 
 
-def lse_rows(x: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
-    """logsumexp of each row of a C-contiguous 2-D float32/float64 array, as float64."""
-    m, _, s = state_rows(x, where=where, threads=threads)
+def lse_rows(
+    x: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1, format16: str | None = None
+) -> np.ndarray:
+    """logsumexp of each row of C-contiguous 2-D rows (any dtype :func:`state_rows` takes), as float64."""
+    m, _, s = state_rows(x, where=where, threads=threads, format16=format16)
     return np.asarray(m + np.log1p(s))
 
 
-def softmax_rows(x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1) -> None:
+def softmax_rows(
+    x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1, format16: str | None = None
+) -> None:
     """Write the softmax of each row of ``x`` into ``out`` (float64, or ``x``'s dtype)."""
-    state_rows(x, where=where, out=out, threads=threads)
+    state_rows(x, where=where, out=out, threads=threads, format16=format16)
 
 
-def log_softmax_rows(x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1) -> None:
+def log_softmax_rows(
+    x: np.ndarray, out: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1, format16: str | None = None
+) -> None:
     """Write the log-softmax of each row of ``x`` into ``out`` (float64, or ``x``'s dtype)."""
-    state_rows(x, where=where, out=out, log=True, threads=threads)
+    state_rows(x, where=where, out=out, log=True, threads=threads, format16=format16)
 
 
 def lse_vector(x: np.ndarray) -> float:
@@ -206,6 +228,7 @@ def cross_entropy_rows(
     g: np.ndarray | None = None,
     z_grad: np.ndarray | None = None,
     threads: int = 1,
+    format16: str | None = None,
 ) -> CrossEntropyRows:
     r"""Cross-entropy loss parts of each row and, with ``grad``, its gradient, in one pass of ``exp``.
 
@@ -223,7 +246,8 @@ def cross_entropy_rows(
 
     Parameters
     ----------
-    x : ndarray ``[N, C]``, float32 or float64, C-contiguous, ``C >= 1``
+    x : ndarray ``[N, C]``, C-contiguous, ``C >= 1``
+        Any dtype :func:`state_rows` takes.
     target : ndarray ``[N]`` of int64 in ``[0, C)``
         Map ignored elements to any valid class and give them ``g = 0``.
     where : ndarray of bool ``[N, C]``, optional
@@ -231,7 +255,7 @@ def cross_entropy_rows(
         Class weights (1 when None).
     label_smoothing : float in [0, 1]
     grad : ndarray ``[N, C]``, float64 or ``x``'s dtype, C-contiguous, optional
-        Receives the gradient, rounded once. Masked entries and ``+-inf``
+        Receives the gradient, rounded once (uint16 bits too, for 16-bit ``x``). Masked entries and ``+-inf``
         logits get 0, rows whose max is ``+-inf`` get 0, NaN rows NaN
         (whatever ``g``: the caller zeroes rows that are not live).
     g : ndarray ``[N]`` of float64
@@ -240,12 +264,14 @@ def cross_entropy_rows(
     z_grad : ndarray ``[N]`` of float64, optional
         The z-loss term's factor ``2 z g_z``; the gradient gains ``z_grad lse p``.
     threads : int, default 1
+    format16 : {"bfloat16", "float16"}, optional
+        The format of uint16 ``x`` (and of a uint16 ``grad``).
 
     Returns
     -------
     CrossEntropyRows
     """
-    x, where = _check_rows(x), _check_where(x, where)
+    x, where = _check_rows(x, format16), _check_where(x, where)
     y, w, alpha, grad, g, z_grad = _check_ce(x, target, weight, label_smoothing, grad, g, z_grad)
     n = x.shape[0]
     parts = CrossEntropyRows(
@@ -271,7 +297,7 @@ def _top_rows_shift_sum(parts: CrossEntropyRows, x: np.ndarray, where: np.ndarra
     if not parts.allowed.any() or not top.any():
         return
     allowed = np.ones(x[top].shape, bool) if where is None else where[top]
-    parts.shift_sum[top] = np.where(((x[top] == np.inf) | ~allowed).all(axis=1), 0.0, -np.inf)
+    parts.shift_sum[top] = np.where(((x[top] == _POS_INF.get(x.dtype, np.inf)) | ~allowed).all(axis=1), 0.0, -np.inf)
 
 
 # --------------------------------------------------------------------------
@@ -279,20 +305,41 @@ def _top_rows_shift_sum(parts: CrossEntropyRows, x: np.ndarray, where: np.ndarra
 # --------------------------------------------------------------------------
 
 _NO_OUT = np.empty((0, 0))
+# 16-bit rows reach the compiled code as their bits, and the bits' dtype says the
+# format: numba compiles each its own loops (it has no float16 or bfloat16 type).
+_BITS = {"bfloat16": np.dtype(np.uint16), "float16": np.dtype(np.int16)}
+_FORMAT_OF = {bits: name for name, bits in _BITS.items()}
+_POS_INF = {_BITS["bfloat16"]: 0x7F80, _BITS["float16"]: 0x7C00}  # +inf's bits
 
 
-def _check_rows(x: np.ndarray) -> np.ndarray:
+def _check_rows(x: np.ndarray, format16: str | None = None) -> np.ndarray:
+    """``x`` as the compiled code takes it: float32/float64 as it is, 16-bit rows as their bits (a view)."""
     if numba is None:
         raise RuntimeError("stablesoftmax kernels need numba (pip install 'stablesoftmax[fast]').")
-    if not (isinstance(x, np.ndarray) and x.dtype.char in "fd"):  # float32, float64
+    if not isinstance(x, np.ndarray):
+        raise DtypeError(f"x is {type(x).__name__}; kernels take ndarrays.")
+    fmt = _format16(x, format16)
+    if fmt is None and x.dtype.char not in "fd":  # float32, float64
         raise DtypeError(
-            f"x is {type(x).__name__} of dtype {getattr(x, 'dtype', None)}; kernels take float32 or float64 ndarrays."
+            f"x has dtype {x.dtype}; kernels take float32, float64, float16 or bfloat16 ndarrays, "
+            "or uint16 bits with format16='bfloat16' or 'float16'."
         )
     if x.ndim != 2 or not x.flags.c_contiguous:
         raise ShapeError(
             f"x has shape {x.shape} (C-contiguous: {x.flags.c_contiguous}); kernels take C-contiguous 2-D rows."
         )
-    return x
+    return x if fmt is None else x.view(_BITS[fmt])
+
+
+def _format16(a: np.ndarray, format16: str | None, name: str = "x") -> str | None:
+    """The 16-bit format of ``a``: its dtype's (float16, bfloat16), or ``format16`` for uint16 bits; else None."""
+    if format16 is None:
+        return a.dtype.name if a.dtype.name in _BITS else None
+    if format16 not in _BITS:
+        raise ArgumentError(f"format16={format16!r}; allowed: 'bfloat16', 'float16' or None.")
+    if a.dtype != np.uint16 and a.dtype.name != format16:
+        raise DtypeError(f"{name} has dtype {a.dtype}; with format16={format16!r} it must be uint16 bits.")
+    return format16
 
 
 def _check_where(x: np.ndarray, where: np.ndarray | None) -> np.ndarray | None:
@@ -310,9 +357,13 @@ def _check_out(x: np.ndarray, out: np.ndarray, name: str = "out") -> np.ndarray:
         raise ShapeError(
             f"{name} has shape {getattr(out, 'shape', None)}; it must be C-contiguous of x's shape {x.shape}."
         )
-    if out.dtype.char != "d" and out.dtype != x.dtype:
-        raise DtypeError(f"{name} has dtype {out.dtype}; allowed: float64 or x's dtype {x.dtype}.")
-    return out
+    fmt = _FORMAT_OF.get(x.dtype)  # x as _check_rows gives it
+    if out.dtype.char == "d" or (fmt is None and out.dtype == x.dtype):
+        return out
+    if fmt is not None and (out.dtype == np.uint16 or out.dtype.name == fmt):
+        return out.view(_BITS[fmt])
+    like = x.dtype if fmt is None else f"{fmt} (or its uint16 bits)"
+    raise DtypeError(f"{name} has dtype {out.dtype}; allowed: float64 or x's dtype {like}.")
 
 
 def _row_vector(a: Any, n: int, name: str, dtype: Any) -> np.ndarray:
@@ -416,6 +467,20 @@ if numba is not None:
         return types.int64(types.float64), codegen
 
     @intrinsic
+    def _f32_from_bits(typingctx, v):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+        return types.float32(types.int32), codegen
+
+    @intrinsic
+    def _bits_from_f32(typingctx, v):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(types.int32))
+
+        return types.int32(types.float32), codegen
+
+    @intrinsic
     def _maxnum(typingctx, a, b):
         """The larger of ``a`` and ``b``, as ``llvm.maxnum``: LLVM vectorises it as a reduction.
 
@@ -451,7 +516,8 @@ if numba is not None:
     def _at_impl(a, mask, i):
         if isinstance(mask, types.NoneType):
             return lambda a, mask, i: a[i]
-        return lambda a, mask, i: a[i] if mask[i] else a.dtype.type(-np.inf)
+        low = _NEG_INF_BITS.get(a.dtype, -np.inf)
+        return lambda a, mask, i: a[i] if mask[i] else a.dtype.type(low)
 
     def _ok(mask, i):
         """Whether entry ``i`` is allowed."""
@@ -511,7 +577,7 @@ if numba is not None:
             return lambda out, buf, i, c: None
 
         def put(out, buf, i, c):
-            out[i] = c * buf[i]
+            _store(out, i, c * buf[i])
 
         return put
 
@@ -539,30 +605,150 @@ if numba is not None:
             return lambda w, i: 1.0
         return lambda w, i: w[i]
 
-    def _is_wide(a):
-        """Whether array ``a`` holds float64 (decided when numba compiles)."""
+    def _divides(out):
+        """Whether softmax output ``out`` gets ``t / (1 + s)`` rather than ``t * (1 / (1 + s))``.
 
-    @overload(_is_wide)
-    def _is_wide_impl(a):
-        wide = a.dtype == types.float64
-        return lambda a: wide
+        float64 output divides (0.5 ulp better); 16-bit output too, so that it
+        is exactly the float64 output rounded once. float32 output multiplies.
+        """
+
+    @overload(_divides)
+    def _divides_impl(out):
+        divides = out.dtype != types.float32
+        return lambda out: divides
 
     def _term(a, m):
         """``(exp(a - m), a - m, error of a - m)`` in float64, by ``a``'s dtype."""
 
     @overload(_term)
     def _term_impl(a, m):
-        if a == types.float32:  # the float64 difference of float32 values is exact
-            return lambda a, m: (_exp_narrow(np.float64(a) - m), np.float64(a) - m, 0.0)
-        return lambda a, m: _term_wide(a, m)
+        if a == types.float64:
+            return lambda a, m: _term_wide(a, m)
+        # The float64 difference of float32 (and 16-bit) values is exact.
+        return lambda a, m: (_exp_narrow(_wide(a) - m), _wide(a) - m, 0.0)
 
     def _block_size(row):
         """Terms per compensated block, by dtype (see ``_BLOCK_WIDE``)."""
 
     @overload(_block_size)
     def _block_size_impl(row):
-        size = _BLOCK_NARROW if row.dtype == types.float32 else _BLOCK_WIDE
+        size = _BLOCK_WIDE if row.dtype == types.float64 else _BLOCK_NARROW
         return lambda row: size
+
+    # ------------------------------------------------------------------
+    # 16-bit rows: read as bits, widened in registers; outputs rounded once
+    # ------------------------------------------------------------------
+
+    _NEG_INF_BITS = {types.uint16: 0xFF80, types.int16: -0x400}  # -inf in bfloat16 (uint16), float16 (int16)
+
+    def _lane(v):
+        """An entry as the max sweep compares it: a float as it is, 16-bit bits widened to float32 (exact)."""
+
+    @overload(_lane)
+    def _lane_impl(v):
+        if v == types.uint16:
+            return lambda v: _f32_from_bfloat16(v)
+        if v == types.int16:
+            return lambda v: _f32_from_float16(v)
+        return lambda v: v
+
+    def _wide(v):
+        """An entry as float64 (exact)."""
+
+    @overload(_wide)
+    def _wide_impl(v):
+        return lambda v: np.float64(_lane(v))
+
+    def _lowest(row):
+        """``-inf`` in the type :func:`_lane` gives for ``row``'s entries."""
+
+    @overload(_lowest)
+    def _lowest_impl(row):
+        if row.dtype in _NEG_INF_BITS:
+            return lambda row: np.float32(-np.inf)
+        return lambda row: row.dtype.type(-np.inf)
+
+    def _store(out, i, v):
+        """``out[i] = v`` rounded once to ``out``'s dtype (16-bit: to nearest even, from the float64 ``v``)."""
+
+    @overload(_store)
+    def _store_impl(out, i, v):
+        if out.dtype == types.uint16:
+
+            def store_bfloat16(out, i, v):
+                out[i] = _bfloat16_from_f64(v)
+
+            return store_bfloat16
+        if out.dtype == types.int16:
+
+            def store_float16(out, i, v):
+                out[i] = _float16_from_f64(v)
+
+            return store_float16
+
+        def store(out, i, v):
+            out[i] = v
+
+        return store
+
+    @numba.njit(cache=True)
+    def _f32_from_bfloat16(b):
+        """bfloat16 is the high half of a float32."""
+        return _f32_from_bits(np.int32(np.int32(b) << 16))
+
+    @numba.njit(cache=True)
+    def _f32_from_float16(h):
+        """float16 bits to float32, exactly: subnormals, infinities and NaN included (no branch).
+
+        Exponent and significand shifted into place read as a float32 of
+        exponent ``e - 112`` (subnormal below), which ``2**112`` scales exactly
+        (Giesen's ``half_to_float_fast5``); what lands at ``2**16`` or above was
+        infinity or NaN and gets float32's top exponent.
+        """
+        u = np.int32(h)
+        o = _f32_from_bits(np.int32((u & 0x7FFF) << 13)) * np.float32(2.0**112)
+        o = _f32_from_bits(_bits_from_f32(o) | np.int32(0x7F800000)) if o >= np.float32(65536.0) else o
+        return _f32_from_bits(_bits_from_f32(o) | np.int32((u & 0x8000) << 16))
+
+    @numba.njit(cache=True)
+    def _odd_f32_bits(v):
+        """float64 ``v`` rounded to float32 with round-to-odd, as the float32's bits (an int64 of int32 range).
+
+        Rounded to odd first, a value is then correctly rounded to any format
+        of at most 22 bits of significand (Boldo & Melquiond, IEEE TC 2008).
+        The nearest float32, when inexact and even, moves one step toward ``v``.
+        """
+        f = np.float32(v)
+        back = np.float64(f)
+        u = np.int64(_bits_from_f32(f))
+        step = (1 if abs(back) < abs(v) else -1) if back != v and (u & 1) == 0 else 0
+        return u + step  # sign and magnitude: +1 moves away from zero, for either sign
+
+    @numba.njit(cache=True)
+    def _bfloat16_from_f64(v):
+        """float64 to bfloat16 bits, to nearest even; NaN gives the quiet NaN of ``v``'s sign."""
+        u = _odd_f32_bits(v)
+        a = u & 0x7FFFFFFF
+        r = (a + 0x7FFF + ((a >> 16) & 1)) >> 16  # to nearest even on the low 16 bits; a carry rounds up
+        r = 0x7FC0 if a > 0x7F800000 else r
+        return np.uint16(r | ((u >> 16) & 0x8000))
+
+    @numba.njit(cache=True)
+    def _float16_from_f64(v):
+        """float64 to float16 bits, to nearest even: overflow to inf, subnormals, NaN (quiet)."""
+        u = _odd_f32_bits(v)
+        a = u & 0x7FFFFFFF
+        normal = (a - ((127 - 15) << 23) + 0xFFF + ((a >> 13) & 1)) >> 13
+        # Below 2**-14: adding 0.5 in float32 rounds to a multiple of 2**-24, float16's subnormal step.
+        sub = np.int64(_bits_from_f32(_f32_from_bits(np.int32(a)) + np.float32(0.5))) - 0x3F000000
+        r = normal if a >= (113 << 23) else sub
+        r = 0x7E00 if a > 0x7F800000 else (0x7C00 if a >= (143 << 23) else r)  # NaN; 2**16 and above
+        return np.int16(r | ((u >> 16) & 0x8000))
+
+    @_jit
+    def _fill(out_row, v):
+        for i in range(out_row.size):
+            _store(out_row, i, v)
 
     # ------------------------------------------------------------------
     # exp(d) for d <= 0 (or NaN), vectorisable
@@ -655,11 +841,11 @@ if numba is not None:
     @_jit
     def _copy_max(row, mask, copy):
         """Max of ``row`` (masked entries -inf), the masked row written into ``copy`` if not None."""
-        m = row.dtype.type(-np.inf)
+        m = _lowest(row)
         for i in range(row.size):
             v = _at(row, mask, i)
             _put(copy, i, v)
-            m = _maxnum(m, v)
+            m = _maxnum(m, _lane(v))
         return np.float64(m)
 
     @_jit
@@ -669,10 +855,10 @@ if numba is not None:
             part = row[lo : lo + 256]
             c = 0
             for i in range(part.size):
-                c += part[i] == m
+                c += _wide(part[i]) == m
             if c:
                 for i in range(part.size):
-                    if part[i] == m:
+                    if _wide(part[i]) == m:
                         return lo + i
         return -1
 
@@ -693,7 +879,7 @@ if numba is not None:
             ds = _lane_add(ds, _shift_term(dw, i, d, e))
             v = _at(nxt, nxt_mask, i)
             _put(nxt_copy, i, v)
-            mx = _maxnum(mx, v)
+            mx = _maxnum(mx, _lane(v))
             _scaled_put(prev_out, prev, i, c)
         return s, ds, mx
 
@@ -707,8 +893,9 @@ if numba is not None:
     def _row_sum(row, nxt, nxt_mask, nxt_copy, m, km, buf, dw, prev, prev_out, c):
         """``(s, shift sum, max of nxt)`` for a row with finite max ``m`` at ``km``."""
         tot, comp, dtot, dcomp = 0.0, 0.0, 0.0, 0.0
-        mx = _at(nxt, nxt_mask, km)  # in the input dtype: no conversion in the sweep
-        _put(nxt_copy, km, mx)
+        first = _at(nxt, nxt_mask, km)
+        _put(nxt_copy, km, first)
+        mx = _lane(first)  # in the input dtype (float32 for 16-bit): no conversion in the sweep
         _scaled_put(prev_out, prev, km, c)
         size = _block_size(row)
         for lo in range(0, row.size, size):
@@ -780,7 +967,7 @@ if numba is not None:
     @_jit
     def _scale_row(buf, out_row, c):
         for i in range(buf.size):
-            out_row[i] = c * buf[i]
+            _store(out_row, i, c * buf[i])
 
     @_jit
     def _rows_of(x, mask, i, cur):
@@ -799,7 +986,7 @@ if numba is not None:
         """``(m, k, s)`` of a row holding NaN, ``+inf`` or no mass (scalar: such rows are rare)."""
         m, k, n_top = -np.inf, 0, 0
         for i in range(row.size):
-            v = np.float64(row[i])
+            v = _wide(row[i])
             if v != v:
                 return np.nan, i, np.nan
             if v > m:
@@ -816,9 +1003,9 @@ if numba is not None:
         """
         lg = math.log1p(s)
         for i in range(row.size):
-            v = np.float64(row[i])
+            v = _wide(row[i])
             d = -np.inf if (m == -np.inf or v == -np.inf) else (0.0 if v == m else v - m)
-            out_row[i] = math.exp(d) / (1.0 + s) if kind == _SOFTMAX else d - lg
+            _store(out_row, i, math.exp(d) / (1.0 + s) if kind == _SOFTMAX else d - lg)
 
     # ------------------------------------------------------------------
     # Third sweeps: the elementwise outputs of an ordinary row
@@ -826,11 +1013,11 @@ if numba is not None:
 
     @_jit
     def _write_softmax(buf, s, out_row):
-        """``t / (1 + s)``: a division for float64 output (0.5 ulp less), a product for float32."""
-        if _is_wide(out_row):
+        """``t / (1 + s)``: a division for float64 and 16-bit output (see ``_divides``), a product for float32."""
+        if _divides(out_row):
             z = 1.0 + s
             for i in range(buf.size):
-                out_row[i] = buf[i] / z
+                _store(out_row, i, buf[i] / z)
         else:
             inv = 1.0 / (1.0 + s)
             for i in range(buf.size):
@@ -842,7 +1029,7 @@ if numba is not None:
         lg = math.log1p(s)
         for i in range(row.size):
             _, d, e = _term(row[i], m)
-            out_row[i] = (d - lg) + e
+            _store(out_row, i, (d - lg) + e)
 
     @_jit
     def _rows_kernel(x, mask, out, kind, m_out, k_out, s_out):
@@ -853,7 +1040,7 @@ if numba is not None:
             return
         buf, prev = np.empty(width if kind == _SOFTMAX else 1), np.empty(width if kind == _SOFTMAX else 1)
         cur, nxt_copy = np.empty(width, x.dtype), np.empty(width, x.dtype)
-        fuse = kind == _SOFTMAX and not _is_wide(out)  # float64 output divides instead (0.5 ulp better)
+        fuse = kind == _SOFTMAX and not _divides(out)
         pending, c = -1, 0.0  # a row whose softmax is written during the next row's sweep
         m = _copy_max(x[0], _row_of(mask, 0), _copy_if(mask, cur)) if n else 0.0
         for i in range(n):
@@ -902,7 +1089,7 @@ if numba is not None:
         for i in range(row.size):  # integer and lane sums, no branch: LLVM vectorises it
             ok = _ok(mask, i)
             count += ok
-            dead += ok & (row[i] == -np.inf)
+            dead += ok & (_wide(row[i]) == -np.inf)
             wsum = _lane_add(wsum, _weight(w, i) if ok else 0.0)
         return count, (float(count) if w is None else wsum), dead > 0
 
@@ -915,7 +1102,7 @@ if numba is not None:
     def _write_ce_smoothed(row, w, coef, smooth, buf, out_row):
         """``coef t_c - smooth w_c`` over a (masked) row; a ``-inf`` or masked entry gets 0 (its term is 0)."""
         for i in range(buf.size):
-            out_row[i] = coef * buf[i] - (smooth * _weight(w, i) if row[i] > -np.inf else 0.0)
+            _store(out_row, i, coef * buf[i] - (smooth * _weight(w, i) if _wide(row[i]) > -np.inf else 0.0))
 
     @_jit
     def _ce_fixups(w, y, k, s, lse, alpha, big_a, gy, ce_g, z, live_y, buf, out_row):
@@ -925,10 +1112,10 @@ if numba is not None:
         """
         inv = 1.0 / (1.0 + s)
         a_k = gy * (k == y) + alpha * _weight(w, k)
-        out_row[k] = ce_g * ((big_a - a_k) - a_k * s) * inv + z * lse * inv  # no cancellation when p_k -> 1
+        _store(out_row, k, ce_g * ((big_a - a_k) - a_k * s) * inv + z * lse * inv)  # no cancellation when p_k -> 1
         if y != k:
             coef = _ce_coef(s, lse, big_a, ce_g, z)
-            out_row[y] = (coef * buf[y] - ce_g * (gy + alpha * _weight(w, y))) if live_y else 0.0
+            _store(out_row, y, (coef * buf[y] - ce_g * (gy + alpha * _weight(w, y))) if live_y else 0.0)
 
     @_jit
     def _ce_kernel(x, mask, y, w, alpha, grad, g, zg, m_out, k_out, s_out, xy_out, d_out, cnt_out, ws_out):
@@ -971,11 +1158,11 @@ if numba is not None:
             else:
                 k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, None, None, c)
             m_i, pending = m, -1
-            xy_out[i] = np.float64(row[yi])
+            xy_out[i] = _wide(row[yi])
             if s != s:
                 m_i, k, s = _special_state(row)
                 if grad is not None:
-                    grad[i, :] = np.nan if m_i != m_i else 0.0
+                    _fill(grad[i], np.nan if m_i != m_i else 0.0)
             elif grad is not None:
                 gy = (1.0 - alpha) * _weight(w, yi)
                 a_over_k = alpha / cnt if cnt else 0.0
