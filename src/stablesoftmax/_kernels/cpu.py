@@ -77,6 +77,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._errors import ArgumentError, DtypeError, ShapeError, TargetError
+from . import _coefficients as _c
 
 try:
     import numba
@@ -754,29 +755,11 @@ if numba is not None:
     # exp(d) for d <= 0 (or NaN), vectorisable
     # ------------------------------------------------------------------
 
-    _LOG2E = 1.4426950408889634
-    _SHIFTER = 6755399441055744.0  # 1.5 * 2**52: x + shifter rounds x to an integer kept in the low bits
-    _LN2 = 0.6931471805599453
-    _LN2_HI = 0.6931471805598903  # ln 2 to 42 bits: n * _LN2_HI is exact for |n| < 2**11
-    _LN2_LO = 5.497923018708371e-14  # ln 2 - _LN2_HI
-    _TWO_M64 = 2.0**-64
-
-    # exp(r) ~ sum F_j r^j on |r| <= 0.3467: Chebyshev interpolation at 10
-    # nodes in mpmath (200 bits), rounded to double; max relative error 1.9e-14.
-    _F = (
-        1.0000000000000135, 1.0000000000000013, 0.4999999999943695, 0.16666666666615498,
-        0.04166666704137147, 0.008333333367386076, 0.001388880162232969,
-        0.00019841190531844625, 2.4884520306294873e-05, 2.7632695699976396e-06,
-    )  # fmt: skip
-    _F0, _F1, _F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9 = _F
-    # exp(r) ~ 1 + r + r^2 Q(r), Q of degree 9 interpolating (exp(r)-1-r)/r^2 at
-    # 10 Chebyshev nodes on |r| <= 0.347; max relative error 1.7e-17 (0.08 ulp).
-    _Q = (
-        0.5000000000000001, 0.16666666666666669, 0.04166666666662374, 0.008333333333330032,
-        0.0013888888917406447, 0.00019841269863201828, 2.4801520996825697e-05,
-        2.7557268229963227e-06, 2.76202305675069e-07, 2.5100494788905042e-08,
-    )  # fmt: skip
-    _Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9 = _Q
+    # The constants, shared with the Triton kernels (see _coefficients for how they were made).
+    _LOG2E, _SHIFTER, _LN2 = _c.LOG2E, _c.SHIFTER, _c.LN2
+    _LN2_HI, _LN2_LO, _TWO_M64 = _c.LN2_HI, _c.LN2_LO, _c.TWO_M64
+    _F0, _F1, _F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9 = _c.EXP_NARROW
+    _Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9 = _c.EXP_WIDE
 
     @numba.njit(cache=True, fastmath={"contract"})
     def _exp_narrow(d):

@@ -84,6 +84,7 @@ import os
 from typing import Any, NamedTuple
 
 from .._errors import ArgumentError, DtypeError, ShapeError
+from . import _coefficients as _c
 
 try:
     import torch
@@ -457,34 +458,11 @@ def _out_kind(out: Any) -> int:
 # --------------------------------------------------------------------------
 
 if triton is not None:
-    _LOG2E = tl.constexpr(1.4426950408889634)
-    _SHIFTER = tl.constexpr(6755399441055744.0)  # 1.5 * 2**52: x + shifter rounds x to an integer in the low bits
-    _LN2 = tl.constexpr(0.6931471805599453)
-    _LN2_HI = tl.constexpr(0.6931471805598903)  # ln 2 to 42 bits: n * _LN2_HI is exact for |n| < 2**11
-    _LN2_LO = tl.constexpr(5.497923018708371e-14)  # ln 2 - _LN2_HI
-    _TWO_M64 = tl.constexpr(2.0**-64)
-    # exp(r) ~ sum F_j r^j on |r| <= 0.3467 (the coefficients of _kernels._exp_narrow), 1.9e-14 relative.
-    _F0 = tl.constexpr(1.0000000000000135)
-    _F1 = tl.constexpr(1.0000000000000013)
-    _F2 = tl.constexpr(0.4999999999943695)
-    _F3 = tl.constexpr(0.16666666666615498)
-    _F4 = tl.constexpr(0.04166666704137147)
-    _F5 = tl.constexpr(0.008333333367386076)
-    _F6 = tl.constexpr(0.001388880162232969)
-    _F7 = tl.constexpr(0.00019841190531844625)
-    _F8 = tl.constexpr(2.4884520306294873e-05)
-    _F9 = tl.constexpr(2.7632695699976396e-06)
-    # exp(r) ~ 1 + r + r^2 Q(r) (those of _kernels._exp_wide), 1.7e-17 relative.
-    _Q0 = tl.constexpr(0.5000000000000001)
-    _Q1 = tl.constexpr(0.16666666666666669)
-    _Q2 = tl.constexpr(0.04166666666662374)
-    _Q3 = tl.constexpr(0.008333333333330032)
-    _Q4 = tl.constexpr(0.0013888888917406447)
-    _Q5 = tl.constexpr(0.00019841269863201828)
-    _Q6 = tl.constexpr(2.4801520996825697e-05)
-    _Q7 = tl.constexpr(2.7557268229963227e-06)
-    _Q8 = tl.constexpr(2.76202305675069e-07)
-    _Q9 = tl.constexpr(2.5100494788905042e-08)
+    # The constants of the CPU kernels' exp (see _coefficients), as Triton compile-time constants.
+    _LOG2E, _SHIFTER, _LN2 = tl.constexpr(_c.LOG2E), tl.constexpr(_c.SHIFTER), tl.constexpr(_c.LN2)
+    _LN2_HI, _LN2_LO, _TWO_M64 = tl.constexpr(_c.LN2_HI), tl.constexpr(_c.LN2_LO), tl.constexpr(_c.TWO_M64)
+    _F0, _F1, _F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9 = (tl.constexpr(v) for v in _c.EXP_NARROW)
+    _Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9 = (tl.constexpr(v) for v in _c.EXP_WIDE)
     # log1p (fdlibm): ln 2 in two parts, the first with 32 bits, and the coefficients of its polynomial.
     _LN2_HI_LOG = tl.constexpr(6.93147180369123816490e-01)
     _LN2_LO_LOG = tl.constexpr(1.90821492927058770002e-10)
