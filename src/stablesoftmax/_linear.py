@@ -22,16 +22,16 @@ both would need an ``(N, V)`` array, which is what this function avoids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, overload
 
 import array_api_compat.numpy as npx
 import numpy as np
 import numpy.typing as npt
 
-from . import _compute, _losses, _state
+from . import _compute, _losses
 from . import _dispatch as D
 from ._errors import ShapeError
+from ._linear_chunks import _backward, _check_cotangent, _forward, _Linear
 from ._typing import ArrayIn, ArrayT, NumpyArray, NumpyIn, NumpyResult
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
@@ -203,32 +203,12 @@ def linear_cross_entropy_with_grad(
         return result
     prob = _problem(hidden, weight, target, **checked)
     parts, rows, loss = _forward(prob)
-    d_h, d_w, d_b = _backward(prob, parts, rows, g)
+    d_h, d_w, d_b = _backward(prob, parts, rows, _host_any(g))
     grads = (_restore(prob, d_h), _restore(prob, d_w), None if d_b is None else _restore(prob, d_b))
     return _restore(prob, loss), grads
 
 
 # --------------------------------------------------------------------------
-
-
-@dataclass
-class _Linear:
-    """A checked problem: NumPy arrays on the host in the compute dtype, or the caller's own (PyTorch) arrays."""
-
-    h: Any  # (N, H)
-    w: Any  # (V, H)
-    b: Any  # (V,) or None
-    y: Any  # (N,) int64
-    counted: Any  # (N,) bool
-    class_weight: Any  # (V,) float64 or None
-    chunk: int
-    like: Any  # an array of hidden's library and dtype, for the results
-    xp: Any
-    reduction: str
-    smoothing: float
-    z_loss: float
-    softcap: float | None
-    ignore_index: int = -100
 
 
 def _problem(
@@ -313,110 +293,6 @@ def _restore(p: _Linear, a: np.ndarray | np.generic) -> Any:
     return _compute.round_to(p.xp.asarray(a64, device=D.device(p.like)), p.like, p.xp)
 
 
-def _starts(p: _Linear) -> range:
-    return range(0, p.w.shape[0], p.chunk)
-
-
-def _chunk_logits(p: _Linear, i: int) -> np.ndarray:
-    """Logits of classes ``i : i + chunk``, softcap applied: the only block ever held."""
-    logits: np.ndarray = p.h @ p.w[i : i + p.chunk].T  # NumPy's stubs give Any for a matmul of unknown dtypes
-    if p.b is not None:
-        logits += p.b[i : i + p.chunk]
-    if p.softcap is not None:
-        np.divide(logits, p.softcap, out=logits)
-        np.tanh(logits, out=logits)
-        logits *= p.softcap
-    return logits
-
-
-def _forward(p: _Linear) -> tuple[_state.Parts, _state.Loss, np.ndarray | np.generic]:
-    """Each chunk's parts merged into the rows' parts, then the one finish: ``(parts, rows, reduced loss)``."""
-    merged: _state.Parts | None = None
-    with np.errstate(all="ignore"):  # see _backends.plain
-        for i in _starts(p):
-            logits = _chunk_logits(p, i)
-            chunk = _chunk_parts(p, logits, i)
-            merged = chunk if merged is None else _state.merge_parts(merged, chunk, npx)
-            del logits  # before the next chunk's matmul, so two chunks never coexist
-        assert merged is not None  # V >= 1: at least one chunk
-        rows, ce, zt = _state.finish(
-            merged,
-            npx,
-            target=p.y,
-            counted=p.counted,
-            weight=p.class_weight,
-            probs=False,
-            smoothing=p.smoothing,
-            z_loss=p.z_loss,
-            needs_twosum=p.h.dtype == np.float64,
-        )
-        loss: np.ndarray | np.generic = _state.reduce(ce, zt, rows.wy, rows.alive, p.reduction, npx)
-    return merged, rows, loss
-
-
-def _chunk_parts(p: _Linear, logits: np.ndarray, first: int) -> _state.Parts:
-    """The parts of one chunk of classes, with global positions: its state, the target's logit, smoothing's sums."""
-    st = _compute.host_state(logits)
-    xy = _state.pick(logits, p.y - first, npx).astype(np.float64)
-    u = count = None
-    if p.smoothing:
-        x64 = logits.astype(np.float64)
-        sh = _state.shift(x64, st.m[:, None], npx, needs_twosum=p.h.dtype == np.float64)
-        width = logits.shape[1]
-        w = np.ones(width) if p.class_weight is None else p.class_weight[first : first + width]
-        u = _state.sums(sh, np.broadcast_to(w, x64.shape), npx)
-        count = np.full(len(xy), float(width))
-    return _state.Parts(st.m, st.k + first, st.s, xy, None, u, count)
-
-
-def _backward(
-    p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``d hidden``, ``d weight``, ``d bias``: each chunk's ``d loss / d logits``, then its matmuls."""
-    scales = _scales(p, rows, g)
-    h = p.h if rows.alive.all() else np.where(rows.alive[:, None], p.h, 0)  # a NaN in a dropped row moves nothing
-    d_h = np.zeros_like(p.h)
-    d_w = np.empty_like(p.w)
-    d_b = None if p.b is None else np.empty_like(p.b)
-    for i in _starts(p):
-        logits = _chunk_logits(p, i)
-        width = logits.shape[1]
-        with np.errstate(all="ignore"):  # see _backends.plain
-            grad = _compute.ce_block_grad(
-                logits,
-                i,
-                parts,
-                rows,
-                scales,
-                target=p.y,
-                weight=None if p.class_weight is None else p.class_weight[i : i + width],
-                smoothing=p.smoothing,
-                z_loss=p.z_loss,
-                softcap=p.softcap,
-                needs_twosum=p.h.dtype == np.float64,
-            ).astype(p.h.dtype, copy=False)
-        del logits
-        d_h += grad @ p.w[i : i + width]
-        d_w[i : i + width] = grad.T @ h
-        if d_b is not None:
-            d_b[i : i + width] = grad.sum(axis=0)
-        del grad
-    return d_h, d_w, d_b
-
-
-def _scales(p: _Linear, rows: _state.Loss, g: Any) -> tuple[np.ndarray, np.ndarray]:
-    garr = np.asarray(_host_any(g), dtype=np.float64)
-    _check_cotangent(tuple(garr.shape), p.reduction)
-    garr = np.broadcast_to(garr, rows.alive.shape) if p.reduction == "none" else garr.reshape(())
-    ce, z = _state.row_scales(p.reduction, rows.alive, rows.wy, garr, npx, dtype=np.float64)
-    return np.broadcast_to(ce, rows.alive.shape), np.broadcast_to(z, rows.alive.shape)
-
-
-def _check_cotangent(shape: tuple[int, ...], reduction: str) -> None:
-    if reduction != "none" and int(np.prod(shape)) != 1:
-        raise ShapeError(f"g of shape {shape} must be a scalar for reduction={reduction!r}.")
-
-
 def cotangent(g: Any, p: _Linear) -> Any:
     """``g`` as a float64 array of ``p``'s library and device: (N,) for ``reduction='none'``, else a scalar."""
     xp = p.xp
@@ -426,166 +302,6 @@ def cotangent(g: Any, p: _Linear) -> Any:
     return xp.broadcast_to(garr, (n,)) if p.reduction == "none" else xp.reshape(garr, ())
 
 
-def op_problem(h: Any, w: Any, b: Any, y: Any, class_weight: Any, xp: Any, **options: Any) -> _Linear:
-    """A problem rebuilt from an op's arguments, checked before by :func:`_problem`.
-
-    ``options``: ``ignore_index, chunk, reduction, smoothing, z_loss, softcap``.
-    """
-    o = options
-    counted = y != o["ignore_index"]
-    return _Linear(
-        h,
-        w,
-        b,
-        y,
-        counted,
-        class_weight,
-        o["chunk"],
-        h,
-        xp,
-        o["reduction"],
-        o["smoothing"],
-        o["z_loss"],
-        o["softcap"],
-        o["ignore_index"],
-    )
-
-
-def saved_parts(m: Any, k: Any, s: Any, p: _Linear) -> _state.Parts:
-    """The merged parts a gradient needs, from the state its forward kept (smoothing counts all V classes)."""
-    xp = p.xp
-    count = xp.full(m.shape, float(p.w.shape[0]), dtype=m.dtype, device=D.device(m)) if p.smoothing else None
-    return _state.Parts(m, k, s, count=count)
-
-
 # --------------------------------------------------------------------------
 # The same two passes in the arrays' own library and device (PyTorch's ops call these)
 # --------------------------------------------------------------------------
-
-# A chunk's float64 temporaries (about ten live in the gradient) are taken in 16 row blocks, so together they
-# hold about as much as the chunk's float32 logits; a block keeps at least 2**14 entries, for few launches on a GPU.
-_ROW_BLOCKS, _MIN_BLOCK = 16, 1 << 14
-
-
-def native_forward(p: _Linear) -> tuple[Any, _state.Parts, _state.Loss]:
-    """:func:`_forward` on ``p``'s own arrays (namespace ``p.xp``): ``(reduced float64 loss, parts, rows)``.
-
-    Each chunk's logits are a matmul in the compute dtype; their parts are
-    taken in float64 by :func:`._state.part`, in row blocks.
-    """
-    xp, h = p.xp, _compute_h(p)
-    merged: _state.Parts | None = None
-    for i in _starts(p):
-        chunk = _native_parts(p, _native_logits(p, h, i), i)
-        merged = chunk if merged is None else _state.merge_parts(merged, chunk, xp)
-    assert merged is not None  # V >= 1: at least one chunk
-    rows, ce, zt = _state.finish(
-        merged,
-        xp,
-        target=p.y,
-        counted=p.counted,
-        weight=p.class_weight,
-        probs=False,
-        smoothing=p.smoothing,
-        z_loss=p.z_loss,
-        needs_twosum=_needs_twosum(p),
-    )
-    return _state.reduce(ce, zt, rows.wy, rows.alive, p.reduction, xp), merged, rows
-
-
-def native_backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tuple[Any, Any, Any]:
-    """:func:`_backward` on ``p``'s own arrays: ``d hidden``, ``d weight``, ``d bias`` in the compute dtype.
-
-    ``d weight`` is written chunk by chunk from ``G^T h``, each a float32 (or
-    float64) matmul; only one chunk of ``G`` exists at a time.
-    """
-    xp, h = p.xp, _compute_h(p)
-    ce_g, z_g = _state.row_scales(p.reduction, rows.alive, rows.wy, g, xp, dtype=xp.float64)
-    scales = (xp.broadcast_to(ce_g, rows.alive.shape), xp.broadcast_to(z_g, rows.alive.shape))
-    h_alive = xp.where(rows.alive[:, None], h, xp.zeros_like(h))  # a NaN in a dropped row moves nothing
-    dev = D.device(h)
-    d_h = xp.zeros(h.shape, dtype=h.dtype, device=dev)
-    d_w = xp.empty((p.w.shape[0], h.shape[1]), dtype=h.dtype, device=dev)
-    d_b = xp.empty((p.w.shape[0],), dtype=h.dtype, device=dev)
-    for i in _starts(p):
-        grad = _native_grad(p, _native_logits(p, h, i), i, parts, rows, scales)
-        d_h += xp.matmul(grad, xp.astype(p.w[i : i + p.chunk], h.dtype, copy=False))
-        d_w[i : i + grad.shape[1], ...] = xp.matmul(grad.T, h_alive)
-        d_b[i : i + grad.shape[1]] = xp.sum(grad, axis=0)
-    return d_h, d_w, d_b
-
-
-def _needs_twosum(p: _Linear) -> bool:
-    """Float64 logits need the shift's TwoSum error; float32 logits widened to float64 shift exactly."""
-    return bool(p.h.dtype == p.xp.float64)
-
-
-def _compute_h(p: _Linear) -> Any:
-    """``hidden`` in the compute dtype: float64 stays, 16-bit and float32 are multiplied in float32."""
-    xp = p.xp
-    return xp.astype(p.h, xp.float64 if _needs_twosum(p) else xp.float32, copy=False)
-
-
-def _native_logits(p: _Linear, h: Any, i: int) -> Any:
-    """:func:`_chunk_logits` in ``p``'s library: the chunk's matmul in ``h``'s dtype, bias, softcap."""
-    xp = p.xp
-    logits = xp.matmul(h, xp.astype(p.w[i : i + p.chunk], h.dtype, copy=False).T)
-    if p.b is not None:
-        logits = logits + xp.astype(p.b[i : i + p.chunk], h.dtype, copy=False)
-    if p.softcap is not None:
-        logits = xp.tanh(logits / p.softcap) * p.softcap
-    return logits
-
-
-def _row_blocks(n: int, width: int) -> list[slice]:
-    step = max(1, -(-n // _ROW_BLOCKS), _MIN_BLOCK // max(width, 1))
-    return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)] or [slice(0, 0)]
-
-
-def _native_parts(p: _Linear, logits: Any, first: int) -> _state.Parts:
-    """The chunk's parts (float64, global positions), one row block at a time."""
-    xp = p.xp
-    width = logits.shape[1]
-    cw = None if p.class_weight is None else p.class_weight[first : first + width]
-    blocks = [
-        _state.part(
-            xp.astype(logits[r, ...], xp.float64),
-            first,
-            xp,
-            needs_twosum=_needs_twosum(p),
-            y=p.y[r],
-            w=cw,
-            smoothing=bool(p.smoothing),
-        )
-        for r in _row_blocks(logits.shape[0], width)
-    ]
-    return _state.concat_parts(blocks, xp)
-
-
-def _native_grad(
-    p: _Linear, logits: Any, first: int, parts: _state.Parts, rows: _state.Loss, scales: tuple[Any, Any]
-) -> Any:
-    """``G = d loss / d logits`` of one chunk in the compute dtype, by :func:`._state.block_gradient` in row blocks."""
-    xp = p.xp
-    width = logits.shape[1]
-    cw = None if p.class_weight is None else p.class_weight[first : first + width]
-    grad = xp.empty(logits.shape, dtype=logits.dtype, device=D.device(logits))
-    for r in _row_blocks(logits.shape[0], width):
-        block = _state.block_gradient(
-            xp.astype(logits[r, ...], xp.float64),
-            first,
-            _state.rows_of(parts, r),
-            _state.rows_of(rows, r),
-            (scales[0][r], scales[1][r]),
-            xp,
-            target=p.y[r],
-            probs=False,
-            weight=cw,
-            allowed=None,
-            smoothing=p.smoothing,
-            z_loss=p.z_loss,
-            softcap=p.softcap,
-            needs_twosum=_needs_twosum(p),
-        )
-        grad[r, ...] = xp.astype(block, logits.dtype)
-    return grad

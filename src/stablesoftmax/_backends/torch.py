@@ -483,7 +483,8 @@ def bce(
 # The linear cross-entropy: vocabulary chunks on the tensors' own device
 # --------------------------------------------------------------------------
 
-from .. import _linear, _state  # noqa: E402  (kept with the ops that use them)
+from .. import _linear_chunks as _linear  # noqa: E402
+from .. import _state  # noqa: E402  (kept with the ops that use them)
 
 _LinearOpts = tuple[int, int, str, float, float, float | None]  # ignore_index, chunk, reduction, smoothing, z, softcap
 

@@ -77,7 +77,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._errors import ArgumentError, DtypeError, ShapeError, TargetError
-from . import _coefficients as _c
+from ._coefficients import EXP_NARROW, EXP_WIDE, LN2, LN2_HI, LN2_LO, LOG2E, SHIFTER, TWO_M64
 
 try:
     import numba
@@ -756,10 +756,10 @@ if numba is not None:
     # ------------------------------------------------------------------
 
     # The constants, shared with the Triton kernels (see _coefficients for how they were made).
-    _LOG2E, _SHIFTER, _LN2 = _c.LOG2E, _c.SHIFTER, _c.LN2
-    _LN2_HI, _LN2_LO, _TWO_M64 = _c.LN2_HI, _c.LN2_LO, _c.TWO_M64
-    _F0, _F1, _F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9 = _c.EXP_NARROW
-    _Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9 = _c.EXP_WIDE
+    _LOG2E, _SHIFTER, _LN2 = LOG2E, SHIFTER, LN2
+    _LN2_HI, _LN2_LO, _TWO_M64 = LN2_HI, LN2_LO, TWO_M64
+    _F0, _F1, _F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9 = EXP_NARROW
+    _Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9 = EXP_WIDE
 
     @numba.njit(cache=True, fastmath={"contract"})
     def _exp_narrow(d):

@@ -84,7 +84,7 @@ import os
 from typing import Any, NamedTuple
 
 from .._errors import ArgumentError, DtypeError, ShapeError
-from . import _coefficients as _c
+from ._coefficients import EXP_NARROW, EXP_WIDE, LN2, LN2_HI, LN2_LO, LOG2E, SHIFTER, TWO_M64
 
 try:
     import torch
@@ -459,10 +459,10 @@ def _out_kind(out: Any) -> int:
 
 if triton is not None:
     # The constants of the CPU kernels' exp (see _coefficients), as Triton compile-time constants.
-    _LOG2E, _SHIFTER, _LN2 = tl.constexpr(_c.LOG2E), tl.constexpr(_c.SHIFTER), tl.constexpr(_c.LN2)
-    _LN2_HI, _LN2_LO, _TWO_M64 = tl.constexpr(_c.LN2_HI), tl.constexpr(_c.LN2_LO), tl.constexpr(_c.TWO_M64)
-    _F0, _F1, _F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9 = (tl.constexpr(v) for v in _c.EXP_NARROW)
-    _Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9 = (tl.constexpr(v) for v in _c.EXP_WIDE)
+    _LOG2E, _SHIFTER, _LN2 = tl.constexpr(LOG2E), tl.constexpr(SHIFTER), tl.constexpr(LN2)
+    _LN2_HI, _LN2_LO, _TWO_M64 = tl.constexpr(LN2_HI), tl.constexpr(LN2_LO), tl.constexpr(TWO_M64)
+    _F0, _F1, _F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9 = (tl.constexpr(v) for v in EXP_NARROW)
+    _Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9 = (tl.constexpr(v) for v in EXP_WIDE)
     # log1p (fdlibm): ln 2 in two parts, the first with 32 bits, and the coefficients of its polynomial.
     _LN2_HI_LOG = tl.constexpr(6.93147180369123816490e-01)
     _LN2_LO_LOG = tl.constexpr(1.90821492927058770002e-10)
