@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import array_api_compat
 import array_api_compat.numpy as npx
 import numpy as np
 
@@ -36,6 +37,7 @@ __all__ = [
     "widen",
     "set_reference_budget",
     "host_kernels_serve",
+    "triton_active",
     "host_state",
     "logsumexp",
     "softmax",
@@ -549,45 +551,79 @@ def _ce_pass(
 
 
 def ce_block_grad(
-    x: np.ndarray,
+    x: Array,
     first: int,
     parts: _state.Parts,
     rows: _state.Loss,
-    scales: tuple[np.ndarray, np.ndarray],
+    scales: tuple[Array, Array],
     *,
-    target: np.ndarray,
-    weight: np.ndarray | None,
+    target: Array,
+    weight: Array | None,
     smoothing: float,
     z_loss: float,
     softcap: float | None,
     needs_twosum: bool,
-) -> np.ndarray:
-    """:func:`._state.block_gradient` (float64) of host logits ``x`` with class targets, in row blocks.
+    dtype: Any = None,
+) -> Array:
+    """:func:`._state.block_gradient` of float32 or float64 logits ``x``, class targets, rounded once to ``dtype``.
 
-    The row blocks keep the float64 temporaries to a few hundred KiB each,
-    whatever the size of ``x``.
+    ``x`` holds classes ``first : first + K`` of rows whose merged parts and
+    finish are known: a chunk of ``linear_cross_entropy``. The accelerator
+    (numba on the host, Triton on a device) writes it from the per-row
+    coefficients in one pass; the reference, in row blocks whose compute-dtype
+    temporaries stay near ``2**14`` entries on the host (a sixteenth of the
+    chunk, at least that, elsewhere).
     """
+    xp = array_api_compat.array_namespace(x)
     n, width = x.shape
-    out = np.empty((n, width))
-    step = max(1, _HOST_BLOCK // max(width, 1))
+    dev = _state._device(x)
+    out = xp.empty((n, width), dtype=x.dtype if dtype is None else dtype, device=dev)
+    module = select(x) if width else None
+    if module is not None:
+        x = _kernel_rows(x) if is_numpy(xp) else (x if x.stride(-1) == 1 else x.contiguous())  # unit-stride rows
+        with np.errstate(all="ignore"):
+            coef = _state.coefficients(rows, scales, xp, z_loss=z_loss)
+            zeros = xp.zeros((n,), dtype=xp.float64, device=dev)
+            count = parts.count if parts.count is not None else xp.ones_like(zeros)
+            module.block_gradient_rows(
+                x,
+                first,
+                parts.m,
+                parts.k,
+                parts.s,
+                xp.where(rows.alive, target, xp.zeros_like(target)),
+                coef.alive,
+                coef.big_a,
+                coef.g,
+                zeros if coef.z is None else coef.z,
+                smoothing * (1 / xp.maximum(count, xp.ones_like(count))) if smoothing else zeros,  # as target_mass
+                1.0 - smoothing,
+                weight=weight,
+                softcap=softcap,
+                out=out,
+            )
+        return out
+    step = max(1, _HOST_BLOCK // max(width, 1), 0 if is_numpy(xp) else -(-n // 16))
     for lo in range(0, n, step):
         r = slice(lo, min(n, lo + step))
-        out[r] = _state.block_gradient(
-            x[r].astype(np.float64, copy=False),
-            first,
-            _state.rows_of(parts, r),
-            _state.rows_of(rows, r),
-            (scales[0][r], scales[1][r]),
-            npx,
-            target=target[r],
-            probs=False,
-            weight=weight,
-            allowed=None,
-            smoothing=smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            needs_twosum=needs_twosum,
-        )
+        with np.errstate(all="ignore"):  # see _backends.plain
+            block = _state.block_gradient(
+                xp.astype(x[r, ...], xp.float64),
+                first,
+                _state.rows_of(parts, r),
+                _state.rows_of(rows, r),
+                (scales[0][r], scales[1][r]),
+                xp,
+                target=target[r],
+                probs=False,
+                weight=weight,
+                allowed=None,
+                smoothing=smoothing,
+                z_loss=z_loss,
+                softcap=softcap,
+                needs_twosum=needs_twosum,
+            )
+        out[r, ...] = xp.astype(block, out.dtype)
     return out
 
 

@@ -118,7 +118,8 @@ def _backward(
                 z_loss=p.z_loss,
                 softcap=p.softcap,
                 needs_twosum=p.h.dtype == np.float64,
-            ).astype(p.h.dtype, copy=False)
+                dtype=p.h.dtype,
+            )
         del logits
         d_h += grad @ p.w[i : i + width]
         d_w[i : i + width] = grad.T @ h
@@ -219,7 +220,22 @@ def native_backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) 
     d_w = xp.empty((p.w.shape[0], h.shape[1]), dtype=h.dtype, device=dev)
     d_b = xp.empty((p.w.shape[0],), dtype=h.dtype, device=dev)
     for i in _starts(p):
-        grad = _native_grad(p, _native_logits(p, h, i), i, parts, rows, scales)
+        logits = _native_logits(p, h, i)
+        width = logits.shape[1]
+        grad = _compute.ce_block_grad(
+            logits,
+            i,
+            parts,
+            rows,
+            scales,
+            target=p.y,
+            weight=None if p.class_weight is None else p.class_weight[i : i + width],
+            smoothing=p.smoothing,
+            z_loss=p.z_loss,
+            softcap=p.softcap,
+            needs_twosum=_needs_twosum(p),
+        )
+        del logits
         d_h += xp.matmul(grad, xp.astype(p.w[i : i + p.chunk], h.dtype, copy=False))
         d_w[i : i + grad.shape[1], ...] = xp.matmul(grad.T, h_alive)
         d_b[i : i + grad.shape[1]] = xp.sum(grad, axis=0)
@@ -271,32 +287,3 @@ def _native_parts(p: _Linear, logits: Any, first: int) -> _state.Parts:
         for r in _row_blocks(logits.shape[0], width)
     ]
     return _state.concat_parts(blocks, xp)
-
-
-def _native_grad(
-    p: _Linear, logits: Any, first: int, parts: _state.Parts, rows: _state.Loss, scales: tuple[Any, Any]
-) -> Any:
-    """``G = d loss / d logits`` of one chunk in the compute dtype, by :func:`._state.block_gradient` in row blocks."""
-    xp = p.xp
-    width = logits.shape[1]
-    cw = None if p.class_weight is None else p.class_weight[first : first + width]
-    grad = xp.empty(logits.shape, dtype=logits.dtype, device=_state._device(logits))
-    for r in _row_blocks(logits.shape[0], width):
-        block = _state.block_gradient(
-            xp.astype(logits[r, ...], xp.float64),
-            first,
-            _state.rows_of(parts, r),
-            _state.rows_of(rows, r),
-            (scales[0][r], scales[1][r]),
-            xp,
-            target=p.y[r],
-            probs=False,
-            weight=cw,
-            allowed=None,
-            smoothing=p.smoothing,
-            z_loss=p.z_loss,
-            softcap=p.softcap,
-            needs_twosum=_needs_twosum(p),
-        )
-        grad[r, ...] = xp.astype(block, logits.dtype)
-    return grad

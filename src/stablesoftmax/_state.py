@@ -490,40 +490,58 @@ def target_mass(
     return xp.where(alive[:, None], a, xp.zeros_like(a))
 
 
+@dataclass(frozen=True)
+class Coefficients:
+    """Per-row factors of the one gradient (all (B,)): what an accelerator needs beyond the state and the logits."""
+
+    alive: Array
+    big_a: Array  # A = sum_c a_c
+    g: Array  # the CE factor of the cotangent (the reduction's included, not w_y)
+    z: Array | None  # the z-loss factor 2 z lse g_z, None without z-loss
+
+
+def coefficients(rows: Loss, scales: tuple[Array, Array], xp: Any, *, z_loss: float) -> Coefficients:
+    """The gradient's per-row factors from a finish's ``rows`` and :func:`row_scales`' ``scales``."""
+    z = None
+    if z_loss:
+        lse_ = xp.where(rows.alive, rows.lse, xp.zeros_like(rows.lse))
+        z = 2 * z_loss * lse_ * scales[1]
+    return Coefficients(rows.alive, rows.big_a, scales[0], z)
+
+
 def gradient(
     x: Array,
     p: Array,
     a: Array,
-    rows: Loss,
     m: Array,
     s: Array,
     at_k: Array,
-    scales: tuple[Array, Array],
+    coef: Coefficients,
     xp: Any,
     *,
-    z_loss: float,
     softcap: float | None,
 ) -> Array:
-    r"""The one cross-entropy gradient of a block: ``(A p_c - a_c) g_ce + 2 z lse p_c g_z``.
+    r"""The one cross-entropy gradient of a block: ``(A p_c - a_c) g + z p_c``, from the per-row coefficients.
 
-    ``p`` and ``a`` are the block's probabilities and target mass, ``A`` the
-    row's whole mass (``rows.big_a``), ``m, s`` the row's state, ``at_k`` (B, K)
-    True at the row's max ``k``. There ``A p_k - a_k`` is written
-    ``((A - a_k) - a_k s) / (1 + s)``, which does not cancel when ``p_k``
-    rounds to 1. Then the softcap's derivative, and 0 wherever the input
-    cannot move the loss; a NaN row that counts stays NaN.
+    ``p`` and ``a`` are the block's probabilities and target mass, ``m, s`` the
+    row's state, ``at_k`` (B, K) True at the row's max ``k``; ``coef`` holds
+    ``A``, the row's whole mass, ``g``, the CE factor of the cotangent, and
+    ``z``, the z-loss factor ``2 z lse g_z`` (see :func:`coefficients`). At
+    the max ``A p_k - a_k`` is written ``((A - a_k) - a_k s) / (1 + s)``,
+    which does not cancel when ``p_k`` rounds to 1. Then the softcap's
+    derivative, and 0 wherever the input cannot move the loss; a NaN row that
+    counts stays NaN.
     """
-    big_a = rows.big_a[:, None]
+    big_a = coef.big_a[:, None]
     s2 = s[:, None]
-    grad = xp.where(at_k, ((big_a - a) - a * s2) / (1 + s2), big_a * p - a) * scales[0][:, None]
-    if z_loss:
-        lse_ = xp.where(rows.alive, rows.lse, xp.zeros_like(rows.lse))
-        grad = grad + p * (2 * z_loss * lse_ * scales[1])[:, None]
+    grad = xp.where(at_k, ((big_a - a) - a * s2) / (1 + s2), big_a * p - a) * coef.g[:, None]
+    if coef.z is not None:
+        grad = grad + p * coef.z[:, None]
     if softcap is not None:
         grad = grad * (1 - (x / softcap) ** 2)
-    movable = xp.isfinite(x) & xp.isfinite(m)[:, None] & rows.alive[:, None]
+    movable = xp.isfinite(x) & xp.isfinite(m)[:, None] & coef.alive[:, None]
     grad = xp.where(movable, grad, xp.zeros_like(grad))
-    nan_row = xp.isnan(m) & rows.alive
+    nan_row = xp.isnan(m) & coef.alive
     return xp.where(nan_row[:, None], xp.full_like(grad, xp.nan), grad)
 
 
@@ -566,7 +584,8 @@ def block_gradient(
         w=weight,
     )
     at_k = xp.arange(x.shape[1], device=_device(x))[None, :] + first == parts.k[:, None]
-    return gradient(x, p, a, rows, parts.m, parts.s, at_k, scales, xp, z_loss=z_loss, softcap=softcap)
+    coef = coefficients(rows, scales, xp, z_loss=z_loss)
+    return gradient(x, p, a, parts.m, parts.s, at_k, coef, xp, softcap=softcap)
 
 
 def rows_of(obj: Any, r: slice) -> Any:

@@ -75,6 +75,14 @@ class _OnTensors:
             grad[...] = _array(t_grad, grad.dtype)
         return type(res)(*(_array(a) for a in res))
 
+    def block_gradient_rows(self, x, first, *rows, out, weight=None, **kw):
+        *vectors, hot = rows
+        t_out = _tensor(np.empty_like(out))
+        self.module.block_gradient_rows(
+            _tensor(x), first, *(_tensor(v) for v in vectors), hot, weight=_tensor(weight), out=t_out, **kw
+        )
+        out[...] = _array(t_out, out.dtype)
+
 
 def _tensor(a):
     import torch
@@ -240,3 +248,58 @@ def test_cross_entropy_parts_and_gradient_against_mpmath(accelerator, dtype, smo
             if c == int(np.asarray(r.k)[i]):
                 size = abs(float(want))  # at the max, A p_k - a_k is formed without cancellation: relative accuracy
             assert abs(grad[i, c] - float(want)) <= rel * size + 1e-300, (i, c, grad[i, c], want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("softcap", [None, 30.0], ids=["nocap", "softcap"])
+def test_block_gradient_from_the_whole_rows_state_against_mpmath(accelerator, dtype, smoothing, weighted, softcap, rng):
+    """A chunked loss's gradient: each block of classes written from the rows' whole state and coefficients.
+
+    Blocks hold the max or not, the target or not; rows are ordinary,
+    dominant, tied, far from 0, without mass, with ``+inf``, with NaN, and one
+    not alive (NaN in it, yet 0).
+    """
+    module = _takes(accelerator, dtype)
+    x, _ = _rows(dtype, rng)
+    x = x[[0, 1, 2, 3, 4, 7, 8, 10, 10]]  # the last row is a NaN row that is not alive
+    n, width = x.shape
+    m, k, s = (np.asarray(a) for a in reference.state_rows(x))
+    y = np.array([3, 4, 0, 11, 18, 2, 6, 1, 5])
+    alive = np.ones(n, bool)
+    alive[-1] = False
+    w = rng.uniform(0.5, 2.0, width) if weighted else None
+    g = rng.uniform(0.5, 1.5, n)
+    z = rng.uniform(-0.1, 0.1, n)
+    z[1] = 0.0  # the dominant row's gradient at its max is -a_k s / (1 + s), tiny: nothing may hide it
+    hot, share = 1.0 - smoothing, smoothing * (1 / width)
+    wts = np.ones(width) if w is None else w
+    big_a = np.array([hot * wts[c] + share * wts.sum() for c in y])
+    grad = np.empty(x.shape, dtype)
+    for lo, hi in ((0, 4), (4, 12), (12, width)):  # the max and the target fall in different blocks
+        out = np.empty((n, hi - lo), dtype)
+        block = np.ascontiguousarray(x[:, lo:hi])
+        module.block_gradient_rows(
+            block, lo, m, k, s, y, alive, big_a, g, z, np.full(n, share), hot,
+            weight=None if w is None else w[lo:hi], softcap=softcap, out=out,
+        )  # fmt: skip
+        grad[:, lo:hi] = out
+    rel = S_BOUND["narrow"] if np.dtype(dtype) == np.float32 else 16 * EPS64
+    for i in range(n):
+        if not alive[i] or not math.isfinite(m[i]):
+            want = 0.0 if not alive[i] or not math.isnan(m[i]) else math.nan
+            np.testing.assert_array_equal(grad[i], np.full(width, want, dtype))
+            continue
+        vals = [mpmath.mpf(float(v)) for v in x[i]]
+        lse = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in vals))
+        for c in range(width):
+            p = mpmath.exp(vals[c] - lse)
+            a = mpmath.mpf(float(wts[c])) * ((mpmath.mpf(hot) if c == y[i] else 0) + mpmath.mpf(share))
+            cap = 1 if softcap is None else 1 - (vals[c] / softcap) ** 2
+            want = (g[i] * (big_a[i] * p - a) + z[i] * p) * cap
+            size = (abs(float(g[i] * (big_a[i] * p + a))) + abs(float(z[i] * p))) * abs(float(cap))
+            if c == k[i]:
+                size = abs(float(want))  # formed without cancellation at the max: relative accuracy
+            tol = rel * size + (0.5 * float(np.finfo(dtype).eps) * abs(float(want)))  # and the output's rounding
+            assert abs(float(grad[i, c]) - float(want)) <= tol + 1e-300, (i, c, grad[i, c], want)

@@ -498,11 +498,16 @@ _LINEAR_HOST_DTYPES = (torch.float32, torch.float64)
 def _linear_problem(
     h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, cw: Tensor | None, opts: _LinearOpts
 ) -> tuple[_linear._Linear, bool]:
-    """The op's problem, and whether it is computed through NumPy views (CPU float32/float64) or torch ops."""
+    """The op's problem, and whether it is computed through NumPy views (CPU float32/float64) or torch ops.
+
+    Under :func:`._kernels.triton_path` CPU tensors stay tensors, as every other function's do.
+    """
     names = ("ignore_index", "chunk", "reduction", "smoothing", "z_loss", "softcap")
     options = dict(zip(names, opts, strict=True))
     tensors = (h, w, b)
-    host = all(t is None or (t.device.type == "cpu" and t.dtype in _LINEAR_HOST_DTYPES) for t in tensors)
+    host = not _compute.triton_active() and all(
+        t is None or (t.device.type == "cpu" and t.dtype in _LINEAR_HOST_DTYPES) for t in tensors
+    )
     if not host:
         return _linear.op_problem(h, w, b, y, cw, xp, **options), False
     hn = h.detach().numpy()

@@ -11,7 +11,11 @@ this package implementing the same small protocol, :class:`Accelerator`:
   gives the loss parts of each row (:class:`.._state.LossParts` fields: the
   state, the target's logit, and the weighted shift sum that smoothing needs)
   and, with ``grad``, writes the gradient from the per-row coefficients ``g``
-  and ``z_grad``.
+  and ``z_grad``;
+* ``block_gradient_rows(x, first, m, k, s, target, alive, big_a, g, z_coef, smooth, hot, *, weight, softcap, out)``
+  writes the gradient of a block of classes ``first : first + K`` of rows
+  whose whole state and coefficients (:class:`.._state.Coefficients`) are
+  known from every block: a chunk of ``linear_cross_entropy``.
 
 Nobody else finishes: the losses and their reductions are :mod:`.._state`'s.
 
@@ -58,6 +62,9 @@ class Accelerator(Protocol):
 
     def cross_entropy_rows(self, x: Any, target: Any, /, **options: Any) -> Any:
         """The loss parts per row; with ``grad=``, the gradient written from ``g`` and ``z_grad``."""
+
+    def block_gradient_rows(self, x: Any, first: int, *rows: Any, out: Any, **options: Any) -> None:
+        """A block's gradient into ``out`` from the rows' whole state ``m, k, s`` and their coefficients."""
 
 
 @contextlib.contextmanager

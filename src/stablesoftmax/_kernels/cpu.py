@@ -96,6 +96,7 @@ __all__ = [
     "softmax_rows",
     "log_softmax_rows",
     "lse_vector",
+    "block_gradient_rows",
 ]
 
 _DISABLE_ENV = "STABLESOFTMAX_DISABLE_KERNELS"
@@ -311,6 +312,65 @@ _NO_OUT = np.empty((0, 0))
 _BITS = {"bfloat16": np.dtype(np.uint16), "float16": np.dtype(np.int16)}
 _FORMAT_OF = {bits: name for name, bits in _BITS.items()}
 _POS_INF = {_BITS["bfloat16"]: 0x7F80, _BITS["float16"]: 0x7C00}  # +inf's bits
+
+
+def block_gradient_rows(
+    x: np.ndarray,
+    first: int,
+    m: np.ndarray,
+    k: np.ndarray,
+    s: np.ndarray,
+    target: np.ndarray,
+    alive: np.ndarray,
+    big_a: np.ndarray,
+    g: np.ndarray,
+    z_coef: np.ndarray,
+    smooth: np.ndarray,
+    hot: float,
+    *,
+    weight: np.ndarray | None = None,
+    softcap: float | None = None,
+    out: np.ndarray,
+) -> None:
+    r"""Write the cross-entropy gradient of the block ``x`` of classes ``first : first + K`` into ``out``.
+
+    The rows' whole state ``m, k, s`` (over every block) and their finish are
+    known; this is :func:`.._state.block_gradient` for class targets, written
+    from per-row coefficients in one pass of ``exp``:
+
+    .. math:: g_n (A_n p_c - a_c) + z_n p_c, \quad a_c = w_c (h [c = y_n] + \sigma_n)
+
+    with ``p_c = exp(x_c - m) / (1 + s)``, ``A_n = big_a``, ``g_n = g``,
+    ``z_n = z_coef`` (``2 z g_z lse``), ``h = hot`` (``1 - a``) and
+    ``\sigma_n = smooth`` (``a / K``). At the max ``k`` it is
+    ``((A - a_k) - a_k s) / (1 + s)`` (no cancellation when ``p_k`` rounds to
+    1). Then the softcap's derivative ``1 - (x / cap)^2``. Non-finite logits
+    and rows not ``alive`` or whose max is ``+-inf`` get 0; alive NaN rows NaN.
+
+    ``x`` float32 or float64 (C-contiguous ``[N, K]``), ``out`` float64 or ``x``'s dtype.
+    """
+    if x.dtype.char not in "fd" or x.ndim != 2 or not x.flags.c_contiguous:
+        raise ShapeError(f"x of shape {x.shape} and dtype {x.dtype}: a C-contiguous 2-D float32/float64 block.")
+    out = _check_out(x, out)
+    n, width = x.shape
+    vectors = [_row_vector(a, n, name, np.float64) for a, name in ((m, "m"), (s, "s"), (big_a, "big_a"))]
+    vectors += [_row_vector(a, n, name, np.float64) for a, name in ((g, "g"), (z_coef, "z_coef"), (smooth, "smooth"))]
+    w = None if weight is None else _row_vector(weight, width, "weight", np.float64)
+    cap = np.inf if softcap is None else float(softcap)
+    _block_grad_kernel(
+        x,
+        int(first),
+        vectors[0],
+        _row_vector(k, n, "k", np.int64),
+        vectors[1],
+        _row_vector(target, n, "target", np.int64),
+        _row_vector(alive, n, "alive", np.bool_),
+        *vectors[2:],
+        float(hot),
+        w,
+        cap,
+        out,
+    )
 
 
 def _check_rows(x: np.ndarray, format16: str | None = None) -> np.ndarray:
@@ -1060,6 +1120,43 @@ if numba is not None:
         m_out, k_out, s_out = np.empty(1), np.empty(1, np.int64), np.empty(1)
         _rows_kernel(x.reshape((1, x.size)), None, np.empty((0, 0)), _LSE, m_out, k_out, s_out)
         return m_out[0], s_out[0]
+
+    # ------------------------------------------------------------------
+    # The gradient of a block of classes, from the rows' whole state
+    # ------------------------------------------------------------------
+
+    @_jit
+    def _block_grad_entry(v, t, inv, g, big_a, z, a, cap):
+        """One entry of the block gradient, from its term ``t``, mass ``a``; 0 for a non-finite logit."""
+        p = t * inv
+        r = (big_a * p - a) * g + p * z
+        r = r * (1.0 - (v / cap) ** 2)
+        return r if v - v == 0.0 else 0.0
+
+    @_jit
+    def _block_grad_kernel(x, first, m, k, s, y, alive, big_a, g, zc, smooth, hot, w, cap, out):
+        """See ``block_gradient_rows``: a vectorised bulk loop, then the max and target entries."""
+        n, width = x.shape
+        for i in range(n):
+            row, out_row, mi = x[i], out[i], m[i]
+            if not (alive[i] and math.isfinite(mi)):
+                _fill(out_row, np.nan if (alive[i] and mi != mi) else 0.0)
+                continue
+            si, gi, ai, zi, sm = s[i], g[i], big_a[i], zc[i], smooth[i]
+            inv = 1.0 / (1.0 + si)
+            for j in range(width):
+                t, _, _ = _term(row[j], mi)
+                _store(out_row, j, _block_grad_entry(_wide(row[j]), t, inv, gi, ai, zi, sm * _weight(w, j), cap))
+            kj, yj = k[i] - first, y[i] - first
+            if 0 <= yj < width and yj != kj:
+                t, _, _ = _term(row[yj], mi)
+                a_y = _weight(w, yj) * (hot + sm)
+                _store(out_row, yj, _block_grad_entry(_wide(row[yj]), t, inv, gi, ai, zi, a_y, cap))
+            if 0 <= kj < width:
+                v = _wide(row[kj])
+                a_k = _weight(w, kj) * (hot * (kj == yj) + sm)
+                r = ((ai - a_k) - a_k * si) * inv * gi + inv * zi
+                _store(out_row, kj, r * (1.0 - (v / cap) ** 2))
 
     # ------------------------------------------------------------------
     # Cross-entropy

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import _precision, _state
 
-__all__ = ["available", "state_rows", "cross_entropy_rows", "CrossEntropyRows"]
+__all__ = ["available", "state_rows", "cross_entropy_rows", "CrossEntropyRows", "block_gradient_rows"]
 
 
 class CrossEntropyRows(NamedTuple):
@@ -117,10 +117,44 @@ def _gradient(
     a = _state.target_mass(
         xw, 0, xp, target=target, probs=False, alive=alive, smoothing=smoothing, allowed=where, count=parts.count, w=w
     )
-    lse = _state.lse(parts.state, xp)
-    rows = _state.Loss(alive, xp.zeros_like(parts.m), xp.sum(a, axis=-1), lse)
+    z = None if z_grad is None else xp.asarray(z_grad) * _state.lse(parts.state, xp)
+    coef = _state.Coefficients(alive, xp.sum(a, axis=-1), xp.asarray(g), z)
     p = _state.block_probs(xw, parts.m, parts.s, xp, needs_twosum=needs_twosum)
     at_k = xp.arange(xw.shape[1])[None, :] == parts.k[:, None]
-    zg = xp.zeros_like(parts.m) if z_grad is None else xp.asarray(z_grad)
-    # z_loss = 1/2 makes gradient()'s z term 2 * (1/2) * lse * z_grad = z_grad * lse * p, as the protocol says
-    return _state.gradient(xw, p, a, rows, parts.m, parts.s, at_k, (xp.asarray(g), zg), xp, z_loss=0.5, softcap=None)
+    return _state.gradient(xw, p, a, parts.m, parts.s, at_k, coef, xp, softcap=None)
+
+
+def block_gradient_rows(
+    x: Any,
+    first: int,
+    m: Any,
+    k: Any,
+    s: Any,
+    target: Any,
+    alive: Any,
+    big_a: Any,
+    g: Any,
+    z_coef: Any,
+    smooth: Any,
+    hot: float,
+    *,
+    weight: Any = None,
+    softcap: float | None = None,
+    out: Any,
+) -> None:
+    """The gradient of the block ``x`` of classes ``first : first + K``, from the rows' whole state, into ``out``.
+
+    The contract of :func:`.cpu.block_gradient_rows`: :func:`.._state.gradient`
+    with ``a_c = w_c (hot [c = target] + smooth)``, the per-row ``big_a``,
+    ``g`` and ``z_coef``; rows not ``alive`` get 0.
+    """
+    with np.errstate(all="ignore"):  # as in state_rows
+        xp = array_api_compat.array_namespace(x)
+        xw, needs_twosum = _precision.widen(x, xp)
+        p = _state.block_probs(xw, m, s, xp, needs_twosum=needs_twosum)
+        cols = xp.arange(xw.shape[1], device=array_api_compat.device(xw))[None, :] + first
+        w = xp.ones_like(xw[0]) if weight is None else xp.astype(xp.asarray(weight), xw.dtype)
+        a = w[None, :] * (hot * xp.astype(cols == target[:, None], xw.dtype) + smooth[:, None])
+        coef = _state.Coefficients(alive, big_a, g, z_coef)
+        grad = _state.gradient(xw, p, a, m, s, cols == k[:, None], coef, xp, softcap=softcap)
+        out[...] = _precision.round_to(grad, out, xp)

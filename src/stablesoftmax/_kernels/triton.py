@@ -93,7 +93,7 @@ try:
 except ImportError:  # triton is an optional dependency (extra "gpu")
     triton = None
 
-__all__ = ["available", "state_rows", "cross_entropy_rows", "CrossEntropyRows"]
+__all__ = ["available", "state_rows", "cross_entropy_rows", "CrossEntropyRows", "block_gradient_rows"]
 
 # Logits per block: a row of at most this many is one block (no rescaling, the output in the same launch).
 _MAX_BLOCK = 4096
@@ -308,6 +308,54 @@ def cross_entropy_rows(
     if smooth:
         _top_rows_shift_sum(parts)
     return parts
+
+
+def block_gradient_rows(
+    x: Any,
+    first: int,
+    m: Any,
+    k: Any,
+    s: Any,
+    target: Any,
+    alive: Any,
+    big_a: Any,
+    g: Any,
+    z_coef: Any,
+    smooth: Any,
+    hot: float,
+    *,
+    weight: Any = None,
+    softcap: float | None = None,
+    out: Any,
+) -> None:
+    r"""The cross-entropy gradient of the block ``x`` of classes ``first : first + K``, from the rows' whole state.
+
+    The contract of :func:`stablesoftmax._kernels.cpu.block_gradient_rows`,
+    in one launch (one read of ``x``, one write of ``out``): the per-row
+    vectors are read as float64 (``k``, ``target`` as int64, ``alive`` as
+    bool) on ``x``'s device; ``hot`` and ``softcap`` reach the kernel as
+    float64 tensors.
+    """
+    x = _check_rows(x)
+    out = _check_out(x, out, "out")
+    n, width = x.shape
+    if n == 0 or width == 0:
+        return
+    f64 = [_row_vector(a, n, name, torch.float64, x.device) for a, name in ((m, "m"), (s, "s"), (big_a, "big_a"))]
+    f64 += [_row_vector(a, n, name, torch.float64, x.device) for a, name in ((g, "g"), (z_coef, "z_coef"))]
+    f64 += [_row_vector(smooth, n, "smooth", torch.float64, x.device)]
+    k = _row_vector(k, n, "k", torch.int64, x.device)
+    y = _row_vector(target, n, "target", torch.int64, x.device)
+    live = _row_vector(alive, n, "alive", torch.bool, x.device)
+    w = None if weight is None else _row_vector(weight, width, "weight", torch.float64, x.device)
+    scalars = torch.tensor([hot, torch.inf if softcap is None else softcap], dtype=torch.float64, device=x.device)
+    _launch(
+        _block_grad_kernel,
+        n,
+        x, out, f64[0], k, f64[1], y, live, f64[2], f64[3], f64[4], f64[5], scalars, _or(w, x),
+        first, width, x.stride(0), out.stride(0),
+        WIDE=x.dtype == torch.float64, BLOCK=_block(width), HAS_WEIGHT=w is not None, OUT_KIND=_out_kind(out),
+    )  # fmt: skip
 
 
 def _top_rows_shift_sum(parts: CrossEntropyRows) -> None:
@@ -849,3 +897,41 @@ if triton is not None:
             val = tl.where(at == k, at_k, val)
             val = _round_out(tl.where(ordinary, val, fill), OUT_KIND)
             tl.store(grad_ptr + pid * stride_grad + cols, val.to(grad_ptr.dtype.element_ty), mask=cols < width)
+
+    @triton.jit
+    def _block_grad_kernel(
+        x_ptr, out_ptr, m_ptr, k_ptr, s_ptr, y_ptr, alive_ptr, big_a_ptr, g_ptr, z_ptr, smooth_ptr, scalars_ptr,
+        weight_ptr, first, width, stride_x, stride_out,
+        WIDE: tl.constexpr, BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, OUT_KIND: tl.constexpr,
+    ):  # fmt: skip
+        """One row of a block's gradient from the row's whole state: ``(A p - a) g + z p``, the max apart."""
+        pid = tl.program_id(0).to(tl.int64)
+        m = tl.load(m_ptr + pid)
+        s = tl.load(s_ptr + pid)
+        k = tl.load(k_ptr + pid) - first
+        y = tl.load(y_ptr + pid) - first
+        live = tl.load(alive_ptr + pid) != 0
+        big_a = tl.load(big_a_ptr + pid)
+        gn = tl.load(g_ptr + pid)
+        z = tl.load(z_ptr + pid)
+        smooth = tl.load(smooth_ptr + pid)
+        hot = tl.load(scalars_ptr)
+        cap = tl.load(scalars_ptr + 1)
+        inv = 1.0 / (1.0 + s)
+        ordinary = live & (m == m) & (tl.abs(m) != float("inf"))
+        fill = tl.where(live & (m != m), float("nan"), 0.0)
+        for lo in range(0, width, BLOCK):
+            cols = lo + tl.arange(0, BLOCK)
+            inside = cols < width
+            v = tl.load(x_ptr + pid * stride_x + cols, mask=inside, other=0.0)
+            v = v.to(tl.float64) if v.dtype == tl.float64 else v.to(tl.float32).to(tl.float64)
+            t, d, e = _term(v, tl.where(ordinary, m, 0.0), WIDE)
+            p = t * inv
+            at = cols.to(tl.int64)
+            a = _weights(weight_ptr, cols, width, HAS_WEIGHT) * (tl.where(at == y, hot, 0.0) + smooth)
+            val = (big_a * p - a) * gn + p * z
+            val = tl.where(at == k, ((big_a - a) - a * s) * inv * gn + inv * z, val)  # no cancellation at p_k -> 1
+            val = val * (1.0 - (v / cap) * (v / cap))
+            val = tl.where(tl.abs(v) < float("inf"), val, 0.0)
+            val = _round_out(tl.where(ordinary, val, fill), OUT_KIND)
+            tl.store(out_ptr + pid * stride_out + cols, val.to(out_ptr.dtype.element_ty), mask=inside)

@@ -143,9 +143,26 @@ def _grad_rows(
     """``d loss / d x`` for a block of classes ``first : first + K`` (weights ``w``), by row blocks, in x's dtype.
 
     :func:`._state.block_gradient` on the rows' global parts: no collective.
+    Float32 and float64 logits with class targets, no mask and no softcap
+    take the accelerator's block gradient (one pass) through
+    :func:`._compute.ce_block_grad`.
     """
-    out = xp.empty(x.shape, dtype=x.dtype, device=_state._device(x))
     parts = gl.parts(xp)
+    if not call.probs and aux.mask is None and call.softcap is None and x.dtype in (xp.float32, xp.float64):
+        return _compute.ce_block_grad(
+            x,
+            first,
+            parts,
+            rows,
+            scales,
+            target=aux.target,
+            weight=w,
+            smoothing=call.smoothing,
+            z_loss=call.z_loss,
+            softcap=None,
+            needs_twosum=x.dtype == xp.float64,
+        )
+    out = xp.empty(x.shape, dtype=x.dtype, device=_state._device(x))
     for r in _row_blocks(*x.shape):
         xw, needs_twosum = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
         grad = _state.block_gradient(
