@@ -31,7 +31,7 @@ import numpy.typing as npt
 from . import _compute, _losses
 from . import _dispatch as D
 from ._errors import ShapeError
-from ._linear_chunks import _backward, _check_cotangent, _forward, _Linear
+from ._linear_chunks import _check_cotangent, _forward, _Linear, backward
 from ._typing import ArrayIn, ArrayT, NumpyArray, NumpyIn, NumpyResult
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
@@ -203,7 +203,7 @@ def linear_cross_entropy_with_grad(
         return result
     prob = _problem(hidden, weight, target, **checked)
     parts, rows, loss = _forward(prob)
-    d_h, d_w, d_b = _backward(prob, parts, rows, _host_any(g))
+    d_h, d_w, d_b = backward(prob, parts, rows, _host_any(g))
     grads = (_restore(prob, d_h), _restore(prob, d_w), None if d_b is None else _restore(prob, d_b))
     return _restore(prob, loss), grads
 

@@ -93,17 +93,24 @@ def _chunk_parts(p: _Linear, logits: np.ndarray, first: int) -> _state.Parts:
     return _state.Parts(st.m, st.k + first, st.s, xy, None, u, count)
 
 
-def _backward(
-    p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``d hidden``, ``d weight``, ``d bias``: each chunk's ``d loss / d logits``, then its matmuls."""
-    scales = _scales(p, rows, g)
-    h = p.h if rows.alive.all() else np.where(rows.alive[:, None], p.h, 0)  # a NaN in a dropped row moves nothing
-    d_h = np.zeros_like(p.h)
-    d_w = np.empty_like(p.w)
-    d_b = None if p.b is None else np.empty_like(p.b)
+def backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tuple[Any, Any, Any]:
+    """``d hidden``, ``d weight``, ``d bias`` (None without a bias) in the compute dtype, on the host or the device.
+
+    Each chunk's ``G = d loss / d logits`` is the accelerator's block gradient
+    (:func:`._compute.ce_block_grad`), then its three matmuls: ``d weight`` is
+    written chunk by chunk from ``G^T h``; only one chunk of ``G`` exists at a time.
+    """
+    host = isinstance(p.h, np.ndarray)  # NumPy arrays on the host, whatever library the caller's are
+    xp, h = (npx, p.h) if host else (p.xp, _compute_h(p))
+    scales = _scales(p, rows, g, xp)
+    if not (host and bool(rows.alive.all())):  # the check would synchronise a device: there, always
+        h = xp.where(rows.alive[:, None], h, xp.zeros_like(h))  # a NaN in a dropped row moves nothing
+    dev = _state._device(h)
+    d_h = xp.zeros(h.shape, dtype=h.dtype, device=dev)
+    d_w = xp.empty((p.w.shape[0], h.shape[1]), dtype=h.dtype, device=dev)
+    d_b = None if p.b is None else xp.empty((p.w.shape[0],), dtype=h.dtype, device=dev)
     for i in _starts(p):
-        logits = _chunk_logits(p, i)
+        logits = _chunk_logits(p, i) if host else _native_logits(p, h, i)
         width = logits.shape[1]
         with np.errstate(all="ignore"):  # see _backends.plain
             grad = _compute.ce_block_grad(
@@ -117,24 +124,25 @@ def _backward(
                 smoothing=p.smoothing,
                 z_loss=p.z_loss,
                 softcap=p.softcap,
-                needs_twosum=p.h.dtype == np.float64,
-                dtype=p.h.dtype,
+                needs_twosum=_needs_twosum(p),
             )
         del logits
-        d_h += grad @ p.w[i : i + width]
-        d_w[i : i + width] = grad.T @ h
+        d_h += xp.matmul(grad, xp.astype(p.w[i : i + width], h.dtype, copy=False))
+        d_w[i : i + width, ...] = xp.matmul(grad.T, h)
         if d_b is not None:
-            d_b[i : i + width] = grad.sum(axis=0)
+            d_b[i : i + width] = xp.sum(grad, axis=0)
         del grad
     return d_h, d_w, d_b
 
 
-def _scales(p: _Linear, rows: _state.Loss, g: Any) -> tuple[np.ndarray, np.ndarray]:
-    garr = np.asarray(g, dtype=np.float64)
-    _check_cotangent(tuple(garr.shape), p.reduction)
-    garr = np.broadcast_to(garr, rows.alive.shape) if p.reduction == "none" else garr.reshape(())
-    ce, z = _state.row_scales(p.reduction, rows.alive, rows.wy, garr, npx, dtype=np.float64)
-    return np.broadcast_to(ce, rows.alive.shape), np.broadcast_to(z, rows.alive.shape)
+def _scales(p: _Linear, rows: _state.Loss, g: Any, xp: Any) -> tuple[Any, Any]:
+    """:func:`._state.row_scales` per row, in float64; a host cotangent's shape is checked here."""
+    if xp is npx:
+        g = np.asarray(g, dtype=np.float64)
+        _check_cotangent(tuple(g.shape), p.reduction)
+        g = np.broadcast_to(g, rows.alive.shape) if p.reduction == "none" else g.reshape(())
+    ce, z = _state.row_scales(p.reduction, rows.alive, rows.wy, g, xp, dtype=xp.float64)
+    return xp.broadcast_to(ce, rows.alive.shape), xp.broadcast_to(z, rows.alive.shape)
 
 
 def _check_cotangent(shape: tuple[int, ...], reduction: str) -> None:
@@ -203,43 +211,6 @@ def native_forward(p: _Linear) -> tuple[Any, _state.Parts, _state.Loss]:
         needs_twosum=_needs_twosum(p),
     )
     return _state.reduce(ce, zt, rows.wy, rows.alive, p.reduction, xp), merged, rows
-
-
-def native_backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tuple[Any, Any, Any]:
-    """:func:`_backward` on ``p``'s own arrays: ``d hidden``, ``d weight``, ``d bias`` in the compute dtype.
-
-    ``d weight`` is written chunk by chunk from ``G^T h``, each a float32 (or
-    float64) matmul; only one chunk of ``G`` exists at a time.
-    """
-    xp, h = p.xp, _compute_h(p)
-    ce_g, z_g = _state.row_scales(p.reduction, rows.alive, rows.wy, g, xp, dtype=xp.float64)
-    scales = (xp.broadcast_to(ce_g, rows.alive.shape), xp.broadcast_to(z_g, rows.alive.shape))
-    h_alive = xp.where(rows.alive[:, None], h, xp.zeros_like(h))  # a NaN in a dropped row moves nothing
-    dev = _state._device(h)
-    d_h = xp.zeros(h.shape, dtype=h.dtype, device=dev)
-    d_w = xp.empty((p.w.shape[0], h.shape[1]), dtype=h.dtype, device=dev)
-    d_b = xp.empty((p.w.shape[0],), dtype=h.dtype, device=dev)
-    for i in _starts(p):
-        logits = _native_logits(p, h, i)
-        width = logits.shape[1]
-        grad = _compute.ce_block_grad(
-            logits,
-            i,
-            parts,
-            rows,
-            scales,
-            target=p.y,
-            weight=None if p.class_weight is None else p.class_weight[i : i + width],
-            smoothing=p.smoothing,
-            z_loss=p.z_loss,
-            softcap=p.softcap,
-            needs_twosum=_needs_twosum(p),
-        )
-        del logits
-        d_h += xp.matmul(grad, xp.astype(p.w[i : i + p.chunk], h.dtype, copy=False))
-        d_w[i : i + grad.shape[1], ...] = xp.matmul(grad.T, h_alive)
-        d_b[i : i + grad.shape[1]] = xp.sum(grad, axis=0)
-    return d_h, d_w, d_b
 
 
 def _needs_twosum(p: _Linear) -> bool:

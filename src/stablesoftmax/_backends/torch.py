@@ -590,12 +590,12 @@ def _linear_ce_grad(
     if host:
         m, k, s, alive, wy, big_a, lse = (r.detach().numpy() for r in rows)
         with np.errstate(all="ignore"):  # see _backends.plain
-            grads: tuple[Any, Any, Any] = _linear._backward(
+            grads: tuple[Any, Any, Any] = _linear.backward(
                 p, _linear.saved_parts(m, k, s, p), _state.Loss(alive, wy, big_a, lse), g.detach().numpy()
             )
     else:
         saved = _linear.saved_parts(rows[0], rows[1], rows[2], p)
-        grads = _linear.native_backward(p, saved, _state.Loss(*rows[3:]), g.to(torch.float64))
+        grads = _linear.backward(p, saved, _state.Loss(*rows[3:]), g.to(torch.float64))
     d_h, d_w, d_b = _tensors(h.device, *(grads[:2]), np.empty(0) if grads[2] is None or b is None else grads[2])
     return d_h.to(h.dtype), d_w.to(w.dtype), d_b.to(h.dtype if b is None else b.dtype)
 
