@@ -220,7 +220,7 @@ class TestGradient:
                 z_loss=0.0,
                 needs_twosum=True,
             )
-            scales = _state.row_scales("sum", rows.alive, rows.wy, np.array(1.0), npx, dtype=np.float64)
+            scales = _state.row_scales("sum", rows.alive, rows.row_weight, np.array(1.0), npx, dtype=np.float64)
             blocks = []
             for lo, hi in ((0, 10), (10, 30), (30, 40)):
                 blocks.append(

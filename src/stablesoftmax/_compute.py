@@ -408,31 +408,31 @@ def _reference_ce(
     opts = {k: v for k, v in options.items() if k != "mask"}
     blocks = _row_blocks(*x.shape)
 
-    def problem(r: slice, check: bool = False) -> _reference.Problem:
+    def block_problem(r: slice, check: bool = False) -> _reference.Problem:
         return ce_problem(
             x[r, ...], target[r, ...], xp, mask=None if mask is None else mask[r, ...], check=check, **opts
         )
 
     if len(blocks) == 1:
-        pb = problem(blocks[0], check=True)
-        parts, meta = _reference.cross_entropy_parts(pb, xp), pb
+        problem = block_problem(blocks[0], check=True)
+        parts, meta = _reference.cross_entropy_parts(problem, xp), problem
     else:
         meta = ce_problem(x[0:0, ...], target, xp, mask=None, **opts)  # the whole target, checked once; no rows held
-        parts = _state.concat_parts([_reference.cross_entropy_parts(problem(r), xp) for r in blocks], xp)
+        parts = _state.concat_parts([_reference.cross_entropy_parts(block_problem(r), xp) for r in blocks], xp)
     rows, loss = _reference.cross_entropy_finish(meta, parts, xp)
     out = round_to(loss, x, xp)
     if not grad:
         return out, None
     dt = parts.m.dtype
     gw = xp.astype(g, dt) if hasattr(g, "dtype") else xp.asarray(1.0 if g is None else g, dtype=dt)
-    scales = _state.row_scales(meta.reduction, rows.alive, rows.wy, gw, xp, dtype=dt)
+    scales = _state.row_scales(meta.reduction, rows.alive, rows.row_weight, gw, xp, dtype=dt)
     n = x.shape[0]
     scales = (xp.broadcast_to(scales[0], (n,)), xp.broadcast_to(scales[1], (n,)))
 
     def block_grad(x_: Array, r: slice) -> Array:
-        pb = problem(r)
+        problem = block_problem(r)
         fwd = _reference.Forward(_state.rows_of(parts, r), _state.rows_of(rows, r), loss)
-        return round_to(_reference.cross_entropy_grad(pb, fwd, (scales[0][r, ...], scales[1][r, ...]), xp), x_, xp)
+        return round_to(_reference.cross_entropy_grad(problem, fwd, (scales[0][r, ...], scales[1][r, ...]), xp), x_, xp)
 
     return out, _stitch((block_grad(x[r, ...], r) for r in blocks), blocks, x.shape[0], xp)
 
@@ -513,7 +513,7 @@ def _kernel_ce(
         z_loss=options["z_loss"],
         needs_twosum=x2.dtype == np.float64,
     )
-    loss = _state.reduce(ce, zt, rows.wy, rows.alive, options["reduction"], npx)
+    loss = _state.reduce(ce, zt, rows.row_weight, rows.alive, options["reduction"], npx)
     return round_to(np.asarray(loss), x, np), (None if dx is None else round_to(dx, x, np))
 
 
@@ -530,9 +530,9 @@ def _ce_pass(
     """One accelerator pass: the parts and, with ``g``, the gradient written from the per-row coefficients."""
     if g is None:
         return module.cross_entropy_rows(x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"]), None
-    wy = live.astype(np.float64) if weight is None else np.where(live, weight[y], 0.0)
+    row_weight = live.astype(np.float64) if weight is None else np.where(live, weight[y], 0.0)
     garr = np.broadcast_to(np.asarray(g, np.float64), (len(y),) if options["reduction"] == "none" else ())
-    ce_scale, z_scale = _state.row_scales(options["reduction"], live, wy, garr, npx, dtype=np.float64)
+    ce_scale, z_scale = _state.row_scales(options["reduction"], live, row_weight, garr, npx, dtype=np.float64)
     ce_scale, z_scale = np.broadcast_to(ce_scale, y.shape), np.broadcast_to(z_scale, y.shape)
     dx = recycled_empty(x2.shape, x2.dtype)
     z = options["z_loss"]
@@ -730,13 +730,13 @@ def _device_ce(
         z_loss=z,
         needs_twosum=rows_x.dtype == xp.float64,
     )
-    loss = round_to(_state.reduce(ce, zt, rows.wy, rows.alive, options["reduction"], xp), x, xp)
+    loss = round_to(_state.reduce(ce, zt, rows.row_weight, rows.alive, options["reduction"], xp), x, xp)
     if not grad:
         return loss, None
     g64 = xp.astype(xp.asarray(1.0 if g is None else g, device=_state._device(rows_x)), xp.float64)
-    ce_scale, z_scale = _state.row_scales(options["reduction"], rows.alive, rows.wy, g64, xp, dtype=xp.float64)
-    ones = xp.ones_like(rows.wy)
-    zero = xp.zeros_like(rows.wy)
+    ce_scale, z_scale = _state.row_scales(options["reduction"], rows.alive, rows.row_weight, g64, xp, dtype=xp.float64)
+    ones = xp.ones_like(rows.row_weight)
+    zero = xp.zeros_like(rows.row_weight)
     dx = xp.empty(rows_x.shape, dtype=rows_x.dtype, device=_state._device(rows_x))
     module.cross_entropy_rows(
         rows_x,

@@ -254,8 +254,8 @@ def _problem(
         compute = np.float64 if h.dtype == np.float64 else np.float32
         h, w = h.astype(compute, copy=False), w.astype(compute, copy=False)
         b = None if b is None else b.astype(compute)
-    cw = None if class_w is None else cx.astype(class_w, cx.float64)
-    return _Linear(h, w, b, y, y != ignore, cw, chunk, h0, xp, red, smoothing, z, cap, ignore)
+    cweights = None if class_w is None else cx.astype(class_w, cx.float64)
+    return _Linear(h, w, b, y, y != ignore, cweights, chunk, h0, xp, red, smoothing, z, cap, ignore)
 
 
 def _host(a: Any, name: str) -> np.ndarray:

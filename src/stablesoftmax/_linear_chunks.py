@@ -74,7 +74,7 @@ def _forward(p: _Linear) -> tuple[_state.Parts, _state.Loss, np.ndarray | np.gen
             z_loss=p.z_loss,
             needs_twosum=p.h.dtype == np.float64,
         )
-        loss: np.ndarray | np.generic = _state.reduce(ce, zt, rows.wy, rows.alive, p.reduction, npx)
+        loss: np.ndarray | np.generic = _state.reduce(ce, zt, rows.row_weight, rows.alive, p.reduction, npx)
     return merged, rows, loss
 
 
@@ -141,7 +141,7 @@ def _scales(p: _Linear, rows: _state.Loss, g: Any, xp: Any) -> tuple[Any, Any]:
         g = np.asarray(g, dtype=np.float64)
         _check_cotangent(tuple(g.shape), p.reduction)
         g = np.broadcast_to(g, rows.alive.shape) if p.reduction == "none" else g.reshape(())
-    ce, z = _state.row_scales(p.reduction, rows.alive, rows.wy, g, xp, dtype=xp.float64)
+    ce, z = _state.row_scales(p.reduction, rows.alive, rows.row_weight, g, xp, dtype=xp.float64)
     return xp.broadcast_to(ce, rows.alive.shape), xp.broadcast_to(z, rows.alive.shape)
 
 
@@ -210,7 +210,7 @@ def native_forward(p: _Linear) -> tuple[Any, _state.Parts, _state.Loss]:
         z_loss=p.z_loss,
         needs_twosum=_needs_twosum(p),
     )
-    return _state.reduce(ce, zt, rows.wy, rows.alive, p.reduction, xp), merged, rows
+    return _state.reduce(ce, zt, rows.row_weight, rows.alive, p.reduction, xp), merged, rows
 
 
 def _needs_twosum(p: _Linear) -> bool:
@@ -244,7 +244,7 @@ def _native_parts(p: _Linear, logits: Any, first: int) -> _state.Parts:
     """The chunk's parts (float64, global positions), one row block at a time."""
     xp = p.xp
     width = logits.shape[1]
-    cw = None if p.class_weight is None else p.class_weight[first : first + width]
+    chunk_weight = None if p.class_weight is None else p.class_weight[first : first + width]
     blocks = [
         _state.part(
             xp.astype(logits[r, ...], xp.float64),
@@ -252,7 +252,7 @@ def _native_parts(p: _Linear, logits: Any, first: int) -> _state.Parts:
             xp,
             needs_twosum=_needs_twosum(p),
             y=p.y[r],
-            w=cw,
+            w=chunk_weight,
             smoothing=bool(p.smoothing),
         )
         for r in _row_blocks(logits.shape[0], width)

@@ -268,8 +268,8 @@ def cross_entropy_grad(
     holding ``+inf`` get exactly 0; NaN slices give NaN.
     """
 
-    pb = _problem(logits, target, axis, weight, ignore_index, reduction, label_smoothing, where, z_loss, softcap)
-    return _run(pb, grad=True, g=g)[1]
+    problem = _problem(logits, target, axis, weight, ignore_index, reduction, label_smoothing, where, z_loss, softcap)
+    return _run(problem, grad=True, g=g)[1]
 
 
 @overload
@@ -368,36 +368,40 @@ def _problem(
     )
 
 
-def _run(pb: _Problem, *, grad: bool, g: Any = 1.0) -> tuple[Any, Any]:
+def _run(problem: _Problem, *, grad: bool, g: Any = 1.0) -> tuple[Any, Any]:
     """``(loss, gradient or None)`` in the caller's layout."""
-    xp, rows = pb.xp, pb.rows
+    xp, rows = problem.xp, problem.rows
     if rows.n == 0:
-        return _empty(pb, grad)
-    gg = _loss_cotangent(g, pb) if grad else None
-    loss, dx = D.backend(pb.x).cross_entropy(
-        pb.x, pb.target, xp, grad=grad, g=gg, weight=pb.weight, mask=pb.mask, **pb.options
+        return _empty(problem, grad)
+    gg = _loss_cotangent(g, problem) if grad else None
+    loss, dx = D.backend(problem.x).cross_entropy(
+        problem.x, problem.target, xp, grad=grad, g=gg, weight=problem.weight, mask=problem.mask, **problem.options
     )
-    if pb.options["reduction"] == "none":
+    if problem.options["reduction"] == "none":
         loss = xp.reshape(loss, rows.batch)
     return D.out(loss, xp), (None if dx is None else rows.join(dx, xp))
 
 
-def _empty(pb: _Problem, grad: bool) -> tuple[Any, Any]:
+def _empty(problem: _Problem, grad: bool) -> tuple[Any, Any]:
     """An empty batch: ``"mean"`` and ``"sum"`` are 0.0, ``"none"`` is empty; the gradient is empty."""
-    xp = pb.xp
-    shape = pb.rows.batch if pb.options["reduction"] == "none" else ()
-    loss = xp.zeros(shape, dtype=pb.x.dtype, device=D.device(pb.x))
-    return D.out(loss, xp), (xp.zeros(pb.rows.shape, dtype=pb.x.dtype, device=D.device(pb.x)) if grad else None)
+    xp = problem.xp
+    shape = problem.rows.batch if problem.options["reduction"] == "none" else ()
+    loss = xp.zeros(shape, dtype=problem.x.dtype, device=D.device(problem.x))
+    return D.out(loss, xp), (
+        xp.zeros(problem.rows.shape, dtype=problem.x.dtype, device=D.device(problem.x)) if grad else None
+    )
 
 
-def _loss_cotangent(g: Any, pb: _Problem) -> Any:
+def _loss_cotangent(g: Any, problem: _Problem) -> Any:
     """``g`` as an array: the loss's shape for ``"none"``, else a scalar."""
-    xp = pb.xp
-    garr, _ = D.array_in(D.like(g, pb.x, xp, "g"), "g")
-    if pb.options["reduction"] == "none":
-        return xp.reshape(D.broadcast(garr, pb.rows.batch, xp, "g", "the loss's"), (pb.rows.n,))
+    xp = problem.xp
+    garr, _ = D.array_in(D.like(g, problem.x, xp, "g"), "g")
+    if problem.options["reduction"] == "none":
+        return xp.reshape(D.broadcast(garr, problem.rows.batch, xp, "g", "the loss's"), (problem.rows.n,))
     if garr.ndim and tuple(garr.shape) != (1,) * garr.ndim:
-        raise ShapeError(f"g of shape {tuple(garr.shape)} must be a scalar for reduction={pb.options['reduction']!r}.")
+        raise ShapeError(
+            f"g of shape {tuple(garr.shape)} must be a scalar for reduction={problem.options['reduction']!r}."
+        )
     return xp.reshape(garr, ())
 
 

@@ -191,65 +191,67 @@ class Forward:
     loss: Array
 
 
-def cross_entropy(pb: Problem, xp: Any) -> Forward:
+def cross_entropy(problem: Problem, xp: Any) -> Forward:
     """``-sum_c a_c log p_c`` per element (``w_y (lse - x_y)`` for class targets), reduced: parts, then the finish."""
-    parts = cross_entropy_parts(pb, xp)
-    rows, loss = cross_entropy_finish(pb, parts, xp)
+    parts = cross_entropy_parts(problem, xp)
+    rows, loss = cross_entropy_finish(problem, parts, xp)
     return Forward(parts, rows, loss)
 
 
-def cross_entropy_parts(pb: Problem, xp: Any) -> _state.Parts:
+def cross_entropy_parts(problem: Problem, xp: Any) -> _state.Parts:
     """The loss parts of the problem's rows (:func:`._state.part`)."""
     return _state.part(
-        pb.x,
+        problem.x,
         0,
         xp,
-        needs_twosum=pb.needs_twosum,
-        y=None if pb.probs else pb.target,
-        q=pb.target if pb.probs else None,
-        w=pb.weight,
-        allowed=pb.allowed,
-        smoothing=bool(pb.smoothing),
+        needs_twosum=problem.needs_twosum,
+        y=None if problem.probs else problem.target,
+        q=problem.target if problem.probs else None,
+        w=problem.weight,
+        allowed=problem.allowed,
+        smoothing=bool(problem.smoothing),
     )
 
 
-def cross_entropy_finish(pb: Problem, parts: _state.Parts, xp: Any) -> tuple[_state.Loss, Array]:
+def cross_entropy_finish(problem: Problem, parts: _state.Parts, xp: Any) -> tuple[_state.Loss, Array]:
     """``(rows, reduced loss)`` of parts of every row of the problem: :func:`._state.finish`, then the reduction."""
     rows, ce, zt = _state.finish(
         parts,
         xp,
-        target=pb.target,
-        counted=pb.counted,
-        weight=pb.weight,
-        probs=pb.probs,
-        smoothing=pb.smoothing,
-        z_loss=pb.z_loss,
-        needs_twosum=pb.needs_twosum,
+        target=problem.target,
+        counted=problem.counted,
+        weight=problem.weight,
+        probs=problem.probs,
+        smoothing=problem.smoothing,
+        z_loss=problem.z_loss,
+        needs_twosum=problem.needs_twosum,
     )
-    return rows, _state.reduce(ce, zt, rows.wy, rows.alive, pb.reduction, xp)
+    return rows, _state.reduce(ce, zt, rows.row_weight, rows.alive, problem.reduction, xp)
 
 
-def cross_entropy_grad(pb: Problem, fwd: Forward, g: Array | tuple[Array, Array], xp: Any) -> Array:
+def cross_entropy_grad(problem: Problem, fwd: Forward, g: Array | tuple[Array, Array], xp: Any) -> Array:
     """:func:`._state.block_gradient` over the whole row; ``g`` the loss's cotangent, or the rows' scales already."""
     rows = fwd.rows
     scales = (
-        g if isinstance(g, tuple) else _state.row_scales(pb.reduction, rows.alive, rows.wy, g, xp, dtype=pb.x.dtype)
+        g
+        if isinstance(g, tuple)
+        else _state.row_scales(problem.reduction, rows.alive, rows.row_weight, g, xp, dtype=problem.x.dtype)
     )
     return _state.block_gradient(
-        pb.x,
+        problem.x,
         0,
         fwd.parts,
         rows,
         scales,
         xp,
-        target=pb.target,
-        probs=pb.probs,
-        weight=pb.weight,
-        allowed=pb.allowed,
-        smoothing=pb.smoothing,
-        z_loss=pb.z_loss,
-        softcap=pb.softcap,
-        needs_twosum=pb.needs_twosum,
+        target=problem.target,
+        probs=problem.probs,
+        weight=problem.weight,
+        allowed=problem.allowed,
+        smoothing=problem.smoothing,
+        z_loss=problem.z_loss,
+        softcap=problem.softcap,
+        needs_twosum=problem.needs_twosum,
     )
 
 
@@ -263,11 +265,11 @@ def nll_loss(lp: Array, target: Array, counted: Array, weight: Array | None, red
     y = xp.where(alive, target, xp.zeros_like(target))
     lp_y = xp.take_along_axis(lp, y[:, None], axis=-1)[:, 0]
     if weight is None:
-        wy = xp.astype(alive, lp.dtype)
+        row_weight = xp.astype(alive, lp.dtype)
     else:
-        wy = xp.where(alive, xp.take(weight, y), xp.zeros_like(lp_y))
-    ce = xp.where(alive & (wy != 0), -wy * lp_y, xp.zeros_like(lp_y))
-    return _state.reduce(ce, None, wy, alive, reduction, xp)
+        row_weight = xp.where(alive, xp.take(weight, y), xp.zeros_like(lp_y))
+    ce = xp.where(alive & (row_weight != 0), -row_weight * lp_y, xp.zeros_like(lp_y))
+    return _state.reduce(ce, None, row_weight, alive, reduction, xp)
 
 
 def nll_loss_grad(
@@ -276,10 +278,12 @@ def nll_loss_grad(
     """``-w_y g_scaled`` at each element's target, 0 elsewhere."""
     alive = counted & (xp.max(lp, axis=-1) != -xp.inf)
     y = xp.where(alive, target, xp.zeros_like(target))
-    wy = xp.astype(alive, lp.dtype) if weight is None else xp.where(alive, xp.take(weight, y), xp.zeros_like(lp[:, 0]))
-    scale, _ = _state.row_scales(reduction, alive, wy, g, xp, dtype=lp.dtype)
+    row_weight = (
+        xp.astype(alive, lp.dtype) if weight is None else xp.where(alive, xp.take(weight, y), xp.zeros_like(lp[:, 0]))
+    )
+    scale, _ = _state.row_scales(reduction, alive, row_weight, g, xp, dtype=lp.dtype)
     onehot = xp.arange(lp.shape[-1], device=_device(lp))[None, :] == y[:, None]
-    grad = xp.where(onehot & alive[:, None], -(wy * scale)[:, None] * xp.ones_like(lp), xp.zeros_like(lp))
+    grad = xp.where(onehot & alive[:, None], -(row_weight * scale)[:, None] * xp.ones_like(lp), xp.zeros_like(lp))
     return xp.where(xp.isfinite(lp), grad, xp.zeros_like(grad))
 
 

@@ -355,7 +355,7 @@ class Loss:
     """Per-row results of a cross-entropy's finish that its gradient reuses (all (B,))."""
 
     alive: Array  # counted, with a distribution
-    wy: Array  # each row's weight in the mean's denominator
+    row_weight: Array  # each row's weight in the mean's denominator
     big_a: Array  # A = sum_c a_c, the row's whole target mass
     lse: Array
 
@@ -387,20 +387,26 @@ def finish(
     if probs:
         if p.q is None:
             raise ValueError("probability targets need the parts' q sums")
-        wy, q = xp.astype(alive, p.m.dtype), p.q
+        row_weight, q = xp.astype(alive, p.m.dtype), p.q
     else:
         y = xp.where(alive, target, xp.zeros_like(target))
-        wy = xp.astype(alive, p.m.dtype) if weight is None else xp.where(alive, xp.take(weight, y), xp.zeros_like(p.m))
+        row_weight = (
+            xp.astype(alive, p.m.dtype) if weight is None else xp.where(alive, xp.take(weight, y), xp.zeros_like(p.m))
+        )
         xy = p.xy if p.xy is not None else xp.zeros_like(p.m)
         sh = shift(xy[:, None], p.m[:, None], xp, needs_twosum=needs_twosum)
-        err = xp.zeros_like(wy) if sh.err is None else sh.err[:, 0]
-        zero = xp.zeros_like(wy)
-        scaled = wy * SUM_SCALE
-        q = Sums(xp.where(wy != 0, scaled * sh.d[:, 0], zero), xp.where(wy != 0, scaled * err, zero), wy)
+        err = xp.zeros_like(row_weight) if sh.err is None else sh.err[:, 0]
+        zero = xp.zeros_like(row_weight)
+        scaled = row_weight * SUM_SCALE
+        q = Sums(
+            xp.where(row_weight != 0, scaled * sh.d[:, 0], zero),
+            xp.where(row_weight != 0, scaled * err, zero),
+            row_weight,
+        )
     big_a, d, e = _mixed(q, p.u, p.count, smoothing, xp)
     ce = xp.where(alive, (big_a * big_l - d / SUM_SCALE) - e / SUM_SCALE, xp.zeros_like(big_l))
     zt = xp.where(alive, z_loss * lse_ * lse_, xp.zeros_like(lse_)) if z_loss else None
-    return Loss(alive, wy, big_a, lse_), ce, zt
+    return Loss(alive, row_weight, big_a, lse_), ce, zt
 
 
 def _mixed(q: Sums, u: Sums | None, count: Array | None, smoothing: float, xp: Any) -> tuple[Array, Array, Array]:
@@ -422,28 +428,30 @@ def _mean_factor(total: Array, denom: Array, xp: Any) -> Array:
     return xp.where(denom != 0, total / xp.where(denom != 0, denom, xp.ones_like(denom)), xp.zeros_like(total))
 
 
-def reduce(ce: Array, zt: Array | None, wy: Array, alive: Array, reduction: str, xp: Any) -> Array:
-    """Apply the reduction: the cross-entropy's mean is over ``sum(wy)``, the z-loss's over the alive rows."""
+def reduce(ce: Array, zt: Array | None, row_weight: Array, alive: Array, reduction: str, xp: Any) -> Array:
+    """Apply the reduction: the cross-entropy's mean is over ``sum(row_weight)``, the z-loss's over the alive rows."""
     if reduction == "none":
         return ce if zt is None else ce + zt
     total = xp.sum(ce)
     total_z = None if zt is None else xp.sum(zt)
     if reduction == "sum":
         return total if total_z is None else total + total_z
-    out = _mean_factor(total, xp.sum(wy), xp)
+    out = _mean_factor(total, xp.sum(row_weight), xp)
     if total_z is not None:
         out = out + _mean_factor(total_z, xp.sum(xp.astype(alive, total.dtype)), xp)
     return out
 
 
-def row_scales(reduction: str, alive: Array, wy: Array, g: Array, xp: Any, *, dtype: Any) -> tuple[Array, Array]:
+def row_scales(
+    reduction: str, alive: Array, row_weight: Array, g: Array, xp: Any, *, dtype: Any
+) -> tuple[Array, Array]:
     """Per-row factors of the cotangent ``g`` for the CE part and the z part, of ``dtype``: :func:`reduce`'s VJP."""
     if reduction == "none":
         return g, g
     ones = xp.ones((alive.shape[0],), dtype=dtype, device=_device(alive))
     if reduction == "sum":
         return g * ones, g * ones
-    ce = _mean_factor(g, xp.sum(wy), xp)
+    ce = _mean_factor(g, xp.sum(row_weight), xp)
     z = _mean_factor(g, xp.sum(xp.astype(alive, dtype)), xp)
     return ce * ones, z * ones
 

@@ -496,7 +496,7 @@ _LINEAR_HOST_DTYPES = (torch.float32, torch.float64)
 
 
 def _linear_problem(
-    h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, cw: Tensor | None, opts: _LinearOpts
+    h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, class_weight: Tensor | None, opts: _LinearOpts
 ) -> tuple[_linear._Linear, bool]:
     """The op's problem, and whether it is computed through NumPy views (CPU float32/float64) or torch ops.
 
@@ -509,16 +509,19 @@ def _linear_problem(
         t is None or (t.device.type == "cpu" and t.dtype in _LINEAR_HOST_DTYPES) for t in tensors
     )
     if not host:
-        return _linear.op_problem(h, w, b, y, cw, xp, **options), False
+        return _linear.op_problem(h, w, b, y, class_weight, xp, **options), False
     hn = h.detach().numpy()
     wn = w.detach().numpy().astype(hn.dtype, copy=False)
     bn = None if b is None else b.detach().numpy().astype(hn.dtype)
-    cn = None if cw is None else cw.detach().numpy()
+    cn = None if class_weight is None else class_weight.detach().numpy()
     return _linear.op_problem(hn, wn, bn, y.detach().numpy(), cn, npx, **options), True
 
 
 def _tensors(dev: Any, *arrays: Any, fresh: bool = False) -> tuple[Tensor, ...]:
-    """Tensors on ``dev``; ``fresh``: copies, since an op's outputs may not share storage (``wy`` may be ``A``)."""
+    """Tensors on ``dev``; ``fresh``: copies, since an op's outputs may not share storage.
+
+    ``row_weight`` may be the very array ``big_a``.
+    """
     out = (torch.as_tensor(a if isinstance(a, Tensor) else np.asarray(a), device=dev) for a in arrays)
     return tuple(t.clone() if fresh else t for t in out)
 
@@ -529,7 +532,7 @@ def _linear_ce(
     w: Tensor,
     b: Tensor | None,
     y: Tensor,
-    cw: Tensor | None,
+    class_weight: Tensor | None,
     ignore_index: int,
     chunk: int,
     reduction: str,
@@ -537,14 +540,16 @@ def _linear_ce(
     z_loss: float,
     softcap: float | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The loss (hidden's dtype) and the rows its gradient needs: m, k, s, alive, wy, big_a, lse."""
-    p, host = _linear_problem(h, w, b, y, cw, (ignore_index, chunk, reduction, smoothing, z_loss, softcap))
+    """The loss (hidden's dtype) and the rows its gradient needs: m, k, s, alive, row_weight, big_a, lse."""
+    p, host = _linear_problem(h, w, b, y, class_weight, (ignore_index, chunk, reduction, smoothing, z_loss, softcap))
     if host:
         with np.errstate(all="ignore"):  # see _backends.plain
             parts, rows, loss = _linear._forward(p)
     else:
         loss, parts, rows = _linear.native_forward(p)
-    out = _tensors(h.device, loss, parts.m, parts.k, parts.s, rows.alive, rows.wy, rows.big_a, rows.lse, fresh=True)
+    out = _tensors(
+        h.device, loss, parts.m, parts.k, parts.s, rows.alive, rows.row_weight, rows.big_a, rows.lse, fresh=True
+    )
     return (_compute.round_to(out[0], h, xp).contiguous(), *out[1:])
 
 
@@ -554,7 +559,7 @@ def _(
     w: Tensor,
     b: Tensor | None,
     y: Tensor,
-    cw: Tensor | None,
+    class_weight: Tensor | None,
     ignore_index: int,
     chunk: int,
     reduction: str,
@@ -575,7 +580,7 @@ def _linear_ce_grad(
     w: Tensor,
     b: Tensor | None,
     y: Tensor,
-    cw: Tensor | None,
+    class_weight: Tensor | None,
     rows: list[Tensor],
     g: Tensor,
     ignore_index: int,
@@ -586,12 +591,12 @@ def _linear_ce_grad(
     softcap: float | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``d hidden``, ``d weight``, ``d bias`` (empty without a bias), each in its input's dtype."""
-    p, host = _linear_problem(h, w, b, y, cw, (ignore_index, chunk, reduction, smoothing, z_loss, softcap))
+    p, host = _linear_problem(h, w, b, y, class_weight, (ignore_index, chunk, reduction, smoothing, z_loss, softcap))
     if host:
-        m, k, s, alive, wy, big_a, lse = (r.detach().numpy() for r in rows)
+        m, k, s, alive, row_weight, big_a, lse = (r.detach().numpy() for r in rows)
         with np.errstate(all="ignore"):  # see _backends.plain
             grads: tuple[Any, Any, Any] = _linear.backward(
-                p, _linear.saved_parts(m, k, s, p), _state.Loss(alive, wy, big_a, lse), g.detach().numpy()
+                p, _linear.saved_parts(m, k, s, p), _state.Loss(alive, row_weight, big_a, lse), g.detach().numpy()
             )
     else:
         saved = _linear.saved_parts(rows[0], rows[1], rows[2], p)
@@ -606,7 +611,7 @@ def _(
     w: Tensor,
     b: Tensor | None,
     y: Tensor,
-    cw: Tensor | None,
+    class_weight: Tensor | None,
     rows: list[Tensor],
     g: Tensor,
     ignore_index: int,
@@ -620,14 +625,14 @@ def _(
 
 
 def _lce_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-    h, w, b, y, cw, *opts = inputs
-    ctx.save_for_backward(h, w, b, y, cw, *output[1:])
+    h, w, b, y, class_weight, *opts = inputs
+    ctx.save_for_backward(h, w, b, y, class_weight, *output[1:])
     ctx.opts = opts
 
 
 def _lce_backward(ctx: Any, g: Tensor, *_rows: Any) -> tuple[Any, ...]:
-    h, w, b, y, cw, *rows = ctx.saved_tensors
-    d_h, d_w, d_b = _linear_ce_grad(h, w, b, y, cw, rows, g, *ctx.opts)
+    h, w, b, y, class_weight, *rows = ctx.saved_tensors
+    d_h, d_w, d_b = _linear_ce_grad(h, w, b, y, class_weight, rows, g, *ctx.opts)
     return (d_h, d_w, None if b is None else d_b) + (None,) * 8
 
 

@@ -110,7 +110,7 @@ def _ce_forward(call: _CE, x: Tensor) -> tuple[Tensor, Any]:
         gl = _exchange(_ce_part(call, xa, aux, xp), call.comm, xp)
         needs_twosum = _needs_twosum(xa, xp) and call.softcap is None
         rows, ce, zt = _ce_rows(call, gl, aux, xp, needs_twosum)
-        loss = _state.reduce(ce, zt, rows.wy, rows.alive, call.reduction, xp)
+        loss = _state.reduce(ce, zt, rows.row_weight, rows.alive, call.reduction, xp)
         return _tensor(_compute.round_to(loss, xa, xp), x.device), (gl, rows)
 
 
@@ -124,7 +124,7 @@ def _ce_backward(call: _CE, saved: Any, x: Tensor, g: Tensor) -> Tensor:
             return _tensor(xp.zeros(xa.shape, dtype=xa.dtype, device=_state._device(xa)), x.device)
         gl, rows = saved
         aux = _aux(call, host, xp, gl.m.dtype)
-        scales = _scales(call.reduction, rows.alive, rows.wy, xp.astype(ga, gl.m.dtype), xp)
+        scales = _scales(call.reduction, rows.alive, rows.row_weight, xp.astype(ga, gl.m.dtype), xp)
         out = _grad_rows(call, xa, call.layout.start, aux.local_weight, gl, rows, aux, scales, xp)
         return _tensor(out, x.device)
 
@@ -340,7 +340,7 @@ def _linear_forward(call: _Linear, *layer: Tensor | None) -> tuple[Tensor, Any]:
             part = _state.empty_part(n, xp, like, class_target=True, probs=False, smoothing=bool(call.smoothing))
         gl = _exchange(part, call.comm, xp)
         rows, ce, zt = _ce_rows(call, gl, aux, xp, h.dtype == xp.float64 and call.softcap is None)
-        loss = _state.reduce(ce, zt, rows.wy, rows.alive, call.reduction, xp)
+        loss = _state.reduce(ce, zt, rows.row_weight, rows.alive, call.reduction, xp)
         like = _arrays(host, layer[0])[0]
         return _tensor(_compute.round_to(loss, like, xp), call.h.device), (gl, rows)
 
@@ -382,7 +382,7 @@ def _linear_backward(
             gl, rows = saved
             aux = _aux(call, host, xp, gl.m.dtype)
             (ga,) = _arrays(host, g)
-            scales = _scales(call.reduction, rows.alive, rows.wy, xp.astype(ga, gl.m.dtype), xp)
+            scales = _scales(call.reduction, rows.alive, rows.row_weight, xp.astype(ga, gl.m.dtype), xp)
             for c in _chunks(w.shape[0], call.chunk):
                 grad = _linear_grad(call, _chunk_logits(h, w, b, c, xp), c, gl, rows, aux, scales, xp)
                 d_h += xp.matmul(grad, w[c])

@@ -153,6 +153,6 @@ def _sub(a: Array | None, r: slice) -> Array | None:
     return None if a is None else a[r]
 
 
-def _scales(reduction: str, alive: Array, wy: Array, g: Array, xp: Any) -> tuple[Array, Array]:
+def _scales(reduction: str, alive: Array, row_weight: Array, g: Array, xp: Any) -> tuple[Array, Array]:
     """:func:`._state.row_scales`: the reduction's factors of the cotangent, per row."""
-    return _state.row_scales(reduction, alive, wy, g, xp, dtype=wy.dtype)
+    return _state.row_scales(reduction, alive, row_weight, g, xp, dtype=row_weight.dtype)
