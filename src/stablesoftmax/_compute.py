@@ -563,21 +563,24 @@ def ce_block_grad(
     z_loss: float,
     softcap: float | None,
     needs_twosum: bool,
-    dtype: Any = None,
+    out: Array | None = None,
 ) -> Array:
-    """:func:`._state.block_gradient` of float32 or float64 logits ``x``, class targets, rounded once to ``dtype``.
+    """:func:`._state.block_gradient` of float32 or float64 logits ``x``, class targets, rounded once to ``out``.
 
     ``x`` holds classes ``first : first + K`` of rows whose merged parts and
     finish are known: a chunk of ``linear_cross_entropy``. The accelerator
     (numba on the host, Triton on a device) writes it from the per-row
     coefficients in one pass; the reference, in row blocks whose compute-dtype
     temporaries stay near ``2**14`` entries on the host (a sixteenth of the
-    chunk, at least that, elsewhere).
+    chunk, at least that, elsewhere). ``out`` (``x``'s shape, float64 or
+    ``x``'s dtype) may be ``x`` itself, whose logits the gradient then replaces;
+    by default a new array of ``x``'s dtype.
     """
     xp = array_api_compat.array_namespace(x)
     n, width = x.shape
     dev = _state._device(x)
-    out = xp.empty((n, width), dtype=x.dtype if dtype is None else dtype, device=dev)
+    if out is None:
+        out = xp.empty((n, width), dtype=x.dtype, device=dev)
     module = select(x) if width else None
     if module is not None:
         x = _kernel_rows(x) if is_numpy(xp) else (x if x.stride(-1) == 1 else x.contiguous())  # unit-stride rows

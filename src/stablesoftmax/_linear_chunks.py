@@ -109,12 +109,13 @@ def backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tupl
     d_h = xp.zeros(h.shape, dtype=h.dtype, device=dev)
     d_w = xp.empty((p.w.shape[0], h.shape[1]), dtype=h.dtype, device=dev)
     d_b = None if p.b is None else xp.empty((p.w.shape[0],), dtype=h.dtype, device=dev)
+    product = np.empty_like(h) if host else None  # G W_c, added into d_h: one buffer for every chunk
     for i in _starts(p):
-        logits = _chunk_logits(p, i) if host else _native_logits(p, h, i)
-        width = logits.shape[1]
+        grad = _chunk_logits(p, i) if host else _native_logits(p, h, i)
+        width = grad.shape[1]
         with np.errstate(all="ignore"):  # see _backends.plain
-            grad = _compute.ce_block_grad(
-                logits,
+            _compute.ce_block_grad(
+                grad,
                 i,
                 parts,
                 rows,
@@ -125,14 +126,26 @@ def backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tupl
                 z_loss=p.z_loss,
                 softcap=p.softcap,
                 needs_twosum=_needs_twosum(p),
+                out=grad,  # the chunk's logits become its gradient: one chunk is all it holds
             )
-        del logits
-        d_h += xp.matmul(grad, xp.astype(p.w[i : i + width], h.dtype, copy=False))
-        d_w[i : i + width, ...] = xp.matmul(grad.T, h)
+        w_chunk = xp.astype(p.w[i : i + width], h.dtype, copy=False)
+        if host:
+            d_h += np.matmul(grad, w_chunk, out=product)
+            np.matmul(grad.T, h, out=d_w[i : i + width])
+        elif _is_torch(grad):  # in place: no (N, H) or (K, H) temporary
+            d_h.addmm_(grad, w_chunk)
+            d_w[i : i + width].addmm_(grad.T, h, beta=0)  # beta=0: what d_w held is ignored, NaN included
+        else:
+            d_h += xp.matmul(grad, w_chunk)
+            d_w[i : i + width, ...] = xp.matmul(grad.T, h)
         if d_b is not None:
             d_b[i : i + width] = xp.sum(grad, axis=0)
         del grad
     return d_h, d_w, d_b
+
+
+def _is_torch(a: Any) -> bool:
+    return type(a).__module__.split(".")[0] == "torch"
 
 
 def _scales(p: _Linear, rows: _state.Loss, g: Any, xp: Any) -> tuple[Any, Any]:

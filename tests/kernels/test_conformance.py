@@ -77,9 +77,10 @@ class _OnTensors:
 
     def block_gradient_rows(self, x, first, *rows, out, weight=None, **kw):
         *vectors, hot = rows
-        t_out = _tensor(np.empty_like(out))
+        t_x = _tensor(x)
+        t_out = t_x if out is x else _tensor(np.empty_like(out))
         self.module.block_gradient_rows(
-            _tensor(x), first, *(_tensor(v) for v in vectors), hot, weight=_tensor(weight), out=t_out, **kw
+            t_x, first, *(_tensor(v) for v in vectors), hot, weight=_tensor(weight), out=t_out, **kw
         )
         out[...] = _array(t_out, out.dtype)
 
@@ -285,6 +286,11 @@ def test_block_gradient_from_the_whole_rows_state_against_mpmath(accelerator, dt
             weight=None if w is None else w[lo:hi], softcap=softcap, out=out,
         )  # fmt: skip
         grad[:, lo:hi] = out
+        module.block_gradient_rows(
+            block, lo, m, k, s, y, alive, big_a, g, z, np.full(n, share), hot,
+            weight=None if w is None else w[lo:hi], softcap=softcap, out=block,
+        )  # fmt: skip
+        np.testing.assert_array_equal(block, out)  # in place over the logits: the same bits
     rel = S_BOUND["narrow"] if np.dtype(dtype) == np.float32 else 16 * EPS64
     for i in range(n):
         if not alive[i] or not math.isfinite(m[i]):

@@ -347,7 +347,8 @@ def block_gradient_rows(
     1). Then the softcap's derivative ``1 - (x / cap)^2``. Non-finite logits
     and rows not ``alive`` or whose max is ``+-inf`` get 0; alive NaN rows NaN.
 
-    ``x`` float32 or float64 (C-contiguous ``[N, K]``), ``out`` float64 or ``x``'s dtype.
+    ``x`` float32 or float64 (C-contiguous ``[N, K]``), ``out`` float64 or ``x``'s dtype;
+    ``out`` may be ``x`` itself, overwritten with its gradient.
     """
     if x.dtype.char not in "fd" or x.ndim != 2 or not x.flags.c_contiguous:
         raise ShapeError(f"x of shape {x.shape} and dtype {x.dtype}: a C-contiguous 2-D float32/float64 block.")
@@ -1144,19 +1145,21 @@ if numba is not None:
                 continue
             si, gi, ai, zi, sm = s[i], g[i], big_a[i], zc[i], smooth[i]
             inv = 1.0 / (1.0 + si)
+            kj, yj = k[i] - first, y[i] - first
+            has_y, has_k = 0 <= yj < width and yj != kj, 0 <= kj < width
+            # read before the bulk loop writes: out may be x itself
+            x_y, x_k = (row[yj] if has_y else row[0]), (_wide(row[kj]) if has_k else 0.0)
             for j in range(width):
                 t, _, _ = _term(row[j], mi)
                 _store(out_row, j, _block_grad_entry(_wide(row[j]), t, inv, gi, ai, zi, sm * _weight(w, j), cap))
-            kj, yj = k[i] - first, y[i] - first
-            if 0 <= yj < width and yj != kj:
-                t, _, _ = _term(row[yj], mi)
+            if has_y:
+                t, _, _ = _term(x_y, mi)
                 a_y = _weight(w, yj) * (hot + sm)
-                _store(out_row, yj, _block_grad_entry(_wide(row[yj]), t, inv, gi, ai, zi, a_y, cap))
-            if 0 <= kj < width:
-                v = _wide(row[kj])
+                _store(out_row, yj, _block_grad_entry(_wide(x_y), t, inv, gi, ai, zi, a_y, cap))
+            if has_k:
                 a_k = _weight(w, kj) * (hot * (kj == yj) + sm)
                 r = ((ai - a_k) - a_k * si) * inv * gi + inv * zi
-                _store(out_row, kj, r * (1.0 - (v / cap) ** 2))
+                _store(out_row, kj, r * (1.0 - (x_k / cap) ** 2))
 
     # ------------------------------------------------------------------
     # Cross-entropy

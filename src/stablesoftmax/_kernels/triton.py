@@ -334,7 +334,7 @@ def block_gradient_rows(
     in one launch (one read of ``x``, one write of ``out``): the per-row
     vectors are read as float64 (``k``, ``target`` as int64, ``alive`` as
     bool) on ``x``'s device; ``hot`` and ``softcap`` reach the kernel as
-    float64 tensors.
+    float64 tensors. ``out`` may be ``x`` itself: each block of a row is read before it is written.
     """
     x = _check_rows(x)
     out = _check_out(x, out, "out")
