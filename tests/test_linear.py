@@ -200,13 +200,12 @@ def torch_path(request, monkeypatch):
     The torch ops take each chunk in row blocks of a few rows here, as they do a large chunk.
     """
     pytest.importorskip("torch")
-    from stablesoftmax import _compute, _linear_chunks
+    from stablesoftmax import _compute
     from stablesoftmax._backends import torch as adapter
 
     if request.param == "torch ops":
         monkeypatch.setattr(adapter, "_LINEAR_HOST_DTYPES", ())
-        monkeypatch.setattr(_linear_chunks, "_MIN_BLOCK", 1)
-        monkeypatch.setattr(_compute, "_HOST_BLOCK", 1)  # the gradient's row blocks (no accelerator for CPU tensors)
+        monkeypatch.setattr(_compute, "_HOST_BLOCK", 1)  # the chunks' row blocks (no accelerator for CPU tensors)
     return request.param
 
 

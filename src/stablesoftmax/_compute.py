@@ -51,6 +51,7 @@ __all__ = [
     "fast_vector_logsumexp",
     "fast_cross_entropy",
     "ce_block_grad",
+    "ce_chunk_parts",
 ]
 
 Array = Any
@@ -550,6 +551,53 @@ def _ce_pass(
     return r, dx
 
 
+def ce_chunk_parts(
+    x: Array, first: int, target: Array, *, weight: Array | None, smoothing: float, needs_twosum: bool
+) -> _state.Parts:
+    """The loss parts of float32 or float64 logits ``x``, classes ``first : first + K``, with class targets.
+
+    ``target`` holds global classes, ``weight`` the block's class weights.
+    The accelerator gives them in one pass (its ``cross_entropy_rows``);
+    the reference, :func:`._state.part` in row blocks (see :func:`ce_block_grad`).
+    """
+    xp = array_api_compat.array_namespace(x)
+    n, width = x.shape
+    module = select(x) if width else None
+    if module is None:
+        blocks = [
+            _state.part(
+                xp.astype(x[r, ...], xp.float64),
+                first,
+                xp,
+                needs_twosum=needs_twosum,
+                y=target[r],
+                w=weight,
+                smoothing=bool(smoothing),
+            )
+            for r in _fallback_rows(n, width, xp)
+        ]
+        return _state.concat_parts(blocks, xp)
+    x = _kernel_rows(x) if is_numpy(xp) else (x if x.stride(-1) == 1 else x.contiguous())  # unit-stride rows
+    local = target - first
+    inside = (local >= 0) & (local < width)
+    r = module.cross_entropy_rows(
+        x, xp.where(inside, local, xp.zeros_like(local)), weight=weight, label_smoothing=1.0 if smoothing else 0.0
+    )
+    xy = xp.where(inside, r.x_target, xp.zeros_like(r.x_target))
+    u = count = None
+    if smoothing:  # the kernels' compensated shift sum, held scaled as _state.sums holds it
+        u = _state.Sums(r.shift_sum * _state.SUM_SCALE, xp.zeros_like(r.shift_sum), r.weight_sum)
+        count = xp.astype(r.allowed, xp.float64)
+    return _state.Parts(r.m, r.k + first, r.s, xy, None, u, count)
+
+
+def _fallback_rows(n: int, width: int, xp: Any) -> list[slice]:
+    """Row blocks of the reference's compute-dtype temporaries: ``2**14`` entries on the host; elsewhere a
+    sixteenth of the rows, at least that (fewer launches on a device)."""
+    step = max(1, _HOST_BLOCK // max(width, 1), 0 if is_numpy(xp) else -(-n // 16))
+    return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)] or [slice(0, 0)]
+
+
 def ce_block_grad(
     x: Array,
     first: int,
@@ -606,9 +654,7 @@ def ce_block_grad(
                 out=out,
             )
         return out
-    step = max(1, _HOST_BLOCK // max(width, 1), 0 if is_numpy(xp) else -(-n // 16))
-    for lo in range(0, n, step):
-        r = slice(lo, min(n, lo + step))
+    for r in _fallback_rows(n, width, xp):
         with np.errstate(all="ignore"):  # see _backends.plain
             block = _state.block_gradient(
                 xp.astype(x[r, ...], xp.float64),

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from . import _compute, _losses
 from . import _dispatch as D
 from ._errors import ShapeError
-from ._linear_chunks import _check_cotangent, _forward, _Linear, backward
+from ._linear_chunks import _check_cotangent, _Linear, backward, forward
 from ._typing import ArrayIn, ArrayT, NumpyArray, NumpyIn, NumpyResult
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
@@ -160,7 +160,7 @@ def linear_cross_entropy(
     if D.library(hidden) == "torch":
         return D.backend(hidden).linear_cross_entropy(_problem(hidden, weight, target, **options, native=True))
     prob = _problem(hidden, weight, target, **options)
-    return _restore(prob, _forward(prob)[2])
+    return _restore(prob, forward(prob)[2])
 
 
 @overload
@@ -202,7 +202,7 @@ def linear_cross_entropy_with_grad(
         )
         return result
     prob = _problem(hidden, weight, target, **checked)
-    parts, rows, loss = _forward(prob)
+    parts, rows, loss = forward(prob)
     d_h, d_w, d_b = backward(prob, parts, rows, _host_any(g))
     grads = (_restore(prob, d_h), _restore(prob, d_w), None if d_b is None else _restore(prob, d_b))
     return _restore(prob, loss), grads
@@ -286,6 +286,8 @@ def _host_any(a: Any) -> Any:
 
 def _restore(p: _Linear, a: np.ndarray | np.generic) -> Any:
     """A float64/float32 host result as hidden's library, device and dtype, rounded once."""
+    if D.library(p.like) == "numpy" and isinstance(a, np.ndarray) and a.dtype == p.like.dtype:
+        return D.out(a, p.xp)  # already in its dtype: no float64 copy of a gradient the size of weight
     a64 = np.asarray(a, np.float64)
     if D.library(p.like) == "numpy":
         return D.out(_compute.round_to(a64, p.like, D.namespace(p.like)), p.xp)

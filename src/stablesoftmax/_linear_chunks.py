@@ -53,44 +53,46 @@ def _chunk_logits(p: _Linear, i: int) -> np.ndarray:
     return logits
 
 
-def _forward(p: _Linear) -> tuple[_state.Parts, _state.Loss, np.ndarray | np.generic]:
-    """Each chunk's parts merged into the rows' parts, then the one finish: ``(parts, rows, reduced loss)``."""
+def forward(p: _Linear) -> tuple[_state.Parts, _state.Loss, Any]:
+    """Each chunk's parts merged into the rows' parts, then the one finish: ``(parts, rows, reduced loss)``.
+
+    On the host or the arrays' device, as :func:`backward`; the loss is float64.
+    """
+    host, xp = _on_host(p)
+    h = p.h if host else _compute_h(p)
     merged: _state.Parts | None = None
     with np.errstate(all="ignore"):  # see _backends.plain
         for i in _starts(p):
-            logits = _chunk_logits(p, i)
-            chunk = _chunk_parts(p, logits, i)
-            merged = chunk if merged is None else _state.merge_parts(merged, chunk, npx)
+            logits = _chunk_logits(p, i) if host else _native_logits(p, h, i)
+            chunk = _parts(p, logits, i)
+            merged = chunk if merged is None else _state.merge_parts(merged, chunk, xp)
             del logits  # before the next chunk's matmul, so two chunks never coexist
         assert merged is not None  # V >= 1: at least one chunk
         rows, ce, zt = _state.finish(
             merged,
-            npx,
+            xp,
             target=p.y,
             counted=p.counted,
             weight=p.class_weight,
             probs=False,
             smoothing=p.smoothing,
             z_loss=p.z_loss,
-            needs_twosum=p.h.dtype == np.float64,
+            needs_twosum=_needs_twosum(p),
         )
-        loss: np.ndarray | np.generic = _state.reduce(ce, zt, rows.row_weight, rows.alive, p.reduction, npx)
+        loss = _state.reduce(ce, zt, rows.row_weight, rows.alive, p.reduction, xp)
     return merged, rows, loss
 
 
-def _chunk_parts(p: _Linear, logits: np.ndarray, first: int) -> _state.Parts:
+def _parts(p: _Linear, logits: Any, first: int) -> _state.Parts:
     """The parts of one chunk of classes, with global positions: its state, the target's logit, smoothing's sums."""
-    st = _compute.host_state(logits)
-    xy = _state.pick(logits, p.y - first, npx).astype(np.float64)
-    u = count = None
-    if p.smoothing:
-        x64 = logits.astype(np.float64)
-        sh = _state.shift(x64, st.m[:, None], npx, needs_twosum=p.h.dtype == np.float64)
-        width = logits.shape[1]
-        w = np.ones(width) if p.class_weight is None else p.class_weight[first : first + width]
-        u = _state.sums(sh, np.broadcast_to(w, x64.shape), npx)
-        count = np.full(len(xy), float(width))
-    return _state.Parts(st.m, st.k + first, st.s, xy, None, u, count)
+    return _compute.ce_chunk_parts(
+        logits,
+        first,
+        p.y,
+        weight=None if p.class_weight is None else p.class_weight[first : first + logits.shape[1]],
+        smoothing=p.smoothing,
+        needs_twosum=_needs_twosum(p),
+    )
 
 
 def backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tuple[Any, Any, Any]:
@@ -100,8 +102,8 @@ def backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tupl
     (:func:`._compute.ce_block_grad`), then its three matmuls: ``d weight`` is
     written chunk by chunk from ``G^T h``; only one chunk of ``G`` exists at a time.
     """
-    host = isinstance(p.h, np.ndarray)  # NumPy arrays on the host, whatever library the caller's are
-    xp, h = (npx, p.h) if host else (p.xp, _compute_h(p))
+    host, xp = _on_host(p)
+    h = p.h if host else _compute_h(p)
     scales = _scales(p, rows, g, xp)
     if not (host and bool(rows.alive.all())):  # the check would synchronise a device: there, always
         h = xp.where(rows.alive[:, None], h, xp.zeros_like(h))  # a NaN in a dropped row moves nothing
@@ -195,40 +197,15 @@ def saved_parts(m: Any, k: Any, s: Any, p: _Linear) -> _state.Parts:
     return _state.Parts(m, k, s, count=count)
 
 
-# A chunk's float64 temporaries (about ten live in the gradient) are taken in 16 row blocks, so together they
-# hold about as much as the chunk's float32 logits; a block keeps at least 2**14 entries, for few launches on a GPU.
-_ROW_BLOCKS, _MIN_BLOCK = 16, 1 << 14
-
-
-def native_forward(p: _Linear) -> tuple[Any, _state.Parts, _state.Loss]:
-    """:func:`_forward` on ``p``'s own arrays (namespace ``p.xp``): ``(reduced float64 loss, parts, rows)``.
-
-    Each chunk's logits are a matmul in the compute dtype; their parts are
-    taken in float64 by :func:`._state.part`, in row blocks.
-    """
-    xp, h = p.xp, _compute_h(p)
-    merged: _state.Parts | None = None
-    for i in _starts(p):
-        chunk = _native_parts(p, _native_logits(p, h, i), i)
-        merged = chunk if merged is None else _state.merge_parts(merged, chunk, xp)
-    assert merged is not None  # V >= 1: at least one chunk
-    rows, ce, zt = _state.finish(
-        merged,
-        xp,
-        target=p.y,
-        counted=p.counted,
-        weight=p.class_weight,
-        probs=False,
-        smoothing=p.smoothing,
-        z_loss=p.z_loss,
-        needs_twosum=_needs_twosum(p),
-    )
-    return _state.reduce(ce, zt, rows.row_weight, rows.alive, p.reduction, xp), merged, rows
+def _on_host(p: _Linear) -> tuple[bool, Any]:
+    """Whether ``p`` holds NumPy arrays (whatever the caller's library), and the namespace its arrays compute in."""
+    host = isinstance(p.h, np.ndarray)
+    return host, (npx if host else p.xp)
 
 
 def _needs_twosum(p: _Linear) -> bool:
     """Float64 logits need the shift's TwoSum error; float32 logits widened to float64 shift exactly."""
-    return bool(p.h.dtype == p.xp.float64)
+    return bool(p.h.dtype == _on_host(p)[1].float64)
 
 
 def _compute_h(p: _Linear) -> Any:
@@ -246,28 +223,3 @@ def _native_logits(p: _Linear, h: Any, i: int) -> Any:
     if p.softcap is not None:
         logits = xp.tanh(logits / p.softcap) * p.softcap
     return logits
-
-
-def _row_blocks(n: int, width: int) -> list[slice]:
-    step = max(1, -(-n // _ROW_BLOCKS), _MIN_BLOCK // max(width, 1))
-    return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)] or [slice(0, 0)]
-
-
-def _native_parts(p: _Linear, logits: Any, first: int) -> _state.Parts:
-    """The chunk's parts (float64, global positions), one row block at a time."""
-    xp = p.xp
-    width = logits.shape[1]
-    chunk_weight = None if p.class_weight is None else p.class_weight[first : first + width]
-    blocks = [
-        _state.part(
-            xp.astype(logits[r, ...], xp.float64),
-            first,
-            xp,
-            needs_twosum=_needs_twosum(p),
-            y=p.y[r],
-            w=chunk_weight,
-            smoothing=bool(p.smoothing),
-        )
-        for r in _row_blocks(logits.shape[0], width)
-    ]
-    return _state.concat_parts(blocks, xp)

@@ -541,12 +541,8 @@ def _linear_ce(
     softcap: float | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The loss (hidden's dtype) and the rows its gradient needs: m, k, s, alive, row_weight, big_a, lse."""
-    p, host = _linear_problem(h, w, b, y, class_weight, (ignore_index, chunk, reduction, smoothing, z_loss, softcap))
-    if host:
-        with np.errstate(all="ignore"):  # see _backends.plain
-            parts, rows, loss = _linear._forward(p)
-    else:
-        loss, parts, rows = _linear.native_forward(p)
+    p, _ = _linear_problem(h, w, b, y, class_weight, (ignore_index, chunk, reduction, smoothing, z_loss, softcap))
+    parts, rows, loss = _linear.forward(p)
     out = _tensors(
         h.device, loss, parts.m, parts.k, parts.s, rows.alive, rows.row_weight, rows.big_a, rows.lse, fresh=True
     )
