@@ -12,14 +12,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .. import _compute, _precision, _reference, _state
+from .. import _compute, _reference, _state
 from .._state import Loss, Parts, State
 from ._calls import _CE, _Linear, _Reduction
 from ._exchange import (
     _arrays,
     _exchange,
     _Global,
-    _host_part,
     _needs_twosum,
     _on_host,
     _prepare,
@@ -61,8 +60,10 @@ def _ce_part(call: _CE, x: Array, aux: _Aux, xp: Any) -> Parts:
     """This rank's part of every row, by row blocks (the kernels' one pass where they apply)."""
     n, k = x.shape
     first = call.layout.start
-    if _precision.is_numpy(xp) and k and not (call.probs or call.smoothing or call.mask is not None or call.softcap):
-        return _host_part(x, first, aux.target)
+    if k and not (call.probs or call.mask is not None or call.softcap):
+        return _compute.ce_chunk_parts(
+            x, first, aux.target, weight=aux.local_weight, smoothing=call.smoothing, needs_twosum=_needs_twosum(x, xp)
+        )
     parts = []
     for r in _row_blocks(n, k):
         xw, needs_twosum = _prepare(x[r], xp, call.softcap, _sub(aux.mask, r))
@@ -351,9 +352,12 @@ def _chunks(v: int, chunk: int) -> Iterator[slice]:
 
 
 def _linear_part(call: _Linear, logits: Array, first: int, aux: _Aux, c: slice, xp: Any) -> Parts:
-    if _precision.is_numpy(xp) and not (call.smoothing or call.softcap):
-        return _host_part(logits, first, aux.target)
+    """A chunk's parts: the accelerator's one pass (:func:`._compute.ce_chunk_parts`) unless a softcap comes first."""
     w = _sub(aux.local_weight, c)
+    if call.softcap is None:
+        return _compute.ce_chunk_parts(
+            logits, first, aux.target, weight=w, smoothing=call.smoothing, needs_twosum=logits.dtype == xp.float64
+        )
     parts = []
     for r in _row_blocks(*logits.shape):
         xw, needs_twosum = _prepare(logits[r], xp, call.softcap, None)

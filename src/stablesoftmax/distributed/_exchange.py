@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import array_api_compat.numpy as npx
 import numpy as np
 import torch
 from torch import Tensor
@@ -50,13 +49,6 @@ class _Global:
         """The row's :class:`._state.Parts`, its max position only where this rank holds it (else -1)."""
         k = xp.where(self.owner, self.k, xp.full_like(self.k, -1))
         return Parts(self.m, k, self.s, self.xy, self.q, self.u, self.count)
-
-
-def _host_part(x: np.ndarray, first: int, y: np.ndarray | None) -> Parts:
-    """The parts of raw CPU rows (no smoothing, mask or softcap) from the host's accelerator: one pass."""
-    st = _compute.host_state(x)
-    xy = None if y is None else _state.pick(x, y - first, npx).astype(np.float64)
-    return Parts(st.m, st.k + first, st.s, xy)
 
 
 def _exchange(part: Parts, comm: _Comm, xp: Any) -> _Global:
