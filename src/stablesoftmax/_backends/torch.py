@@ -564,7 +564,7 @@ def cross_entropy(
         None if softcap is None else float(softcap),
         probs,
     )
-    _refuse_forward_ad("cross_entropy", x, target, g if isinstance(g, Tensor) else None)
+    _refuse_forward_ad("cross_entropy", x, target, weight, g if isinstance(g, Tensor) else None)
     loss = _cross_entropy(x, target, weight, mask, *opts)
     if not grad:
         return loss, None
@@ -583,7 +583,7 @@ def nll_loss(
     grad: bool = False,
     g: Any = None,
 ) -> Tensor:
-    _refuse_forward_ad("nll_loss", lp, g if isinstance(g, Tensor) else None)
+    _refuse_forward_ad("nll_loss", lp, weight, g if isinstance(g, Tensor) else None)
     if grad:
         return _tensor(_nll_loss_grad(lp, target, g, weight, ignore_index, reduction))
     return _tensor(_nll_loss(lp, target, weight, ignore_index, reduction))
