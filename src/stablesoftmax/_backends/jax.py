@@ -109,7 +109,8 @@ def _forward_mode_refused(name: str, f: Callable[..., Any]) -> Callable[..., Any
 
 def _wide(x: Any) -> Any:
     """``x`` in float64 where JAX has it, else float32: the dtype the aux cotangents are computed in."""
-    return x.astype(jnp.promote_types(x.dtype, jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32))
+    x64 = jax.config.read("jax_enable_x64")  # type: ignore[no-untyped-call]  # jax leaves Config.read unannotated
+    return x.astype(jnp.promote_types(x.dtype, jnp.float64 if x64 else jnp.float32))
 
 
 def _lse_forward(x: Any, aux: Any, static: tuple[Any, ...]) -> Any:

@@ -42,7 +42,8 @@ def _refuse_forward_ad(name: str, *arrays: Tensor | None) -> None:
     if torch.autograd.forward_ad._current_level < 0:  # no dual level is open: nothing can carry a tangent
         return
     for a in arrays:
-        if a is not None and torch.autograd.forward_ad.unpack_dual(a).tangent is not None:
+        unpacked = torch.autograd.forward_ad.unpack_dual(a) if a is not None else None  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+        if unpacked is not None and unpacked.tangent is not None:
             raise GradientError(
                 f"forward-mode AD is not supported by stablesoftmax.{name}: its input carries a tangent "
                 "(torch.autograd.forward_ad); use reverse mode (loss.backward() or torch.autograd.grad)."
