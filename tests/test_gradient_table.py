@@ -180,3 +180,53 @@ def test_every_public_differentiable_function_has_rows():
     public |= {"binary_cross_entropy_with_logits", "linear_cross_entropy"}
     assert {fn for fn, _ in ROWS} == public
     assert len(set(ROWS)) == len(ROWS)
+
+
+class TestJaxValues:
+    """The JAX cotangents the table promises, against PyTorch's autograd of the plain float64 formulas."""
+
+    @pytest.fixture(autouse=True)
+    def _x64(self):
+        jax = pytest.importorskip("jax")
+        before = jax.config.read("jax_enable_x64")
+        jax.config.update("jax_enable_x64", True)
+        yield
+        jax.config.update("jax_enable_x64", before)
+
+    def test_weights_b(self, rng):
+        import jax
+        import jax.numpy as jnp
+
+        x, b = rng.normal(0, 2, (3, 5)), rng.uniform(-0.5, 2.0, (3, 5))
+        got = jax.grad(lambda b_: ss.logsumexp(jnp.asarray(x), b=b_, axis=1, return_sign=True)[0].sum())(jnp.asarray(b))
+        ref = torch.tensor(b, requires_grad=True)
+        torch.log((ref * torch.tensor(x).exp()).sum(1).abs()).sum().backward()
+        np.testing.assert_allclose(np.asarray(got), ref.grad.numpy(), rtol=1e-13, atol=1e-15)
+
+    @pytest.mark.parametrize("reduction", ["mean", "sum"])
+    def test_probability_targets(self, rng, reduction):
+        import jax
+        import jax.numpy as jnp
+
+        x, w = rng.normal(0, 3, (5, 4)), rng.uniform(0.5, 2.0, 4)
+        q = np.exp(rng.normal(size=(5, 4)))
+        q /= q.sum(1, keepdims=True)
+        opts = {"reduction": reduction, "label_smoothing": 0.1}
+        got = jax.grad(lambda q_: ss.cross_entropy(jnp.asarray(x), q_, weight=jnp.asarray(w), **opts))(jnp.asarray(q))
+        ref = torch.tensor(q, requires_grad=True)
+        torch.nn.functional.cross_entropy(torch.tensor(x), ref, weight=torch.tensor(w), **opts).backward()
+        np.testing.assert_allclose(np.asarray(got), ref.grad.numpy(), rtol=1e-13, atol=1e-16)
+
+    @pytest.mark.parametrize("fn", ["logsumexp", "softmax", "log_softmax"])
+    def test_second_derivatives_are_jaxs_own_and_true(self, rng, fn):
+        # The page says: jax.hessian and grad-of-grad differentiate our JAX-written VJP, exactly.
+        import jax
+        import jax.numpy as jnp
+
+        x, v = jnp.asarray(rng.normal(0, 2, (2, 4))), jnp.asarray(rng.normal(size=(2, 4)))
+        ours = {"logsumexp": lambda a: ss.logsumexp(a, axis=1).sum()}.get(fn, lambda a: (getattr(ss, fn)(a) * v).sum())
+        plain = {"logsumexp": lambda a: jax.nn.logsumexp(a, axis=1).sum()}.get(
+            fn, lambda a: (getattr(jax.nn, fn)(a) * v).sum()
+        )
+        np.testing.assert_allclose(jax.hessian(ours)(x), jax.hessian(plain)(x), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(jax.jacrev(jax.grad(ours))(x), jax.hessian(plain)(x), rtol=1e-12, atol=1e-14)
