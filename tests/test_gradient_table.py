@@ -230,3 +230,24 @@ class TestJaxValues:
         )
         np.testing.assert_allclose(jax.hessian(ours)(x), jax.hessian(plain)(x), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(jax.jacrev(jax.grad(ours))(x), jax.hessian(plain)(x), rtol=1e-12, atol=1e-14)
+
+    def test_bce_target_weight_and_pos_weight(self, rng):
+        import jax
+        import jax.numpy as jnp
+
+        x, t, w, pw = (
+            rng.normal(0, 3, (4, 5)),
+            rng.uniform(0, 1, (4, 5)),
+            rng.uniform(0.5, 2, 5),
+            rng.uniform(0.5, 3, 5),
+        )
+
+        def loss(t_, w_, pw_):
+            return ss.binary_cross_entropy_with_logits(jnp.asarray(x), t_, weight=w_, pos_weight=pw_)
+
+        got = jax.grad(loss, argnums=(0, 1, 2))(jnp.asarray(t), jnp.asarray(w), jnp.asarray(pw))
+        ref = [torch.tensor(a, requires_grad=True) for a in (t, w, pw)]
+        sp, xt = torch.nn.functional.softplus, torch.tensor(x)
+        (ref[1] * (ref[2] * ref[0] * sp(-xt, threshold=1000) + (1 - ref[0]) * sp(xt, threshold=1000))).mean().backward()
+        for a, b in zip(got, ref, strict=True):
+            np.testing.assert_allclose(np.asarray(a), b.grad.numpy(), rtol=1e-13, atol=1e-16)

@@ -160,3 +160,23 @@ class TestEveryGradientArrives:
         (dx,) = torch.autograd.grad(loss_of(x), x, create_graph=True)
         with pytest.raises(ss.StableSoftmaxError, match=f"second derivative of stablesoftmax.{name}"):
             torch.autograd.grad((dx**2).sum(), x)
+
+    @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+    @pytest.mark.parametrize("weight_shape", [(4, 5), (5,)])
+    def test_bce_target_weight_and_pos_weight_get_their_gradients(self, rng, reduction, weight_shape):
+        # Against autograd of the plain float64 formula (PyTorch's own BCE refuses a weight that requires grad).
+        x = torch.tensor(rng.normal(0, 3, (4, 5)))
+        t, w, pw = (
+            torch.tensor(rng.uniform(lo, hi, s)) for lo, hi, s in [(0, 1, (4, 5)), (0.5, 2, weight_shape), (0.5, 3, 5)]
+        )
+        ours = [a.clone().requires_grad_() for a in (t, w, pw)]
+        ref = [a.clone().requires_grad_() for a in (t, w, pw)]
+        g = torch.tensor(rng.normal(size=(4, 5) if reduction == "none" else ()))
+        ss.binary_cross_entropy_with_logits(
+            x, ours[0], weight=ours[1], pos_weight=ours[2], reduction=reduction
+        ).backward(g)
+        sp = torch.nn.functional.softplus
+        elem = ref[1] * (ref[2] * ref[0] * sp(-x, threshold=1000) + (1 - ref[0]) * sp(x, threshold=1000))
+        (elem if reduction == "none" else elem.sum() if reduction == "sum" else elem.mean()).backward(g)
+        for a, b in zip(ours, ref, strict=True):
+            np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-13, atol=1e-16)

@@ -8,8 +8,8 @@ dtype is float32 (see :func:`.._compute.compute_dtype`).
 
 Every input JAX can differentiate gets its cotangent or a refusal by name
 (:class:`.._errors.GradientError`), never a silent zero: logsumexp's weights
-``b`` and cross-entropy's probability targets have their cotangents here;
-class weights and BCE's target, weight and pos_weight are refused when they
+``b``, cross-entropy's probability targets and BCE's target, weight and
+pos_weight have their cotangents here; class weights are refused when they
 are differentiated (``symbolic_zeros`` tells which inputs are perturbed);
 ``jax.jvp`` (forward mode, which a ``custom_vjp`` does not have) is refused
 by our name. Masks and integer targets have no tangent space.
@@ -186,6 +186,28 @@ def _ce_target_backward(x: Any, aux: Any, static: tuple[Any, ...], g: Any, out: 
     return jnp.where(coef != 0, -coef * lp, jnp.zeros_like(lp)).astype(target.dtype), None, None
 
 
+def _bce_aux_backward(x: Any, aux: Any, static: tuple[Any, ...], g: Any, out: Any) -> tuple[Any, Any, Any]:
+    """``d target``, ``d weight``, ``d pos_weight``: the formulas of :func:`._backends.torch._bce_aux_grads`."""
+    t, weight, pos_weight = aux
+    xw, tw, gw = _wide(x), _wide(t), _wide(g)
+    if static[0] == "mean":
+        gw = gw / max(x.size, 1)
+    w = jnp.ones_like(xw) if weight is None else _wide(weight)
+    pw = jnp.ones_like(xw) if pos_weight is None else _wide(pos_weight)
+
+    def sp_times(c: Any, arg: Any) -> Any:  # c * softplus(arg), 0 where c is 0
+        sp = jnp.maximum(arg, 0) + jnp.log1p(jnp.exp(-jnp.abs(arg)))
+        return jnp.where(c != 0, c * sp, jnp.zeros_like(sp))
+
+    def scaled(d: Any, like: Any) -> Any:
+        return jnp.where(gw != 0, gw * d, jnp.zeros_like(d)).astype(like.dtype)
+
+    d_t = scaled(sp_times(w * pw, -xw) - sp_times(w, xw), t) if jnp.issubdtype(t.dtype, jnp.inexact) else None
+    d_w = None if weight is None else scaled(sp_times(pw * tw, -xw) + sp_times(1 - tw, xw), weight)
+    d_pw = None if pos_weight is None else scaled(sp_times(w * tw, -xw), pos_weight)
+    return d_t, d_w, d_pw
+
+
 def _nll_forward(lp: Any, aux: Any, static: tuple[Any, ...]) -> Any:
     target, weight = aux
     return _compute.nll_loss(lp, target, jnp, weight=weight, ignore_index=static[0], reduction=static[1])
@@ -215,7 +237,8 @@ _ce = _with_vjp(
     "cross_entropy", _ce_forward, _ce_backward, ("target", "weight", "where"), _ce_target_backward, ("target",)
 )
 _nll = _with_vjp("nll_loss", _nll_forward, _nll_backward, ("target", "weight"))
-_bce = _with_vjp("binary_cross_entropy_with_logits", _bce_forward, _bce_backward, ("target", "weight", "pos_weight"))
+_BCE_AUX = ("target", "weight", "pos_weight")
+_bce = _with_vjp("binary_cross_entropy_with_logits", _bce_forward, _bce_backward, _BCE_AUX, _bce_aux_backward, _BCE_AUX)
 
 # --------------------------------------------------------------------------
 # The row-level interface every backend module exposes

@@ -5,8 +5,8 @@ implementation (shapes and dtypes only) so that ``torch.compile`` traces
 it whole and meta tensors pass through, and with ``register_autograd``
 wiring its backward to the matching VJP op. Every input that can carry a
 gradient gets one or is refused by name (:class:`.._errors.GradientError`):
-logsumexp's weights ``b`` and cross-entropy's probability targets get their
-gradients here; a second derivative (the VJP ops' own backward) and
+logsumexp's weights ``b``, cross-entropy's probability targets and BCE's
+target, weight and pos_weight get their gradients here; a second derivative (the VJP ops' own backward) and
 forward-mode AD (dual tensors) are refused, never a silent zero or None.
 
 The ops compute on the tensor's own device in its own library (the array-API
@@ -47,17 +47,6 @@ def _refuse_forward_ad(name: str, *arrays: Tensor | None) -> None:
             raise GradientError(
                 f"forward-mode AD is not supported by stablesoftmax.{name}: its input carries a tangent "
                 "(torch.autograd.forward_ad); use reverse mode (loss.backward() or torch.autograd.grad)."
-            )
-
-
-def _refuse_grad(name: str, **arrays: Tensor | None) -> None:
-    """Refuse by name an argument that requires grad but that ``name`` gives no gradient."""
-    if not torch.is_grad_enabled():
-        return
-    for arg, a in arrays.items():
-        if a is not None and a.requires_grad:
-            raise GradientError(
-                f"{arg} requires grad, and stablesoftmax.{name} gives {arg} no gradient; pass {arg}.detach()."
             )
 
 
@@ -500,7 +489,44 @@ def _bce_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
 
 def _bce_backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
     x, t, weight, pos_weight = ctx.saved_tensors
-    return (_bce_grad(x, t, g, weight, pos_weight, ctx.reduction),) + (None,) * 4
+    dx = _bce_grad(x, t, g, weight, pos_weight, ctx.reduction) if ctx.needs_input_grad[0] else None
+    aux: tuple[Tensor | None, ...] = (None, None, None)
+    if any(ctx.needs_input_grad[1:4]):
+        aux = _bce_aux_grads(x, t, weight, pos_weight, g, ctx.reduction)
+    return (dx, *(a if need else None for a, need in zip(aux, ctx.needs_input_grad[1:4], strict=True)), None)
+
+
+def _bce_aux_grads(
+    x: Tensor, t: Tensor, weight: Tensor | None, pos_weight: Tensor | None, g: Tensor, reduction: str
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    r"""``g`` times the derivatives of :math:`\ell = w [p_w t\, \mathrm{sp}(-x) + (1 - t)\, \mathrm{sp}(x)]`:
+
+    .. math:: \partial_t \ell = w [p_w\, \mathrm{sp}(-x) - \mathrm{sp}(x)], \quad
+              \partial_w \ell = p_w t\, \mathrm{sp}(-x) + (1 - t)\, \mathrm{sp}(x), \quad
+              \partial_{p_w} \ell = w t\, \mathrm{sp}(-x),
+
+    in float64, each term 0 where its coefficient is 0 (as the loss's, even at
+    ``x = +-inf``), and 0 where ``g`` (``g / n`` for ``"mean"``) is 0. Same
+    formulas as the JAX backend's ``_bce_aux_backward``.
+    """
+    wide = torch.float64 if x.device.type != "mps" else torch.float32
+    xw, tw, gw = x.to(wide), t.to(wide), g.to(wide)
+    if reduction == "mean":
+        gw = gw / max(x.numel(), 1)
+    w = torch.ones_like(xw) if weight is None else weight.to(wide)
+    pw = torch.ones_like(xw) if pos_weight is None else pos_weight.to(wide)
+
+    def sp_times(c: Tensor, arg: Tensor) -> Tensor:  # c * softplus(arg), 0 where c is 0
+        sp = torch.clamp(arg, min=0) + torch.log1p(torch.exp(-arg.abs()))
+        return torch.where(c != 0, c * sp, torch.zeros_like(sp))
+
+    def scaled(d: Tensor, like: Tensor | None) -> Tensor:
+        return torch.where(gw != 0, gw * d, torch.zeros_like(d)).to(x.dtype if like is None else like.dtype)
+
+    d_t = scaled(sp_times(w * pw, -xw) - sp_times(w, xw), t)
+    d_w = scaled(sp_times(pw * tw, -xw) + sp_times(1 - tw, xw), weight) if weight is not None else None
+    d_pw = scaled(sp_times(w * tw, -xw), pos_weight) if pos_weight is not None else None
+    return d_t, d_w, d_pw
 
 
 _bce.register_autograd(_bce_backward, setup_context=_bce_setup)
@@ -604,7 +630,6 @@ def bce(
     _refuse_forward_ad(
         "binary_cross_entropy_with_logits", x, t, weight, pos_weight, g if isinstance(g, Tensor) else None
     )
-    _refuse_grad("binary_cross_entropy_with_logits", target=t, weight=weight, pos_weight=pos_weight)
     if grad:
         return _tensor(_bce_grad(x, t, g, weight, pos_weight, reduction))
     return _tensor(_bce(x, t, weight, pos_weight, reduction))
