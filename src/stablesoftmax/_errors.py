@@ -50,10 +50,12 @@ class InputFileError(StableSoftmaxError, ValueError):
     """
 
 
-class GradientError(StableSoftmaxError, TypeError):
+class GradientError(StableSoftmaxError, NotImplementedError):
     """A derivative stablesoftmax does not compute was asked for.
 
     Forward-mode AD, a second derivative, or the gradient of an argument the
     function does not differentiate. The message names the function and the
-    argument: a refusal by name, never a silent zero or missing gradient.
+    argument: a refusal by name, never a silent zero or missing gradient. A
+    ``NotImplementedError`` (so a ``RuntimeError``), as PyTorch's own refusals
+    of a derivative are: the input is valid, the derivative is not computed.
     """

@@ -61,8 +61,9 @@ def _no_second_derivative(op: Any, name: Callable[[Any], str]) -> None:
 
     def backward(ctx: Any, *grads: Any) -> Any:
         raise GradientError(
-            f"the second derivative of stablesoftmax.{ctx.fn_name} is not computed (its gradient has no "
-            "gradient of its own); differentiate it once, or use PyTorch's own function for higher derivatives."
+            f"the second derivative of stablesoftmax.{ctx.fn_name} is not computed (its gradient, the op "
+            f"{op._qualname.replace('::', '.')}, has no gradient of its own); differentiate it once, or use "
+            "PyTorch's own function for higher derivatives."
         )
 
     op.register_autograd(backward, setup_context=setup)
