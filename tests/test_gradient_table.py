@@ -251,3 +251,22 @@ class TestJaxValues:
         (ref[1] * (ref[2] * ref[0] * sp(-xt, threshold=1000) + (1 - ref[0]) * sp(xt, threshold=1000))).mean().backward()
         for a, b in zip(got, ref, strict=True):
             np.testing.assert_allclose(np.asarray(a), b.grad.numpy(), rtol=1e-13, atol=1e-16)
+
+    def test_float32_weights_b_within_one_ulp_of_mpmath(self, rng):
+        # With jax_enable_x64 the cotangent is computed in float64 and rounded once (without it, JAX computes
+        # in float32 throughout, as the JAX adapter's docstring says).
+        import jax
+        import jax.numpy as jnp
+        import mpmath
+
+        from tests.helpers import ulp_error
+
+        x = rng.normal(0, 20, (3, 16)).astype(np.float32)
+        b = rng.uniform(0.1, 3.0, (3, 16)).astype(np.float32)
+        got = jax.grad(lambda b_: ss.logsumexp(jnp.asarray(x), b=b_, axis=1).sum())(jnp.asarray(b))
+        assert got.dtype == jnp.float32
+        with mpmath.workdps(50):
+            for i in range(3):
+                s = mpmath.fsum(mpmath.mpf(float(c)) * mpmath.exp(float(v)) for v, c in zip(x[i], b[i], strict=True))
+                for j in range(16):
+                    assert ulp_error(float(got[i, j]), mpmath.exp(float(x[i, j])) / s, np.dtype(np.float32)) <= 1.0

@@ -180,3 +180,23 @@ class TestEveryGradientArrives:
         (elem if reduction == "none" else elem.sum() if reduction == "sum" else elem.mean()).backward(g)
         for a, b in zip(ours, ref, strict=True):
             np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-13, atol=1e-16)
+
+    def test_float32_weights_b_gradient_is_within_one_ulp_of_mpmath(self, rng):
+        # e^{x_i} / sum_j b_j e^{x_j} at 50 digits, rounded once: the float64 formula then one rounding to float32.
+        import mpmath
+
+        from tests.helpers import ulp_error
+
+        x = rng.normal(0, 20, (4, 16)).astype(np.float32)
+        b = rng.uniform(0.1, 3.0, (4, 16)).astype(np.float32)
+        bt = torch.tensor(b, requires_grad=True)
+        ss.logsumexp(torch.tensor(x), b=bt, axis=1).sum().backward()
+        assert bt.grad.dtype == torch.float32
+        with mpmath.workdps(50):
+            for i in range(4):
+                s = mpmath.fsum(
+                    mpmath.mpf(float(bj)) * mpmath.exp(float(xj)) for xj, bj in zip(x[i], b[i], strict=True)
+                )
+                for j in range(16):
+                    want = mpmath.exp(float(x[i, j])) / s
+                    assert ulp_error(float(bt.grad[i, j]), want, np.dtype(np.float32)) <= 1.0

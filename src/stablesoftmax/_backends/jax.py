@@ -130,6 +130,8 @@ def _lse_weights_backward(x: Any, aux: Any, static: tuple[Any, ...], g: Any, out
     if b is None:
         return None, None
     (lse, sign), xw = out, _wide(x)
+    if xw.dtype != x.dtype:  # the saved lse is rounded to x's dtype: recompute it wide (see the torch adapter)
+        lse, sign = _lse_forward(xw, (mask, _wide(b)), static)
     d = (_wide(g[0]) * _wide(sign))[..., None] * jnp.exp(xw - _wide(lse)[..., None])
     dead = xw == -jnp.inf
     if mask is not None:

@@ -179,23 +179,26 @@ def _lse_backward(ctx: Any, g: Tensor, _g_sign: Tensor) -> tuple[Tensor | None, 
     """``d x`` by the VJP op; ``d b`` by :func:`_lse_weights_grad`. The sign is piecewise constant: no gradient."""
     x, mask, b, lse, sign = ctx.saved_tensors
     dx = _logsumexp_grad(x, g, mask, b) if ctx.needs_input_grad[0] else None
-    db = _lse_weights_grad(x, g, mask, lse, sign) if ctx.needs_input_grad[2] else None
+    db = _lse_weights_grad(x, g, mask, b, lse, sign) if ctx.needs_input_grad[2] else None
     return dx, None, db
 
 
-def _lse_weights_grad(x: Tensor, g: Tensor, mask: Tensor | None, lse: Tensor, sign: Tensor) -> Tensor:
+def _lse_weights_grad(x: Tensor, g: Tensor, mask: Tensor | None, b: Tensor, lse: Tensor, sign: Tensor) -> Tensor:
     r"""``g * d lse / d b``: with ``S = sum_i b_i e^{x_i}`` and ``lse = log|S|``,
 
     .. math:: \partial\, \mathrm{lse} / \partial b_i = e^{x_i} / S = \mathrm{sign}(S)\, e^{x_i - \mathrm{lse}}.
 
-    Computed in float64 (one rounding of ``exp`` on an exact difference's
-    neighbour), then rounded to ``x``'s dtype. A masked entry, or one whose
+    Computed in float64, with ``lse`` recomputed in float64 for a narrower
+    ``x`` (the saved one, rounded to ``x``'s dtype, would put ``|lse|`` ulps
+    of error into ``exp``), then rounded once to ``x``'s dtype. A masked entry, or one whose
     ``x_i`` is ``-inf``, has ``e^{x_i} = 0``: its gradient is exactly 0. A
     row whose weighted sum is 0 has a pole there, and gets NaN.
     """
     wide = torch.float64 if x.device.type != "mps" else torch.float32  # MPS has no float64
-    xw, lw = x.to(wide), lse.to(wide)[..., None]
-    d = (g.to(wide) * sign.to(wide))[..., None] * torch.exp(xw - lw)
+    xw = x.to(wide)
+    if x.dtype != wide:
+        lse, sign = _logsumexp(xw.detach(), mask, b.detach().to(wide))
+    d = (g.to(wide) * sign.to(wide))[..., None] * torch.exp(xw - lse.to(wide)[..., None])
     dead = xw == -torch.inf
     if mask is not None:
         dead = dead | ~mask
