@@ -388,7 +388,7 @@ def _ce_target_grad(
     alive = allowed.any(dim=-1)
     scale = g.to(wide) * alive.to(wide)
     if reduction == "mean":
-        scale = scale / max(int(alive.sum()), 1)
+        scale = scale / torch.clamp(alive.sum(), min=1).to(wide)  # a tensor: no host sync, no graph break
     coef = scale[..., None] * (1.0 - smoothing) * (1.0 if weight is None else weight.to(wide))
     lp = torch.where(allowed, lp, torch.full_like(lp, -torch.inf))
     return torch.where(coef != 0, -coef * lp, torch.zeros_like(lp)).to(x.dtype)
