@@ -15,6 +15,7 @@ __all__ = [
     "TargetError",
     "DtypeError",
     "InputFileError",
+    "GradientError",
 ]
 
 
@@ -46,4 +47,15 @@ class InputFileError(StableSoftmaxError, ValueError):
     """A file given on the command line is missing, unreadable or malformed.
 
     The message names the file, what is wrong and what is expected.
+    """
+
+
+class GradientError(StableSoftmaxError, NotImplementedError):
+    """A derivative stablesoftmax does not compute was asked for.
+
+    Forward-mode AD, a second derivative, or the gradient of an argument the
+    function does not differentiate. The message names the function and the
+    argument: a refusal by name, never a silent zero or missing gradient. A
+    ``NotImplementedError`` (so a ``RuntimeError``), as PyTorch's own refusals
+    of a derivative are: the input is valid, the derivative is not computed.
     """

@@ -385,11 +385,23 @@ def _run(problem: _Problem, *, grad: bool, g: Any = 1.0) -> tuple[Any, Any]:
 def _empty(problem: _Problem, grad: bool) -> tuple[Any, Any]:
     """An empty batch: ``"mean"`` and ``"sum"`` are 0.0, ``"none"`` is empty; the gradient is empty."""
     xp = problem.xp
-    shape = problem.rows.batch if problem.options["reduction"] == "none" else ()
-    loss = xp.zeros(shape, dtype=problem.x.dtype, device=D.device(problem.x))
+    loss = _empty_loss(problem.x, problem.rows, problem.options["reduction"], xp)
+    if problem.probs:  # probabilities that require grad get theirs (empty) too
+        loss = loss + _empty_loss(problem.target, problem.rows, problem.options["reduction"], xp)
     return D.out(loss, xp), (
         xp.zeros(problem.rows.shape, dtype=problem.x.dtype, device=D.device(problem.x)) if grad else None
     )
+
+
+def _empty_loss(rows_x: Any, rows: D.Rows, reduction: str, xp: Any) -> Any:
+    """The loss of no rows, as sums over the empty rows ``rows_x``: exactly 0.0 (or empty), and on the graph.
+
+    A sum, not ``zeros``: a tensor that requires grad gets a loss that does too, so that
+    ``loss.backward()`` gives it its gradient (empty) instead of raising.
+    """
+    if reduction == "none":
+        return xp.reshape(xp.sum(rows_x, axis=-1), rows.batch)
+    return xp.sum(rows_x)
 
 
 def _loss_cotangent(g: Any, problem: _Problem) -> Any:
@@ -556,7 +568,7 @@ def nll_loss(
     tgt = class_target(tgt, rows, tuple(arr.shape), xp, "log_probs", ignore)
     w = check_class_weight(weight, rows.k, arr, xp)
     if rows.n == 0:
-        return D.out(xp.zeros(rows.batch if red == "none" else (), dtype=arr.dtype, device=D.device(arr)), xp)
+        return D.out(_empty_loss(rows.split(arr, xp), rows, red, xp), xp)
     loss = D.backend(arr).nll_loss(rows.split(arr, xp), tgt, xp, weight=w, ignore_index=ignore, reduction=red)
     return D.out(xp.reshape(loss, rows.batch) if red == "none" else loss, xp)
 

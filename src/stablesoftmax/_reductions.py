@@ -244,6 +244,7 @@ def logsumexp(
     if rows.k == 0:
         lse = xp.full(rows.batch, -xp.inf, dtype=arr.dtype, device=D.device(arr))
         sign = xp.zeros_like(lse)
+        lse = lse + rows.reduced(xp.sum(rows.split(arr, xp), axis=-1), xp, False)  # -inf, on x's graph
     else:
         lse, sign = D.backend(arr).logsumexp(
             rows.split(arr, xp), xp, mask=_split(rows, mask, xp), b=_split(rows, bb, xp)

@@ -3,9 +3,11 @@
 Each op is registered once with ``torch.library.custom_op``, with a fake
 implementation (shapes and dtypes only) so that ``torch.compile`` traces
 it whole and meta tensors pass through, and with ``register_autograd``
-wiring its backward to the matching VJP op. The VJP ops have no gradient of
-their own: asking for a second derivative raises PyTorch's error naming the
-op, never a silent zero.
+wiring its backward to the matching VJP op. Every input that can carry a
+gradient gets one or is refused by name (:class:`.._errors.GradientError`):
+logsumexp's weights ``b``, cross-entropy's probability targets and BCE's
+target, weight and pos_weight get their gradients here; a second derivative (the VJP ops' own backward) and
+forward-mode AD (dual tensors) are refused, never a silent zero or None.
 
 The ops compute on the tensor's own device in its own library (the array-API
 reference). A CPU tensor is handed to the compiled kernels through a zero-copy
@@ -27,8 +29,44 @@ import torch
 from torch import Tensor
 
 from .. import _compute
+from .._errors import GradientError
 
 _LIB = "stablesoftmax"
+
+
+def _refuse_forward_ad(name: str, *arrays: Tensor | None) -> None:
+    """Refuse a dual tensor (``torch.autograd.forward_ad``) by name: custom ops carry no forward-mode formula.
+
+    Without this the result would come back with no tangent at all, silently.
+    """
+    if torch.autograd.forward_ad._current_level < 0:  # no dual level is open: nothing can carry a tangent
+        return
+    for a in arrays:
+        unpacked = torch.autograd.forward_ad.unpack_dual(a) if a is not None else None  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+        if unpacked is not None and unpacked.tangent is not None:
+            raise GradientError(
+                f"forward-mode AD is not supported by stablesoftmax.{name}: its input carries a tangent "
+                "(torch.autograd.forward_ad); use reverse mode (loss.backward() or torch.autograd.grad)."
+            )
+
+
+def _no_second_derivative(op: Any, name: Callable[[Any], str]) -> None:
+    """Give a VJP op a backward that refuses by name: the family's second derivatives are not computed.
+
+    ``name(inputs)`` is the public function's name, read from the op's inputs.
+    """
+
+    def setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.fn_name = name(inputs)
+
+    def backward(ctx: Any, *grads: Any) -> Any:
+        raise GradientError(
+            f"the second derivative of stablesoftmax.{ctx.fn_name} is not computed (its gradient, the op "
+            f"{op._qualname.replace('::', '.')}, has no gradient of its own); differentiate it once, or use "
+            "PyTorch's own function for higher derivatives."
+        )
+
+    op.register_autograd(backward, setup_context=setup)
 
 
 def _run(fn: Callable[..., Any], x: Tensor, *arrays: Tensor | None, **options: Any) -> Any:
@@ -133,15 +171,42 @@ def _(x: Tensor, g: Tensor, mask: Tensor | None, b: Tensor | None) -> Tensor:
 
 def _lse_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     x, mask, b = inputs
-    ctx.save_for_backward(x, mask, b)
+    lse, sign = output
+    ctx.save_for_backward(x, mask, b, lse, sign)
 
 
-def _lse_backward(ctx: Any, g: Tensor, _g_sign: Tensor) -> tuple[Tensor, None, None]:
-    x, mask, b = ctx.saved_tensors
-    return _logsumexp_grad(x, g, mask, b), None, None
+def _lse_backward(ctx: Any, g: Tensor, _g_sign: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
+    """``d x`` by the VJP op; ``d b`` by :func:`_lse_weights_grad`. The sign is piecewise constant: no gradient."""
+    x, mask, b, lse, sign = ctx.saved_tensors
+    dx = _logsumexp_grad(x, g, mask, b) if ctx.needs_input_grad[0] else None
+    db = _lse_weights_grad(x, g, mask, b, lse, sign) if ctx.needs_input_grad[2] else None
+    return dx, None, db
+
+
+def _lse_weights_grad(x: Tensor, g: Tensor, mask: Tensor | None, b: Tensor, lse: Tensor, sign: Tensor) -> Tensor:
+    r"""``g * d lse / d b``: with ``S = sum_i b_i e^{x_i}`` and ``lse = log|S|``,
+
+    .. math:: \partial\, \mathrm{lse} / \partial b_i = e^{x_i} / S = \mathrm{sign}(S)\, e^{x_i - \mathrm{lse}}.
+
+    Computed in float64, with ``lse`` recomputed in float64 for a narrower
+    ``x`` (the saved one, rounded to ``x``'s dtype, would put ``|lse|`` ulps
+    of error into ``exp``), then rounded once to ``x``'s dtype. A masked entry, or one whose
+    ``x_i`` is ``-inf``, has ``e^{x_i} = 0``: its gradient is exactly 0. A
+    row whose weighted sum is 0 has a pole there, and gets NaN.
+    """
+    wide = torch.float64 if x.device.type != "mps" else torch.float32  # MPS has no float64
+    xw = x.to(wide)
+    if x.dtype != wide:
+        lse, sign = _logsumexp(xw.detach(), mask, b.detach().to(wide))
+    d = (g.to(wide) * sign.to(wide))[..., None] * torch.exp(xw - lse.to(wide)[..., None])
+    dead = xw == -torch.inf
+    if mask is not None:
+        dead = dead | ~mask
+    return torch.where(dead, torch.zeros_like(d), d).to(x.dtype)
 
 
 _logsumexp.register_autograd(_lse_backward, setup_context=_lse_setup)
+_no_second_derivative(_logsumexp_grad, lambda inputs: "logsumexp")
 
 
 @torch.library.custom_op(f"{_LIB}::softmax", mutates_args=())
@@ -178,6 +243,7 @@ def _softmax_backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
 
 
 _softmax.register_autograd(_softmax_backward, setup_context=_softmax_setup)
+_no_second_derivative(_softmax_grad, lambda inputs: "log_softmax" if inputs[4] else "softmax")
 
 
 # --------------------------------------------------------------------------
@@ -280,10 +346,56 @@ def _ce_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
 
 def _ce_backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
     x, target, weight, mask = ctx.saved_tensors
-    return (_cross_entropy_grad(x, target, g, weight, mask, *ctx.opts),) + (None,) * 9
+    dx = _cross_entropy_grad(x, target, g, weight, mask, *ctx.opts) if ctx.needs_input_grad[0] else None
+    dt = _ce_target_grad(x, g, weight, mask, *ctx.opts) if ctx.needs_input_grad[1] else None
+    return (dx, dt) + (None,) * 8
+
+
+def _ce_target_grad(
+    x: Tensor,
+    g: Tensor,
+    weight: Tensor | None,
+    mask: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    probs: bool,
+) -> Tensor:
+    r"""``g * d loss / d q`` for probability targets ``q``: the loss is affine in ``q``, so
+
+    .. math:: \partial \ell_n / \partial q_{nc} = -(1 - a)\, w_c \log p_{nc},
+
+    times the reduction's factor (``1/N`` over the rows that are not all
+    masked, for ``"mean"``), as PyTorch's ``F.cross_entropy``; the smoothing's
+    and the z-loss's terms do not depend on ``q``. ``log p`` is our
+    ``log_softmax`` of the (softcapped) logits. A class masked by ``where``
+    or with a ``-inf`` logit has ``-log p = +inf``, as the forward reads it
+    (mass there makes the loss ``+inf``): its entry is ``+inf`` times its
+    factor, the true derivative, as in PyTorch. A row with no class left has
+    loss 0 whatever ``q``: its entries are exactly 0, as is every entry whose
+    factor is 0 (never ``0 * inf = NaN``).
+    """
+    if not probs:  # class indices: an integer target has no gradient, and autograd never asks for one
+        raise GradientError("cross_entropy's class-index target has no gradient.")
+    wide = torch.float64 if x.device.type != "mps" else torch.float32
+    xw = x.to(wide)
+    if softcap is not None:
+        xw = softcap * torch.tanh(xw / softcap)
+    lp = _tensor(_softmax(xw.detach(), mask, 1.0, True))
+    allowed = (xw > -torch.inf) if mask is None else mask & (xw > -torch.inf)
+    alive = allowed.any(dim=-1)
+    scale = g.to(wide) * alive.to(wide)
+    if reduction == "mean":
+        scale = scale / torch.clamp(alive.sum(), min=1).to(wide)  # a tensor: no host sync, no graph break
+    coef = scale[..., None] * (1.0 - smoothing) * (1.0 if weight is None else weight.to(wide))
+    lp = torch.where(allowed, lp, torch.full_like(lp, -torch.inf))
+    return torch.where(coef != 0, -coef * lp, torch.zeros_like(lp)).to(x.dtype)
 
 
 _cross_entropy.register_autograd(_ce_backward, setup_context=_ce_setup)
+_no_second_derivative(_cross_entropy_grad, lambda inputs: "cross_entropy")
 
 
 @torch.library.custom_op(f"{_LIB}::nll_loss", mutates_args=())
@@ -333,6 +445,7 @@ def _nll_backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
 
 
 _nll_loss.register_autograd(_nll_backward, setup_context=_nll_setup)
+_no_second_derivative(_nll_loss_grad, lambda inputs: "nll_loss")
 
 
 @torch.library.custom_op(f"{_LIB}::bce", mutates_args=())
@@ -380,10 +493,48 @@ def _bce_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
 
 def _bce_backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
     x, t, weight, pos_weight = ctx.saved_tensors
-    return (_bce_grad(x, t, g, weight, pos_weight, ctx.reduction),) + (None,) * 4
+    dx = _bce_grad(x, t, g, weight, pos_weight, ctx.reduction) if ctx.needs_input_grad[0] else None
+    aux: tuple[Tensor | None, ...] = (None, None, None)
+    if any(ctx.needs_input_grad[1:4]):
+        aux = _bce_aux_grads(x, t, weight, pos_weight, g, ctx.reduction)
+    return (dx, *(a if need else None for a, need in zip(aux, ctx.needs_input_grad[1:4], strict=True)), None)
+
+
+def _bce_aux_grads(
+    x: Tensor, t: Tensor, weight: Tensor | None, pos_weight: Tensor | None, g: Tensor, reduction: str
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    r"""``g`` times the derivatives of :math:`\ell = w [p_w t\, \mathrm{sp}(-x) + (1 - t)\, \mathrm{sp}(x)]`:
+
+    .. math:: \partial_t \ell = w [p_w\, \mathrm{sp}(-x) - \mathrm{sp}(x)], \quad
+              \partial_w \ell = p_w t\, \mathrm{sp}(-x) + (1 - t)\, \mathrm{sp}(x), \quad
+              \partial_{p_w} \ell = w t\, \mathrm{sp}(-x),
+
+    in float64, each term 0 where its coefficient is 0 (as the loss's, even at
+    ``x = +-inf``), and 0 where ``g`` (``g / n`` for ``"mean"``) is 0. Same
+    formulas as the JAX backend's ``_bce_aux_backward``.
+    """
+    wide = torch.float64 if x.device.type != "mps" else torch.float32
+    xw, tw, gw = x.to(wide), t.to(wide), g.to(wide)
+    if reduction == "mean":
+        gw = gw / max(x.numel(), 1)
+    w = torch.ones_like(xw) if weight is None else weight.to(wide)
+    pw = torch.ones_like(xw) if pos_weight is None else pos_weight.to(wide)
+
+    def sp_times(c: Tensor, arg: Tensor) -> Tensor:  # c * softplus(arg), 0 where c is 0
+        sp = torch.clamp(arg, min=0) + torch.log1p(torch.exp(-arg.abs()))
+        return torch.where(c != 0, c * sp, torch.zeros_like(sp))
+
+    def scaled(d: Tensor, like: Tensor | None) -> Tensor:
+        return torch.where(gw != 0, gw * d, torch.zeros_like(d)).to(x.dtype if like is None else like.dtype)
+
+    d_t = scaled(sp_times(w * pw, -xw) - sp_times(w, xw), t)
+    d_w = scaled(sp_times(pw * tw, -xw) + sp_times(1 - tw, xw), weight) if weight is not None else None
+    d_pw = scaled(sp_times(w * tw, -xw), pos_weight) if pos_weight is not None else None
+    return d_t, d_w, d_pw
 
 
 _bce.register_autograd(_bce_backward, setup_context=_bce_setup)
+_no_second_derivative(_bce_grad, lambda inputs: "binary_cross_entropy_with_logits")
 
 
 # --------------------------------------------------------------------------
@@ -398,21 +549,25 @@ def _tensor(result: Any) -> Tensor:
 
 
 def logsumexp(x: Tensor, xp_: Any, *, mask: Tensor | None = None, b: Tensor | None = None) -> tuple[Tensor, Any]:
+    _refuse_forward_ad("logsumexp", x, b)
     lse, sign = _logsumexp(x, mask, b)
     return lse, (None if b is None else sign)
 
 
 def softmax(x: Tensor, xp_: Any, *, mask: Tensor | None = None, temperature: float = 1.0, log: bool = False) -> Tensor:
+    _refuse_forward_ad("log_softmax" if log else "softmax", x)
     return _tensor(_softmax(x, mask, float(temperature), bool(log)))
 
 
 def logsumexp_grad(x: Tensor, g: Tensor, xp_: Any, *, mask: Tensor | None = None, b: Tensor | None = None) -> Tensor:
+    _refuse_forward_ad("logsumexp_grad", x, g, b)
     return _tensor(_logsumexp_grad(x, g, mask, b))
 
 
 def softmax_grad(
     x: Tensor, g: Tensor, xp_: Any, *, mask: Tensor | None = None, temperature: float = 1.0, log: bool = False
 ) -> Tensor:
+    _refuse_forward_ad("log_softmax_grad" if log else "softmax_grad", x, g)
     return _tensor(_softmax_grad(x, g, mask, float(temperature), bool(log)))
 
 
@@ -440,6 +595,7 @@ def cross_entropy(
         None if softcap is None else float(softcap),
         probs,
     )
+    _refuse_forward_ad("cross_entropy", x, target, weight, g if isinstance(g, Tensor) else None)
     loss = _cross_entropy(x, target, weight, mask, *opts)
     if not grad:
         return loss, None
@@ -458,6 +614,7 @@ def nll_loss(
     grad: bool = False,
     g: Any = None,
 ) -> Tensor:
+    _refuse_forward_ad("nll_loss", lp, weight, g if isinstance(g, Tensor) else None)
     if grad:
         return _tensor(_nll_loss_grad(lp, target, g, weight, ignore_index, reduction))
     return _tensor(_nll_loss(lp, target, weight, ignore_index, reduction))
@@ -474,6 +631,9 @@ def bce(
     grad: bool = False,
     g: Any = None,
 ) -> Tensor:
+    _refuse_forward_ad(
+        "binary_cross_entropy_with_logits", x, t, weight, pos_weight, g if isinstance(g, Tensor) else None
+    )
     if grad:
         return _tensor(_bce_grad(x, t, g, weight, pos_weight, reduction))
     return _tensor(_bce(x, t, weight, pos_weight, reduction))
