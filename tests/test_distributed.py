@@ -379,8 +379,18 @@ BAD = [
     "not_a_tensor_on_one_rank",
     "negative_weight",
     "negative_probability_on_one_rank",
+    "weight_requires_grad",
+    "probabilities_require_grad",
+    "second_derivative",
+    "second_derivative_of_logsumexp",
     "replicated_dtensor",
 ]
+
+
+def _grad_of(fn, x, *args):
+    """The gradient of ``fn`` with its graph kept (``create_graph=True``), as a second derivative needs."""
+    leaf = x.clone().requires_grad_()
+    return torch.autograd.grad(fn(leaf, *args), leaf, create_graph=True)
 
 
 def _bad_inputs(rank: int) -> dict:
@@ -406,6 +416,10 @@ def _bad_inputs(rank: int) -> dict:
         "negative_weight": lambda: sd.cross_entropy(x, y, weight=torch.tensor([1.0, 1, 1, -1, 1, 1, 1, 1, 1, 1])),
         "negative_probability_on_one_rank": lambda: sd.cross_entropy(x, q),
         "replicated_dtensor": lambda: sd.cross_entropy(replicated, y),
+        "weight_requires_grad": lambda: sd.cross_entropy(x, y, weight=torch.ones(10, requires_grad=True)),
+        "probabilities_require_grad": lambda: sd.cross_entropy(x, torch.full_like(x, 0.1).requires_grad_()),
+        "second_derivative": lambda: _grad_of(sd.cross_entropy, x, y),
+        "second_derivative_of_logsumexp": lambda: _grad_of(lambda a: sd.logsumexp(a).sum(), x),
     }
     out = {}
     for name in BAD:
@@ -639,6 +653,10 @@ class TestBadInput:
         "negative_weight": ("ArgumentError", "weight[3] = -1.0 is not allowed"),
         "negative_probability_on_one_rank": ("ArgumentError", "probability target has a negative entry -0.1"),
         "replicated_dtensor": ("ArgumentError", "must be Shard(-1) over a 1-D mesh"),
+        "weight_requires_grad": ("GradientError", "weight requires grad, but stablesoftmax.distributed.cross_entropy"),
+        "probabilities_require_grad": ("GradientError", "target requires grad"),
+        "second_derivative": ("GradientError", "second derivative of stablesoftmax.distributed.cross_entropy"),
+        "second_derivative_of_logsumexp": ("GradientError", "second derivative of stablesoftmax.distributed.logsumexp"),
     }
 
     @pytest.mark.parametrize("name", BAD)

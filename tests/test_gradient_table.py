@@ -84,11 +84,6 @@ def _t(v):
     return torch.as_tensor(v, dtype=torch.float64) if np.asarray(v).dtype.kind == "f" else torch.as_tensor(v)
 
 
-# The linear cross-entropy's op gives its inputs no forward-mode check: a dual hidden, weight, bias or
-# class_weight comes back with no tangent. The fix belongs to its op section (see the class docstring).
-_LINEAR_FORWARD = pytest.mark.xfail(strict=True, reason="linear_cross_entropy's op does not refuse forward mode yet")
-
-
 class TestTorchRows:
     @pytest.mark.parametrize(("fn", "arg"), ROWS)
     def test_reverse(self, rng, fn, arg):
@@ -104,9 +99,7 @@ class TestTorchRows:
         assert torch.isfinite(leaf.grad).all() and (leaf.grad != 0).any()
 
     @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # forward_ad's own
-    @pytest.mark.parametrize(
-        ("fn", "arg"), [pytest.param(*r, marks=_LINEAR_FORWARD) if r[0] == "linear_cross_entropy" else r for r in ROWS]
-    )
+    @pytest.mark.parametrize(("fn", "arg"), ROWS)
     def test_forward(self, rng, fn, arg):
         entry = dict((r[:2], r[2]) for r in TABLE)[(fn, arg)]["torch forward"]
         assert not _expect(entry), "no function of the family has a forward-mode formula on torch"

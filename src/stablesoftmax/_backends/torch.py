@@ -793,6 +793,7 @@ def _lce_backward(ctx: Any, g: Tensor, *_rows: Any) -> tuple[Any, ...]:
 
 
 _linear_ce.register_autograd(_lce_backward, setup_context=_lce_setup)
+_no_second_derivative(_linear_ce_grad, lambda inputs: "linear_cross_entropy")
 
 
 def _linear_opts(p: _linear._Linear) -> _LinearOpts:
@@ -801,6 +802,7 @@ def _linear_opts(p: _linear._Linear) -> _LinearOpts:
 
 def linear_cross_entropy(p: _linear._Linear) -> Tensor:
     """The loss of a checked problem of tensors, with autograd to hidden, weight and bias."""
+    _refuse_forward_ad("linear_cross_entropy", p.h, p.w, p.b, p.class_weight)
     return _tensor(_linear_ce(p.h, p.w, p.b, p.y, p.class_weight, *_linear_opts(p))[0])
 
 
@@ -808,6 +810,7 @@ def linear_cross_entropy_with_grad(
     p: _linear._Linear, g: Tensor
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor | None]]:
     """The loss and its three gradients for the cotangent ``g`` (float64, checked)."""
+    _refuse_forward_ad("linear_cross_entropy_with_grad", p.h, p.w, p.b, p.class_weight)
     h, w = p.h.detach(), p.w.detach()
     b = None if p.b is None else p.b.detach()
     opts = _linear_opts(p)

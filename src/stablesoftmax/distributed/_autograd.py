@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import _compute, _reference, _state
+from .._errors import GradientError
 from .._state import Loss, Parts, State
 from ._calls import _CE, _Linear, _Reduction
 from ._exchange import (
@@ -31,6 +32,34 @@ from ._exchange import (
 )
 
 Array = Any
+
+
+_Backward = Callable[..., Any]
+
+
+def _first_derivative(name: str | None = None) -> Callable[[_Backward], _Backward]:
+    """``once_differentiable``, refusing by name a backward asked to build a graph (``create_graph=True``).
+
+    The distributed gradients are not themselves differentiated; without the
+    refusal a second derivative would fail later with PyTorch's own message.
+    ``name`` is the function's, or ``None`` to read ``ctx.call.name``.
+    """
+
+    def wrap(backward: _Backward) -> _Backward:
+        once = once_differentiable(backward)
+
+        def checked(ctx: Any, *grads: Any) -> Any:
+            if torch.is_grad_enabled():
+                fn = name or ctx.call.name
+                raise GradientError(
+                    f"the second derivative of stablesoftmax.distributed.{fn} is not computed, and "
+                    "create_graph=True asks for the graph of its gradient; differentiate it once."
+                )
+            return once(ctx, *grads)
+
+        return checked
+
+    return wrap
 
 
 @dataclass(frozen=True)
@@ -197,7 +226,7 @@ class _CrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
+    @_first_derivative("cross_entropy")
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
         return _ce_backward(ctx.call, ctx.saved, x, g), None
@@ -230,7 +259,7 @@ class _LogSumExp(torch.autograd.Function):
         return _tensor(out, x.device)
 
     @staticmethod
-    @once_differentiable
+    @_first_derivative("logsumexp")
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
         host = _on_host(x)
@@ -265,7 +294,7 @@ class _Softmax(torch.autograd.Function):
         return _tensor(out, x.device)
 
     @staticmethod
-    @once_differentiable
+    @_first_derivative(None)
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
         r"""The single-process VJPs' forms, which do not cancel at the row's max ``k``: three all-reduces of ``N``.
 
@@ -416,7 +445,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
+    @_first_derivative("linear_cross_entropy")
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, Tensor | None, None]:
         d_h, d_w, d_b = _linear_backward(ctx.call, ctx.saved, g, *ctx.saved_tensors)
         return d_h, d_w, d_b, None

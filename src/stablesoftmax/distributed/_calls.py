@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import _checks, _losses
 from .. import _dispatch as D
-from .._errors import ArgumentError, DtypeError, ShapeError
+from .._errors import ArgumentError, DtypeError, GradientError, ShapeError
 from ._protocol import _CALLS, _NONE, _UNPLACED, _bounds, _Comm, _digest, _fingerprint, _float_bits, _Layout, _local
 
 Array = Any
@@ -57,6 +57,8 @@ class _CE:
         softcap: Any,
         bounds: Any,
     ) -> _CE:
+        _no_gradient_for(weight, "weight", "cross_entropy")
+        _no_gradient_for(target, "target", "cross_entropy")
         arr, xp = _torch_in(logits, "local_logits")
         rows = D.Rows.of(tuple(arr.shape), D.class_axis(axis, arr.ndim, "local_logits"))
         red, ignore, smoothing, z, cap = _losses.loss_options(reduction, ignore_index, label_smoothing, z_loss, softcap)
@@ -153,6 +155,15 @@ def _class_indices(tgt: Tensor, rows: D.Rows, shape: tuple[int, ...], xp: Any) -
 def _host_values(t: Tensor) -> Any:
     """A CPU tensor as its NumPy view, for the value checks of :mod:`._compute` (which never sync a device)."""
     return t.detach().numpy() if t.device.type == "cpu" else t
+
+
+def _no_gradient_for(value: Any, name: str, fn: str) -> None:
+    """Refuse by name an argument that requires grad: only the sharded input (and the layer) get gradients here."""
+    if isinstance(value, Tensor) and value.requires_grad:
+        raise GradientError(
+            f"{name} requires grad, but stablesoftmax.distributed.{fn} gives it no gradient (only the sharded "
+            "input and the layer's weights get one); pass it detached."
+        )
 
 
 def _class_weight(weight: Any, x: Tensor, xp: Any, name: str) -> Tensor | None:
@@ -277,6 +288,7 @@ class _Linear(_CE):
         softcap: Any,
         bounds: Any,
     ) -> _Linear:
+        _no_gradient_for(class_weight, "class_weight", "linear_cross_entropy")
         h, xp = _torch_in(hidden, "hidden")
         w, _ = _torch_in(weight, "local_weight")
         if h.ndim != 2 or w.ndim != 2 or h.shape[1] != w.shape[1]:
