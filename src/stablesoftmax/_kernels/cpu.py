@@ -52,8 +52,11 @@ What the kernels add to the reference is speed:
   int16 for float16, so that numba compiles each its own loops.
 
 Every kernel drops the GIL. ``threads=n`` splits the rows into ``n`` bands
-run at once; each row is computed exactly as on one thread. It is off by
-default (``threads=1``) so that measured ratios stay single-threaded.
+run at once; each row is computed exactly as on one thread, so the bytes do
+not depend on ``n`` (``tests/test_threads.py``). These functions take
+``threads=1`` unless told; the library's callers (:mod:`.._compute`) pass
+every core the process may use from ``THREADS_FROM`` entries on, capped by
+``stablesoftmax.set_num_threads`` or ``STABLESOFTMAX_NUM_THREADS``.
 
 The vector width is LLVM's choice for the host CPU: ymm (4 doubles) with
 AVX2, zmm (8) on AMD Zen 4, and ymm again on Intel's AVX-512 CPUs, whose LLVM
@@ -63,7 +66,16 @@ to the user). ``python benchmarks/kernels_probe.py asm`` counts the registers
 for each target, cross-compiled.
 
 Importing this module imports numba (about 0.3 s); import it lazily, only
-where a kernel will run. Kernels are compiled on first use and cached on disk.
+where a kernel will run. Kernels are compiled on first use and cached on disk
+(``cache=True``), and that cache is keyed per CPU: numba's
+``numba.core.caching.Cache._index_key`` files each compiled signature under
+``codegen.magic_tuple()`` (``numba.core.codegen.CPUCodegen.magic_tuple``),
+which is the LLVM target triple, the host CPU's name (``znver3``,
+``sapphirerapids``; ``NUMBA_CPU_NAME`` when set) and its feature string
+(``+avx2,+fma,-avx512f,...``; ``NUMBA_CPU_FEATURES`` when set). A cache
+directory shared between CPU classes (a network home, a container image)
+therefore holds one entry per class, and code built for AVX-512 never loads
+on an AVX2 CPU; ``tests/test_threads.py`` checks the key of a compiled kernel.
 Set ``STABLESOFTMAX_DISABLE_KERNELS=1`` to turn them off.
 """
 
