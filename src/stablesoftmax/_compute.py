@@ -297,22 +297,34 @@ def _kernel_rows(x: Array) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def numpy_rows(x: Any, axis: Any) -> tuple[np.ndarray, tuple[int, ...], int] | None:
-    """``(rows, moved shape, axis)`` of a plain float32/float64 ndarray reduced along one int axis.
+# float32 and float64 in native byte order: NumPy's dtypes of these are singletons,
+# so an identity test checks kind, size and byte order at once, without dtype.name.
+_NATIVE_FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+def numpy_rows(x: Any, axis: Any) -> tuple[Any, np.ndarray, tuple[int, ...], int] | None:
+    """``(kernels, rows, moved shape, axis)`` of a plain float32/float64 ndarray reduced along one int axis.
 
     The fast path of the public functions for their commonest call: a NumPy
     array, one in-range axis, no options. None when anything else is asked,
     or the input is empty, or the kernels cannot run: the general path then
     validates (and raises) as always. Both paths give the same bytes.
     """
-    if type(x) is not np.ndarray or type(axis) is not int or x.dtype.char not in "fd" or not x.dtype.isnative:
+    if type(x) is not np.ndarray or type(axis) is not int or not _native_float(x.dtype):
         return None
     ndim = x.ndim
-    if not -ndim <= axis < ndim or x.size == 0 or host_kernels() is None:
+    if not -ndim <= axis < ndim or x.size == 0:
+        return None
+    module = host_kernels()
+    if module is None:
         return None
     ax = axis % ndim
     moved = x if ax == ndim - 1 else np.moveaxis(x, ax, -1)
-    return np.ascontiguousarray(moved).reshape(-1, moved.shape[-1]), moved.shape, ax
+    return module, np.ascontiguousarray(moved).reshape(-1, moved.shape[-1]), moved.shape, ax
+
+
+def _native_float(dt: np.dtype) -> bool:
+    return dt is _NATIVE_FLOATS[0] or dt is _NATIVE_FLOATS[1] or (dt.char in "fd" and dt.isnative)
 
 
 def fast_logsumexp(x: Any, axis: Any, keepdims: bool) -> Any:
@@ -320,9 +332,7 @@ def fast_logsumexp(x: Any, axis: Any, keepdims: bool) -> Any:
     found = numpy_rows(x, axis)
     if found is None:
         return None
-    rows, moved, ax = found
-    module = host_kernels()
-    assert module is not None  # numpy_rows found rows only where it is
+    module, rows, moved, ax = found
     lse = module.lse_rows(rows, threads=_threads(rows)).astype(x.dtype, copy=False)  # rounded once, as round_to
     lse = lse.reshape(moved[:-1])
     if keepdims:
@@ -337,10 +347,8 @@ def fast_softmax(x: Any, axis: Any, temperature: Any, log: bool) -> Any:
     found = numpy_rows(x, axis)
     if found is None:
         return None
-    rows, moved, ax = found
+    module, rows, moved, ax = found
     out = np.empty(rows.shape, x.dtype)
-    module = host_kernels()
-    assert module is not None  # numpy_rows found rows only where it is
     module.state_rows(rows, out=out, log=log, threads=_threads(rows))
     out = out.reshape(moved)
     return out if ax == x.ndim - 1 else np.moveaxis(out, -1, ax)
@@ -350,9 +358,9 @@ def fast_vector_logsumexp(x: Any, axis: Any, where: Any, b: Any, keepdims: bool,
     """logsumexp of a 1-D float32/float64 NumPy array by one kernel call, or None for the general path."""
     if type(x) is not np.ndarray or x.ndim != 1 or where is not None or b is not None or keepdims or return_sign:
         return None
-    if type(axis) is not int or axis not in (-1, 0) or x.dtype.char not in "fd" or not x.size:
+    if type(axis) is not int or axis not in (-1, 0) or not _native_float(x.dtype) or not x.size:
         return None
-    if not x.flags.c_contiguous or not x.dtype.isnative:
+    if not x.flags.c_contiguous:
         return None
     module = host_kernels()
     if module is None:

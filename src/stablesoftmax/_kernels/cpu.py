@@ -406,8 +406,8 @@ def _check_rows(x: np.ndarray, format16: str | None = None) -> np.ndarray:
 
 def _format16(a: np.ndarray, format16: str | None, name: str = "x") -> str | None:
     """The 16-bit format of ``a``: its dtype's (float16, bfloat16), or ``format16`` for uint16 bits; else None."""
-    if format16 is None:
-        return a.dtype.name if a.dtype.name in _BITS else None
+    if format16 is None:  # float32 and float64 by their char: dtype.name is a slow Python property
+        return None if a.dtype.char in "fd" else a.dtype.name if a.dtype.name in _BITS else None
     if format16 not in _BITS:
         raise ArgumentError(f"format16={format16!r}; allowed: 'bfloat16', 'float16' or None.")
     if a.dtype != np.uint16 and a.dtype.name != format16:
@@ -497,9 +497,16 @@ def _in_bands(n: int, threads: int, run: Callable[[slice], None]) -> None:
     if bands not in _POOLS:  # kept: starting threads costs more than a small call
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOLS[bands] = ThreadPoolExecutor(bands, thread_name_prefix="stablesoftmax")
+        _POOLS[bands] = ThreadPoolExecutor(bands - 1, thread_name_prefix="stablesoftmax")
     cuts = np.linspace(0, n, bands + 1).astype(int)
-    list(_POOLS[bands].map(run, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]))
+    slices = [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    # The caller sweeps the first band itself rather than sleep: one hand-off fewer.
+    others = [_POOLS[bands].submit(run, r) for r in slices[1:]]
+    try:
+        run(slices[0])
+    finally:
+        for f in others:
+            f.result()
 
 
 def _run_rows(
