@@ -101,7 +101,7 @@ def host_state(x: np.ndarray) -> _state.State:
     whatever the rows' size.
     """
     rows = _kernel_rows(x)
-    module = select(rows)
+    module: Any = select(rows)  # the numba module on host rows: it takes threads
     if module is not None:
         m, k, s = module.state_rows(rows, threads=_threads(rows))
         return _state.State(m, k, s)
