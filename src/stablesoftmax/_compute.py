@@ -103,7 +103,7 @@ def host_state(x: np.ndarray) -> _state.State:
     rows = _kernel_rows(x)
     module: Any = select(rows)  # the numba module on host rows: it takes threads
     if module is not None:
-        m, k, s = module.state_rows(rows, threads=_threads(rows))
+        m, k, s = module.state_rows(rows, **_threads(rows))
         return _state.State(m, k, s)
     n, width = rows.shape
     m, k, s = np.empty(n), np.empty(n, np.int64), np.empty(n)
@@ -226,9 +226,15 @@ def _check_threads(n: Any, name: str) -> None:
         raise ArgumentError(f"{name}={n!r} is not allowed; the thread limit is a whole number >= 1.")
 
 
-def _threads(rows: np.ndarray) -> int:
-    """How many threads the kernels use on host rows ``(N, K)``: one below :data:`THREADS_FROM` entries."""
-    return 1 if rows.size < THREADS_FROM or rows.shape[0] < 2 else get_num_threads()
+def _threads(rows: np.ndarray) -> dict[str, int]:
+    """The numba kernels' ``threads=`` option for host rows ``(N, K)``: none (one thread) below :data:`THREADS_FROM`.
+
+    Small calls pass no option, so that they read no environment variable and
+    call the kernels as the :class:`._kernels.Accelerator` protocol does.
+    """
+    if rows.size < THREADS_FROM or rows.shape[0] < 2:
+        return {}
+    return {"threads": get_num_threads()}
 
 
 def _budget() -> int:
@@ -333,7 +339,7 @@ def fast_logsumexp(x: Any, axis: Any, keepdims: bool) -> Any:
     if found is None:
         return None
     module, rows, moved, ax = found
-    lse = module.lse_rows(rows, threads=_threads(rows)).astype(x.dtype, copy=False)  # rounded once, as round_to
+    lse = module.lse_rows(rows, **_threads(rows)).astype(x.dtype, copy=False)  # rounded once, as round_to
     lse = lse.reshape(moved[:-1])
     if keepdims:
         lse = np.expand_dims(lse, ax)
@@ -349,7 +355,7 @@ def fast_softmax(x: Any, axis: Any, temperature: Any, log: bool) -> Any:
         return None
     module, rows, moved, ax = found
     out = np.empty(rows.shape, x.dtype)
-    module.state_rows(rows, out=out, log=log, threads=_threads(rows))
+    module.state_rows(rows, out=out, log=log, **_threads(rows))
     out = out.reshape(moved)
     return out if ax == x.ndim - 1 else np.moveaxis(out, -1, ax)
 
@@ -376,7 +382,7 @@ def logsumexp(x: Array, xp: Any, *, mask: Array | None = None, b: Array | None =
     module = _accelerator(x, xp) if b is None else None
     if module is not None:
         rows = _kernel_rows(x)
-        return round_to(module.lse_rows(rows, where=_kernel_mask(mask), threads=_threads(rows)), x, xp), None
+        return round_to(module.lse_rows(rows, where=_kernel_mask(mask), **_threads(rows)), x, xp), None
     if b is None:
         return _by_blocks(lambda x_, m_: _reference_lse(x_, xp, m_), xp, x, mask), None
     out, sign = _by_blocks(lambda x_, m_, b_: _reference_weighted_lse(x_, xp, m_, b_), xp, x, mask, b)
@@ -404,7 +410,7 @@ def softmax(x: Array, xp: Any, *, mask: Array | None = None, temperature: float 
     if module is not None:
         x2 = _kernel_rows(x)
         out = np.empty(x2.shape, x2.dtype)  # rounded once by the kernels, 16-bit included
-        module.state_rows(x2, where=_kernel_mask(mask), out=out, log=log, threads=_threads(x2))
+        module.state_rows(x2, where=_kernel_mask(mask), out=out, log=log, **_threads(x2))
         return out
     fn = _reference.log_softmax if log else _reference.softmax
 
@@ -630,7 +636,7 @@ def _ce_pass(
     if g is None:
         return (
             module.cross_entropy_rows(
-                x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"], threads=_threads(x2)
+                x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"], **_threads(x2)
             ),
             None,
         )
@@ -649,7 +655,7 @@ def _ce_pass(
         grad=dx,
         g=np.where(live, ce_scale, 0.0),
         z_grad=np.where(live, 2 * z * z_scale, 0.0) if z else None,
-        threads=_threads(x2),
+        **_threads(x2),
     )
     dx[~live] = 0.0  # ignored and dropped rows move nothing, NaN or not
     return r, dx
