@@ -6,6 +6,7 @@ Run from the repository root::
     python benchmarks/kernels_probe.py sweep    # (1024, 32000) float32: the pieces of a logsumexp, ns per entry
     python benchmarks/kernels_probe.py terms    # the float32 term loop as its polynomial varies
     python benchmarks/kernels_probe.py fma      # this core's FMA latency and throughput, for scale
+    python benchmarks/kernels_probe.py threads  # one thread against every core, by input size: the threshold
     python benchmarks/kernels_probe.py terms --llvm-option=-force-vector-interleave=4
                                                 # the same loops, LLVM's loop vectoriser told otherwise
 
@@ -280,9 +281,52 @@ def fma() -> None:
         print(f"{chains} chain(s): {best / (n * chains) * 1e9:.3f} ns per ymm FMA")
 
 
+def threads() -> None:
+    """Wall time of ``lse_rows`` and a softmax on one thread and on every usable core, rows of 1000, by size.
+
+    The threshold the library splits rows from (``_compute.THREADS_FROM``)
+    is the size where the ratio falls below 1. One and all threads alternate
+    within each sample, so load from other processes hits both alike; the
+    load average is printed, since a busy core makes bands wait.
+    """
+    from stablesoftmax import _compute
+    from stablesoftmax._kernels import cpu
+
+    cores = _compute._usable_cores()
+    rng = np.random.default_rng(0)
+    print(f"{cores} usable cores; load average {os.getloadavg()[0]:.2f}; library threshold {_compute.THREADS_FROM}")
+    print("entries   dtype    what      1 thread   all cores  all/1")
+    for dtype in (np.float32, np.float64):
+        for size in (1 << 15, 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 23):
+            x = (rng.standard_normal((size // 1000, 1000)) * 3).astype(dtype)
+            out = np.empty_like(x)
+            reps = max(1, (1 << 22) // size)
+            runs = {
+                "lse": lambda t, x=x: cpu.lse_rows(x, threads=t),
+                "softmax": lambda t, x=x, out=out: cpu.state_rows(x, out=out, threads=t),
+            }
+            for what, run in runs.items():
+                one, every = _alternate(lambda run=run: run(1), lambda run=run: run(cores), reps)
+                row = f"{x.size:9d} {x.dtype.name:8s} {what:8s} {one * 1e6:9.0f}us {every * 1e6:9.0f}us"
+                print(f"{row} {every / one:6.2f}", flush=True)
+
+
+def _alternate(f, g, reps: int, samples: int = 9) -> tuple[float, float]:
+    """Median wall time per call of ``f`` and of ``g``, sampled in turn."""
+    f(), g()
+    tf, tg = [], []
+    for _ in range(samples):
+        for fn, acc in ((f, tf), (g, tg)):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            acc.append((time.perf_counter() - t0) / reps)
+    return sorted(tf)[samples // 2], sorted(tg)[samples // 2]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("probe", choices=["asm", "sweep", "terms", "fma"])
+    p.add_argument("probe", choices=["asm", "sweep", "terms", "fma", "threads"])
     p.add_argument("--llvm-option", action="append", default=[], help="an LLVM option, set before compiling")
     args = p.parse_args(argv)
     if args.llvm_option:
@@ -290,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for option in args.llvm_option:
             ll.set_option("", option)
-    {"asm": asm, "sweep": sweep, "terms": terms, "fma": fma}[args.probe]()
+    {"asm": asm, "sweep": sweep, "terms": terms, "fma": fma, "threads": threads}[args.probe]()
     return 0
 
 

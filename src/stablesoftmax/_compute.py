@@ -36,6 +36,8 @@ __all__ = [
     "round_to",
     "widen",
     "set_reference_budget",
+    "set_num_threads",
+    "get_num_threads",
     "host_kernels_serve",
     "triton_active",
     "host_state",
@@ -59,6 +61,11 @@ BUDGET_ENV = "STABLESOFTMAX_REFERENCE_BUDGET"
 _BUDGET = [256 << 20]  # bytes the reference's temporaries may take at once; set_reference_budget changes it
 _TEMPORARIES = 12  # the most row-sized compute-dtype arrays the reference holds at once (the CE gradient's)
 _HOST_BLOCK = 1 << 14  # entries per row block of the reference's float64 temporaries on the host (128 KiB each)
+THREADS_ENV = "STABLESOFTMAX_NUM_THREADS"
+_THREADS = [0]  # the kernels' thread limit; 0: every core the process may use. set_num_threads changes it
+# Entries from which the kernels split rows over threads. Below, handing bands to
+# the pool costs more than it saves (see docs/performance.rst for the measurement).
+THREADS_FROM = 1 << 20
 
 
 # --------------------------------------------------------------------------
@@ -95,9 +102,9 @@ def host_state(x: np.ndarray) -> _state.State:
     whatever the rows' size.
     """
     rows = _kernel_rows(x)
-    module = select(rows)
+    module: Any = select(rows)  # the numba module on host rows: it takes threads
     if module is not None:
-        m, k, s = module.state_rows(rows)
+        m, k, s = module.state_rows(rows, **_threads(rows))
         return _state.State(m, k, s)
     n, width = rows.shape
     m, k, s = np.empty(n), np.empty(n, np.int64), np.empty(n)
@@ -141,6 +148,94 @@ def set_reference_budget(nbytes: int, /) -> int:
         raise ArgumentError(f"nbytes={nbytes!r} is not allowed; the budget is a whole number of bytes >= 1.")
     old, _BUDGET[0] = _BUDGET[0], int(nbytes)
     return old
+
+
+def set_num_threads(n: int, /) -> int:
+    """Limit the threads the compiled CPU kernels use on large inputs; return the old limit.
+
+    From about a million entries (``2**20``) the numba kernels split the rows
+    into bands, one per thread, run at once; by default every core the process
+    may use (``os.sched_getaffinity``, else ``os.cpu_count()``). Smaller
+    inputs run on the calling thread. Each row is computed exactly as on one
+    thread, so results are the same bytes whatever the limit. The environment
+    variable ``STABLESOFTMAX_NUM_THREADS``, read at each call, takes
+    precedence. The names follow ``torch.set_num_threads`` and
+    ``numba.set_num_threads``.
+
+    Parameters
+    ----------
+    n : int
+        At least 1; ``1`` keeps every call on the calling thread.
+
+    Returns
+    -------
+    int
+        The limit in force before the call (:func:`get_num_threads`).
+
+    See Also
+    --------
+    get_num_threads
+
+    Examples
+    --------
+    >>> import stablesoftmax as ss
+    >>> old = ss.set_num_threads(1)
+    >>> ss.get_num_threads()
+    1
+    >>> _ = ss.set_num_threads(old)
+    """
+    _check_threads(n, "n")
+    old = get_num_threads()
+    _THREADS[0] = int(n)
+    return old
+
+
+def get_num_threads() -> int:
+    """The most threads the compiled CPU kernels use on a large input: the limit in force.
+
+    ``STABLESOFTMAX_NUM_THREADS`` when set, else the last
+    :func:`set_num_threads`, else every core the process may use.
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    Examples
+    --------
+    >>> import stablesoftmax as ss
+    >>> ss.get_num_threads() >= 1
+    True
+    """
+    env = os.environ.get(THREADS_ENV, "")
+    if env:
+        if not env.strip().isdigit() or int(env) < 1:
+            raise ArgumentError(f"{THREADS_ENV}={env!r} is not allowed; it must be a whole number of threads >= 1.")
+        return int(env)
+    return _THREADS[0] or _usable_cores()
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on: its affinity mask where the OS has one, else every core."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _check_threads(n: Any, name: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ArgumentError(f"{name}={n!r} is not allowed; the thread limit is a whole number >= 1.")
+
+
+def _threads(rows: np.ndarray) -> dict[str, int]:
+    """The numba kernels' ``threads=`` option for host rows ``(N, K)``: none (one thread) below :data:`THREADS_FROM`.
+
+    Small calls pass no option, so that they read no environment variable and
+    call the kernels as the :class:`._kernels.Accelerator` protocol does.
+    """
+    if rows.size < THREADS_FROM or rows.shape[0] < 2:
+        return {}
+    return {"threads": get_num_threads()}
 
 
 def _budget() -> int:
@@ -209,22 +304,34 @@ def _kernel_rows(x: Array) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def numpy_rows(x: Any, axis: Any) -> tuple[np.ndarray, tuple[int, ...], int] | None:
-    """``(rows, moved shape, axis)`` of a plain float32/float64 ndarray reduced along one int axis.
+# float32 and float64 in native byte order: NumPy's dtypes of these are singletons,
+# so an identity test checks kind, size and byte order at once, without dtype.name.
+_NATIVE_FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+def numpy_rows(x: Any, axis: Any) -> tuple[Any, np.ndarray, tuple[int, ...], int] | None:
+    """``(kernels, rows, moved shape, axis)`` of a plain float32/float64 ndarray reduced along one int axis.
 
     The fast path of the public functions for their commonest call: a NumPy
     array, one in-range axis, no options. None when anything else is asked,
     or the input is empty, or the kernels cannot run: the general path then
     validates (and raises) as always. Both paths give the same bytes.
     """
-    if type(x) is not np.ndarray or type(axis) is not int or x.dtype.char not in "fd" or not x.dtype.isnative:
+    if type(x) is not np.ndarray or type(axis) is not int or not _native_float(x.dtype):
         return None
     ndim = x.ndim
-    if not -ndim <= axis < ndim or x.size == 0 or host_kernels() is None:
+    if not -ndim <= axis < ndim or x.size == 0:
+        return None
+    module = host_kernels()
+    if module is None:
         return None
     ax = axis % ndim
     moved = x if ax == ndim - 1 else np.moveaxis(x, ax, -1)
-    return np.ascontiguousarray(moved).reshape(-1, moved.shape[-1]), moved.shape, ax
+    return module, np.ascontiguousarray(moved).reshape(-1, moved.shape[-1]), moved.shape, ax
+
+
+def _native_float(dt: np.dtype) -> bool:
+    return dt is _NATIVE_FLOATS[0] or dt is _NATIVE_FLOATS[1] or (dt.char in "fd" and dt.isnative)
 
 
 def fast_logsumexp(x: Any, axis: Any, keepdims: bool) -> Any:
@@ -232,10 +339,9 @@ def fast_logsumexp(x: Any, axis: Any, keepdims: bool) -> Any:
     found = numpy_rows(x, axis)
     if found is None:
         return None
-    rows, moved, ax = found
-    module = host_kernels()
-    assert module is not None  # numpy_rows found rows only where it is
-    lse = module.lse_rows(rows).astype(x.dtype, copy=False).reshape(moved[:-1])  # rounded once, as round_to
+    module, rows, moved, ax = found
+    lse = module.lse_rows(rows, **_threads(rows)).astype(x.dtype, copy=False)  # rounded once, as round_to
+    lse = lse.reshape(moved[:-1])
     if keepdims:
         lse = np.expand_dims(lse, ax)
     return lse[()] if lse.ndim == 0 else lse
@@ -248,11 +354,9 @@ def fast_softmax(x: Any, axis: Any, temperature: Any, log: bool) -> Any:
     found = numpy_rows(x, axis)
     if found is None:
         return None
-    rows, moved, ax = found
+    module, rows, moved, ax = found
     out = np.empty(rows.shape, x.dtype)
-    module = host_kernels()
-    assert module is not None  # numpy_rows found rows only where it is
-    module.state_rows(rows, out=out, log=log)
+    module.state_rows(rows, out=out, log=log, **_threads(rows))
     out = out.reshape(moved)
     return out if ax == x.ndim - 1 else np.moveaxis(out, -1, ax)
 
@@ -261,9 +365,9 @@ def fast_vector_logsumexp(x: Any, axis: Any, where: Any, b: Any, keepdims: bool,
     """logsumexp of a 1-D float32/float64 NumPy array by one kernel call, or None for the general path."""
     if type(x) is not np.ndarray or x.ndim != 1 or where is not None or b is not None or keepdims or return_sign:
         return None
-    if type(axis) is not int or axis not in (-1, 0) or x.dtype.char not in "fd" or not x.size:
+    if type(axis) is not int or axis not in (-1, 0) or not _native_float(x.dtype) or not x.size:
         return None
-    if not x.flags.c_contiguous or not x.dtype.isnative:
+    if not x.flags.c_contiguous:
         return None
     module = host_kernels()
     if module is None:
@@ -278,7 +382,8 @@ def logsumexp(x: Array, xp: Any, *, mask: Array | None = None, b: Array | None =
         return _device_logsumexp(device, x, xp, mask), None
     module = _accelerator(x, xp) if b is None else None
     if module is not None:
-        return round_to(module.lse_rows(_kernel_rows(x), where=_kernel_mask(mask)), x, xp), None
+        rows = _kernel_rows(x)
+        return round_to(module.lse_rows(rows, where=_kernel_mask(mask), **_threads(rows)), x, xp), None
     if b is None:
         return _by_blocks(lambda x_, m_: _reference_lse(x_, xp, m_), xp, x, mask), None
     out, sign = _by_blocks(lambda x_, m_, b_: _reference_weighted_lse(x_, xp, m_, b_), xp, x, mask, b)
@@ -306,7 +411,7 @@ def softmax(x: Array, xp: Any, *, mask: Array | None = None, temperature: float 
     if module is not None:
         x2 = _kernel_rows(x)
         out = np.empty(x2.shape, x2.dtype)  # rounded once by the kernels, 16-bit included
-        module.state_rows(x2, where=_kernel_mask(mask), out=out, log=log)
+        module.state_rows(x2, where=_kernel_mask(mask), out=out, log=log, **_threads(x2))
         return out
     fn = _reference.log_softmax if log else _reference.softmax
 
@@ -530,7 +635,12 @@ def _ce_pass(
 ) -> tuple[Any, Any]:
     """One accelerator pass: the parts and, with ``g``, the gradient written from the per-row coefficients."""
     if g is None:
-        return module.cross_entropy_rows(x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"]), None
+        return (
+            module.cross_entropy_rows(
+                x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"], **_threads(x2)
+            ),
+            None,
+        )
     row_weight = live.astype(np.float64) if weight is None else np.where(live, weight[y], 0.0)
     garr = np.broadcast_to(np.asarray(g, np.float64), (len(y),) if options["reduction"] == "none" else ())
     ce_scale, z_scale = _state.row_scales(options["reduction"], live, row_weight, garr, npx, dtype=np.float64)
@@ -546,6 +656,7 @@ def _ce_pass(
         grad=dx,
         g=np.where(live, ce_scale, 0.0),
         z_grad=np.where(live, 2 * z * z_scale, 0.0) if z else None,
+        **_threads(x2),
     )
     dx[~live] = 0.0  # ignored and dropped rows move nothing, NaN or not
     return r, dx

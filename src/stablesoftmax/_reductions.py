@@ -29,7 +29,9 @@ from ._compute import (
     fast_logsumexp,
     fast_softmax,
     fast_vector_logsumexp,
+    get_num_threads,
     reference_path,
+    set_num_threads,
     set_reference_budget,
     triton_path,
 )
@@ -48,6 +50,8 @@ __all__ = [
     "reference_path",
     "triton_path",
     "set_reference_budget",
+    "set_num_threads",
+    "get_num_threads",
 ]
 
 

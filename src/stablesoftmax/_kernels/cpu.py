@@ -52,8 +52,11 @@ What the kernels add to the reference is speed:
   int16 for float16, so that numba compiles each its own loops.
 
 Every kernel drops the GIL. ``threads=n`` splits the rows into ``n`` bands
-run at once; each row is computed exactly as on one thread. It is off by
-default (``threads=1``) so that measured ratios stay single-threaded.
+run at once; each row is computed exactly as on one thread, so the bytes do
+not depend on ``n`` (``tests/test_threads.py``). These functions take
+``threads=1`` unless told; the library's callers (:mod:`.._compute`) pass
+every core the process may use from ``THREADS_FROM`` entries on, capped by
+``stablesoftmax.set_num_threads`` or ``STABLESOFTMAX_NUM_THREADS``.
 
 The vector width is LLVM's choice for the host CPU: ymm (4 doubles) with
 AVX2, zmm (8) on AMD Zen 4, and ymm again on Intel's AVX-512 CPUs, whose LLVM
@@ -63,7 +66,16 @@ to the user). ``python benchmarks/kernels_probe.py asm`` counts the registers
 for each target, cross-compiled.
 
 Importing this module imports numba (about 0.3 s); import it lazily, only
-where a kernel will run. Kernels are compiled on first use and cached on disk.
+where a kernel will run. Kernels are compiled on first use and cached on disk
+(``cache=True``), and that cache is keyed per CPU: numba's
+``numba.core.caching.Cache._index_key`` files each compiled signature under
+``codegen.magic_tuple()`` (``numba.core.codegen.CPUCodegen.magic_tuple``),
+which is the LLVM target triple, the host CPU's name (``znver3``,
+``sapphirerapids``; ``NUMBA_CPU_NAME`` when set) and its feature string
+(``+avx2,+fma,-avx512f,...``; ``NUMBA_CPU_FEATURES`` when set). A cache
+directory shared between CPU classes (a network home, a container image)
+therefore holds one entry per class, and code built for AVX-512 never loads
+on an AVX2 CPU; ``tests/test_threads.py`` checks the key of a compiled kernel.
 Set ``STABLESOFTMAX_DISABLE_KERNELS=1`` to turn them off.
 """
 
@@ -395,8 +407,8 @@ def _check_rows(x: np.ndarray, format16: str | None = None) -> np.ndarray:
 
 def _format16(a: np.ndarray, format16: str | None, name: str = "x") -> str | None:
     """The 16-bit format of ``a``: its dtype's (float16, bfloat16), or ``format16`` for uint16 bits; else None."""
-    if format16 is None:
-        return a.dtype.name if a.dtype.name in _BITS else None
+    if format16 is None:  # float32 and float64 by their char: dtype.name is a slow Python property
+        return None if a.dtype.char in "fd" else a.dtype.name if a.dtype.name in _BITS else None
     if format16 not in _BITS:
         raise ArgumentError(f"format16={format16!r}; allowed: 'bfloat16', 'float16' or None.")
     if a.dtype != np.uint16 and a.dtype.name != format16:
@@ -486,9 +498,16 @@ def _in_bands(n: int, threads: int, run: Callable[[slice], None]) -> None:
     if bands not in _POOLS:  # kept: starting threads costs more than a small call
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOLS[bands] = ThreadPoolExecutor(bands, thread_name_prefix="stablesoftmax")
+        _POOLS[bands] = ThreadPoolExecutor(bands - 1, thread_name_prefix="stablesoftmax")
     cuts = np.linspace(0, n, bands + 1).astype(int)
-    list(_POOLS[bands].map(run, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]))
+    slices = [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    # The caller sweeps the first band itself rather than sleep: one hand-off fewer.
+    others = [_POOLS[bands].submit(run, r) for r in slices[1:]]
+    try:
+        run(slices[0])
+    finally:
+        for f in others:
+            f.result()
 
 
 def _run_rows(
