@@ -40,7 +40,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+for _var in (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "STABLESOFTMAX_NUM_THREADS",
+):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402

@@ -21,7 +21,13 @@ import sys
 import time
 import tracemalloc
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+for _var in (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "STABLESOFTMAX_NUM_THREADS",
+):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402

@@ -24,7 +24,13 @@ import sys
 import threading
 import time
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+for _var in (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "STABLESOFTMAX_NUM_THREADS",
+):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402

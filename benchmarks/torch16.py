@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--_peak", choices=["stablesoftmax", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    ss.set_num_threads(1)  # one thread on both sides
     shape = tuple(args.shape)
     if args._peak:
         peak_child(args._peak, shape, args.dtypes[0])
