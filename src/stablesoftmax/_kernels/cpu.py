@@ -1150,13 +1150,31 @@ if numba is not None:
         """One entry of the block gradient, from its term ``t``, mass ``a``; 0 for a non-finite logit."""
         p = t * inv
         r = (big_a * p - a) * g + p * z
-        r = r * (1.0 - (v / cap) ** 2)
+        r = r * (1.0 - (v / cap) ** 2) if cap != np.inf else r  # (no division per entry without a softcap)
         return r if v - v == 0.0 else 0.0
 
     @_jit
+    def _block_grad_bulk(row, w, mi, inv, gi, ai, zi, sm, cap, out_row):
+        """Every entry of a row as if it were neither the max nor the target; the softcap's branch outside the loop."""
+        if cap == np.inf:
+            for j in range(row.size):
+                t, _, _ = _term(row[j], mi)
+                _store(out_row, j, _block_grad_entry(_wide(row[j]), t, inv, gi, ai, zi, sm * _weight(w, j), np.inf))
+        else:
+            for j in range(row.size):
+                t, _, _ = _term(row[j], mi)
+                _store(out_row, j, _block_grad_entry(_wide(row[j]), t, inv, gi, ai, zi, sm * _weight(w, j), cap))
+
+    @_jit
     def _block_grad_kernel(x, first, m, k, s, y, alive, big_a, g, zc, smooth, hot, w, cap, out):
-        """See ``block_gradient_rows``: a vectorised bulk loop, then the max and target entries."""
+        """See ``block_gradient_rows``: a vectorised bulk loop into a row buffer, the max and target entries, a copy.
+
+        The buffer keeps the bulk loop's stores apart from its loads: with
+        ``out`` the very array ``x`` (a chunk's logits replaced by its
+        gradient), LLVM's alias check failed and the loop ran scalar, 3x slower.
+        """
         n, width = x.shape
+        buf = np.empty(width, out.dtype)
         for i in range(n):
             row, out_row, mi = x[i], out[i], m[i]
             if not (alive[i] and math.isfinite(mi)):
@@ -1165,20 +1183,17 @@ if numba is not None:
             si, gi, ai, zi, sm = s[i], g[i], big_a[i], zc[i], smooth[i]
             inv = 1.0 / (1.0 + si)
             kj, yj = k[i] - first, y[i] - first
-            has_y, has_k = 0 <= yj < width and yj != kj, 0 <= kj < width
-            # read before the bulk loop writes: out may be x itself
-            x_y, x_k = (row[yj] if has_y else row[0]), (_wide(row[kj]) if has_k else 0.0)
-            for j in range(width):
-                t, _, _ = _term(row[j], mi)
-                _store(out_row, j, _block_grad_entry(_wide(row[j]), t, inv, gi, ai, zi, sm * _weight(w, j), cap))
-            if has_y:
-                t, _, _ = _term(x_y, mi)
+            _block_grad_bulk(row, w, mi, inv, gi, ai, zi, sm, cap, buf)
+            if 0 <= yj < width and yj != kj:
+                t, _, _ = _term(row[yj], mi)
                 a_y = _weight(w, yj) * (hot + sm)
-                _store(out_row, yj, _block_grad_entry(_wide(x_y), t, inv, gi, ai, zi, a_y, cap))
-            if has_k:
+                _store(buf, yj, _block_grad_entry(_wide(row[yj]), t, inv, gi, ai, zi, a_y, cap))
+            if 0 <= kj < width:
+                v = _wide(row[kj])
                 a_k = _weight(w, kj) * (hot * (kj == yj) + sm)
                 r = ((ai - a_k) - a_k * si) * inv * gi + inv * zi
-                _store(out_row, kj, r * (1.0 - (x_k / cap) ** 2))
+                _store(buf, kj, r * (1.0 - (v / cap) ** 2) if cap != np.inf else r)
+            out_row[:] = buf
 
     # ------------------------------------------------------------------
     # Cross-entropy
