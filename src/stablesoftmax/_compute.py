@@ -907,5 +907,6 @@ def _device_ce(
         grad=dx,
         g=xp.where(rows.alive, ce_scale * ones, zero),
         z_grad=xp.where(rows.alive, 2 * z * z_scale * ones, zero) if z else None,
+        parts=r,  # found above: the gradient's pass is its only read
     )
     return loss, xp.where(rows.alive[:, None], dx, xp.zeros_like(dx))  # ignored and dropped rows move nothing

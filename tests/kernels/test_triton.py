@@ -605,6 +605,37 @@ class TestTraffic:
         tk.cross_entropy_rows(logits, y, grad=torch.empty_like(logits), g=torch.ones(self.N))
         assert traffic.total() <= self.bound(3.1, logits) and traffic.launches <= 4
 
+    def test_the_gradient_given_the_parts_is_one_read_and_one_write(self, monkeypatch, logits, rng):
+        y = torch.from_numpy(rng.integers(0, self.C, self.N))
+        want = torch.empty_like(logits)
+        tk.cross_entropy_rows(logits, y, grad=want, g=torch.ones(self.N))
+        parts = tk.cross_entropy_rows(logits, y)
+        traffic = Traffic(monkeypatch)
+        got = torch.empty_like(logits)
+        tk.cross_entropy_rows(logits, y, grad=got, g=torch.ones(self.N), parts=parts)
+        assert traffic.total() <= self.bound(2.1, logits) and traffic.launches == 1
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16))  # the same bits as with its own parts
+
+    def test_block_gradient_is_one_read_and_one_write(self, monkeypatch, logits, rng):
+        m, k, s = tk.state_rows(logits)
+        y = torch.from_numpy(rng.integers(0, self.C, self.N))
+        ones, zeros = torch.ones(self.N, dtype=torch.float64), torch.zeros(self.N, dtype=torch.float64)
+        traffic = Traffic(monkeypatch)
+        alive = torch.ones(self.N, dtype=torch.bool)
+        tk.block_gradient_rows(logits, 0, m, k, s, y, alive, ones, ones, zeros, zeros, 1.0, out=logits)
+        assert traffic.total() <= self.bound(2.1, logits) and traffic.launches == 1
+
+    def test_public_cross_entropy_forward_and_backward(self, monkeypatch, logits, rng):
+        """Through the public API and autograd: the forward's read, then the backward's parts and gradient."""
+        import stablesoftmax as ss
+
+        x = logits.clone().requires_grad_()
+        y = torch.from_numpy(rng.integers(0, self.C, self.N))
+        traffic = Traffic(monkeypatch)
+        with ss.triton_path():
+            ss.cross_entropy(x, y).backward()
+        assert traffic.total() <= self.bound(4.1, logits) and traffic.launches <= 4
+
     def test_the_counter_counts(self, monkeypatch, logits):
         """The softmax both reads and writes the logits' bytes: the counter sees each (not a vacuous bound)."""
         traffic = Traffic(monkeypatch)
@@ -627,7 +658,8 @@ from stablesoftmax._kernels import triton as tk
 X = sys.argv[1]
 KIND = {"bf16": 2, "fp16": 1}.get(X, 0)
 SAME_AS_X = ("x_ptr", "out_ptr", "grad_ptr")
-INTS = ("where_ptr", "k_ptr", "y_ptr", "allowed_ptr")
+INTS = ("where_ptr", "k_ptr", "y_ptr", "allowed_ptr", "alive_ptr")
+BOOLS = ("where_ptr", "alive_ptr")
 
 def compile_(fn, **flags):
     sig = {}
@@ -637,7 +669,7 @@ def compile_(fn, **flags):
         elif name in SAME_AS_X:
             sig[name] = "*" + X
         elif name in INTS:
-            sig[name] = "*i1" if name == "where_ptr" else "*i64"
+            sig[name] = "*i1" if name in BOOLS else "*i64"
         else:
             sig[name] = "*fp64" if name.endswith("_ptr") else "i32"
     consts = {(fn.arg_names.index(k),): v for k, v in flags.items()}
@@ -651,6 +683,7 @@ for one, out, log in ((True, True, False), (True, True, True), (True, False, Fal
 for log in (True, False):
     compile_(tk._write_kernel, **common, LOG=log, OUT_KIND=KIND)
 compile_(tk._grad_kernel, **common, HAS_WEIGHT=True, HAS_Z=True, OUT_KIND=KIND)
+compile_(tk._block_grad_kernel, WIDE=X == "fp64", BLOCK=4096, HAS_WEIGHT=True, OUT_KIND=KIND)
 print("compiled")
 """
 

@@ -11,7 +11,8 @@ this package implementing the same small protocol, :class:`Accelerator`:
   gives the loss parts of each row (:class:`.._state.LossParts` fields: the
   state, the target's logit, and the weighted shift sum that smoothing needs)
   and, with ``grad``, writes the gradient from the per-row coefficients ``g``
-  and ``z_grad``;
+  and ``z_grad`` (given ``parts``, the rows' parts from an earlier call, an
+  accelerator that finds them in a pass of their own may skip it);
 * ``block_gradient_rows(x, first, m, k, s, target, alive, big_a, g, z_coef, smooth, hot, *, weight, softcap, out)``
   writes the gradient of a block of classes ``first : first + K`` of rows
   whose whole state and coefficients (:class:`.._state.Coefficients`) are

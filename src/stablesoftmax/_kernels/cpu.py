@@ -243,6 +243,7 @@ def cross_entropy_rows(
     z_grad: np.ndarray | None = None,
     threads: int = 1,
     format16: str | None = None,
+    parts: CrossEntropyRows | None = None,  # an earlier call's: unused, the one sweep finds them anyway
 ) -> CrossEntropyRows:
     r"""Cross-entropy loss parts of each row and, with ``grad``, its gradient, in one pass of ``exp``.
 

@@ -70,6 +70,7 @@ def cross_entropy_rows(
     grad: Any = None,
     g: Any = None,
     z_grad: Any = None,
+    parts: Any = None,  # an earlier call's: unused, computed with the gradient anyway
 ) -> CrossEntropyRows:
     """The loss parts of each row and, with ``grad``, ``g_n (A p_c - a_c) + z_grad_n lse_n p_c`` written into it.
 

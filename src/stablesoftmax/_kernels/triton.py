@@ -224,6 +224,7 @@ def cross_entropy_rows(
     grad: Any = None,
     g: Any = None,
     z_grad: Any = None,
+    parts: CrossEntropyRows | None = None,
 ) -> CrossEntropyRows:
     r"""Cross-entropy loss parts of each row and, with ``grad``, its gradient: one read, or two with ``grad``.
 
@@ -258,6 +259,10 @@ def cross_entropy_rows(
         factor, not including ``w_y``; read as float64.
     z_grad : torch.Tensor ``[N]``, optional
         The z-loss term's factor ``2 z g_z``; the gradient gains ``z_grad lse p``.
+    parts : CrossEntropyRows, optional
+        With ``grad``: these rows' parts, as a call with the same ``x``,
+        ``target``, ``where``, ``weight`` and smoothing gave them. The parts'
+        launch is skipped and they are returned: the gradient costs one read.
 
     Returns
     -------
@@ -278,20 +283,15 @@ def cross_entropy_rows(
     y, w, alpha = _check_ce(x, target, weight, label_smoothing)
     if grad is not None:
         grad, g, z_grad = _check_grad(x, grad, g, z_grad)
-    parts = _ce_parts(n, x.device)
+    known = parts is not None and grad is not None
+    if parts is None or grad is None:
+        parts = _ce_parts(n, x.device)
     if n == 0:
         return parts
     block = _block(width)
     smooth = alpha > 0.0
-    _launch(
-        _forward_kernel,
-        n,
-        x, _or(where, x), x, parts.m, parts.k, parts.s, y, _or(w, x), parts.x_target, parts.shift_sum,
-        parts.allowed, parts.weight_sum,
-        width, x.stride(0), _stride(where), 0,
-        HAS_WHERE=where is not None, WIDE=x.dtype == torch.float64, BLOCK=block, ONE_BLOCK=width <= block,
-        WRITE_OUT=False, LOG=False, OUT_KIND=0, CE=True, SMOOTH=smooth, HAS_WEIGHT=w is not None,
-    )  # fmt: skip
+    if not known:
+        _forward_parts(x, where, y, w, parts, block, smooth)
     if grad is not None:
         lse = parts.m + torch.log1p(parts.s)
         _launch(
@@ -305,9 +305,23 @@ def cross_entropy_rows(
             HAS_WHERE=where is not None, WIDE=x.dtype == torch.float64, BLOCK=block,
             HAS_WEIGHT=w is not None, HAS_Z=z_grad is not None, OUT_KIND=_out_kind(grad),
         )  # fmt: skip
-    if smooth:
+    if smooth and not known:
         _top_rows_shift_sum(parts)
     return parts
+
+
+def _forward_parts(x: Any, where: Any, y: Any, w: Any, parts: CrossEntropyRows, block: int, smooth: bool) -> None:
+    """The launch that writes each row's parts into ``parts``: one read of the logits."""
+    n, width = x.shape
+    _launch(
+        _forward_kernel,
+        n,
+        x, _or(where, x), x, parts.m, parts.k, parts.s, y, _or(w, x), parts.x_target, parts.shift_sum,
+        parts.allowed, parts.weight_sum,
+        width, x.stride(0), _stride(where), 0,
+        HAS_WHERE=where is not None, WIDE=x.dtype == torch.float64, BLOCK=block, ONE_BLOCK=width <= block,
+        WRITE_OUT=False, LOG=False, OUT_KIND=0, CE=True, SMOOTH=smooth, HAS_WEIGHT=w is not None,
+    )  # fmt: skip
 
 
 def block_gradient_rows(
