@@ -388,3 +388,15 @@ def test_torch_compile_traces_forward_and_backward_whole_from_cold(backend, tmp_
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("chunk_size", [2, 4])
+def test_smoothing_on_huge_logits_equals_the_materialised_loss(chunk_size):
+    """A chunk's shift sum, sum_c (x_c - m), overflows float64 at logits near 1e308 unless held scaled."""
+    h = np.array([[1.0], [1.0]])
+    w = np.array([[1e308], [0.0], [0.0], [-5.0]])
+    y = np.array([0, 1])
+    got = ss.linear_cross_entropy(h, w, y, label_smoothing=0.1, reduction="none", chunk_size=chunk_size)
+    want = ss.cross_entropy(h @ w.T, y, label_smoothing=0.1, reduction="none")
+    assert np.isfinite(want).all()
+    np.testing.assert_allclose(got, want, rtol=1e-15)

@@ -603,11 +603,9 @@ def _kernel_ce(
         live = live & (r.m != -np.inf)
         r, dx = _ce_pass(module, x2, y, mask, weight, live, options, g)
     smoothing = options["smoothing"]
-    if smoothing and (live & np.isfinite(r.m) & ~np.isfinite(r.shift_sum) & (r.allowed > 0)).any():
-        if not (np.isneginf(x2) & (mask if mask is not None else True)).any():
-            return None  # sum_c (x_c - m) overflowed on huge logits: the reference takes the whole batch
-    spread = _state.Sums(r.shift_sum * _state.SUM_SCALE, np.zeros(len(y)), r.weight_sum) if smoothing else None
-    parts = _state.Parts(r.m, r.k, r.s, r.x_target, None, spread, r.allowed.astype(np.float64) if smoothing else None)
+    if smoothing and _shift_sum_overflowed(r, live, x2, mask):
+        return None  # the reference takes the whole batch
+    parts = _parts_of(r, npx, smoothing=smoothing)
     rows, ce, zt = _state.finish(
         parts,
         npx,
@@ -694,12 +692,33 @@ def ce_chunk_parts(
     r = module.cross_entropy_rows(
         x, xp.where(inside, local, xp.zeros_like(local)), weight=weight, label_smoothing=1.0 if smoothing else 0.0
     )
+    if smoothing and is_numpy(xp) and _shift_sum_overflowed(r, np.ones(n, bool), x, None):
+        with reference_path():
+            return ce_chunk_parts(x, first, target, weight=weight, smoothing=smoothing, needs_twosum=needs_twosum)
     xy = xp.where(inside, r.x_target, xp.zeros_like(r.x_target))
+    return _parts_of(r, xp, smoothing=smoothing, first=first, xy=xy)
+
+
+def _parts_of(r: Any, xp: Any, *, smoothing: float, first: int = 0, xy: Array | None = None) -> _state.Parts:
+    """An accelerator's ``cross_entropy_rows`` result as :class:`._state.Parts` (positions from ``first``).
+
+    The kernels' compensated shift sum is held scaled, as :func:`._state.sums` holds it.
+    """
     u = count = None
-    if smoothing:  # the kernels' compensated shift sum, held scaled as _state.sums holds it
+    if smoothing:
         u = _state.Sums(r.shift_sum * _state.SUM_SCALE, xp.zeros_like(r.shift_sum), r.weight_sum)
         count = xp.astype(r.allowed, xp.float64)
-    return _state.Parts(r.m, r.k + first, r.s, xy, None, u, count)
+    return _state.Parts(r.m, r.k + first if first else r.k, r.s, r.x_target if xy is None else xy, None, u, count)
+
+
+def _shift_sum_overflowed(r: Any, live: Any, x: np.ndarray, mask: Any) -> bool:
+    """Whether a host pass's ``sum_c (x_c - m)`` overflowed on huge logits: the reference, which scales it, serves.
+
+    A ``-inf`` allowed logit makes the sum ``-inf`` rightly; only without one is a non-finite sum an overflow.
+    """
+    if not (live & np.isfinite(r.m) & ~np.isfinite(r.shift_sum) & (r.allowed > 0)).any():
+        return False
+    return not (np.isneginf(x) & (mask if mask is not None else True)).any()
 
 
 def _fallback_rows(n: int, width: int, xp: Any) -> list[slice]:
@@ -874,11 +893,7 @@ def _device_ce(
     weight = None if options["weight"] is None else xp.astype(options["weight"], xp.float64)
     smoothing, z = options["smoothing"], options["z_loss"]
     r = module.cross_entropy_rows(rows_x, y, where=mask, weight=weight, label_smoothing=smoothing)
-    spread = None
-    if smoothing:
-        spread = _state.Sums(r.shift_sum * _state.SUM_SCALE, xp.zeros_like(r.shift_sum), r.weight_sum)
-    count = xp.astype(r.allowed, xp.float64) if smoothing else None
-    parts = _state.Parts(r.m, r.k, r.s, r.x_target, None, spread, count)
+    parts = _parts_of(r, xp, smoothing=smoothing)
     rows, ce, zt = _state.finish(
         parts,
         xp,
