@@ -22,7 +22,7 @@ from stablesoftmax._precision import round_to
 from tests import accuracy_harness as harness
 from tests.helpers import BFLOAT16
 
-pytest.importorskip("numba")
+numba = pytest.importorskip("numba")
 from stablesoftmax._kernels import cpu  # noqa: E402
 
 try:
@@ -260,15 +260,24 @@ class TestConversions:
 
     def test_widening_is_exact(self):
         bits = np.arange(1 << 16).astype(np.uint16)
-        for dtype, widen in [(BFLOAT16, cpu._f32_from_bfloat16), (FLOAT16, cpu._f32_from_float16)]:
+        routes = [(BFLOAT16, cpu._f32_from_bfloat16), (FLOAT16, cpu._f32_from_float16)]
+        if cpu._NATIVE_HALF:  # the hardware route the kernels take here, and the integer one they take elsewhere
+            routes.append((FLOAT16, numba.njit(lambda h: cpu._f32_from_half_bits(h))))
+        for dtype, widen in routes:
             got = np.array([widen(b) for b in bits.view(cpu._BITS[dtype.name])], np.float32)
             want = bits.view(dtype).astype(np.float32)
             np.testing.assert_array_equal(got.view(np.uint32)[~np.isnan(want)], want.view(np.uint32)[~np.isnan(want)])
             assert np.isnan(got[np.isnan(want)]).all()
 
-    @pytest.mark.parametrize("dtype", DTYPES16, ids=IDS)
-    def test_rounding_is_to_nearest_even(self, dtype):
-        rnd = cpu._bfloat16_from_f64 if dtype == BFLOAT16 else cpu._float16_from_f64
+    @pytest.mark.parametrize(
+        ("dtype", "route"),
+        [(BFLOAT16, "_bfloat16_from_f64"), (FLOAT16, "_float16_from_f64"), (FLOAT16, "_float16_from_f64_native")],
+        ids=["bfloat16", "float16", "float16-native"],
+    )
+    def test_rounding_is_to_nearest_even(self, dtype, route):
+        if route.endswith("native") and not cpu._NATIVE_HALF:
+            pytest.skip("this CPU converts float16 in integer arithmetic only")
+        rnd = getattr(cpu, route)
         with np.errstate(invalid="ignore"):  # NaN patterns
             values = np.unique(np.arange(1 << 16).astype(np.uint16).view(dtype).astype(np.float64))
         values = values[np.isfinite(values)]

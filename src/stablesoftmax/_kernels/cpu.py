@@ -41,13 +41,15 @@ What the kernels add to the reference is speed:
   previous row is swept: a select inside the term loop compiled to code 1.8x
   slower.
 * float16 and bfloat16 rows are read as their bits (numba has neither type),
-  never copied: each entry is widened in registers, exactly, by integer bit
-  manipulation (bfloat16 is the high half of a float32; float16's exponent is
-  rebiased, its subnormals, infinities and NaN included), and then computed
-  as float32 rows are, to the same float64 values. Their 16-bit outputs are
-  rounded once from those values, to nearest even: rounded to float32 with
-  round-to-odd first, then to 16 bits on the integer bits, which is correct
-  for any format of at most 22 bits (Boldo & Melquiond, IEEE TC 2008). Inside
+  never copied: each entry is widened in registers, exactly (bfloat16 is the
+  high half of a float32; float16 by the CPU's conversion instruction, F16C on
+  x86, or else by rebiasing its exponent, subnormals, infinities and NaN
+  included), and then computed as float32 rows are, to the same float64
+  values. Their 16-bit outputs are rounded once from those values, to nearest
+  even: rounded to float32 with round-to-odd first, then to 16 bits (on the
+  integer bits, or by F16C for float16), which is correct for any format of
+  at most 22 bits (Boldo & Melquiond, IEEE TC 2008). F16C took the float16
+  rows from 1.7x to 1.0x PyTorch's softmax time (``benchmarks/torch16.py``). Inside
   the compiled code the bits' dtype names the format: uint16 for bfloat16,
   int16 for float16, so that numba compiles each its own loops.
 
@@ -527,6 +529,18 @@ def _run_rows(
     return m, k, s
 
 
+def _native_half() -> bool:
+    """Whether this CPU converts between float16 and float32 in hardware: F16C on x86, always on aarch64."""
+    import platform
+
+    from llvmlite import binding
+
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return True
+    return machine in ("x86_64", "amd64") and bool(binding.get_host_cpu_features().get("f16c", False))
+
+
 if numba is not None:
     _jit = numba.njit(cache=True, nogil=True)
 
@@ -721,6 +735,11 @@ if numba is not None:
     # 16-bit rows: read as bits, widened in registers; outputs rounded once
     # ------------------------------------------------------------------
 
+    # float16 converts in one vector instruction where LLVM has one (x86's F16C, every aarch64); elsewhere in
+    # integer arithmetic, a libcall that the JIT may not link. The numba cache is keyed by the CPU, so a
+    # cached kernel never crosses from one kind to the other.
+    _NATIVE_HALF = _native_half()
+
     _NEG_INF_BITS = {types.uint16: 0xFF80, types.int16: -0x400}  # -inf in bfloat16 (uint16), float16 (int16)
 
     def _lane(v):
@@ -731,7 +750,7 @@ if numba is not None:
         if v == types.uint16:
             return lambda v: _f32_from_bfloat16(v)
         if v == types.int16:
-            return lambda v: _f32_from_float16(v)
+            return (lambda v: _f32_from_half_bits(v)) if _NATIVE_HALF else (lambda v: _f32_from_float16(v))
         return lambda v: v
 
     def _wide(v):
@@ -764,7 +783,7 @@ if numba is not None:
         if out.dtype == types.int16:
 
             def store_float16(out, i, v):
-                out[i] = _float16_from_f64(v)
+                out[i] = _float16_from_f64_native(v) if _NATIVE_HALF else _float16_from_f64(v)
 
             return store_float16
 
@@ -777,6 +796,15 @@ if numba is not None:
     def _f32_from_bfloat16(b):
         """bfloat16 is the high half of a float32."""
         return _f32_from_bits(np.int32(np.int32(b) << 16))
+
+    @intrinsic
+    def _f32_from_half_bits(typingctx, h):
+        """float16 bits to float32 as LLVM's ``fpext half``: exact; one vector instruction with F16C."""
+
+        def codegen(context, builder, signature, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+        return types.float32(types.int16), codegen
 
     @numba.njit(cache=True)
     def _f32_from_float16(h):
@@ -814,6 +842,21 @@ if numba is not None:
         r = (a + 0x7FFF + ((a >> 16) & 1)) >> 16  # to nearest even on the low 16 bits; a carry rounds up
         r = 0x7FC0 if a > 0x7F800000 else r
         return np.uint16(r | ((u >> 16) & 0x8000))
+
+    @intrinsic
+    def _half_bits_from_f32(typingctx, f):
+        """float32 to float16 bits as LLVM's ``fptrunc``, to nearest even: one vector instruction with F16C."""
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+        return types.int16(types.float32), codegen
+
+    @numba.njit(cache=True)
+    def _float16_from_f64_native(v):
+        """:func:`_float16_from_f64` through :func:`_half_bits_from_f32` of the float32 rounded to odd."""
+        h = _half_bits_from_f32(_f32_from_bits(np.int32(_odd_f32_bits(v))))
+        return h if v == v else np.int16(0x7E00 if _bits_from_f64(v) >= 0 else -0x200)  # NaN: the quiet one of v's sign
 
     @numba.njit(cache=True)
     def _float16_from_f64(v):
