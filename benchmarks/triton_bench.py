@@ -42,14 +42,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def calls(torch, tk, x, y):
     """The calls measured: name -> (function, bytes it must move at the least)."""
+    import stablesoftmax as ss
+
     size, n = x.numel() * x.element_size(), x.shape[0]
     out, grad, g = torch.empty_like(x), torch.empty_like(x), torch.ones(n, dtype=torch.float64, device=x.device)
+
+    def public() -> None:  # the public function and autograd: the forward op, then the backward op
+        leaf = x.detach().requires_grad_()
+        with ss.triton_path():
+            ss.cross_entropy(leaf, y).backward()
+
     return {
         "logsumexp (state_rows)": (lambda: tk.state_rows(x), size),
         "softmax (state_rows, out)": (lambda: tk.state_rows(x, out=out), 2 * size),
         "log_softmax (state_rows, out, log)": (lambda: tk.state_rows(x, out=out, log=True), 2 * size),
         "cross_entropy forward": (lambda: tk.cross_entropy_rows(x, y), size),
         "cross_entropy forward+grad": (lambda: tk.cross_entropy_rows(x, y, grad=grad, g=g), 3 * size),
+        "ss.cross_entropy(...).backward()": (public, 3 * size),
     }
 
 

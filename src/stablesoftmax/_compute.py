@@ -46,6 +46,9 @@ __all__ = [
     "logsumexp_grad",
     "softmax_grad",
     "cross_entropy",
+    "cross_entropy_keeping_parts",
+    "keeps_ce_parts",
+    "CE_PARTS",
     "nll_loss",
     "bce",
     "fast_logsumexp",
@@ -488,18 +491,60 @@ def ce_problem(
     return _reference.Problem(xw, tgt, probs, counted, w, mask, needs_twosum, reduction, smoothing, z_loss, softcap)
 
 
+CE_PARTS = 7  # the fields of an accelerator's CrossEntropyRows, rows of a saved-parts array
+
+
 def cross_entropy(
-    x: Array, target: Array, xp: Any, *, grad: bool, g: Array | None = None, **options: Any
+    x: Array, target: Array, xp: Any, *, grad: bool, g: Array | None = None, parts: Array | None = None, **options: Any
 ) -> tuple[Array, Array | None]:
-    """``(loss, dloss/dx or None)`` in ``x``'s dtype."""
-    device = None if options["probs"] or options["softcap"] is not None else _device_accelerator(x, xp)
+    """``(loss, dloss/dx or None)`` in ``x``'s dtype.
+
+    ``parts``, from :func:`cross_entropy_keeping_parts` on the same
+    arguments, spares a device's gradient the read that finds them; an
+    empty one (any other path) is ignored.
+    """
+    device = _ce_device(x, xp, options)
     if device is not None:
-        return _device_ce(device, x, target, xp, options, grad, g)
+        saved = None if parts is None or parts.shape[0] == 0 else _unpack_parts(device, parts, xp)
+        loss, dx, _ = _device_ce(device, x, target, xp, options, grad, g, saved)
+        return loss, dx
     module = _ce_accelerator(x, xp, options)
     result = None if module is None else _kernel_ce(module, x, target, options, grad, g)
     if result is not None:
         return result
     return _reference_ce(x, target, xp, grad, g, options)
+
+
+def keeps_ce_parts(x: Array, xp: Any, **options: Any) -> bool:
+    """Whether :func:`cross_entropy_keeping_parts` gives parts for these rows (a device's), not an empty array."""
+    return _ce_device(x, xp, options) is not None
+
+
+def cross_entropy_keeping_parts(x: Array, target: Array, xp: Any, **options: Any) -> tuple[Array, Array]:
+    """The loss and, on a device, its rows' parts as a ``[CE_PARTS, N]`` float64 array, for the backward.
+
+    Elsewhere the parts are ``[0, N]``: the CPU kernels find them in the
+    gradient's own sweep, and the reference in its row blocks.
+    """
+    device = _ce_device(x, xp, options)
+    if device is None:
+        loss, _ = cross_entropy(x, target, xp, grad=False, **options)
+        return loss, xp.empty((0, x.shape[0]), dtype=xp.float64, device=_state._device(x))
+    loss, _, r = _device_ce(device, x, target, xp, options, False, None, None)
+    return loss, xp.stack([xp.astype(f, xp.float64) for f in r], axis=0)
+
+
+def _ce_device(x: Array, xp: Any, options: dict[str, Any]) -> Any:
+    """The device accelerator for class-target rows without a softcap, or None."""
+    return None if options["probs"] or options["softcap"] is not None else _device_accelerator(x, xp)
+
+
+def _unpack_parts(module: Any, parts: Array, xp: Any) -> Any:
+    """The accelerator's ``CrossEntropyRows`` from a :func:`cross_entropy_keeping_parts` array."""
+    m, k, s, x_target, shift_sum, allowed, weight_sum = (parts[i, ...] for i in range(CE_PARTS))
+    return module.CrossEntropyRows(
+        m, xp.astype(k, xp.int64), s, x_target, shift_sum, xp.astype(allowed, xp.int64), weight_sum
+    )
 
 
 def _reference_ce(
@@ -875,14 +920,16 @@ def _device_softmax(module: Any, x: Array, xp: Any, mask: Array | None, log: boo
 
 
 def _device_ce(
-    module: Any, x: Array, target: Array, xp: Any, options: dict[str, Any], grad: bool, g: Any
-) -> tuple[Array, Array | None]:
+    module: Any, x: Array, target: Array, xp: Any, options: dict[str, Any], grad: bool, g: Any, saved: Any
+) -> tuple[Array, Array | None, Any]:
     """The loss from the accelerator's parts and :func:`._state.finish`; the gradient from a second pass.
 
     No value is read on the host: the targets are checked only where they
     can be read without a sync (a CPU tensor), and the mean's denominator
     stays a tensor. The gradient's pass needs the rows that the finish
-    found alive, so it is its own launch after the loss's.
+    found alive, so it is its own launch after the loss's. ``saved`` are
+    the parts of an earlier call on the same rows (the forward's, in a
+    backward): the parts' launch is then skipped. Returns the parts too.
     """
     rows_x = x.contiguous()
     tgt = xp.astype(target, xp.int64)
@@ -892,7 +939,11 @@ def _device_ce(
     mask = None if options["mask"] is None else options["mask"].contiguous()
     weight = None if options["weight"] is None else xp.astype(options["weight"], xp.float64)
     smoothing, z = options["smoothing"], options["z_loss"]
-    r = module.cross_entropy_rows(rows_x, y, where=mask, weight=weight, label_smoothing=smoothing)
+    r = (
+        saved
+        if saved is not None
+        else module.cross_entropy_rows(rows_x, y, where=mask, weight=weight, label_smoothing=smoothing)
+    )
     parts = _parts_of(r, xp, smoothing=smoothing)
     rows, ce, zt = _state.finish(
         parts,
@@ -907,7 +958,7 @@ def _device_ce(
     )
     loss = round_to(_state.reduce(ce, zt, rows.row_weight, rows.alive, options["reduction"], xp), x, xp)
     if not grad:
-        return loss, None
+        return loss, None, r
     g64 = xp.astype(xp.asarray(1.0 if g is None else g, device=_state._device(rows_x)), xp.float64)
     ce_scale, z_scale = _state.row_scales(options["reduction"], rows.alive, rows.row_weight, g64, xp, dtype=xp.float64)
     ones = xp.ones_like(rows.row_weight)
@@ -924,4 +975,4 @@ def _device_ce(
         z_grad=xp.where(rows.alive, 2 * z * z_scale * ones, zero) if z else None,
         parts=r,  # found above: the gradient's pass is its only read
     )
-    return loss, xp.where(rows.alive[:, None], dx, xp.zeros_like(dx))  # ignored and dropped rows move nothing
+    return loss, xp.where(rows.alive[:, None], dx, xp.zeros_like(dx)), r  # ignored and dropped rows move nothing

@@ -625,16 +625,27 @@ class TestTraffic:
         tk.block_gradient_rows(logits, 0, m, k, s, y, alive, ones, ones, zeros, zeros, 1.0, out=logits)
         assert traffic.total() <= self.bound(2.1, logits) and traffic.launches == 1
 
-    def test_public_cross_entropy_forward_and_backward(self, monkeypatch, logits, rng):
-        """Through the public API and autograd: the forward's read, then the backward's parts and gradient."""
+    @pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.1, "reduction": "sum"}], ids=["plain", "smoothed"])
+    def test_public_cross_entropy_forward_and_backward(self, monkeypatch, logits, rng, options):
+        """Through the public API and autograd: the forward's read, then the gradient's, from the forward's parts."""
         import stablesoftmax as ss
 
         x = logits.clone().requires_grad_()
         y = torch.from_numpy(rng.integers(0, self.C, self.N))
         traffic = Traffic(monkeypatch)
         with ss.triton_path():
-            ss.cross_entropy(x, y).backward()
-        assert traffic.total() <= self.bound(4.1, logits) and traffic.launches <= 4
+            ss.cross_entropy(x, y, **options).backward()
+        assert traffic.total() <= self.bound(3.1, logits) and traffic.launches == 2
+
+    def test_public_cross_entropy_with_grad(self, monkeypatch, logits, rng):
+        """``cross_entropy_with_grad`` on a tensor: the same two launches."""
+        import stablesoftmax as ss
+
+        y = torch.from_numpy(rng.integers(0, self.C, self.N))
+        traffic = Traffic(monkeypatch)
+        with ss.triton_path():
+            ss.cross_entropy_with_grad(logits, y)
+        assert traffic.total() <= self.bound(3.1, logits) and traffic.launches == 2
 
     def test_the_counter_counts(self, monkeypatch, logits):
         """The softmax both reads and writes the logits' bytes: the counter sees each (not a vacuous bound)."""

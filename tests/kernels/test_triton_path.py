@@ -9,6 +9,7 @@ Triton kernels.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -80,9 +81,22 @@ def test_cross_entropy_and_gradient_equal_the_numpy_path(opts, reduction, rng, l
     with ss.triton_path():
         got = ss.cross_entropy(xt, torch.tensor(y), reduction=reduction, **tkw)
         (grad,) = torch.autograd.grad(got.sum(), xt)
-    assert launches[0] >= 2  # the forward's pass and the gradient's
+    assert launches[0] == 2  # the forward's pass and the gradient's, from the parts the forward kept
     np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-13, atol=0)
     np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("triton", [False, True], ids=["host", "triton"])
+def test_the_cross_entropy_op_passes_opcheck(triton, rng):
+    """The op's schema, fake (the kept parts' shape on each path), autograd and AOT dispatch agree."""
+    from stablesoftmax._backends import torch as backend
+
+    x = torch.tensor(rng.normal(size=(6, 11)), requires_grad=True)
+    args = (x, torch.tensor(rng.integers(0, 11, 6)), None, None, -100, "mean", 0.1, 0.0, None, False)
+    with ss.triton_path() if triton else contextlib.nullcontext():
+        parts = backend._cross_entropy(*args)[1]
+        assert tuple(parts.shape) == ((7, 6) if triton else (0, 6))
+        torch.library.opcheck(backend._cross_entropy, args)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, BFLOAT16, np.float16], ids=str)

@@ -263,16 +263,23 @@ def _cross_entropy(
     z_loss: float,
     softcap: float | None,
     probs: bool,
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
+    """The loss, and the rows' parts for the backward: ``[CE_PARTS, N]`` float64 on a device, else ``[0, N]``.
+
+    A device's backward then reads the logits once, not twice (the parts are O(N)).
+    """
     opts = dict(
         ignore_index=ignore_index, reduction=reduction, smoothing=smoothing, z_loss=z_loss, softcap=softcap, probs=probs
     )
-    return _run1(
-        lambda x_, t_, w_, m_, ns: _compute.cross_entropy(x_, t_, ns, grad=False, weight=w_, mask=m_, **opts)[0],
-        x,
-        target,
-        weight,
-        mask,
+    return cast(
+        tuple[Tensor, Tensor],
+        _run(
+            lambda x_, t_, w_, m_, ns: _compute.cross_entropy_keeping_parts(x_, t_, ns, weight=w_, mask=m_, **opts),
+            x,
+            target,
+            weight,
+            mask,
+        ),
     )
 
 
@@ -288,8 +295,10 @@ def _(
     z_loss: float,
     softcap: float | None,
     probs: bool,
-) -> Tensor:
-    return x.new_empty(x.shape[:1] if reduction == "none" else ())
+) -> tuple[Tensor, Tensor]:
+    keeps = _compute.keeps_ce_parts(x, xp, softcap=softcap, probs=probs)
+    parts = x.new_empty((_compute.CE_PARTS if keeps else 0, x.shape[0]), dtype=torch.float64)
+    return x.new_empty(x.shape[:1] if reduction == "none" else ()), parts
 
 
 @torch.library.custom_op(f"{_LIB}::cross_entropy_grad", mutates_args=())
@@ -299,6 +308,7 @@ def _cross_entropy_grad(
     g: Tensor,
     weight: Tensor | None,
     mask: Tensor | None,
+    parts: Tensor,
     ignore_index: int,
     reduction: str,
     smoothing: float,
@@ -310,14 +320,15 @@ def _cross_entropy_grad(
         ignore_index=ignore_index, reduction=reduction, smoothing=smoothing, z_loss=z_loss, softcap=softcap, probs=probs
     )
     return _run1(
-        lambda x_, t_, g_, w_, m_, ns: _compute.cross_entropy(x_, t_, ns, grad=True, g=g_, weight=w_, mask=m_, **opts)[
-            1
-        ],
+        lambda x_, t_, g_, w_, m_, p_, ns: _compute.cross_entropy(
+            x_, t_, ns, grad=True, g=g_, weight=w_, mask=m_, parts=p_, **opts
+        )[1],
         x,
         target,
         g,
         weight,
         mask,
+        parts,
     )
 
 
@@ -328,6 +339,7 @@ def _(
     g: Tensor,
     weight: Tensor | None,
     mask: Tensor | None,
+    parts: Tensor,
     ignore_index: int,
     reduction: str,
     smoothing: float,
@@ -340,13 +352,14 @@ def _(
 
 def _ce_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     x, target, weight, mask, *opts = inputs
-    ctx.save_for_backward(x, target, weight, mask)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(x, target, weight, mask, output[1])
     ctx.opts = opts
 
 
-def _ce_backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
-    x, target, weight, mask = ctx.saved_tensors
-    dx = _cross_entropy_grad(x, target, g, weight, mask, *ctx.opts) if ctx.needs_input_grad[0] else None
+def _ce_backward(ctx: Any, g: Tensor, _g_parts: Any) -> tuple[Any, ...]:
+    x, target, weight, mask, parts = ctx.saved_tensors
+    dx = _cross_entropy_grad(x, target, g, weight, mask, parts, *ctx.opts) if ctx.needs_input_grad[0] else None
     dt = _ce_target_grad(x, g, weight, mask, *ctx.opts) if ctx.needs_input_grad[1] else None
     return (dx, dt) + (None,) * 8
 
@@ -596,11 +609,11 @@ def cross_entropy(
         probs,
     )
     _refuse_forward_ad("cross_entropy", x, target, weight, g if isinstance(g, Tensor) else None)
-    loss = _cross_entropy(x, target, weight, mask, *opts)
+    loss, parts = _cross_entropy(x, target, weight, mask, *opts)
     if not grad:
         return loss, None
     gt = g if isinstance(g, Tensor) else torch.as_tensor(1.0 if g is None else g, dtype=x.dtype, device=x.device)
-    return loss, _cross_entropy_grad(x.detach(), target, gt, weight, mask, *opts)
+    return loss, _cross_entropy_grad(x.detach(), target, gt, weight, mask, parts, *opts)
 
 
 def nll_loss(
