@@ -101,6 +101,27 @@ class TestLinearCrossEntropy:
         tracemalloc.stop()
         assert peak <= logits_bytes / 16, f"peak {peak} bytes vs logits {logits_bytes}"
 
+    def test_gradient_peak_memory_is_the_gradients_and_one_chunk(self, rng, each_path):
+        """Beyond d hidden and d weight: one chunk of logits (become its gradient), the 1 MiB buffer of
+        ``G W_c`` and O(N) row values (20 float64 a row), and on the NumPy path the reference's row-block
+        temporaries; an (N, H) product buffer would not fit."""
+        from stablesoftmax import _compute, _linear_chunks
+
+        n, h, v, chunk = 4096, 128, 2048, 256  # N x H is twice the buffer's entries
+        hidden = rng.standard_normal((n, h), dtype=np.float32)
+        weight = rng.standard_normal((v, h), dtype=np.float32)
+        target = rng.integers(0, v, n)
+        ss.linear_cross_entropy_with_grad(hidden, weight, target, chunk_size=chunk)  # compiled before measuring
+        tracemalloc.start()
+        ss.linear_cross_entropy_with_grad(hidden, weight, target, chunk_size=chunk)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        grads, logits_chunk = (n * h + v * h) * 4, n * chunk * 4
+        buffer = _linear_chunks._PRODUCT_ENTRIES * 4
+        if each_path == "numpy":
+            buffer += _compute._HOST_BLOCK * 8 * _compute._TEMPORARIES
+        assert peak <= grads + logits_chunk + buffer + 160 * n, f"peak {peak} bytes"
+
     def test_all_ignored_mean_is_zero_with_zero_gradients(self, layer):
         hidden, weight, _, target, _ = layer
         loss, (d_h, d_w, d_b) = ss.linear_cross_entropy_with_grad(hidden, weight, np.full_like(target, -100))

@@ -16,6 +16,8 @@ import numpy as np
 from . import _compute, _state
 from ._errors import ShapeError
 
+_PRODUCT_ENTRIES = 1 << 18  # the host backward's G W_c buffer: 1 MiB of float32 rows, whatever N
+
 
 @dataclass
 class _Linear:
@@ -111,7 +113,9 @@ def backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tupl
     d_h = xp.zeros(h.shape, dtype=h.dtype, device=dev)
     d_w = xp.empty((p.w.shape[0], h.shape[1]), dtype=h.dtype, device=dev)
     d_b = None if p.b is None else xp.empty((p.w.shape[0],), dtype=h.dtype, device=dev)
-    product = np.empty_like(h) if host else None  # G W_c, added into d_h: one buffer for every chunk
+    # G W_c, added into d_h in row blocks through one small buffer: an (N, H) one would be a chunk's worth.
+    step = max(1, _PRODUCT_ENTRIES // max(1, h.shape[1]))
+    product = np.empty((min(step, h.shape[0]), h.shape[1]), h.dtype) if host else None
     for i in _starts(p):
         grad = _chunk_logits(p, i) if host else _native_logits(p, h, i)
         width = grad.shape[1]
@@ -131,8 +135,9 @@ def backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tupl
                 out=grad,  # the chunk's logits become its gradient: one chunk is all it holds
             )
         w_chunk = xp.astype(p.w[i : i + width], h.dtype, copy=False)
-        if host:
-            d_h += np.matmul(grad, w_chunk, out=product)
+        if product is not None:  # on the host
+            for r in range(0, h.shape[0], step):
+                d_h[r : r + step] += np.matmul(grad[r : r + step], w_chunk, out=product[: min(step, h.shape[0] - r)])
             np.matmul(grad.T, h, out=d_w[i : i + width])
         elif _is_torch(grad):  # in place: no (N, H) or (K, H) temporary
             d_h.addmm_(grad, w_chunk)
