@@ -523,13 +523,14 @@ def keeps_ce_parts(x: Array, xp: Any, **options: Any) -> bool:
 def cross_entropy_keeping_parts(x: Array, target: Array, xp: Any, **options: Any) -> tuple[Array, Array]:
     """The loss and, on a device, its rows' parts as a ``[CE_PARTS, N]`` float64 array, for the backward.
 
-    Elsewhere the parts are ``[0, N]``: the CPU kernels find them in the
+    Elsewhere the parts are ``[0, N]`` of ``x``'s dtype (a device without
+    float64, such as MPS, can hold it): the CPU kernels find them in the
     gradient's own sweep, and the reference in its row blocks.
     """
     device = _ce_device(x, xp, options)
     if device is None:
         loss, _ = cross_entropy(x, target, xp, grad=False, **options)
-        return loss, xp.empty((0, x.shape[0]), dtype=xp.float64, device=_state._device(x))
+        return loss, xp.empty((0, x.shape[0]), dtype=x.dtype, device=_state._device(x))
     loss, _, r = _device_ce(device, x, target, xp, options, False, None, None)
     return loss, xp.stack([xp.astype(f, xp.float64) for f in r], axis=0)
 

@@ -264,9 +264,10 @@ def _cross_entropy(
     softcap: float | None,
     probs: bool,
 ) -> tuple[Tensor, Tensor]:
-    """The loss, and the rows' parts for the backward: ``[CE_PARTS, N]`` float64 on a device, else ``[0, N]``.
+    """The loss, and the rows' parts for the backward: ``[CE_PARTS, N]`` float64 on a device.
 
-    A device's backward then reads the logits once, not twice (the parts are O(N)).
+    A device's backward then reads the logits once, not twice (the parts are
+    O(N)). Elsewhere the parts are ``[0, N]`` of ``x``'s dtype.
     """
     opts = dict(
         ignore_index=ignore_index, reduction=reduction, smoothing=smoothing, z_loss=z_loss, softcap=softcap, probs=probs
@@ -297,7 +298,7 @@ def _(
     probs: bool,
 ) -> tuple[Tensor, Tensor]:
     keeps = _compute.keeps_ce_parts(x, xp, softcap=softcap, probs=probs)
-    parts = x.new_empty((_compute.CE_PARTS if keeps else 0, x.shape[0]), dtype=torch.float64)
+    parts = x.new_empty((_compute.CE_PARTS, x.shape[0]), dtype=torch.float64) if keeps else x.new_empty((0, x.shape[0]))
     return x.new_empty(x.shape[:1] if reduction == "none" else ()), parts
 
 
