@@ -47,8 +47,7 @@ __all__ = [
     "softmax_grad",
     "cross_entropy",
     "cross_entropy_keeping_parts",
-    "keeps_ce_parts",
-    "CE_PARTS",
+    "kept_ce_parts",
     "nll_loss",
     "bce",
     "fast_logsumexp",
@@ -491,9 +490,6 @@ def ce_problem(
     return _reference.Problem(xw, tgt, probs, counted, w, mask, needs_twosum, reduction, smoothing, z_loss, softcap)
 
 
-CE_PARTS = 7  # the fields of an accelerator's CrossEntropyRows, rows of a saved-parts array
-
-
 def cross_entropy(
     x: Array, target: Array, xp: Any, *, grad: bool, g: Array | None = None, parts: Array | None = None, **options: Any
 ) -> tuple[Array, Array | None]:
@@ -515,13 +511,14 @@ def cross_entropy(
     return _reference_ce(x, target, xp, grad, g, options)
 
 
-def keeps_ce_parts(x: Array, xp: Any, **options: Any) -> bool:
-    """Whether :func:`cross_entropy_keeping_parts` gives parts for these rows (a device's), not an empty array."""
-    return _ce_device(x, xp, options) is not None
+def kept_ce_parts(x: Array, xp: Any, **options: Any) -> int:
+    """How many rows of parts :func:`cross_entropy_keeping_parts` gives for ``x``: its accelerator's fields, or 0."""
+    device = _ce_device(x, xp, options)
+    return 0 if device is None else len(device.CrossEntropyRows._fields)
 
 
 def cross_entropy_keeping_parts(x: Array, target: Array, xp: Any, **options: Any) -> tuple[Array, Array]:
-    """The loss and, on a device, its rows' parts as a ``[CE_PARTS, N]`` float64 array, for the backward.
+    """The loss and, on a device, its rows' parts as a ``[fields, N]`` float64 array, for the backward.
 
     Elsewhere the parts are ``[0, N]`` of ``x``'s dtype (a device without
     float64, such as MPS, can hold it): the CPU kernels find them in the
@@ -542,7 +539,7 @@ def _ce_device(x: Array, xp: Any, options: dict[str, Any]) -> Any:
 
 def _unpack_parts(module: Any, parts: Array, xp: Any) -> Any:
     """The accelerator's ``CrossEntropyRows`` from a :func:`cross_entropy_keeping_parts` array."""
-    m, k, s, x_target, shift_sum, allowed, weight_sum = (parts[i, ...] for i in range(CE_PARTS))
+    m, k, s, x_target, shift_sum, allowed, weight_sum = (parts[i, ...] for i in range(parts.shape[0]))
     return module.CrossEntropyRows(
         m, xp.astype(k, xp.int64), s, x_target, shift_sum, xp.astype(allowed, xp.int64), weight_sum
     )

@@ -264,7 +264,7 @@ def _cross_entropy(
     softcap: float | None,
     probs: bool,
 ) -> tuple[Tensor, Tensor]:
-    """The loss, and the rows' parts for the backward: ``[CE_PARTS, N]`` float64 on a device.
+    """The loss, and the rows' parts for the backward: ``[fields, N]`` float64 on a device.
 
     A device's backward then reads the logits once, not twice (the parts are
     O(N)). Elsewhere the parts are ``[0, N]`` of ``x``'s dtype.
@@ -297,8 +297,8 @@ def _(
     softcap: float | None,
     probs: bool,
 ) -> tuple[Tensor, Tensor]:
-    keeps = _compute.keeps_ce_parts(x, xp, softcap=softcap, probs=probs)
-    parts = x.new_empty((_compute.CE_PARTS, x.shape[0]), dtype=torch.float64) if keeps else x.new_empty((0, x.shape[0]))
+    kept = _compute.kept_ce_parts(x, xp, softcap=softcap, probs=probs)
+    parts = x.new_empty((kept, x.shape[0]), dtype=torch.float64) if kept else x.new_empty((0, x.shape[0]))
     return x.new_empty(x.shape[:1] if reduction == "none" else ()), parts
 
 
@@ -674,7 +674,7 @@ def _linear_problem(
 ) -> tuple[_linear._Linear, bool]:
     """The op's problem, and whether it is computed through NumPy views (CPU float32/float64) or torch ops.
 
-    Under :func:`._kernels.triton_path` CPU tensors stay tensors, as every other function's do.
+    Under ``stablesoftmax.triton_path()`` CPU tensors stay tensors, as every other function's do.
     """
     names = ("ignore_index", "chunk", "reduction", "smoothing", "z_loss", "softcap")
     options = dict(zip(names, opts, strict=True))
