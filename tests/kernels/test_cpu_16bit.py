@@ -283,14 +283,17 @@ class TestConversions:
         values = values[np.isfinite(values)]
         mids = (values[:-1] + values[1:]) / 2  # exact: 16-bit values have 11 bits at most
         top = np.array([2.0 * values[-1] - values[-2]]) / 2 + values[-1] / 2  # halfway to the next binade's step
+        patterns = np.random.default_rng(16).integers(0, 1 << 63, 20000, dtype=np.uint64).view(np.float64)
         v = np.concatenate(
-            [mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf), values, top, [1e300, 1e-320]]
+            [mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf), values, top, [1e300, 1e-320, 5e-324]]
         )
+        v = np.concatenate([v, patterns[np.isfinite(patterns)], 2.0**-140 * patterns[patterns < 2**10]])
         v = np.concatenate([v, -v, [np.inf, -np.inf]])
         got = np.array([rnd(a) for a in v], cpu._BITS[dtype.name]).view(dtype)
         with np.errstate(all="ignore"):  # round_to's steps on inf and overflow
             want = round_to(v, np.empty(0, dtype), npx)
         np.testing.assert_array_equal(got.astype(np.float64), want.astype(np.float64))
+        np.testing.assert_array_equal(np.signbit(got.astype(np.float64)), np.signbit(v))  # -0.0 from tiny negatives
         assert np.isnan(np.array([rnd(np.nan)], cpu._BITS[dtype.name]).view(dtype).astype(np.float32)).all()
 
 

@@ -741,6 +741,7 @@ if numba is not None:
     _NATIVE_HALF = _native_half()
 
     _NEG_INF_BITS = {types.uint16: 0xFF80, types.int16: -0x400}  # -inf in bfloat16 (uint16), float16 (int16)
+    _SIGN_BIT = np.int64(-0x8000000000000000)  # a float64's sign bit, as an int64
 
     def _lane(v):
         """An entry as the max sweep compares it: a float as it is, 16-bit bits widened to float32 (exact)."""
@@ -835,13 +836,34 @@ if numba is not None:
         return u + step  # sign and magnitude: +1 moves away from zero, for either sign
 
     @numba.njit(cache=True)
+    def _rounded_bits(v, low, high, shift):
+        """``v`` rounded once, to nearest even, to a format whose significand has ``53 - log2(shift)`` bits.
+
+        Adding ``c = ±2**e * shift``, with ``2**e`` the power of two at or
+        below ``|v|`` (clamped to the format's smallest normal ``low`` and to
+        ``high``, above its largest finite) and ``v``'s sign, leaves the sum's
+        last bit at the format's quantum for ``v``: the addition rounds there,
+        to nearest even, and subtracting ``c`` is exact. Below ``low`` the
+        quantum is the subnormals' fixed one. ``±inf`` and NaN pass through; a
+        zero result keeps ``v``'s sign when the caller ORs it back in.
+        Branch-free, so the output loops vectorise.
+        """
+        e = _f64_from_bits(_bits_from_f64(v) & 0x7FF0000000000000)
+        e = min(max(e, low), high)
+        c = _f64_from_bits(_bits_from_f64(e * shift) | (_bits_from_f64(v) & _SIGN_BIT))
+        return (v + c) - c
+
+    @numba.njit(cache=True)
     def _bfloat16_from_f64(v):
-        """float64 to bfloat16 bits, to nearest even; NaN gives the quiet NaN of ``v``'s sign."""
-        u = _odd_f32_bits(v)
-        a = u & 0x7FFFFFFF
-        r = (a + 0x7FFF + ((a >> 16) & 1)) >> 16  # to nearest even on the low 16 bits; a carry rounds up
-        r = 0x7FC0 if a > 0x7F800000 else r
-        return np.uint16(r | ((u >> 16) & 0x8000))
+        """float64 to bfloat16 bits, to nearest even; NaN gives the quiet NaN of ``v``'s sign.
+
+        The rounded value is a bfloat16, so its float32 is exact and the high
+        half of its bits is the answer (``2**128`` becomes infinity there).
+        """
+        sign = (_bits_from_f64(v) >> 48) & 0x8000
+        r = _rounded_bits(v, 2.0**-126, 2.0**128, 2.0**45)
+        h = (np.int64(_bits_from_f32(np.float32(r))) >> 16) | sign
+        return np.uint16(h if v == v else 0x7FC0 | sign)
 
     @intrinsic
     def _half_bits_from_f32(typingctx, f):
@@ -854,9 +876,11 @@ if numba is not None:
 
     @numba.njit(cache=True)
     def _float16_from_f64_native(v):
-        """:func:`_float16_from_f64` through :func:`_half_bits_from_f32` of the float32 rounded to odd."""
-        h = _half_bits_from_f32(_f32_from_bits(np.int32(_odd_f32_bits(v))))
-        return h if v == v else np.int16(0x7E00 if _bits_from_f64(v) >= 0 else -0x200)  # NaN: the quiet one of v's sign
+        """:func:`_float16_from_f64` as :func:`_rounded_bits` to float16 and an exact :func:`_half_bits_from_f32`."""
+        sign = (_bits_from_f64(v) >> 48) & 0x8000
+        r = _rounded_bits(v, 2.0**-14, 2.0**16, 2.0**42)
+        h = np.int64(_half_bits_from_f32(np.float32(r))) | sign
+        return np.int16(h if v == v else 0x7E00 | sign)  # NaN: the quiet one of v's sign
 
     @numba.njit(cache=True)
     def _float16_from_f64(v):
