@@ -5,8 +5,9 @@ Run from the repository root::
     python benchmarks/linear_ce_torch.py                       # hidden (2048, 1024), weight (32000, 1024)
     python benchmarks/linear_ce_torch.py --shape 1024 512 16000 --repeats 5
     python benchmarks/linear_ce_torch.py --forward              # the forward alone
+    python benchmarks/linear_ce_torch.py --dtype bfloat16       # 16-bit tensors
 
-float32, one thread. Each method runs forward and backward (``loss.backward()``
+float32 unless ``--dtype`` says otherwise, one thread. Each method runs forward and backward (``loss.backward()``
 to hidden and weight); the methods are timed in interleaved rounds so that load
 on a shared machine hits them alike, and a ratio is the median over rounds of
 the ratio to the bare matmul within each round. Peak memory is the growth of the
@@ -43,11 +44,14 @@ from stablesoftmax._backends import torch as adapter  # noqa: E402
 HOST_DTYPES = adapter._LINEAR_HOST_DTYPES
 
 
+DTYPE = torch.float32  # set by --dtype
+
+
 def inputs(n: int, h: int, v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Seeded, made in place: a temporary as large as ``weight`` would hide the peak it is measured against."""
     gen = torch.Generator().manual_seed(0)
-    hidden = torch.randn((n, h), generator=gen).mul_(0.5).requires_grad_()
-    weight = torch.randn((v, h), generator=gen).mul_(0.03).requires_grad_()
+    hidden = torch.randn((n, h), generator=gen, dtype=DTYPE).mul_(0.5).requires_grad_()
+    weight = torch.randn((v, h), generator=gen, dtype=DTYPE).mul_(0.03).requires_grad_()
     return hidden, weight, torch.randint(0, v, (n,), generator=gen)
 
 
@@ -80,7 +84,7 @@ def step(
 def peak(name: str, shape: list[int]) -> int:
     """Growth of the max RSS over one forward+backward of ``name``, in a fresh interpreter (bytes)."""
     done = subprocess.run(
-        [sys.executable, __file__, "--peak-of", name, "--shape", *map(str, shape)],
+        [sys.executable, __file__, "--peak-of", name, "--shape", *map(str, shape), "--dtype", str(DTYPE)[6:]],
         capture_output=True,
         text=True,
         check=True,
@@ -118,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", type=int, nargs=3, default=[2048, 1024, 32000], metavar=("N", "H", "V"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--forward", action="store_true", help="time the forward alone (no peaks)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--peak-of", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    global DTYPE
+    DTYPE = getattr(torch, args.dtype)
     torch.set_num_threads(1)
     if args.peak_of:
         print(_peak_here(args.peak_of, args.shape))
@@ -134,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
             losses[name] = step(name, hidden, weight, target, backward=not args.forward)
             times[name].append(time.perf_counter() - t)
     ref = _float64_loss(hidden, weight, target)
-    logits_bytes = n * v * 4
-    needed = (n * h + v * h) * 4 + n * -(-v // 32) * 4
+    logits_bytes = n * v * DTYPE.itemsize
+    needed = (n * h + v * h) * DTYPE.itemsize + n * -(-v // 32) * 4  # the chunk is float32 on every path
     print(f"command: python {' '.join(sys.argv)}  ({args.repeats} interleaved rounds, 1 thread, wall clock)")
     passes = "forward only" if args.forward else "forward + backward"
-    print(f"hidden ({n}, {h}), weight ({v}, {h}), float32, {passes}; logits {logits_bytes / 2**20:.0f} MiB;")
+    print(f"hidden ({n}, {h}), weight ({v}, {h}), {args.dtype}, {passes}; logits {logits_bytes / 2**20:.0f} MiB;")
     print(f"gradients + one chunk of logits (the default chunk, V/32 classes): {needed / 2**20:.0f} MiB\n")
     print("| method | median s | / bare matmul [quartiles] | loss rel. error vs float64 | peak RSS growth MiB |")
     print("|---|---|---|---|---|")

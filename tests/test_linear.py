@@ -208,10 +208,10 @@ class TestOtherArrayLibraries:
 
 
 # --------------------------------------------------------------------------
-# PyTorch tensors: the custom ops, on NumPy views (CPU float32/float64) and on torch ops
+# PyTorch tensors: the custom ops, on NumPy views (CPU tensors) and on torch ops
 # --------------------------------------------------------------------------
 
-TORCH_DTYPES = ["float64", "float32", "bfloat16"]
+TORCH_DTYPES = ["float64", "float32", "bfloat16", "float16"]
 
 
 @pytest.fixture(params=["views", "torch ops"])
@@ -243,8 +243,8 @@ def _materialised(torch, h, w, b, target, g, theirs):
 
 
 def _close(got, ref, dtype, *, loss=False):
-    """float64: 1e-12 of the largest entry; float32: a float32 matmul's error; bfloat16: its rounding."""
-    tol = {"float64": 1e-12, "float32": 1e-6 if loss else 1e-5, "bfloat16": 2.0**-7}[dtype]
+    """float64: 1e-12 of the largest entry; float32: a float32 matmul's error; 16-bit: its rounding."""
+    tol = {"float64": 1e-12, "float32": 1e-6 if loss else 1e-5, "bfloat16": 2.0**-7, "float16": 2.0**-10}[dtype]
     got, ref = got.detach().double().numpy(), ref.numpy()
     assert np.isfinite(got).all() == np.isfinite(ref).all()
     assert np.abs(got - ref).max() <= tol * np.abs(ref).max(), (np.abs(got - ref).max(), np.abs(ref).max())

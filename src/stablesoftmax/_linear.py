@@ -137,8 +137,9 @@ def linear_cross_entropy(
     -----
     PyTorch tensors are computed on their own device by custom ops, so
     meta tensors pass, ``torch.compile(fullgraph=True)`` traces the call whole
-    and autograd reaches ``hidden``, ``weight`` and ``bias`` (CPU float32 and
-    float64 tensors go through zero-copy NumPy views, which is faster there).
+    and autograd reaches ``hidden``, ``weight`` and ``bias``. CPU tensors go
+    through zero-copy NumPy views, which is faster there; 16-bit ``hidden`` is
+    widened to float32 once and a 16-bit ``weight`` a chunk at a time.
     Other arrays (JAX, array-API libraries) are computed on the host, copied
     there and back; under a JAX transformation (``jit``, ``grad``) the call is
     refused with a named error, since a host computation cannot be traced.

@@ -44,8 +44,13 @@ def _starts(p: _Linear) -> range:
 
 
 def _chunk_logits(p: _Linear, i: int) -> np.ndarray:
-    """Logits of classes ``i : i + chunk``, softcap applied: the only block ever held."""
-    logits: np.ndarray = p.h @ p.w[i : i + p.chunk].T  # NumPy's stubs give Any for a matmul of unknown dtypes
+    """Logits of classes ``i : i + chunk``, softcap applied: the only block ever held.
+
+    The weight's rows are widened to ``h``'s dtype here (a 16-bit weight from a
+    CPU tensor's view), a chunk at a time.
+    """
+    w_chunk = p.w[i : i + p.chunk].astype(p.h.dtype, copy=False)
+    logits: np.ndarray = p.h @ w_chunk.T  # NumPy's stubs give Any for a matmul of unknown dtypes
     if p.b is not None:
         logits += p.b[i : i + p.chunk]
     if p.softcap is not None:

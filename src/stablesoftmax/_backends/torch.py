@@ -662,31 +662,32 @@ from .. import _state  # noqa: E402  (kept with the ops that use them)
 
 _LinearOpts = tuple[int, int, str, float, float, float | None]  # ignore_index, chunk, reduction, smoothing, z, softcap
 
-# CPU float32/float64 tensors go through NumPy views, whose chunks take the compiled kernels'
-# state: measured by benchmarks/linear_ce_torch.py at hidden (2048, 1024), weight (32000, 1024),
-# float32, one thread, the views' forward takes 0.97x the bare matmul's time and the torch ops'
-# 1.80x; forward + backward 4.3x and 6.3x. Other dtypes and devices compute with torch ops.
-_LINEAR_HOST_DTYPES = (torch.float32, torch.float64)
+# CPU tensors go through NumPy views, whose chunks take the compiled kernels' state: measured by
+# benchmarks/linear_ce_torch.py at hidden (2048, 1024), weight (32000, 1024), float32, one thread,
+# the views' forward takes 0.97x the bare matmul's time and the torch ops' 1.80x; forward + backward
+# 4.3x and 6.3x. 16-bit hidden is multiplied in float32, as on every path, and a 16-bit weight is
+# widened chunk by chunk. Other devices compute with torch ops (the tests empty this to force them).
+_LINEAR_HOST_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _linear_problem(
     h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, class_weight: Tensor | None, opts: _LinearOpts
 ) -> tuple[_linear._Linear, bool]:
-    """The op's problem, and whether it is computed through NumPy views (CPU float32/float64) or torch ops.
+    """The op's problem, and whether it is computed through NumPy views (CPU tensors) or torch ops.
 
     Under ``stablesoftmax.triton_path()`` CPU tensors stay tensors, as every other function's do.
     """
     names = ("ignore_index", "chunk", "reduction", "smoothing", "z_loss", "softcap")
     options = dict(zip(names, opts, strict=True))
-    tensors = (h, w, b)
     host = not _compute.triton_active() and all(
-        t is None or (t.device.type == "cpu" and t.dtype in _LINEAR_HOST_DTYPES) for t in tensors
+        t is None or (t.dtype in _LINEAR_HOST_DTYPES and _viewable(t)) for t in (h, w, b)
     )
     if not host:
         return _linear.op_problem(h, w, b, y, class_weight, xp, **options), False
-    hn = h.detach().numpy()
-    wn = w.detach().numpy().astype(hn.dtype, copy=False)
-    bn = None if b is None else b.detach().numpy().astype(hn.dtype)
+    hn = _numpy_view(h)
+    hn = hn.astype(np.float64 if hn.dtype == np.float64 else np.float32, copy=False)  # 16-bit: one float32 copy
+    wn = _numpy_view(w)  # in its own dtype: the chunks widen their rows (see _linear_chunks)
+    bn = None if b is None else _numpy_view(b).astype(hn.dtype)
     cn = None if class_weight is None else class_weight.detach().numpy()
     return _linear.op_problem(hn, wn, bn, y.detach().numpy(), cn, npx, **options), True
 
@@ -766,7 +767,10 @@ def _linear_ce_grad(
         m, k, s, alive, row_weight, big_a, lse = (r.detach().numpy() for r in rows)
         with np.errstate(all="ignore"):  # see _backends.plain
             grads: tuple[Any, Any, Any] = _linear.backward(
-                p, _linear.saved_parts(m, k, s, p), _state.Loss(alive, row_weight, big_a, lse), g.detach().numpy()
+                p,
+                _linear.saved_parts(m, k, s, p),
+                _state.Loss(alive, row_weight, big_a, lse),
+                g.detach().double().numpy(),
             )
     else:
         saved = _linear.saved_parts(rows[0], rows[1], rows[2], p)
