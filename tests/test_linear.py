@@ -206,6 +206,30 @@ class TestOtherArrayLibraries:
         assert got.dtype == torch.bfloat16
         np.testing.assert_array_equal(got.float().numpy(), np.asarray(ref, np.float32))
 
+    @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+    def test_torch_16bit_weight_gradient_is_never_float32_whole(self, rng, dtype, each_path):
+        """A CPU 16-bit weight's gradient is made in its dtype, chunk by chunk: beside it, float32 hidden and
+        d hidden, one chunk of logits, one chunk of weight rows widened and their float32 gradient, the 1 MiB
+        buffer and O(N) rows. A whole (V, H) float32 d weight would not fit."""
+        torch = pytest.importorskip("torch")
+        pytest.importorskip("ml_dtypes")
+        from stablesoftmax import _compute, _linear_chunks
+
+        n, h, v, chunk = 4096, 128, 8192, 256
+        ht = torch.from_numpy(rng.standard_normal((n, h), dtype=np.float32)).to(getattr(torch, dtype))
+        wt = torch.from_numpy(rng.standard_normal((v, h), dtype=np.float32)).to(getattr(torch, dtype))
+        y = torch.from_numpy(rng.integers(0, v, n))
+        ss.linear_cross_entropy_with_grad(ht, wt, y, chunk_size=chunk)  # compiled before measuring
+        tracemalloc.start()  # NumPy's allocations are traced; torch's (the outputs' final casts) are not
+        _, (d_h, d_w, _) = ss.linear_cross_entropy_with_grad(ht, wt, y, chunk_size=chunk)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert d_h.dtype == d_w.dtype == wt.dtype
+        want = n * h * 4 * 2 + v * h * 2 + n * chunk * 4 + chunk * h * 4 * 2 + _linear_chunks._PRODUCT_ENTRIES * 4
+        if each_path == "numpy":  # the reference's row-block temporaries
+            want += _compute._HOST_BLOCK * 8 * _compute._TEMPORARIES
+        assert peak <= want + 160 * n, f"peak {peak} bytes"
+
 
 # --------------------------------------------------------------------------
 # PyTorch tensors: the custom ops, on NumPy views (CPU tensors) and on torch ops

@@ -105,6 +105,8 @@ def _parts(p: _Linear, logits: Any, first: int) -> _state.Parts:
 def backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tuple[Any, Any, Any]:
     """``d hidden``, ``d weight``, ``d bias`` (None without a bias) in the compute dtype, on the host or the device.
 
+    On the host a 16-bit weight's gradient is in its own dtype, rounded once from float32.
+
     Each chunk's ``G = d loss / d logits`` is the accelerator's block gradient
     (:func:`._compute.ce_block_grad`), then its three matmuls: ``d weight`` is
     written chunk by chunk from ``G^T h``; only one chunk of ``G`` exists at a time.
@@ -116,7 +118,11 @@ def backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tupl
         h = xp.where(rows.alive[:, None], h, xp.zeros_like(h))  # a NaN in a dropped row moves nothing
     dev = _state._device(h)
     d_h = xp.zeros(h.shape, dtype=h.dtype, device=dev)
-    d_w = xp.empty((p.w.shape[0], h.shape[1]), dtype=h.dtype, device=dev)
+    # A 16-bit weight (a CPU tensor's view) gets its gradient in its own dtype, each chunk's rows summed in
+    # float32 by their matmul and rounded once: no (V, H) float32 array beside the gradient.
+    narrow = host and p.w.dtype.itemsize == 2
+    d_w = xp.empty((p.w.shape[0], h.shape[1]), dtype=p.w.dtype if narrow else h.dtype, device=dev)
+    w_rows = np.empty((min(p.chunk, p.w.shape[0]), h.shape[1]), h.dtype) if narrow else None
     d_b = None if p.b is None else xp.empty((p.w.shape[0],), dtype=h.dtype, device=dev)
     # G W_c, added into d_h in row blocks through one small buffer: an (N, H) one would be a chunk's worth.
     step = max(1, _PRODUCT_ENTRIES // max(1, h.shape[1]))
@@ -143,7 +149,10 @@ def backward(p: _Linear, parts: _state.Parts, rows: _state.Loss, g: Any) -> tupl
         if product is not None:  # on the host
             for r in range(0, h.shape[0], step):
                 d_h[r : r + step] += np.matmul(grad[r : r + step], w_chunk, out=product[: min(step, h.shape[0] - r)])
-            np.matmul(grad.T, h, out=d_w[i : i + width])
+            if w_rows is None:
+                np.matmul(grad.T, h, out=d_w[i : i + width])
+            else:
+                d_w[i : i + width] = np.matmul(grad.T, h, out=w_rows[:width])
         elif _is_torch(grad):  # in place: no (N, H) or (K, H) temporary
             d_h.addmm_(grad, w_chunk)
             d_w[i : i + width].addmm_(grad.T, h, beta=0)  # beta=0: what d_w held is ignored, NaN included

@@ -775,7 +775,11 @@ def _linear_ce_grad(
     else:
         saved = _linear.saved_parts(rows[0], rows[1], rows[2], p)
         grads = _linear.backward(p, saved, _state.Loss(*rows[3:]), g.to(torch.float64))
-    d_h, d_w, d_b = _tensors(h.device, *(grads[:2]), np.empty(0) if grads[2] is None or b is None else grads[2])
+    d_b = np.empty(0) if grads[2] is None or b is None else grads[2]
+    if host:  # fresh NumPy arrays; a 16-bit weight's gradient is already in its dtype (ml_dtypes' for bfloat16)
+        d_h, d_w, d_b = _to_torch((grads[0], grads[1], d_b), h.device)
+    else:
+        d_h, d_w, d_b = _tensors(h.device, grads[0], grads[1], d_b)
     return d_h.to(h.dtype), d_w.to(w.dtype), d_b.to(h.dtype if b is None else b.dtype)
 
 
