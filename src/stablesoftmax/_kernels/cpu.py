@@ -836,7 +836,7 @@ if numba is not None:
         return u + step  # sign and magnitude: +1 moves away from zero, for either sign
 
     @numba.njit(cache=True)
-    def _rounded_bits(v, low, high, shift):
+    def _rounded_to(v, low, high, shift):
         """``v`` rounded once, to nearest even, to a format whose significand has ``53 - log2(shift)`` bits.
 
         Adding ``c = ±2**e * shift``, with ``2**e`` the power of two at or
@@ -844,14 +844,18 @@ if numba is not None:
         ``high``, above its largest finite) and ``v``'s sign, leaves the sum's
         last bit at the format's quantum for ``v``: the addition rounds there,
         to nearest even, and subtracting ``c`` is exact. Below ``low`` the
-        quantum is the subnormals' fixed one. ``±inf`` and NaN pass through; a
-        zero result keeps ``v``'s sign when the caller ORs it back in.
-        Branch-free, so the output loops vectorise.
+        quantum is the subnormals' fixed one. The result keeps ``v``'s sign
+        (a zero too); ``±inf`` passes, and NaN becomes the quiet NaN of ``v``'s
+        sign. Branch-free and in float64 lanes only, so the output loops
+        vectorise without integer shuffles.
         """
+        sign = _bits_from_f64(v) & _SIGN_BIT
         e = _f64_from_bits(_bits_from_f64(v) & 0x7FF0000000000000)
         e = min(max(e, low), high)
-        c = _f64_from_bits(_bits_from_f64(e * shift) | (_bits_from_f64(v) & _SIGN_BIT))
-        return (v + c) - c
+        c = _f64_from_bits(_bits_from_f64(e * shift) | sign)
+        r = (v + c) - c
+        r = _f64_from_bits((_bits_from_f64(r) & ~_SIGN_BIT) | sign)
+        return r if v == v else _f64_from_bits(0x7FF8000000000000 | sign)
 
     @numba.njit(cache=True)
     def _bfloat16_from_f64(v):
@@ -860,10 +864,7 @@ if numba is not None:
         The rounded value is a bfloat16, so its float32 is exact and the high
         half of its bits is the answer (``2**128`` becomes infinity there).
         """
-        sign = (_bits_from_f64(v) >> 48) & 0x8000
-        r = _rounded_bits(v, 2.0**-126, 2.0**128, 2.0**45)
-        h = (np.int64(_bits_from_f32(np.float32(r))) >> 16) | sign
-        return np.uint16(h if v == v else 0x7FC0 | sign)
+        return np.uint16(_bits_from_f32(np.float32(_rounded_to(v, 2.0**-126, 2.0**128, 2.0**45))) >> 16)
 
     @intrinsic
     def _half_bits_from_f32(typingctx, f):
@@ -876,11 +877,8 @@ if numba is not None:
 
     @numba.njit(cache=True)
     def _float16_from_f64_native(v):
-        """:func:`_float16_from_f64` as :func:`_rounded_bits` to float16 and an exact :func:`_half_bits_from_f32`."""
-        sign = (_bits_from_f64(v) >> 48) & 0x8000
-        r = _rounded_bits(v, 2.0**-14, 2.0**16, 2.0**42)
-        h = np.int64(_half_bits_from_f32(np.float32(r))) | sign
-        return np.int16(h if v == v else 0x7E00 | sign)  # NaN: the quiet one of v's sign
+        """:func:`_float16_from_f64` as :func:`_rounded_to` float16, then an exact :func:`_half_bits_from_f32`."""
+        return _half_bits_from_f32(np.float32(_rounded_to(v, 2.0**-14, 2.0**16, 2.0**42)))
 
     @numba.njit(cache=True)
     def _float16_from_f64(v):
