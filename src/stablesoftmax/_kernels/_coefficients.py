@@ -9,7 +9,18 @@ and rounded to double.
 
 from __future__ import annotations
 
-__all__ = ["LOG2E", "SHIFTER", "LN2", "LN2_HI", "LN2_LO", "TWO_M64", "EXP_NARROW", "EXP_WIDE"]
+__all__ = [
+    "LOG2E",
+    "SHIFTER",
+    "LN2",
+    "LN2_HI",
+    "LN2_LO",
+    "TWO_M64",
+    "EXP_NARROW",
+    "EXP_SHORT",
+    "EXP_SHORT_ERROR",
+    "EXP_WIDE",
+]
 
 LOG2E = 1.4426950408889634
 SHIFTER = 6755399441055744.0  # 1.5 * 2**52: x + shifter rounds x to an integer kept in the low bits
@@ -25,6 +36,14 @@ EXP_NARROW = (
     0.04166666704137147, 0.008333333367386076, 0.001388880162232969,
     0.00019841190531844625, 2.4884520306294873e-05, 2.7632695699976396e-06,
 )  # fmt: skip
+# exp(r) ~ sum S_j r^j on |r| <= 0.3466: Chebyshev interpolation at 8 nodes; max relative error 5.51e-11
+# (mpmath, 200 bits, 20001 points, coefficients as rounded here). Only where a rounding test follows:
+# the float32 logsumexp's fast sweep, whose rows near a float32 rounding boundary are swept again.
+EXP_SHORT = (
+    0.9999999999595608, 0.9999999999955089, 0.5000000107731032, 0.16666666786310658,
+    0.04166621831411108, 0.008333283538133252, 0.0013948578671547215, 0.00019907569694023133,
+)  # fmt: skip
+EXP_SHORT_ERROR = 6e-11  # the bound the rounding test assumes: 5.51e-11, plus the reduction's 2.4e-14 and evaluation
 # exp(r) ~ 1 + r + r^2 Q(r), Q of degree 9 interpolating (exp(r) - 1 - r) / r^2 at 10 Chebyshev
 # nodes on |r| <= 0.347; max relative error 1.7e-17 (0.08 ulp).
 EXP_WIDE = (

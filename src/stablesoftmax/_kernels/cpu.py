@@ -91,7 +91,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._errors import ArgumentError, DtypeError, ShapeError, TargetError
-from ._coefficients import EXP_NARROW, EXP_WIDE, LN2, LN2_HI, LN2_LO, LOG2E, SHIFTER, TWO_M64
+from ._coefficients import (
+    EXP_NARROW,
+    EXP_SHORT,
+    EXP_SHORT_ERROR,
+    EXP_WIDE,
+    LN2,
+    LN2_HI,
+    LN2_LO,
+    LOG2E,
+    SHIFTER,
+    TWO_M64,
+)
 
 try:
     import numba
@@ -176,10 +187,25 @@ def state_rows(
 
 
 def lse_rows(
-    x: np.ndarray, *, where: np.ndarray | None = None, threads: int = 1, format16: str | None = None
+    x: np.ndarray,
+    *,
+    where: np.ndarray | None = None,
+    threads: int = 1,
+    format16: str | None = None,
+    swept_again: np.ndarray | None = None,
 ) -> np.ndarray:
-    """logsumexp of each row of C-contiguous 2-D rows (any dtype :func:`state_rows` takes), as float64."""
-    m, _, s = state_rows(x, where=where, threads=threads, format16=format16)
+    """logsumexp of each row of C-contiguous 2-D rows (any dtype :func:`state_rows` takes), as float64.
+
+    float32 rows are swept with a shorter polynomial and a rounding test (see
+    ``_needs_exact``): their float64 results may differ from :func:`state_rows`'s
+    in the last bits, never in their rounding to float32. The rows the test
+    sweeps again are counted into ``swept_again[0]`` (int64) when it is given.
+    """
+    if x.dtype != np.float32:
+        m, _, s = state_rows(x, where=where, threads=threads, format16=format16)
+    else:
+        counter = np.zeros(1, np.int64) if swept_again is None else swept_again
+        m, _, s = _run_rows(_check_rows(x), _check_where(x, where), _NO_OUT, _LSE, threads, counter)
     return np.asarray(m + np.log1p(s))
 
 
@@ -514,18 +540,25 @@ def _in_bands(n: int, threads: int, run: Callable[[slice], None]) -> None:
 
 
 def _run_rows(
-    x: np.ndarray, where: np.ndarray | None, out: np.ndarray, kind: int, threads: int
+    x: np.ndarray, where: np.ndarray | None, out: np.ndarray, kind: int, threads: int, fast: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = x.shape[0]
     m, k, s = np.empty(n), np.empty(n, np.int64), np.empty(n)
     if type(threads) is int and threads == 1:  # no bands: a small call pays for no slicing
-        _rows_kernel(x, where, out, kind, m, k, s)
+        _rows_kernel(x, where, out, kind, m, k, s, fast)
         return m, k, s
 
+    counters: list[np.ndarray] = []  # one per band, summed once the bands are done: no shared counter
+
     def band(r: slice) -> None:
-        _rows_kernel(x[r], _band(where, r), out[r] if kind else out, kind, m[r], k[r], s[r])
+        counter = None if fast is None else np.zeros(1, np.int64)
+        if counter is not None:
+            counters.append(counter)
+        _rows_kernel(x[r], _band(where, r), out[r] if kind else out, kind, m[r], k[r], s[r], counter)
 
     _in_bands(n, threads, band)
+    if fast is not None:
+        fast[0] += sum(int(c[0]) for c in counters)
     return m, k, s
 
 
@@ -723,6 +756,51 @@ if numba is not None:
         # The float64 difference of float32 (and 16-bit) values is exact.
         return lambda a, m: (_exp_narrow(_wide(a) - m), _wide(a) - m, 0.0)
 
+    def _term_in(a, m, fast):
+        """:func:`_term`; with a ``fast`` counter and float32 ``a``, the short polynomial (:func:`_exp_short`)."""
+
+    @overload(_term_in)
+    def _term_in_impl(a, m, fast):
+        if isinstance(fast, types.NoneType) or a != types.float32:
+            return lambda a, m, fast: _term(a, m)
+        return lambda a, m, fast: (_exp_short(np.float64(a) - m), np.float64(a) - m, 0.0)
+
+    def _needs_exact(fast, m, s):
+        """Whether a row swept with the short polynomial must be swept again: False without ``fast``.
+
+        The short sweep's ``log1p(s)`` is within ``EXP_SHORT_ERROR`` plus the two
+        sums' rounding (1024 terms a block: 2.3e-13) of the accurate sweep's, and
+        each ``m + log1p(s)`` within a few ulps of its operands (``2**-48``
+        covers numpy's and libm's ``log1p`` and the add). When no float32
+        rounding boundary lies within that window of the short result, the
+        accurate result rounds to the same float32 (Ziv's test).
+        """
+
+    @overload(_needs_exact)
+    def _needs_exact_impl(fast, m, s):
+        if isinstance(fast, types.NoneType):
+            return lambda fast, m, s: False
+
+        def needs_exact(fast, m, s):
+            lg = math.log1p(s)
+            w = (EXP_SHORT_ERROR + 3e-13) + (abs(m) + lg) * 2.0**-48
+            return np.float32(m + lg - w) != np.float32(m + lg + w)
+
+        return needs_exact
+
+    def _count(fast):
+        """``fast[0] += 1``; nothing for None."""
+
+    @overload(_count)
+    def _count_impl(fast):
+        if isinstance(fast, types.NoneType):
+            return lambda fast: None
+
+        def count(fast):
+            fast[0] += 1
+
+        return count
+
     def _block_size(row):
         """Terms per compensated block, by dtype (see ``_BLOCK_WIDE``)."""
 
@@ -905,6 +983,7 @@ if numba is not None:
     _LOG2E, _SHIFTER, _LN2 = LOG2E, SHIFTER, LN2
     _LN2_HI, _LN2_LO, _TWO_M64 = LN2_HI, LN2_LO, TWO_M64
     _F0, _F1, _F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9 = EXP_NARROW
+    _S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7 = EXP_SHORT
     _Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9 = EXP_WIDE
 
     @numba.njit(cache=True, fastmath={"contract"})
@@ -926,6 +1005,26 @@ if numba is not None:
         p = p * r + _F2
         p = p * r + _F1
         p = p * r + _F0
+        return p * _f64_from_bits((_bits_from_f64(z) + 1023) << 52)
+
+    @numba.njit(cache=True, fastmath={"contract"})
+    def _exp_short(d):
+        """:func:`_exp_narrow` with a degree-7 polynomial: 6e-11 relative (``EXP_SHORT_ERROR``), two FMAs fewer.
+
+        Only for sweeps whose result passes a rounding test (see ``_needs_exact``).
+        """
+        d = -709.0 if d < -709.0 else d
+        z = d * _LOG2E + _SHIFTER
+        nf = z - _SHIFTER
+        r = d - nf * _LN2
+        p = _S7
+        p = p * r + _S6
+        p = p * r + _S5
+        p = p * r + _S4
+        p = p * r + _S3
+        p = p * r + _S2
+        p = p * r + _S1
+        p = p * r + _S0
         return p * _f64_from_bits((_bits_from_f64(z) + 1023) << 52)
 
     @numba.njit(cache=True, fastmath={"contract"})
@@ -994,7 +1093,7 @@ if numba is not None:
     # The sweeps take views and loop from 0: with ``range(lo, hi)`` numba cannot
     # drop its negative-index wraparound and LLVM no longer vectorises the loop.
     @_jit
-    def _block(row, nxt, nxt_mask, nxt_copy, m, mx, buf, dw, prev, prev_out, c):
+    def _block(row, nxt, nxt_mask, nxt_copy, m, mx, buf, dw, prev, prev_out, c, fast):
         """Terms of ``row`` summed (and into ``buf``), their shift sum, and ``nxt``'s max folded into ``mx``.
 
         With ``prev_out``, the previous row's output ``c * prev`` is written in
@@ -1002,7 +1101,7 @@ if numba is not None:
         """
         s, ds = 0.0, 0.0
         for i in range(row.size):
-            t, d, e = _term(row[i], m)
+            t, d, e = _term_in(row[i], m, fast)
             _put(buf, i, t)
             s = _lane_add(s, t)
             ds = _lane_add(ds, _shift_term(dw, i, d, e))
@@ -1019,7 +1118,7 @@ if numba is not None:
         return t, comp
 
     @_jit
-    def _row_sum(row, nxt, nxt_mask, nxt_copy, m, km, buf, dw, prev, prev_out, c):
+    def _row_sum(row, nxt, nxt_mask, nxt_copy, m, km, buf, dw, prev, prev_out, c, fast):
         """``(s, shift sum, max of nxt)`` for a row with finite max ``m`` at ``km``."""
         tot, comp, dtot, dcomp = 0.0, 0.0, 0.0, 0.0
         first = _at(nxt, nxt_mask, km)
@@ -1044,6 +1143,7 @@ if numba is not None:
                     _view(prev, lo, km),
                     _view(prev_out, lo, km),
                     c,
+                    fast,
                 )
                 b2, d2, mx = _block(
                     row[km + 1 : hi],
@@ -1057,6 +1157,7 @@ if numba is not None:
                     _view(prev, km + 1, hi),
                     _view(prev_out, km + 1, hi),
                     c,
+                    fast,
                 )
                 b, db = b1 + b2, d1 + d2
             else:
@@ -1072,6 +1173,7 @@ if numba is not None:
                     _view(prev, lo, hi),
                     _view(prev_out, lo, hi),
                     c,
+                    fast,
                 )
             tot, comp = _neumaier(tot, comp, b)
             dtot, dcomp = _neumaier(dtot, dcomp, db)
@@ -1079,7 +1181,7 @@ if numba is not None:
         return tot + comp, dtot + dcomp, np.float64(mx)
 
     @_jit
-    def _sweep(row, nxt, nxt_mask, nxt_copy, m, buf, dw, prev, prev_out, c):
+    def _sweep(row, nxt, nxt_mask, nxt_copy, m, buf, dw, prev, prev_out, c, fast=None):
         """``(k, s, shift sum, max of nxt)`` of a row; ``s`` is NaN when the row needs the scalar path.
 
         ``prev_out = c * prev`` is written on the way (see ``_block``), or by a
@@ -1090,7 +1192,7 @@ if numba is not None:
             if prev_out is not None:
                 _scale_row(prev, prev_out, c)
             return -1, np.nan, 0.0, _copy_max(nxt, nxt_mask, nxt_copy)
-        s, ds, m_next = _row_sum(row, nxt, nxt_mask, nxt_copy, m, k, buf, dw, prev, prev_out, c)
+        s, ds, m_next = _row_sum(row, nxt, nxt_mask, nxt_copy, m, k, buf, dw, prev, prev_out, c, fast)
         return k, s, ds, m_next
 
     @_jit
@@ -1161,8 +1263,14 @@ if numba is not None:
             _store(out_row, i, (d - lg) + e)
 
     @_jit
-    def _rows_kernel(x, mask, out, kind, m_out, k_out, s_out):
-        """Every row's state into ``m_out, k_out, s_out``; for kind 1/2 its output row too."""
+    def _rows_kernel(x, mask, out, kind, m_out, k_out, s_out, fast=None):
+        """Every row's state into ``m_out, k_out, s_out``; for kind 1/2 its output row too.
+
+        With ``fast`` (kind 0, float32 rows: an int64 counter of one entry) the
+        rows are swept with the short polynomial, and each row whose logsumexp
+        might round to another float32 than the accurate sweep's is swept again
+        accurately (counted): the float32 results are the accurate ones.
+        """
         n, width = x.shape
         if width == 0:
             m_out[:], k_out[:], s_out[:] = -np.inf, -1, 0.0
@@ -1181,7 +1289,12 @@ if numba is not None:
             elif kind == _SOFTMAX:
                 k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, None, None, c)
             else:
-                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None, None, None, c)
+                k, s, _, m_next = _sweep(
+                    row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None, None, None, c, fast
+                )
+                if s == s and _needs_exact(fast, m, s):
+                    k, s, _, _ = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None, None, None, c)
+                    _count(fast)
             m_i, pending = m, -1
             if s != s:
                 m_i, k, s = _special_state(row)
