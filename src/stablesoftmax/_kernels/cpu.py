@@ -987,14 +987,22 @@ if numba is not None:
     _Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9 = EXP_WIDE
 
     @numba.njit(cache=True, fastmath={"contract"})
-    def _exp_narrow(d):
-        """exp(d) to 4.1e-14 relative, for float32 work; 0 below about -708.4, NaN stays NaN."""
-        # At -709 the exponent field of 2**n is 0, so the scale is +0.0 and the
-        # term exactly 0 (terms below 2**-1022 are far below a float32 ulp).
+    def _reduced_narrow(d):
+        """``(r, 2**n)`` with ``d = n ln 2 + r``, ``|r| <= ln 2 / 2``: the float32 work's range reduction.
+
+        At -709 the exponent field of ``2**n`` is 0, so the scale is +0.0 and the
+        term exactly 0 (terms below 2**-1022 are far below a float32 ulp).
+        """
         d = -709.0 if d < -709.0 else d
         z = d * _LOG2E + _SHIFTER
         nf = z - _SHIFTER
         r = d - nf * _LN2  # one constant: ln 2's rounding costs |n| * 2.3e-17 <= 2.4e-14
+        return r, _f64_from_bits((_bits_from_f64(z) + 1023) << 52)
+
+    @numba.njit(cache=True, fastmath={"contract"})
+    def _exp_narrow(d):
+        """exp(d) to 4.1e-14 relative, for float32 work; 0 below about -708.4, NaN stays NaN."""
+        r, scale = _reduced_narrow(d)
         p = _F9
         p = p * r + _F8
         p = p * r + _F7
@@ -1005,7 +1013,7 @@ if numba is not None:
         p = p * r + _F2
         p = p * r + _F1
         p = p * r + _F0
-        return p * _f64_from_bits((_bits_from_f64(z) + 1023) << 52)
+        return p * scale
 
     @numba.njit(cache=True, fastmath={"contract"})
     def _exp_short(d):
@@ -1013,10 +1021,7 @@ if numba is not None:
 
         Only for sweeps whose result passes a rounding test (see ``_needs_exact``).
         """
-        d = -709.0 if d < -709.0 else d
-        z = d * _LOG2E + _SHIFTER
-        nf = z - _SHIFTER
-        r = d - nf * _LN2
+        r, scale = _reduced_narrow(d)
         p = _S7
         p = p * r + _S6
         p = p * r + _S5
@@ -1025,7 +1030,7 @@ if numba is not None:
         p = p * r + _S2
         p = p * r + _S1
         p = p * r + _S0
-        return p * _f64_from_bits((_bits_from_f64(z) + 1023) << 52)
+        return p * scale
 
     @numba.njit(cache=True, fastmath={"contract"})
     def _exp_wide(d):
