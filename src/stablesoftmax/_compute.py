@@ -641,27 +641,65 @@ def _kernel_ce(
     counted = tgt != options["ignore_index"]
     y = np.where(counted, tgt, 0)
     live = counted if mask is None else counted & mask.any(axis=1)
-    r, dx = _ce_pass(module, x2, y, mask, weight, live, options, g if grad else None)
-    if grad and ((r.m == -np.inf) & live).any():
-        live = live & (r.m != -np.inf)
-        r, dx = _ce_pass(module, x2, y, mask, weight, live, options, g)
-    smoothing = options["smoothing"]
-    if smoothing and _shift_sum_overflowed(r, live, x2, mask):
-        return None  # the reference takes the whole batch
-    parts = _parts_of(r, npx, smoothing=smoothing)
-    rows, ce, zt = _state.finish(
-        parts,
-        npx,
-        target=y,
-        counted=live,
-        weight=weight,
-        probs=False,
-        smoothing=smoothing,
-        z_loss=options["z_loss"],
-        needs_twosum=x2.dtype == np.float64,
-    )
-    loss = _state.reduce(ce, zt, rows.row_weight, rows.alive, options["reduction"], npx)
-    return round_to(np.asarray(loss), x, np), (None if dx is None else round_to(dx, x, np))
+    short = _short_sweep(module, x2, options, grad)
+    while True:
+        r, dx = _ce_pass(module, x2, y, mask, weight, live, options, g if grad else None, short=short)
+        if grad and ((r.m == -np.inf) & live).any():
+            live = live & (r.m != -np.inf)
+            r, dx = _ce_pass(module, x2, y, mask, weight, live, options, g)
+        smoothing = options["smoothing"]
+        if smoothing and _shift_sum_overflowed(r, live, x2, mask):
+            return None  # the reference takes the whole batch
+        parts = _parts_of(r, npx, smoothing=smoothing)
+        rows, ce, zt = _state.finish(
+            parts,
+            npx,
+            target=y,
+            counted=live,
+            weight=weight,
+            probs=False,
+            smoothing=smoothing,
+            z_loss=options["z_loss"],
+            needs_twosum=x2.dtype == np.float64,
+        )
+        loss = _state.reduce(ce, zt, rows.row_weight, rows.alive, options["reduction"], npx)
+        if not short or _rounds_surely(loss, ce, rows, r.s, module.SHORT_ERROR, options["reduction"]):
+            return round_to(np.asarray(loss), x, np), (None if dx is None else round_to(dx, x, np))
+        short = False  # a rounding boundary lies near: the accurate sweep decides
+
+
+def _short_sweep(module: Any, x2: np.ndarray, options: dict[str, Any], grad: bool) -> bool:
+    """Whether a loss may come from the short polynomial's sweep and a rounding test: float32 rows, one loss.
+
+    A loss per row would need a test per row; the z-loss and the gradient
+    are left to the accurate sweep.
+    """
+    plain = not grad and not options["z_loss"] and options["reduction"] in ("mean", "sum")
+    return plain and x2.dtype == np.float32 and hasattr(module, "SHORT_ERROR")
+
+
+def _rounds_surely(loss: Any, ce: Any, rows: _state.Loss, s: Any, error: float, reduction: str) -> bool:
+    """Whether float32 rounds a loss finished from a short sweep's parts as it rounds the accurate sweep's (Ziv).
+
+    Each row's ``s`` is within ``error`` relative of the accurate one's, so
+    ``L = log1p(s)`` is within ``error`` (``s / (1 + s) < 1``), and its loss
+    ``ce = (A L - D) - E`` within ``A error``: ``D`` and ``E`` do not depend
+    on ``exp``. ``2**-48 (A L + ce)`` covers the rounding of ``log1p``, of the
+    product and of the differences, in both sweeps. ``ce >= 0``, so NumPy's
+    pairwise sums of the two sweeps' rows differ by at most that much more,
+    ``2 (log2 N + 2) u sum(ce)``; the mean divides by the same weight sum, and
+    ``2**-50 |loss|`` covers the division. When no float32 rounding boundary
+    lies in that window around ``loss``, the accurate loss rounds to the same
+    float32. A non-finite window fails the test.
+    """
+    with np.errstate(all="ignore"):
+        big_a, lg = rows.big_a, np.log1p(s)
+        per_row = np.where(rows.alive, big_a * error + 2.0**-48 * (big_a * lg + ce), 0.0)
+        window = np.sum(per_row) + 2.0 * (np.log2(max(ce.shape[0], 1)) + 2.0) * 2.0**-53 * np.sum(ce)
+        if reduction == "mean":
+            window = window / np.sum(rows.row_weight)
+        window = window + 2.0**-50 * np.abs(loss)
+        return bool(np.float32(loss - window) == np.float32(loss + window))
 
 
 def _ce_pass(
@@ -673,12 +711,18 @@ def _ce_pass(
     live: np.ndarray,
     options: dict[str, Any],
     g: Any,
+    *,
+    short: bool = False,
 ) -> tuple[Any, Any]:
-    """One accelerator pass: the parts and, with ``g``, the gradient written from the per-row coefficients."""
+    """One accelerator pass: the parts and, with ``g``, the gradient written from the per-row coefficients.
+
+    ``short`` asks for the short polynomial's sweep (no ``g``; see :func:`_short_sweep`).
+    """
     if g is None:
+        more = {"short": True} if short else {}
         return (
             module.cross_entropy_rows(
-                x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"], **_threads(x2)
+                x2, y, where=mask, weight=weight, label_smoothing=options["smoothing"], **_threads(x2), **more
             ),
             None,
         )

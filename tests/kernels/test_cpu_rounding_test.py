@@ -90,3 +90,109 @@ def test_most_rows_are_not_swept_again(rng):
     x = (rng.standard_normal((512, 4096)) * 3).astype(np.float32)
     _, again = short(x)
     assert again <= 2
+
+
+# --------------------------------------------------------------------------
+# cross_entropy: a float32 loss from the short sweep, tested once after its reduction
+# --------------------------------------------------------------------------
+
+
+def ce_calls(monkeypatch):
+    """Wrap the kernels' ``cross_entropy_rows``: the list of its ``short`` flags, one per call."""
+    calls: list[bool] = []
+    inner = cpu.cross_entropy_rows
+
+    def counted(*args, **kwargs):
+        calls.append(bool(kwargs.get("short", False)))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(cpu, "cross_entropy_rows", counted)
+    return calls
+
+
+def accurate_ce(monkeypatch, *args, **kwargs):
+    """The public loss with the short sweep turned off: what the accurate sweep alone gives."""
+    import stablesoftmax as ss
+    from stablesoftmax import _compute
+
+    with monkeypatch.context() as m:
+        m.setattr(_compute, "_short_sweep", lambda *a: False)
+        return ss.cross_entropy(*args, **kwargs)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_ce_losses_are_the_accurate_sweeps_bit_for_bit(rng, monkeypatch, reduction):
+    import stablesoftmax as ss
+
+    calls = ce_calls(monkeypatch)
+    x = (rng.standard_normal((64, 3000)) * rng.choice([0.01, 1.0, 30.0], (64, 1))).astype(np.float32)
+    y = rng.integers(0, 3000, 64)
+    y[::9] = -100
+    y[1::9] = 7
+    weight = rng.random(3000) + 0.5
+    where = rng.random(x.shape) < 0.9
+    where[np.arange(64), np.where(y < 0, 0, y)] = True
+    sevens = np.where(y == -100, 0, y)  # rows of class 7 are ignored instead
+    for options, t in (
+        ({}, y),  # y holds -100: ignored by default
+        ({"weight": weight}, y),
+        ({"where": where}, y),
+        ({"label_smoothing": 0.1}, y),
+        ({"ignore_index": 7}, sevens),
+    ):
+        del calls[:]
+        got = ss.cross_entropy(x, t, reduction=reduction, **options)
+        assert calls[:1] == [True], "the short sweep was not taken"
+        assert got.dtype == np.float32
+        same_bits(np.asarray(got), np.asarray(accurate_ce(monkeypatch, x, t, reduction=reduction, **options)))
+
+
+def test_ce_takes_the_accurate_sweep_where_the_short_one_cannot_decide(rng, monkeypatch):
+    """The gradient, the z-loss, a loss per row and float64 never take the short polynomial."""
+    import stablesoftmax as ss
+
+    calls = ce_calls(monkeypatch)
+    x = rng.standard_normal((8, 100)).astype(np.float32)
+    y = rng.integers(0, 100, 8)
+    ss.cross_entropy(x, y, reduction="none")
+    ss.cross_entropy(x, y, z_loss=1e-4)
+    ss.cross_entropy(x.astype(np.float64), y)
+    ss.cross_entropy_with_grad(x, y)
+    assert calls == [False] * 4
+
+
+def test_ce_losses_near_a_rounding_boundary_take_the_accurate_sweep_and_round_correctly(rng, monkeypatch):
+    """One-row losses whose accurate value lies within a quarter of the short sweep's error of a float32
+    midpoint: the rounding test must send each to the accurate sweep, whose result is correctly rounded."""
+    import stablesoftmax as ss
+
+    x = (rng.standard_normal((2_000_000, 3)) * 2).astype(np.float32)
+    y = rng.integers(0, 3, x.shape[0])
+    p = cpu.cross_entropy_rows(x, y)
+    loss = np.log1p(p.s) - (p.x_target - p.m)
+    f = loss.astype(np.float32)
+    up, down = np.nextafter(f, np.float32(np.inf)), np.nextafter(f, np.float32(-np.inf))
+    f64 = f.astype(np.float64)
+    mids = np.stack([(f64 + up.astype(np.float64)) / 2, (f64 + down.astype(np.float64)) / 2])
+    near = np.flatnonzero(np.abs(loss - mids).min(axis=0) < _coefficients.EXP_SHORT_ERROR / 4)
+    assert near.size >= 20, "the search found too few ambiguous rows"
+    calls = ce_calls(monkeypatch)
+    mpmath.mp.prec = 120
+    for i in near[:40]:
+        row, t = x[i : i + 1], y[i : i + 1]
+        del calls[:]
+        got = ss.cross_entropy(row, t)
+        assert calls == [True, False], "the rounding test let an ambiguous loss through"
+        exact = mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in row[0])) - mpmath.mpf(
+            float(row[0, t[0]])
+        )
+        below, above = np.nextafter(got, np.float32(-np.inf)), np.nextafter(got, np.float32(np.inf))
+        assert abs(mpmath.mpf(float(got)) - exact) <= min(
+            abs(mpmath.mpf(float(below)) - exact), abs(mpmath.mpf(float(above)) - exact)
+        )
+
+
+def test_ce_short_sweep_refuses_a_gradient():
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="short=True"):
+        cpu.cross_entropy_rows(x, np.zeros(2, np.int64), grad=np.empty_like(x), g=np.ones(2), short=True)

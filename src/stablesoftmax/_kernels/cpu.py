@@ -122,6 +122,7 @@ __all__ = [
     "log_softmax_rows",
     "lse_vector",
     "block_gradient_rows",
+    "SHORT_ERROR",
 ]
 
 _DISABLE_ENV = "STABLESOFTMAX_DISABLE_KERNELS"
@@ -132,6 +133,10 @@ _DISABLE_ENV = "STABLESOFTMAX_DISABLE_KERNELS"
 _BLOCK_WIDE = 64
 _BLOCK_NARROW = 1024
 _LSE, _SOFTMAX, _LOG_SOFTMAX, _CE_GRAD = 0, 1, 2, 3  # what the third sweep writes
+# How far a short sweep's s may lie from the accurate sweep's, relative: the short polynomial's
+# bound, plus the two blocked sums' rounding (1024 terms a block: 2.3e-13). Every term is
+# positive, so each term's relative error bounds the sum's.
+SHORT_ERROR = EXP_SHORT_ERROR + 3e-13
 
 
 def available() -> bool:
@@ -272,6 +277,7 @@ def cross_entropy_rows(
     threads: int = 1,
     format16: str | None = None,
     parts: CrossEntropyRows | None = None,  # an earlier call's: unused, the one sweep finds them anyway
+    short: bool = False,
 ) -> CrossEntropyRows:
     r"""Cross-entropy loss parts of each row and, with ``grad``, its gradient, in one pass of ``exp``.
 
@@ -309,11 +315,19 @@ def cross_entropy_rows(
     threads : int, default 1
     format16 : {"bfloat16", "float16"}, optional
         The format of uint16 ``x`` (and of a uint16 ``grad``).
+    short : bool, default False
+        Sweep float32 rows with the short polynomial (other dtypes ignore it):
+        each ``s`` is then within ``SHORT_ERROR`` relative of the accurate
+        sweep's, and the caller must test the rounding of what it finishes
+        from them (Ziv's test; see ``_compute._kernel_ce``). Not with ``grad``,
+        whose every entry would need the test.
 
     Returns
     -------
     CrossEntropyRows
     """
+    if short and grad is not None:
+        raise ValueError("cross_entropy_rows: short=True sweeps no gradient; pass grad=None.")
     x, where = _check_rows(x, format16), _check_where(x, where)
     y, w, alpha, grad, g, z_grad = _check_ce(x, target, weight, label_smoothing, grad, g, z_grad)
     n = x.shape[0]
@@ -321,9 +335,20 @@ def cross_entropy_rows(
         np.empty(n), np.empty(n, np.int64), np.empty(n), np.empty(n), np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
     )
 
+    fast = np.zeros(1, np.int64) if short and x.dtype == np.float32 else None  # read, never written
+
     def band(r: slice) -> None:
         _ce_kernel(
-            x[r], _band(where, r), y[r], w, alpha, _band(grad, r), _band(g, r), _band(z_grad, r), *(a[r] for a in parts)
+            x[r],
+            _band(where, r),
+            y[r],
+            w,
+            alpha,
+            _band(grad, r),
+            _band(g, r),
+            _band(z_grad, r),
+            *(a[r] for a in parts),
+            fast,
         )
 
     _in_bands(n, threads, band)
@@ -783,7 +808,7 @@ if numba is not None:
 
         def needs_exact(fast, m, s):
             lg = math.log1p(s)
-            w = (EXP_SHORT_ERROR + 3e-13) + (abs(m) + lg) * 2.0**-48
+            w = SHORT_ERROR + (abs(m) + lg) * 2.0**-48
             return np.float32(m + lg - w) != np.float32(m + lg + w)
 
         return needs_exact
@@ -1419,8 +1444,11 @@ if numba is not None:
             _store(out_row, y, (coef * buf[y] - ce_g * (gy + alpha * _weight(w, y))) if live_y else 0.0)
 
     @_jit
-    def _ce_kernel(x, mask, y, w, alpha, grad, g, zg, m_out, k_out, s_out, xy_out, d_out, cnt_out, ws_out):
+    def _ce_kernel(x, mask, y, w, alpha, grad, g, zg, m_out, k_out, s_out, xy_out, d_out, cnt_out, ws_out, fast):
         """Each row's state and loss parts (see ``CrossEntropyRows``); the gradient rows when ``grad``.
+
+        ``fast`` (an int64 array, never with ``grad``) sweeps float32 rows with
+        the short polynomial (see :func:`cross_entropy_rows`' ``short``).
 
         Without smoothing the gradient of a row is ``coef t_c`` but for two
         entries, and it is written during the next row's sweep (``pending``);
@@ -1447,10 +1475,13 @@ if numba is not None:
                     None,
                     None,
                     c,
+                    fast,
                 )
                 ds = -np.inf if dead else ds
             elif grad is None:
-                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None, None, None, c)
+                k, s, _, m_next = _sweep(
+                    row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None, None, None, c, fast
+                )
             elif pending >= 0:
                 k, s, _, m_next = _sweep(
                     row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, prev, grad[pending], c
