@@ -650,22 +650,29 @@ def _kernel_ce(
         smoothing = options["smoothing"]
         if smoothing and _shift_sum_overflowed(r, live, x2, mask):
             return None  # the reference takes the whole batch
-        parts = _parts_of(r, npx, smoothing=smoothing)
-        rows, ce, zt = _state.finish(
-            parts,
-            npx,
-            target=y,
-            counted=live,
-            weight=weight,
-            probs=False,
-            smoothing=smoothing,
-            z_loss=options["z_loss"],
-            needs_twosum=x2.dtype == np.float64,
-        )
+        rows, ce, zt = _ce_finish(r, npx, y, live, weight, options, needs_twosum=x2.dtype == np.float64)
         loss = _state.reduce(ce, zt, rows.row_weight, rows.alive, options["reduction"], npx)
         if not short or _rounds_surely(loss, ce, rows, r.s, module.SHORT_ERROR, options["reduction"]):
             return round_to(np.asarray(loss), x, np), (None if dx is None else round_to(dx, x, np))
         short = False  # a rounding boundary lies near: the accurate sweep decides
+
+
+def _ce_finish(
+    r: Any, xp: Any, y: Array, counted: Array, weight: Any, options: dict[str, Any], *, needs_twosum: bool
+) -> tuple[_state.Loss, Array, Array | None]:
+    """:func:`._state.finish` of an accelerator's class-target rows ``r``: ``(rows, ce, zt)``."""
+    smoothing = options["smoothing"]
+    return _state.finish(
+        _parts_of(r, xp, smoothing=smoothing),
+        xp,
+        target=y,
+        counted=counted,
+        weight=weight,
+        probs=False,
+        smoothing=smoothing,
+        z_loss=options["z_loss"],
+        needs_twosum=needs_twosum,
+    )
 
 
 def _short_sweep(module: Any, x2: np.ndarray, options: dict[str, Any], grad: bool) -> bool:
@@ -986,18 +993,7 @@ def _device_ce(
         if saved is not None
         else module.cross_entropy_rows(rows_x, y, where=mask, weight=weight, label_smoothing=smoothing)
     )
-    parts = _parts_of(r, xp, smoothing=smoothing)
-    rows, ce, zt = _state.finish(
-        parts,
-        xp,
-        target=y,
-        counted=counted,
-        weight=weight,
-        probs=False,
-        smoothing=smoothing,
-        z_loss=z,
-        needs_twosum=rows_x.dtype == xp.float64,
-    )
+    rows, ce, zt = _ce_finish(r, xp, y, counted, weight, options, needs_twosum=rows_x.dtype == xp.float64)
     loss = round_to(_state.reduce(ce, zt, rows.row_weight, rows.alive, options["reduction"], xp), x, xp)
     if not grad:
         return loss, None, r
