@@ -7,6 +7,7 @@ Run from the repository root::
     python benchmarks/kernels_probe.py terms    # the float32 term loop as its polynomial varies
     python benchmarks/kernels_probe.py fma      # this core's FMA latency and throughput, for scale
     python benchmarks/kernels_probe.py threads  # one thread against every core, by input size: the threshold
+    python benchmarks/kernels_probe.py short    # (2048, 32000) float32: the short sweeps against the accurate ones
     python benchmarks/kernels_probe.py terms --llvm-option=-force-vector-interleave=4
                                                 # the same loops, LLVM's loop vectoriser told otherwise
 
@@ -311,6 +312,50 @@ def threads() -> None:
                 print(f"{row} {every / one:6.2f}", flush=True)
 
 
+def short() -> None:
+    """The rounding-tested sweeps against the accurate ones, and PyTorch beside them: (2048, 32000) float32.
+
+    15 interleaved rounds of thread CPU time, one thread; the ratio is the
+    median of each round's short / accurate.
+    """
+    from stablesoftmax._kernels import cpu
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2048, 32000)) * 3).astype(np.float32)
+    y = rng.integers(0, x.shape[1], x.shape[0])
+    runs = {
+        "cross_entropy_rows, accurate": lambda: cpu.cross_entropy_rows(x, y),
+        "cross_entropy_rows, short": lambda: cpu.cross_entropy_rows(x, y, short=True),
+        "state_rows (accurate logsumexp)": lambda: cpu.state_rows(x),
+        "lse_rows (short, tested)": lambda: cpu.lse_rows(x),
+    }
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        t, ty = torch.from_numpy(x), torch.from_numpy(y)
+        runs["F.cross_entropy"] = lambda: torch.nn.functional.cross_entropy(t, ty)
+    except ImportError:
+        pass
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for run in runs.values():
+        run()
+    for _ in range(15):
+        for name, run in runs.items():
+            t0 = time.thread_time()
+            run()
+            times[name].append(time.thread_time() - t0)
+    for name, ts in times.items():
+        q = np.percentile(ts, [25, 50, 75]) * 1e3
+        print(f"{name:34s} {q[1]:7.1f} ms  [{q[0]:.1f} - {q[2]:.1f}]")
+    for a, b in (
+        ("cross_entropy_rows, short", "cross_entropy_rows, accurate"),
+        ("lse_rows (short, tested)", "state_rows (accurate logsumexp)"),
+    ):
+        ratio = np.median(np.array(times[a]) / np.array(times[b]))
+        print(f"{a} / {b}: {ratio:.3f}")
+
+
 def _alternate(f, g, reps: int, samples: int = 9) -> tuple[float, float]:
     """Median wall time per call of ``f`` and of ``g``, sampled in turn."""
     f(), g()
@@ -326,7 +371,7 @@ def _alternate(f, g, reps: int, samples: int = 9) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("probe", choices=["asm", "sweep", "terms", "fma", "threads"])
+    p.add_argument("probe", choices=["asm", "sweep", "terms", "fma", "threads", "short"])
     p.add_argument("--llvm-option", action="append", default=[], help="an LLVM option, set before compiling")
     args = p.parse_args(argv)
     if args.llvm_option:
@@ -334,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for option in args.llvm_option:
             ll.set_option("", option)
-    {"asm": asm, "sweep": sweep, "terms": terms, "fma": fma, "threads": threads}[args.probe]()
+    {"asm": asm, "sweep": sweep, "terms": terms, "fma": fma, "threads": threads, "short": short}[args.probe]()
     return 0
 
 
