@@ -641,13 +641,12 @@ def _kernel_ce(
     counted = tgt != options["ignore_index"]
     y = np.where(counted, tgt, 0)
     live = counted if mask is None else counted & mask.any(axis=1)
-    short = _short_sweep(module, x2, options, grad)
+    short, smoothing = _short_sweep(module, x2, options, grad), options["smoothing"]
     while True:
         r, dx = _ce_pass(module, x2, y, mask, weight, live, options, g if grad else None, short=short)
         if grad and ((r.m == -np.inf) & live).any():
             live = live & (r.m != -np.inf)
             r, dx = _ce_pass(module, x2, y, mask, weight, live, options, g)
-        smoothing = options["smoothing"]
         if smoothing and _shift_sum_overflowed(r, live, x2, mask):
             return None  # the reference takes the whole batch
         rows, ce, zt = _ce_finish(r, npx, y, live, weight, options, needs_twosum=x2.dtype == np.float64)

@@ -327,7 +327,7 @@ def cross_entropy_rows(
     CrossEntropyRows
     """
     if short and grad is not None:
-        raise ValueError("cross_entropy_rows: short=True sweeps no gradient; pass grad=None.")
+        raise ArgumentError("cross_entropy_rows: short=True sweeps no gradient; pass grad=None, or short=False.")
     x, where = _check_rows(x, format16), _check_where(x, where)
     y, w, alpha, grad, g, z_grad = _check_ce(x, target, weight, label_smoothing, grad, g, z_grad)
     n = x.shape[0]
