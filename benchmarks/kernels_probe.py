@@ -45,24 +45,31 @@ TARGETS = [  # (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES); None: this host
     ("sapphirerapids", "+avx512f"),
     ("sapphirerapids", "+avx512f,-prefer-256-bit"),
     ("znver4", "+avx512f"),
+    ("znver5", "+avx512f"),
 ]
 
 
 def registers() -> str:
-    """Register counts in ``_block``'s machine code for float32 and float64 rows, compiled here."""
+    """Register counts in ``_block``'s machine code for float32 and float64 rows, compiled here.
+
+    The float32 row is compiled twice: with the accurate degree-9 term and with
+    the short degree-7 term of the rounding-test sweep (``fast``, a counter).
+    """
     from numba import types
 
-    from stablesoftmax import _kernels as k
+    from stablesoftmax._kernels import cpu as k
 
     none, out = types.none, []
-    for dt in (types.float32, types.float64):
+    counter = types.Array(types.int64, 1, "C")
+    for dt, fast in ((types.float32, none), (types.float32, counter), (types.float64, none)):
         arr = types.Array(dt, 1, "C")
-        sig = (arr, arr, none, none, types.float64, dt, none, none, none, none, types.float64)
+        sig = (arr, arr, none, none, types.float64, dt, none, none, none, none, types.float64, fast)
         k._block.compile(sig)
         asm = k._block.inspect_asm(sig)
         n = {r: len(re.findall(r"%" + r + r"\d+", asm)) for r in ("xmm", "ymm", "zmm")}
         fma = len(re.findall(r"\bvfn?m(?:add|sub)", asm))
-        out.append(f"{dt}: zmm {n['zmm']}, ymm {n['ymm']}, xmm {n['xmm']}, FMA instructions {fma}")
+        label = f"{dt}{' short' if fast is not none else ''}"
+        out.append(f"{label}: zmm {n['zmm']}, ymm {n['ymm']}, xmm {n['xmm']}, FMA instructions {fma}")
     return "; ".join(out)
 
 
