@@ -61,7 +61,7 @@ every core the process may use from ``THREADS_FROM`` entries on, capped by
 ``stablesoftmax.set_num_threads`` or ``STABLESOFTMAX_NUM_THREADS``.
 
 The vector width is LLVM's choice for the host CPU: ymm (4 doubles) with
-AVX2, zmm (8) on AMD Zen 4, and ymm again on Intel's AVX-512 CPUs, whose LLVM
+AVX2, zmm (8) on AMD Zen 4 and Zen 5, and ymm again on Intel's AVX-512 CPUs, whose LLVM
 tuning prefers 256-bit vectors unless numba is started with
 ``NUMBA_CPU_FEATURES=<host features>,-prefer-256-bit`` (process-wide, so left
 to the user). ``python benchmarks/kernels_probe.py asm`` counts the registers
@@ -601,6 +601,7 @@ def _native_half() -> bool:
 
 if numba is not None:
     _jit = numba.njit(cache=True, nogil=True)
+    _jit_inline = numba.njit(cache=True, nogil=True, inline="always")
 
     # ------------------------------------------------------------------
     # LLVM building blocks numba does not spell
@@ -1106,7 +1107,7 @@ if numba is not None:
             m = _maxnum(m, _lane(v))
         return np.float64(m)
 
-    @_jit
+    @_jit_inline
     def _first_index(row, m):
         """Index of the first entry equal to ``m`` (blocks counted vectorised, then scanned)."""
         for lo in range(0, row.size, 256):
@@ -1122,7 +1123,7 @@ if numba is not None:
 
     # The sweeps take views and loop from 0: with ``range(lo, hi)`` numba cannot
     # drop its negative-index wraparound and LLVM no longer vectorises the loop.
-    @_jit
+    @_jit_inline
     def _block(row, nxt, nxt_mask, nxt_copy, m, mx, buf, dw, prev, prev_out, c, fast):
         """Terms of ``row`` summed (and into ``buf``), their shift sum, and ``nxt``'s max folded into ``mx``.
 
@@ -1147,7 +1148,7 @@ if numba is not None:
         comp += (tot - t) + b if abs(tot) >= abs(b) else (b - t) + tot
         return t, comp
 
-    @_jit
+    @_jit_inline
     def _row_sum(row, nxt, nxt_mask, nxt_copy, m, km, buf, dw, prev, prev_out, c, fast):
         """``(s, shift sum, max of nxt)`` for a row with finite max ``m`` at ``km``."""
         tot, comp, dtot, dcomp = 0.0, 0.0, 0.0, 0.0
@@ -1210,7 +1211,7 @@ if numba is not None:
         _put(buf, km, 1.0)
         return tot + comp, dtot + dcomp, np.float64(mx)
 
-    @_jit
+    @_jit_inline
     def _sweep(row, nxt, nxt_mask, nxt_copy, m, buf, dw, prev, prev_out, c, fast=None):
         """``(k, s, shift sum, max of nxt)`` of a row; ``s`` is NaN when the row needs the scalar path.
 
@@ -1305,16 +1306,28 @@ if numba is not None:
         if width == 0:
             m_out[:], k_out[:], s_out[:] = -np.inf, -1, 0.0
             return
-        buf, prev = np.empty(width if kind == _SOFTMAX else 1), np.empty(width if kind == _SOFTMAX else 1)
+        buf, prev = np.empty(width if kind == _SOFTMAX else 1), np.zeros(width if kind == _SOFTMAX else 1)
         cur, nxt_copy = np.empty(width, x.dtype), np.empty(width, x.dtype)
         fuse = kind == _SOFTMAX and not _divides(out)
         pending, c = -1, 0.0  # a row whose softmax is written during the next row's sweep
+        # With no row pending, a fused sweep writes into ``spare``: every row then takes the same
+        # compiled loop, whose lane sums LLVM may split differently from a loop without the write.
+        spare = np.empty(width if fuse else 0, out.dtype)
         m = _copy_max(x[0], _row_of(mask, 0), _copy_if(mask, cur)) if n else 0.0
         for i in range(n):
             row, nxt, nxt_mask = _rows_of(x, mask, i, cur)
-            if pending >= 0:
+            if fuse:
                 k, s, _, m_next = _sweep(
-                    row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, prev, out[pending], c
+                    row,
+                    nxt,
+                    nxt_mask,
+                    _copy_if(mask, nxt_copy),
+                    m,
+                    buf,
+                    None,
+                    prev,
+                    out[pending] if pending >= 0 else spare,
+                    c,
                 )
             elif kind == _SOFTMAX:
                 k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, None, None, c)
@@ -1455,9 +1468,10 @@ if numba is not None:
         with smoothing, by a loop of its own once the row's sum is known.
         """
         n, width = x.shape
-        buf, prev = np.empty(width), np.empty(width)
+        buf, prev = np.empty(width), np.zeros(width)
         cur, nxt_copy = np.empty(width, x.dtype), np.empty(width, x.dtype)
         pending, c = -1, 0.0
+        spare = _spare_row(grad, width)  # the pending write's target when no row is pending (see _rows_kernel)
         m = _copy_max(x[0], _row_of(mask, 0), _copy_if(mask, cur)) if n else 0.0
         for i in range(n):
             row, nxt, nxt_mask = _rows_of(x, mask, i, cur)
@@ -1482,13 +1496,21 @@ if numba is not None:
                 k, s, _, m_next = _sweep(
                     row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None, None, None, c, fast
                 )
-            elif pending >= 0:
-                k, s, _, m_next = _sweep(
-                    row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, prev, grad[pending], c
-                )
-                _pending_fixups(pending, w, y, k_out, s_out, m_out, xy_out, g, zg, prev, grad)
             else:
-                k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, None, None, c)
+                k, s, _, m_next = _sweep(
+                    row,
+                    nxt,
+                    nxt_mask,
+                    _copy_if(mask, nxt_copy),
+                    m,
+                    buf,
+                    None,
+                    prev,
+                    grad[pending] if pending >= 0 else spare,
+                    c,
+                )
+                if pending >= 0:
+                    _pending_fixups(pending, w, y, k_out, s_out, m_out, xy_out, g, zg, prev, grad)
             m_i, pending = m, -1
             xy_out[i] = _wide(row[yi])
             if s != s:
@@ -1533,6 +1555,16 @@ if numba is not None:
         if isinstance(grad, types.NoneType):
             return lambda grad, buf: None
         return lambda grad, buf: buf
+
+    def _spare_row(grad, width):
+        """A row of ``grad``'s dtype for a pending write with no row pending; None without a gradient."""
+
+    @overload(_spare_row)
+    def _spare_row_impl(grad, width):
+        if isinstance(grad, types.NoneType):
+            return lambda grad, width: None
+        dtype = grad.dtype
+        return lambda grad, width: np.empty(width, dtype)
 
     def _copy_if(mask, copy):
         """The buffer for a masked copy of the next row when rows are masked, else None."""
