@@ -91,6 +91,20 @@ class TestAvailable:
         monkeypatch.setenv("STABLESOFTMAX_DISABLE_KERNELS", "0")
         assert _kernels.available()
 
+    def test_selection_reads_the_env_var_at_each_call(self, monkeypatch):
+        """``select`` and ``host_kernels`` see it set, unset and set again, and through a replaced os.environ."""
+        from stablesoftmax import _kernels as accelerators
+
+        x = np.zeros((2, 3))
+        monkeypatch.delenv("STABLESOFTMAX_DISABLE_KERNELS", raising=False)
+        assert accelerators.select(x) is not None and accelerators.host_kernels() is not None
+        monkeypatch.setenv("STABLESOFTMAX_DISABLE_KERNELS", "1")
+        assert accelerators.select(x) is None and accelerators.host_kernels() is None
+        monkeypatch.setenv("STABLESOFTMAX_DISABLE_KERNELS", "0")
+        assert accelerators.select(x) is not None
+        monkeypatch.setattr("os.environ", {"STABLESOFTMAX_DISABLE_KERNELS": "1"})
+        assert accelerators.select(x) is None
+
 
 @pytest.mark.parametrize("fn", FUNCS)
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
