@@ -601,6 +601,15 @@ def _native_half() -> bool:
 
 if numba is not None:
     _jit = numba.njit(cache=True, nogil=True)
+    # The per-row sweep (_sweep, _first_index, _row_sum, _block) is inlined by numba into the row
+    # loops. Called, each row view passed to a compiled function costs an out-of-line NRT_incref
+    # and NRT_decref: about 170 ns a row on AMD Zen 5, against 87 ns inlined, so (64, 600) float64
+    # logsumexp went from 45 to 34 us and (512, 8000) from 4.1 to 3.2 ms (cold compiles take about
+    # half as long again). Inlining fewer of them, or more, measured slower.
+    # A row's lane sums are split as LLVM vectorises each inlined loop, so the sweeps that also
+    # write a pending row (softmax, the gradient) may give masked float32 rows another ``s``, in
+    # its last bits, than the logsumexp and loss sweeps (bfloat16 rows did before); each result
+    # is still rounded once from its own ``s``, and a given sweep's bits do not depend on threads.
     _jit_inline = numba.njit(cache=True, nogil=True, inline="always")
 
     # ------------------------------------------------------------------
