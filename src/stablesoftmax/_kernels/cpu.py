@@ -1235,6 +1235,15 @@ if numba is not None:
         s, ds, m_next = _row_sum(row, nxt, nxt_mask, nxt_copy, m, k, buf, dw, prev, prev_out, c, fast)
         return k, s, ds, m_next
 
+    @_jit_inline
+    def _pending_sweep(row, nxt, nxt_mask, nxt_copy, m, buf, prev, rows, pending, spare, c):
+        """:func:`_sweep` writing ``c * prev`` into ``rows[pending]``, or into ``spare`` when none is pending.
+
+        Every row of a fused softmax or gradient takes this one loop, whose lane
+        sums LLVM might split otherwise in a loop without the write.
+        """
+        return _sweep(row, nxt, nxt_mask, nxt_copy, m, buf, None, prev, rows[pending] if pending >= 0 else spare, c)
+
     @_jit
     def _scale_row(buf, out_row, c):
         for i in range(buf.size):
@@ -1326,17 +1335,8 @@ if numba is not None:
         for i in range(n):
             row, nxt, nxt_mask = _rows_of(x, mask, i, cur)
             if fuse:
-                k, s, _, m_next = _sweep(
-                    row,
-                    nxt,
-                    nxt_mask,
-                    _copy_if(mask, nxt_copy),
-                    m,
-                    buf,
-                    None,
-                    prev,
-                    out[pending] if pending >= 0 else spare,
-                    c,
+                k, s, _, m_next = _pending_sweep(
+                    row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, prev, out, pending, spare, c
                 )
             elif kind == _SOFTMAX:
                 k, s, _, m_next = _sweep(row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, None, None, None, c)
@@ -1506,17 +1506,8 @@ if numba is not None:
                     row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, None, None, None, None, c, fast
                 )
             else:
-                k, s, _, m_next = _sweep(
-                    row,
-                    nxt,
-                    nxt_mask,
-                    _copy_if(mask, nxt_copy),
-                    m,
-                    buf,
-                    None,
-                    prev,
-                    grad[pending] if pending >= 0 else spare,
-                    c,
+                k, s, _, m_next = _pending_sweep(
+                    row, nxt, nxt_mask, _copy_if(mask, nxt_copy), m, buf, prev, grad, pending, spare, c
                 )
                 if pending >= 0:
                     _pending_fixups(pending, w, y, k_out, s_out, m_out, xy_out, g, zg, prev, grad)
